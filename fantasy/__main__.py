@@ -1,0 +1,3 @@
+from fantasy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""User-facing errors: every bad input ends in one of these, with a message a person can act on.
+
+The CLI prints the message and exits with status 2; the app turns it into a `gr.Error`.
+Anything that is not a `FantasyError` is a bug and keeps its traceback.
+"""
+
+
+class FantasyError(Exception):
+    """Base class for errors caused by the user's input, files or environment (not by a bug)."""
+
+
+class InputFileNotFound(FantasyError):
+    """A path the user gave does not exist."""
+
+
+class UnsupportedAudio(FantasyError):
+    """The file could not be decoded as audio (or has no audio track)."""
+
+
+class SilentAudio(FantasyError):
+    """The speech track carries no signal, so there is nothing to lip-sync to."""
+
+
+class AudioTooShort(FantasyError):
+    """The speech track is shorter than the minimum we can animate."""
+
+
+class UnsupportedImage(FantasyError):
+    """The portrait file is not an image we can read."""
+
+
+class ImageTooSmall(FantasyError):
+    """The portrait is below the minimum side length."""
+
+
+class NoFaceFound(FantasyError):
+    """The portrait shows no detectable face."""
+
+
+class WeightsMissing(FantasyError):
+    """A weight file the chosen preset needs is not on disk (message names it and how to get it)."""
+
+
+class CheckpointMismatch(FantasyError):
+    """A checkpoint does not have exactly the tensors we expect (message lists missing/unexpected keys)."""
+
+
+class InvalidSetting(FantasyError):
+    """A generation setting is out of its allowed range."""
