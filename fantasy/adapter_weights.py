@@ -52,10 +52,7 @@ def read_adapter_weights(path: str | Path) -> dict[str, torch.Tensor]:
             f"Audio adapter weights not found: {path}. Get '{OFFICIAL_FILE}' from the Hugging Face repo "
             f"'{OFFICIAL_REPO}' with `python -m fantasy download` (it is converted to safetensors there)."
         )
-    if path.suffix == ".safetensors":
-        raw = load_file(str(path))
-    else:
-        raw = _read_official_pickle(path)
+    raw = load_file(str(path)) if path.suffix == ".safetensors" else _read_official_pickle(path)
     renamed = {to_our_key(k): v for k, v in raw.items()}
     if len(renamed) != len(raw):
         raise CheckpointMismatch(f"{path.name}: two keys map to the same adapter tensor; the file is not an adapter")

@@ -8,6 +8,7 @@ so browsers start playing before the download ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -66,10 +67,8 @@ class Mp4Writer:
 
     def abort(self) -> None:
         """Stop ffmpeg and delete every partial file; the target path is never created."""
-        try:
+        with contextlib.suppress(Exception):  # ffmpeg may already be gone; cleanup must still happen
             self._pipe.close()
-        except Exception:  # noqa: BLE001 - ffmpeg may already be gone; cleanup must still happen
-            pass
         self._cleanup()
 
     def _cleanup(self) -> None:
