@@ -1,0 +1,156 @@
+"""Checks a person's inputs before any model work: sizes, formats, speech length, a face in the portrait.
+
+Every failure is a `FantasyError` whose message says what is wrong and what to do, so a UI can show it
+as is. The face check is pluggable: `default_face_check()` uses `fantasy.face` (face-alignment) when it
+is importable and its weights are on disk, and otherwise says that it is skipped, never silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fantasy.errors import FileTooLarge, MissingInput, WeightsMissing
+from fantasy.generate import PreparedInputs, Settings, prepare_inputs
+from fantasy.image import load_portrait
+from fantasy.presets import Preset
+
+MAX_UPLOAD_MB = 20
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
+# The most frames one generation makes. The core generates one 81-frame window today; long videos
+# (sliding windows, issue 8) raise this, and every duration limit in the app follows from it.
+MAX_FRAMES = 81
+FACE_CHECK_EDGE = 1024  # detect on a copy at most this big: faster, and detectors are trained on such sizes
+
+# image (H, W, 3) RGB uint8 -> None, or raises NoFaceFound with a message for the user
+FaceCheck = Callable[[np.ndarray], None]
+
+
+def max_frames_for(seconds: float, fps: int, limit: int = MAX_FRAMES) -> int:
+    """Largest 4k+1 frame count that fits in `seconds` (counting the first frame at t=0), within [5, limit]."""
+    frames = int(seconds * fps + 1 + 1e-9)
+    frames = (frames - 1) // 4 * 4 + 1
+    limit = (limit - 1) // 4 * 4 + 1
+    return max(5, min(frames, limit))
+
+
+def max_seconds(fps: int, limit: int = MAX_FRAMES) -> float:
+    """The longest speech one generation animates at `fps`, rounded down to 0.1 s (a slider's maximum)."""
+    return int(limit / fps * 10 + 1e-9) / 10
+
+
+def human_size(num_bytes: float) -> str:
+    """'20 MB', '300 KB', '1.5 MB': sizes as people read them."""
+    if num_bytes >= 1024 * 1024:
+        value, unit = num_bytes / 1024 / 1024, "MB"
+    else:
+        value, unit = num_bytes / 1024, "KB"
+    return f"{value:.1f} {unit}".replace(".0 ", " ")
+
+
+def check_file_size(path: str | Path, what: str, limit_bytes: int = MAX_UPLOAD_BYTES) -> None:
+    """Reject uploads over the limit with their size and the limit in the message."""
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    if size > limit_bytes:
+        raise FileTooLarge(
+            f"The {what} file '{Path(path).name}' is {human_size(size)}; the limit is {human_size(limit_bytes)}. "
+            "Use a smaller file (a shorter clip, or a compressed photo)."
+        )
+
+
+@dataclass(frozen=True)
+class FaceChecker:
+    """A face check and the words the status line uses for it (`check` None: skipped, `note` says why)."""
+
+    check: FaceCheck | None
+    note: str
+
+
+def default_face_check(device: str | None = None) -> FaceChecker:
+    """face-alignment through `fantasy.face` when installed with its weights; otherwise a stated skip."""
+    try:
+        from fantasy import face
+    except ImportError:
+        return FaceChecker(None, "face check skipped: face detector not installed (fantasy.face / face-alignment)")
+    try:
+        face.ensure_weights(allow_download=False)
+    except WeightsMissing:
+        return FaceChecker(None, "face check skipped: face-alignment weights not installed")
+    except Exception as exc:  # an incompatible fantasy.face must not take the app down
+        return FaceChecker(None, f"face check skipped: {type(exc).__name__}: {exc}")
+    analyzer = face.FaceAnalyzer(device=device)
+
+    def check(image_rgb: np.ndarray) -> None:
+        analyzer.require_face(image_rgb)
+
+    return FaceChecker(check, "face check: passed (face-alignment)")
+
+
+def _face_input(image: Image.Image) -> np.ndarray:
+    if max(image.size) > FACE_CHECK_EDGE:
+        image = image.copy()
+        image.thumbnail((FACE_CHECK_EDGE, FACE_CHECK_EDGE), Image.Resampling.LANCZOS)
+    return np.asarray(image.convert("RGB"))
+
+
+@dataclass
+class CheckedInputs:
+    """What passed the checks: final settings, prepared model inputs, and notices to show the user."""
+
+    settings: Settings  # resolved (preset defaults filled), max_frames from the duration limit
+    inputs: PreparedInputs
+    notices: list[str] = field(default_factory=list)
+    face_note: str = ""
+
+    @property
+    def num_frames(self) -> int:
+        return self.inputs.num_frames
+
+    @property
+    def seconds(self) -> float:
+        return self.inputs.num_frames / self.settings.fps
+
+
+def check_inputs(
+    image: str | Path | None,
+    audio: str | Path | None,
+    settings: Settings,
+    preset: Preset,
+    *,
+    max_duration_s: float | None = None,
+    face_checker: FaceChecker | None = None,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+) -> CheckedInputs:
+    """All checks, cheapest first; raises a `FantasyError` or returns what the generation will use.
+
+    Speech longer than `max_duration_s` (or than `MAX_FRAMES` allows) is not an error: only its start is
+    animated, and a notice says so.
+    """
+    if image is None or str(image) == "":
+        raise MissingInput("Add a portrait: upload a photo or take one with the webcam.")
+    if audio is None or str(audio) == "":
+        raise MissingInput("Add speech: upload an audio file or record one with the microphone.")
+    check_file_size(image, "portrait", max_upload_bytes)
+    check_file_size(audio, "speech", max_upload_bytes)
+    settings = settings.resolved(preset)
+    limit_s = max_seconds(settings.fps)
+    if max_duration_s is not None:
+        limit_s = min(limit_s, float(max_duration_s))
+    settings.max_frames = max_frames_for(limit_s, settings.fps)
+    portrait = load_portrait(image)
+    checker = face_checker or FaceChecker(None, "face check skipped")
+    if checker.check is not None:
+        checker.check(_face_input(portrait))
+    inputs = prepare_inputs(portrait, audio, settings)
+    notices = []
+    covered = inputs.num_frames / settings.fps
+    if inputs.speech_seconds > covered:
+        notices.append(
+            f"The speech is {inputs.speech_seconds:.1f} s long; only its first {covered:.1f} s are animated "
+            f"(maximum duration {limit_s:.1f} s)."
+        )
+    return CheckedInputs(settings, inputs, notices, checker.note)
