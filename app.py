@@ -35,10 +35,11 @@ EXAMPLES = [[str(ROOT / "examples" / "portrait.png"), str(ROOT / "examples" / "s
 MAX_QUEUE = 8  # waiting generations; more are turned away with a busy message
 FPS = Settings().fps
 DEMO_BANNER = (
-    "⚠️ **Demo mode: tiny random model.** No CUDA GPU with the real weights was found, so the app runs the "
-    "`tiny` preset. **The output is noise from a random model**: it only shows that the whole path works "
-    "(upload, checks, denoising, streaming, download). Run on a GPU with the weights for real talking videos."
+    "⚠️ <b>Demo mode: tiny random model.</b> No CUDA GPU with the real weights was found, so the app runs the "
+    "<code>tiny</code> preset. <b>The output is noise from a random model</b>: it only shows that the whole path "
+    "works (upload, checks, denoising, streaming, download). Run on a GPU with the weights for real talking videos."
 )
+BANNER_STYLE = "background:#fff4d6;border:2px solid #e0a800;border-radius:8px;padding:10px 14px;color:#5a4300"
 STAGE_NAMES = {"audio": "Encoding speech", "denoise": "Denoising", "decode": "Decoding video"}
 
 
@@ -130,7 +131,7 @@ def build_demo(
                     seed, resolution, max_duration)
         session = request.session_hash or job.folder.name
         stop = cancels[session] = cancels[job.folder.name] = threading.Event()
-        yield None, None, studio.status(job, state="Generating…")
+        yield gr.skip(), None, studio.status(job, state="Generating…")
         try:
             for event in run_on_gpu(job):
                 if isinstance(event, StageProgress):
@@ -174,7 +175,7 @@ def build_demo(
         gr.Markdown("# FantasyTalking Studio\nOne portrait + one speech clip → a talking-portrait video "
                     "([FantasyTalking](https://arxiv.org/abs/2504.04842) on Wan2.1-I2V).")
         if preset.demo:
-            gr.Markdown(DEMO_BANNER, elem_id="demo-banner")
+            gr.HTML(f'<div style="{BANNER_STYLE}">{DEMO_BANNER}</div>', elem_id="demo-banner")
         with gr.Row():
             with gr.Column():
                 image = report_unreadable_images(gr.Image(label="Portrait", type="filepath",

@@ -131,8 +131,8 @@ class Studio:
         parts.append(f"audio weight {s.audio_weight:.2f}, audio guidance {s.audio_guidance:.1f}, "
                      f"text guidance {s.text_guidance:.1f}, seed {s.seed}")
         parts.append(job.checked.face_note)
-        parts.extend(job.notices)
-        return " · ".join(p for p in parts if p)
+        line = " · ".join(p for p in parts if p)
+        return "\n\n".join([line, *(f"⚠️ {notice}" for notice in job.notices)])
 
     def _clean_old_outputs(self) -> None:
         if not self.output_root.is_dir():
