@@ -7,7 +7,14 @@ import pytest
 import soundfile
 import soxr
 
-from fantasy.audio import SAMPLE_RATE, clip_samples, feature_length, ffmpeg_executable, frame_count, load_audio
+from fantasy.audio import (
+    SAMPLE_RATE,
+    clip_samples,
+    feature_length,
+    ffmpeg_executable,
+    frame_count,
+    load_audio,
+)
 from fantasy.errors import AudioTooShort, InputFileNotFound, SilentAudio, UnsupportedAudio
 from fantasy.tiny import tiny_speech_encoder
 
