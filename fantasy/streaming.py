@@ -119,7 +119,8 @@ class ChunkWriter:
         path = self.out_dir / f"{self.prefix}{index:03d}.mp4"
         partial = path.with_name(f".{path.stem}.partial.mp4")
         try:
-            mux_audio(video, self.audio_path, partial, start_s=first / self.fps)
+            mux_audio(video, self.audio_path, partial, start_s=first / self.fps,
+                      duration_s=self.sizes[index] / self.fps)
             partial.replace(path)
         finally:
             video.unlink(missing_ok=True)

@@ -155,7 +155,7 @@ def test_writer_rejects_extra_frames_and_reports_missing_ones(tmp_path, chirp_wa
 
 
 def small_settings(**overrides) -> Settings:
-    return Settings(steps=2, longest_edge=64, **overrides)
+    return Settings(**{"steps": 2, "longest_edge": 64, **overrides})
 
 
 def test_stream_generate_yields_chunks_while_decoding_then_the_finished_video(tiny_pipe, speech_wav, tmp_path):
