@@ -7,6 +7,7 @@ is importable and its weights are on disk, and otherwise says that it is skipped
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +40,11 @@ def max_frames_for(seconds: float, fps: int, limit: int = MAX_FRAMES) -> int:
 
 
 def max_seconds(fps: int, limit: int = MAX_FRAMES) -> float:
-    """The longest speech one generation animates at `fps`, rounded down to 0.1 s (a slider's maximum)."""
-    return int(limit / fps * 10 + 1e-9) / 10
+    """The longest duration one generation animates at `fps`, to 0.1 s: a slider's maximum.
+
+    Rounded up, so that `max_frames_for(max_seconds(fps), fps)` is exactly `limit` at any fps.
+    """
+    return math.ceil((limit - 1) / fps * 10 - 1e-9) / 10
 
 
 def human_size(num_bytes: float) -> str:
