@@ -140,7 +140,7 @@ def build_demo(
                 elif isinstance(event, ChunkReady):
                     yield str(event.chunk.path), gr.skip(), gr.skip()
                 elif isinstance(event, Finished):
-                    yield gr.skip(), str(event.result.path), studio.status(job, event.result)
+                    yield gr.skip(), str(event.result.path), studio.status(job, event.result, steps_run=event.steps_run)
         except GenerationCancelled:
             yield gr.skip(), gr.skip(), studio.status(job, state="Stopped")
         except FantasyError as exc:
@@ -161,7 +161,7 @@ def build_demo(
                 if isinstance(event, StageProgress):
                     _show_progress(progress, event, job)
                 elif isinstance(event, Finished):
-                    return str(event.result.path), studio.status(job, event.result)
+                    return str(event.result.path), studio.status(job, event.result, steps_run=event.steps_run)
         except FantasyError as exc:
             raise gr.Error(str(exc), title="Generation failed") from None
         raise gr.Error("The generation ended without a video.")
@@ -213,7 +213,7 @@ def build_demo(
                                 elem_id="live")
                 final = gr.Video(label="Finished video (download)", elem_id="final")
                 status = gr.Markdown(f"preset **{preset.name}** · device {studio.device} · "
-                                     f"{studio.face_checker.note}", elem_id="status")
+                                     f"{studio.face_checker.note}", label="Status", elem_id="status")
         gr.Examples(EXAMPLES, inputs=[image, audio], cache_examples=False, label="Examples")
 
         inputs = [image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,

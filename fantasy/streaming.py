@@ -163,6 +163,7 @@ class ChunkReady:
 class Finished:
     result: Result
     chunks: list[Chunk] = field(default_factory=list)
+    steps_run: int = 0  # denoising steps the pipeline reported, counted, not taken from the settings
 
 
 StreamEvent = StageProgress | ChunkReady | Finished
@@ -203,8 +204,12 @@ def stream_generate(
         if cancel.is_set():
             raise GenerationCancelled("Generation stopped.")
 
+    steps_run = 0
+
     def on_progress(stage: str, fraction: float) -> None:
+        nonlocal steps_run
         check_cancel()
+        steps_run += stage == "denoise"
         events.put(StageProgress(stage, fraction))
 
     def work() -> None:
@@ -223,7 +228,7 @@ def stream_generate(
 
                 result = generate(pipe, image, audio, out_path, settings, preset, on_progress, on_frames)
                 chunks = writer.finish()
-            events.put(Finished(result, chunks))
+            events.put(Finished(result, chunks, steps_run))
         except BaseException as exc:  # handed to the consumer, which re-raises it
             if writer is not None:
                 writer.abort()

@@ -116,8 +116,11 @@ class Studio:
             lock=self.lock,
         )
 
-    def status(self, job: Job, result: Result | None = None, state: str = "Done") -> str:
-        """One line: what ran, where, how, how long, and anything the user must know (cut, face check)."""
+    def status(self, job: Job, result: Result | None = None, state: str = "Done", steps_run: int | None = None) -> str:
+        """One line: what ran, where, how, how long, and anything the user must know (cut, face check).
+
+        `steps_run`: the denoising steps the pipeline reported (shown instead of the requested count).
+        """
         s = job.settings
         preset = f"preset **{self.preset.name}**" + (" (random weights: output is noise)" if self.preset.demo else "")
         parts = [f"**{state}**" + (f" in {result.seconds_taken:.1f} s" if result else ""), preset,
@@ -125,7 +128,7 @@ class Studio:
         if result is not None:
             parts.append(f"{result.num_frames} frames {result.width}×{result.height} @ {result.fps} fps "
                          f"({result.num_frames / result.fps:.1f} s)")
-            parts.append(f"{s.steps} steps × {result.passes_per_step} passes")
+            parts.append(f"{s.steps if steps_run is None else steps_run} steps × {result.passes_per_step} passes")
         else:
             parts.append(f"{job.checked.num_frames} frames, {s.steps} steps")
         parts.append(f"audio weight {s.audio_weight:.2f}, audio guidance {s.audio_guidance:.1f}, "

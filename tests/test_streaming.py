@@ -175,6 +175,7 @@ def test_stream_generate_yields_chunks_while_decoding_then_the_finished_video(ti
     assert later_decode and min(later_decode) < 1.0
     denoise = [e.fraction for e in events if isinstance(e, StageProgress) and e.stage == "denoise"]
     assert denoise == [0.5, 1.0]  # one event per step
+    assert events[-1].steps_run == 2
     final = probe(out)
     assert final.frames == 49 and final.has_audio
     assert sum(probe(c.path).frames for c in chunks) == final.frames
