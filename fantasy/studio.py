@@ -104,12 +104,12 @@ class Studio:
             face_checker=self.face_checker, max_upload_bytes=self.max_upload_bytes,
         )
         self._clean_old_outputs()
-        folder = self.output_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        folder.mkdir(parents=True)
+        folder = self.output_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"  # made by `run`
         return Job(Path(image), Path(audio), checked, mode, folder, list(checked.notices))
 
     def run(self, job: Job, cancel: threading.Event | None = None) -> Iterator[StreamEvent]:
         """Stream the job's generation (see `fantasy.streaming.stream_generate`)."""
+        job.folder.mkdir(parents=True, exist_ok=True)
         return stream_generate(
             self.pipe, job.image, job.audio, job.out_path, job.settings, self.preset, job.chunk_dir,
             num_frames=job.checked.num_frames, min_chunk_seconds=self.min_chunk_seconds, cancel=cancel,

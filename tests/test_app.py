@@ -223,3 +223,39 @@ def test_cancelling_stops_the_generation_and_frees_the_device(tiny_pipe, tmp_pat
         assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
     finally:
         demo.close()
+
+
+@pytest.mark.slow
+def test_python_app_py_starts_in_tiny_demo_mode_with_a_banner(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "app.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    env.pop("SPACE_ID", None)
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=Path(app.__file__).parent, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "app.py did not start in 240 s"
+            try:
+                config = httpx.get(f"http://127.0.0.1:{port}/config", timeout=5)
+                if config.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert "The output is noise from a random model" in config.text  # the banner is on the page
+        assert "[app] preset tiny" in log.read_text()
+        assert config.json()["max_file_size"] == 20 * 1024 * 1024
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
