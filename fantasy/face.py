@@ -72,8 +72,12 @@ class FaceBox:
         return (self.x1 + self.x2) / 2.0, (self.y1 + self.y2) / 2.0
 
     def as_array(self) -> np.ndarray:
-        """The `[x1, y1, x2, y2, score]` row face-alignment accepts as `detected_faces`."""
-        return np.array([self.x1, self.y1, self.x2, self.y2, self.score], dtype=np.float32)
+        """The `[x1, y1, x2, y2, score]` row face-alignment accepts as `detected_faces`.
+
+        float64 on purpose: face-alignment 1.5.0 assigns the derived scale into a torch tensor, and
+        torch 2.13 refuses a numpy.float32 scalar there (TypeError) while it accepts a Python float.
+        """
+        return np.array([self.x1, self.y1, self.x2, self.y2, self.score], dtype=np.float64)
 
     @classmethod
     def from_landmarks(cls, points: np.ndarray, score: float = 1.0) -> FaceBox:
