@@ -1,0 +1,103 @@
+"""`python -m fantasy ...`: generate, convert adapter weights (more commands join as they land).
+
+User errors (`FantasyError`) print one clear line and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from fantasy.errors import FantasyError
+
+
+def _add_generate(sub) -> None:
+    from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED
+
+    p = sub.add_parser("generate", help="portrait + speech -> talking-video mp4")
+    p.add_argument("--image", required=True, help="portrait (png/jpg/webp)")
+    p.add_argument("--audio", required=True, help="speech (wav/mp3/flac/ogg/m4a/aac, or a video's audio track)")
+    p.add_argument("--out", required=True, help="output .mp4 path")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "real"], help="tiny: random demo models (CPU)")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument("--negative-prompt", default=None, help="default: Wan's negative prompt + 'motionless'")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (preset default: 30)")
+    p.add_argument("--text-guidance", type=float, default=5.0)
+    p.add_argument("--audio-guidance", type=float, default=5.0)
+    p.add_argument("--audio-weight", type=float, default=1.0)
+    p.add_argument("--fps", type=int, default=23)
+    p.add_argument("--max-frames", type=int, default=81)
+    p.add_argument("--size", type=int, default=None, help="longest edge in px, multiple of 16 (tiny: 128, real: 512)")
+    p.add_argument("--adapter", default=None, help="adapter weights (.safetensors or the released .ckpt)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(run=_run_generate)
+
+
+def _run_generate(args) -> int:
+    from fantasy.generate import Settings, generate
+    from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT
+    from fantasy.presets import get_preset, load_pipeline
+
+    if Path(args.out).suffix.lower() != ".mp4":
+        raise FantasyError(f"--out must end in .mp4, got {args.out}")
+    preset = get_preset(args.preset)
+    settings = Settings(
+        prompt=args.prompt, negative_prompt=args.negative_prompt or DEFAULT_NEGATIVE_PROMPT, seed=args.seed,
+        steps=args.steps, text_guidance=args.text_guidance, audio_guidance=args.audio_guidance,
+        audio_weight=args.audio_weight, fps=args.fps, max_frames=args.max_frames, longest_edge=args.size,
+    )
+    settings.resolved(preset)  # reject bad settings before loading any model
+    if preset.demo:
+        print(f"[{preset.name}] {preset.summary}", file=sys.stderr)
+    started = time.perf_counter()
+    pipe = load_pipeline(preset.name, device=args.device, adapter=args.adapter)
+    loaded = time.perf_counter() - started
+    last = {"stage": None}
+
+    def progress(stage: str, fraction: float) -> None:
+        if stage != last["stage"] or fraction >= 1.0:
+            print(f"  {stage}: {fraction:.0%}", file=sys.stderr)
+            last["stage"] = stage
+
+    result = generate(pipe, args.image, args.audio, args.out, settings, preset, progress=progress)
+    print(
+        f"wrote {result.path} ({result.num_frames} frames, {result.width}x{result.height} @ {result.fps} fps, "
+        f"{result.num_frames / result.fps:.2f} s) in {result.seconds_taken:.1f} s (+{loaded:.1f} s loading), "
+        f"{settings.resolved(preset).steps} steps x {result.passes_per_step} passes"
+    )
+    return 0
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="released fantasytalking_model.ckpt -> safetensors (bf16)")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.set_defaults(run=_run_convert)
+
+
+def _run_convert(args) -> int:
+    from fantasy.adapter_weights import convert_checkpoint
+
+    count = convert_checkpoint(args.src, args.dst)
+    print(f"wrote {args.dst} ({count} tensors)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fantasy", description="FantasyTalking Studio")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    _add_convert(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except FantasyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

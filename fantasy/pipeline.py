@@ -1,0 +1,174 @@
+"""`FantasyTalkingPipeline`: diffusers' Wan I2V pipeline with speech conditioning and the release's guidance.
+
+Re-used from `WanImageToVideoPipeline`: prompt encoding (umT5, padded to 512), latent preparation
+(first-frame VAE latents + mask), the progress bar and offloading hooks. Owned here: the CLIP
+tokens (squash, as the original Wan), the audio path (wav2vec2 -> projection -> windows), the
+3-pass text/audio guidance loop, and progressive decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from diffusers import WanImageToVideoPipeline
+from PIL import Image
+
+from fantasy.adapter import AudioContext, AudioProjModel
+from fantasy.audio import speech_features
+from fantasy.decode import decode_progressively
+from fantasy.image import clip_pixel_values
+from fantasy.sampling import combine_guidance, passes_needed, set_official_timesteps
+from fantasy.windows import split_into_windows
+
+# Wan's default negative prompt, prefixed (as the release does) with "person motionless, still".
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
+    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+MOTIONLESS_PREFIX = "人物静止不动，静止，"
+DEFAULT_NEGATIVE_PROMPT = MOTIONLESS_PREFIX + WAN_NEGATIVE_PROMPT
+TEXT_LENGTH = 512  # the I2V transformer splits image/text tokens assuming exactly 512 text tokens
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+StepCallback = Callable[[int, int], None]
+
+
+class FantasyTalkingPipeline(WanImageToVideoPipeline):
+    model_cpu_offload_seq = "text_encoder->image_encoder->audio_encoder->audio_proj->transformer->vae"
+    _optional_components = ["transformer", "transformer_2", "image_encoder", "image_processor"]
+
+    def __init__(
+        self,
+        tokenizer,
+        text_encoder,
+        vae,
+        scheduler,
+        image_encoder,
+        transformer,
+        audio_encoder,
+        feature_extractor,
+        audio_proj: AudioProjModel,
+        image_processor=None,
+        transformer_2=None,  # Wan 2.2 only; kept so diffusers' component bookkeeping matches the parent
+        boundary_ratio: float | None = None,
+        expand_timesteps: bool = False,
+    ):
+        super().__init__(
+            tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+            image_processor=image_processor, image_encoder=image_encoder, transformer=transformer,
+            transformer_2=transformer_2, boundary_ratio=boundary_ratio, expand_timesteps=expand_timesteps,
+        )
+        self.register_modules(audio_encoder=audio_encoder, feature_extractor=feature_extractor, audio_proj=audio_proj)
+        self.audio_context: AudioContext | None = None  # set by `install_audio_adapter`
+
+    # ---- conditioning -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_image_tokens(self, image: Image.Image) -> torch.Tensor:
+        """CLIP penultimate hidden states [1, N, hidden] of the squashed portrait."""
+        config = self.image_encoder.config
+        mean = getattr(self.image_processor, "image_mean", None) or CLIP_MEAN
+        std = getattr(self.image_processor, "image_std", None) or CLIP_STD
+        pixels = clip_pixel_values(image, config.image_size, mean, std)
+        param = next(self.image_encoder.parameters())
+        hidden = self.image_encoder(pixel_values=pixels.to(param.device, param.dtype), output_hidden_states=True)
+        return hidden.hidden_states[-2]
+
+    @torch.no_grad()
+    def encode_audio(self, samples: np.ndarray, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Speech samples (already cut to the clip) -> (windows [1, T_lat, W, C], valid lengths [T_lat])."""
+        features = speech_features(self.audio_encoder, self.feature_extractor, samples)
+        param = next(self.audio_proj.parameters())
+        projected = self.audio_proj(features.to(param.device, param.dtype))
+        return split_into_windows(projected, num_frames)
+
+    # ---- denoising ----------------------------------------------------------------------------
+
+    def _predict(self, name: str, latent_input, timestep, text, image_tokens, windows, lengths, audio_weight):
+        scale = audio_weight if name == "full" else 0.0
+        with self.transformer.cache_context(name), self.audio_context.use(windows, lengths, scale):
+            return self.transformer(
+                hidden_states=latent_input, timestep=timestep, encoder_hidden_states=text,
+                encoder_hidden_states_image=image_tokens, return_dict=False,
+            )[0]
+
+    def guided_velocity(
+        self, latent_input, timestep, prompt_embeds, negative_embeds, image_tokens, windows, lengths,
+        text_guidance_scale: float, audio_guidance_scale: float, audio_weight: float,
+    ) -> torch.Tensor:
+        """One step's velocity: full / text-only / uncond passes combined by the release's formula."""
+        preds = {}
+        for name in passes_needed(text_guidance_scale, audio_guidance_scale):
+            text = negative_embeds if name == "uncond" else prompt_embeds
+            preds[name] = self._predict(name, latent_input, timestep, text, image_tokens, windows, lengths, audio_weight)
+        return combine_guidance(preds, text_guidance_scale, audio_guidance_scale)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: Image.Image,
+        audio_windows: torch.Tensor,
+        audio_lengths: torch.Tensor,
+        prompt: str,
+        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+        num_frames: int = 81,
+        num_inference_steps: int = 30,
+        text_guidance_scale: float = 5.0,
+        audio_guidance_scale: float = 5.0,
+        audio_weight: float = 1.0,
+        generator: torch.Generator | None = None,
+        step_callback: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Denoise and return normalised latents [1, 16, T_lat, H/8, W/8]; decode with `decode_frames`.
+
+        `image` must already be at its final size (sides multiples of 16); use `fantasy.image.resize_portrait`.
+        """
+        if self.audio_context is None:
+            raise RuntimeError("install the audio adapter first (fantasy.adapter.install_audio_adapter)")
+        width, height = image.size
+        if width % 16 or height % 16:
+            raise ValueError(f"image sides must be multiples of 16, got {width}x{height}")
+        device = self._execution_device
+        dtype = self.transformer.dtype
+        need_negative = text_guidance_scale != 1.0
+        prompt_embeds, negative_embeds = self.encode_prompt(
+            prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=need_negative,
+            max_sequence_length=TEXT_LENGTH, device=device, dtype=dtype,
+        )
+        image_tokens = self.encode_image_tokens(image).to(device, dtype)
+        windows = audio_windows.to(device, dtype)
+        lengths = audio_lengths.to(device)
+
+        pixels = self.video_processor.preprocess(image, height=height, width=width).to(device, torch.float32)
+        latents, condition = self.prepare_latents(
+            pixels, 1, self.vae.config.z_dim, height, width, num_frames, torch.float32, device, generator,
+        )
+        if windows.shape[1] != latents.shape[2]:
+            raise ValueError(f"{windows.shape[1]} audio windows for {latents.shape[2]} latent frames")
+
+        timesteps = set_official_timesteps(self.scheduler, num_inference_steps, device)
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for i, t in enumerate(timesteps):
+                self._current_timestep = t
+                latent_input = torch.cat([latents, condition], dim=1).to(dtype)
+                velocity = self.guided_velocity(
+                    latent_input, t.expand(1), prompt_embeds, negative_embeds, image_tokens, windows, lengths,
+                    text_guidance_scale, audio_guidance_scale, audio_weight,
+                )
+                latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                progress.update()
+                if step_callback is not None:
+                    step_callback(i + 1, len(timesteps))
+        self._current_timestep = None
+        return latents
+
+    def decode_frames(self, latents: torch.Tensor) -> Iterator[np.ndarray]:
+        """uint8 frames, a latent frame's worth at a time (1 then 4 each), as the causal VAE produces them."""
+        try:
+            yield from decode_progressively(self.vae, latents)
+        finally:
+            self.maybe_free_model_hooks()

@@ -1,0 +1,76 @@
+"""Presets: which models a generation runs on, and the defaults that go with them.
+
+`tiny` builds everything from config (no download, CPU, output is noise); `real` loads
+Wan2.1-I2V-14B + wav2vec2 + the FantasyTalking adapter from local weights (see `fantasy.weights`).
+Both end in the same `FantasyTalkingPipeline` with the audio adapter installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fantasy.adapter import install_audio_adapter
+from fantasy.adapter_weights import load_adapter_weights
+from fantasy.pipeline import FantasyTalkingPipeline
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    longest_edge: int  # default output size (longest side, px)
+    steps: int
+    demo: bool  # True: random weights, the video is noise
+    summary: str
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset("tiny", 128, 30, True,
+                   "tiny random models built from config: runs anywhere in seconds, output is noise"),
+    "real": Preset("real", 512, 30, False,
+                   "Wan2.1-I2V-14B-720P + wav2vec2-base-960h + FantasyTalking adapter (CUDA GPU)"),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}") from None
+
+
+def clip_token_count(image_encoder_config) -> int:
+    """CLIP tokens per image: patches plus the class token (257 for ViT-H/14 at 224 px)."""
+    return (image_encoder_config.image_size // image_encoder_config.patch_size) ** 2 + 1
+
+
+def assemble(components: dict, device: str | torch.device = "cpu") -> FantasyTalkingPipeline:
+    """Build the pipeline and install the (zero) audio adapter on every cross-attention."""
+    pipe = FantasyTalkingPipeline(**components)
+    pipe.audio_context = install_audio_adapter(
+        pipe.transformer,
+        context_dim=pipe.audio_proj.config.context_dim,
+        num_image_tokens=clip_token_count(pipe.image_encoder.config),
+    )
+    return pipe.to(device)
+
+
+def load_pipeline(
+    preset: str, device: str | None = None, adapter: str | Path | None = None, **real_options
+) -> FantasyTalkingPipeline:
+    """Ready-to-run pipeline for a preset. `adapter`: an adapter file to load instead of the default."""
+    get_preset(preset)
+    if preset == "tiny":
+        from fantasy.tiny import random_adapter_weights, tiny_components
+
+        pipe = assemble(tiny_components(), device or "cpu")
+        if adapter is None:
+            random_adapter_weights(pipe)
+        else:
+            load_adapter_weights(pipe.transformer, pipe.audio_proj, adapter)
+        return pipe
+    from fantasy.weights import load_real_pipeline
+
+    return load_real_pipeline(device=device, adapter=adapter, **real_options)
