@@ -46,12 +46,13 @@ def talking_frames(
     style: FaceStyle = FaceStyle(),
     size: int = SIZE,
     head_motion: float = 0.0,
+    face_size: float | None = None,
 ) -> np.ndarray:
     """One drawn face per opening value; `head_motion` sways the head sideways by that many px."""
     frames = []
     for i, o in enumerate(openings):
         dx = head_motion * np.sin(2 * np.pi * i / 20.0)
-        frame, _ = draw_face(size, size, float(o), center=(size / 2 + dx, size / 2), style=style)
+        frame, _ = draw_face(size, size, float(o), center=(size / 2 + dx, size / 2), size=face_size, style=style)
         frames.append(frame)
     return np.stack(frames)
 
