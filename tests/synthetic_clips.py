@@ -43,7 +43,7 @@ def speech_samples(envelope: np.ndarray, fps: float = FPS, seed: int = 0) -> np.
 
 def talking_frames(
     openings: np.ndarray,
-    style: FaceStyle = FaceStyle(),
+    style: FaceStyle | None = None,
     size: int = SIZE,
     head_motion: float = 0.0,
     face_size: float | None = None,
@@ -52,7 +52,7 @@ def talking_frames(
     frames = []
     for i, o in enumerate(openings):
         dx = head_motion * np.sin(2 * np.pi * i / 20.0)
-        frame, _ = draw_face(size, size, float(o), center=(size / 2 + dx, size / 2), size=face_size, style=style)
+        frame, _ = draw_face(size, size, float(o), center=(size / 2 + dx, size / 2), size=face_size, style=style or FaceStyle())
         frames.append(frame)
     return np.stack(frames)
 

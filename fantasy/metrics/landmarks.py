@@ -15,7 +15,11 @@ REDETECT_EVERY = 8
 
 
 class TrackedLandmarks:
-    """A `LandmarkProvider` for consecutive frames of one clip (stateful: one instance per clip)."""
+    """A `LandmarkProvider` for consecutive frames of one clip (stateful: one instance per clip).
+
+    FAN always returns 68 points for a box, face or not, so a face that leaves the picture between
+    two detections is only noticed at the next detection (at most `redetect_every - 1` frames late).
+    """
 
     def __init__(self, analyzer: FaceAnalyzer, redetect_every: int = REDETECT_EVERY) -> None:
         if redetect_every < 1:

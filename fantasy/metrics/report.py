@@ -66,6 +66,12 @@ def _json_safe(value):
     return value
 
 
+def default_landmark_providers(device: str | None = None) -> tuple[LandmarkProvider, LandmarkProvider]:
+    """face-alignment for (clip frames, portrait): tracked across frames, detected afresh on the portrait."""
+    analyzer = FaceAnalyzer(device=device)
+    return TrackedLandmarks(analyzer), analyzer.landmarks
+
+
 def _box(points: np.ndarray | None) -> FaceBox | None:
     return None if points is None else FaceBox.from_landmarks(points)
 
@@ -108,9 +114,7 @@ def evaluate(
         portrait = np.asarray(load_portrait(image))
 
     if landmarks_provider is None:
-        analyzer = FaceAnalyzer(device=device)
-        frame_provider: LandmarkProvider = TrackedLandmarks(analyzer)
-        portrait_provider: LandmarkProvider = analyzer.landmarks
+        frame_provider, portrait_provider = default_landmark_providers(device)
     else:
         frame_provider = portrait_provider = landmarks_provider
 
