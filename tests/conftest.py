@@ -1,0 +1,42 @@
+"""Shared fixtures: example inputs, synthetic speech, and the tiny pipeline (built once per session)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_IMAGE = ROOT / "examples" / "portrait.png"
+EXAMPLE_SPEECH = ROOT / "examples" / "speech.wav"
+
+
+def speech_like(seconds: float, rate: int = 16_000, seed: int = 0) -> np.ndarray:
+    """A voiced-sounding test signal: harmonics of a wobbling pitch under a syllable-rate envelope."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    pitch = 140 + 20 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 6))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2
+    return (0.3 * voice * envelope + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture
+def speech_wav(tmp_path) -> Path:
+    path = tmp_path / "speech.wav"
+    soundfile.write(path, speech_like(2.0), 16_000)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    from fantasy.presets import load_pipeline
+
+    return load_pipeline("tiny")
