@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-from synthetic_faces import FaceStyle, draw_face
 
 from fantasy.video import Mp4Writer
+from tests.synthetic_faces import FaceStyle, draw_face
 
 SR = 16_000
 FPS = 25

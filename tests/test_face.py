@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from synthetic_faces import template_landmarks
 
 from fantasy import face
 from fantasy.errors import NoFaceFound, WeightsMissing
@@ -20,6 +19,7 @@ from fantasy.face import (
     lip_mask_to_latent_grid,
     square_face_crop,
 )
+from tests.synthetic_faces import template_landmarks
 
 S3FD_FILE = "s3fd-619a316812.pth"
 

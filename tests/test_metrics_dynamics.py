@@ -5,12 +5,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from synthetic_clips import talking_frames, write_mp4
-from synthetic_faces import draw_face, measured_landmarks
 
 from fantasy.face import FaceBox
 from fantasy.metrics.dynamics import motion_dynamics, subject_box
 from fantasy.metrics.frames import read_video
+from tests.synthetic_clips import talking_frames, write_mp4
+from tests.synthetic_faces import draw_face, measured_landmarks
 
 W = H = 256
 FACE = 50.0

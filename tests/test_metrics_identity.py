@@ -6,7 +6,6 @@ import cv2
 import numpy as np
 import pytest
 from skimage import data
-from synthetic_faces import FaceStyle, draw_face
 
 from fantasy.face import FaceBox, square_face_crop
 from fantasy.metrics.identity import (
@@ -16,6 +15,7 @@ from fantasy.metrics.identity import (
     identity_similarity,
     sample_indices,
 )
+from tests.synthetic_faces import FaceStyle, draw_face
 
 PERSON = FaceStyle()
 OTHER = FaceStyle(skin=(200, 140, 100), hair=(200, 170, 80), eye=(60, 120, 60), face_aspect=1.05, texture_seed=5)

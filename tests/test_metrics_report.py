@@ -8,8 +8,6 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from synthetic_clips import speech_samples, syllable_envelope, talking_frames, write_mp4, write_wav
-from synthetic_faces import FaceStyle, draw_face, measured_landmarks, template_landmarks
 
 from fantasy.errors import InputFileNotFound, UnsupportedAudio, UnsupportedVideo
 from fantasy.face import FaceBox
@@ -17,6 +15,8 @@ from fantasy.metrics import command, report
 from fantasy.metrics.landmarks import TrackedLandmarks
 from fantasy.metrics.plot import MOUTH_COLOUR, SPEECH_COLOUR
 from fantasy.metrics.report import evaluate, format_table
+from tests.synthetic_clips import speech_samples, syllable_envelope, talking_frames, write_mp4, write_wav
+from tests.synthetic_faces import FaceStyle, draw_face, measured_landmarks, template_landmarks
 
 N = 75
 OTHER = FaceStyle(skin=(200, 140, 100), hair=(200, 170, 80), eye=(60, 120, 60), face_aspect=1.05, texture_seed=5)

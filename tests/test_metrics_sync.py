@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from synthetic_clips import FPS, SR, speech_samples, syllable_envelope, talking_frames, write_mp4, write_wav
-from synthetic_faces import measured_landmarks, opening_ratio, template_landmarks
 
 from fantasy.audio import load_audio
 from fantasy.metrics.frames import read_video
@@ -16,6 +14,16 @@ from fantasy.metrics.sync import (
     speech_envelope,
     sync_score,
 )
+from tests.synthetic_clips import (
+    FPS,
+    SR,
+    speech_samples,
+    syllable_envelope,
+    talking_frames,
+    write_mp4,
+    write_wav,
+)
+from tests.synthetic_faces import measured_landmarks, opening_ratio, template_landmarks
 
 N = 100
 
