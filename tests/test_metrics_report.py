@@ -188,3 +188,25 @@ def test_tracked_landmarks_detect_every_n_frames_and_follow_the_head() -> None:
     tracker(lost)  # call 8: a detection frame, and the face is gone
     assert fake.detect_calls == 3 and tracker._box is None
     assert tracker(frames[1]) is not None and fake.detect_calls == 4, "looked for again on the next frame"
+
+
+def test_a_plugged_in_clip_metric_lands_in_the_table_and_json(files) -> None:
+    class FakeSyncNet:
+        """Stands in for SyncNet: sees the same frames, fps and 16 kHz speech the proxy sees."""
+
+        name = "syncnet"
+
+        def __init__(self) -> None:
+            self.seen: tuple | None = None
+
+        def __call__(self, frames, fps, speech):
+            self.seen = (frames.shape, fps, speech.dtype, speech.size)
+            return {"LSE-C": 7.25, "LSE-D": 6.5}
+
+    metric = FakeSyncNet()
+    result = evaluate(files["video"], files["wav"], landmarks_provider=measured_landmarks, extra_metrics=[metric])
+    assert metric.seen[0] == (N, 160, 160, 3) and metric.seen[1] == 25
+    assert metric.seen[2] == np.float32 and metric.seen[3] == pytest.approx(N / 25 * 16_000, abs=1)
+    assert result.to_dict()["extra"] == {"syncnet": {"LSE-C": 7.25, "LSE-D": 6.5}}
+    table = format_table(result)
+    assert "LSE-C" in table and "7.250" in table and "syncnet" in table

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -24,6 +25,18 @@ from fantasy.metrics.landmarks import TrackedLandmarks
 from fantasy.metrics.sync import DEFAULT_MAX_LAG, SyncResult, mouth_track, speech_envelope, sync_score
 
 IDENTITY_SAMPLES = 16
+
+
+class ClipMetric(Protocol):
+    """A metric that needs the whole clip and its speech, e.g. SyncNet's LSE-C/LSE-D when its weights exist.
+
+    `frames` (N, H, W, 3) RGB uint8 at `fps`; `speech` mono float32 at 16 kHz. Returns named numbers,
+    which the table prints and the JSON stores under `extra[name]`.
+    """
+
+    name: str
+
+    def __call__(self, frames: np.ndarray, fps: float, speech: np.ndarray) -> dict[str, float]: ...
 
 
 @dataclass
@@ -44,6 +57,7 @@ class EvalReport:
     mouth: list[float]  # per frame, NaN without a face
     envelope: list[float]  # per frame speech RMS
     warnings: list[str] = field(default_factory=list)
+    extra: dict[str, dict[str, float]] = field(default_factory=dict)  # plugged-in ClipMetrics, by name
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -96,11 +110,13 @@ def evaluate(
     identity_samples: int = IDENTITY_SAMPLES,
     device: str | None = None,
     progress: Callable[[str], None] | None = None,
+    extra_metrics: Sequence[ClipMetric] = (),
 ) -> EvalReport:
     """Lip-sync proxy, identity similarity, subject/background dynamics and flicker for one clip.
 
     `audio` defaults to the video's own track; `image` (the portrait) to the first frame with a face.
     `landmarks_provider` defaults to face-alignment (detector every few frames, FAN on every frame).
+    `embedder` replaces the identity proxy (ArcFace, dlib...); `extra_metrics` add whole-clip metrics.
     """
     started = time.perf_counter()
     say = progress or (lambda message: None)
@@ -150,13 +166,18 @@ def evaluate(
     say("motion and flicker")
     dynamics = motion_dynamics(clip.frames, [_box(lm) for lm in landmarks])
 
+    extra = {}
+    for metric in extra_metrics:
+        say(metric.name)
+        extra[metric.name] = {k: float(v) for k, v in metric(clip.frames, clip.fps, speech).items()}
+
     width, height = clip.size
     return EvalReport(
         video=str(video), audio=str(audio if audio is not None else video), image=str(image) if image else None,
         frames=clip.num_frames, fps=clip.fps, width=width, height=height, speech_seconds=speech_seconds,
         frames_with_face=found, sync=sync, identity=identity, identity_reference=reference_note,
         dynamics=dynamics, mouth=mouth.tolist(), envelope=envelope.tolist(), warnings=warnings,
-        seconds=time.perf_counter() - started,
+        extra=extra, seconds=time.perf_counter() - started,
     )
 
 
@@ -204,6 +225,8 @@ def format_table(report: EvalReport) -> str:
     rows.append(("overall motion", _fmt(d.overall, 2), "px/frame at 512 px"))
     rows.append(("flicker", _fmt(d.flicker, 2), "mean |Δ luma| after motion compensation (0-255)"))
     rows.append(("faces found", f"{report.frames_with_face}/{report.frames}", "frames with 68 landmarks"))
+    for name, values in report.extra.items():
+        rows += [(key, _fmt(value), name) for key, value in values.items()]
     head = (f"{Path(report.video).name}: {report.frames} frames, {report.width}x{report.height} @ "
             f"{report.fps:g} fps, speech {report.speech_seconds:.2f} s")
     w0 = max(len(r[0]) for r in rows)
