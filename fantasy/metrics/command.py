@@ -44,7 +44,7 @@ def _default_path(video: str, suffix: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, write JSON (and the plot). 0 on success, 2 on a user error."""
     from fantasy.metrics.plot import save_sync_plot
-    from fantasy.metrics.report import evaluate, format_table
+    from fantasy.metrics.report import evaluate, format_table, lag_text
 
     try:
         if args.max_lag < 0:
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         s = report.sync
         title = "mouth opening vs. speech envelope"
         if s is not None and s.lag is not None:
-            title += f"  (peak xcorr {s.score:.3f} at lag {s.lag:+d} frames)"
+            title += f"  (peak xcorr {s.score:.3f} at lag {lag_text(s.lag)})"
         save_sync_plot(plot_path, report.mouth, report.envelope, report.fps, title)
         print(f"wrote {plot_path}")
     return 0

@@ -200,6 +200,11 @@ def _identity(frames, landmarks, portrait, provider, embedder, samples, warnings
     return result, note
 
 
+def lag_text(lag: int) -> str:
+    """'0 frames', '+6 frames' (video late), '-2 frames' (video early)."""
+    return f"{lag:+d} frames" if lag else "0 frames"
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
@@ -209,7 +214,7 @@ def format_table(report: EvalReport) -> str:
     rows: list[tuple[str, str, str]] = []
     s = report.sync
     if s is not None:
-        lag = "n/a" if s.lag is None else f"{s.lag:+d} frames ({'video late' if s.lag > 0 else 'video early' if s.lag < 0 else 'in sync'})"
+        lag = "n/a" if s.lag is None else f"{lag_text(s.lag)} ({'video late' if s.lag > 0 else 'video early' if s.lag < 0 else 'in sync'})"
         rows.append(("lip sync (peak xcorr)", _fmt(s.score), f"lag {lag}, searched ±{s.max_lag}"))
         rows.append(("lip sync at lag 0", _fmt(s.correlation_at_zero), "mouth opening vs. speech envelope"))
     else:
