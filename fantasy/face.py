@@ -165,13 +165,15 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
 class FaceAnalyzer:
     """Face box and 68 landmarks through face-alignment's FAN, built on first use.
 
-    `device=None` picks CUDA when available. On CPU `torch.compile` is off: it costs ~25 s of warm-up
-    and ZeroGPU does not support it. `flip_input` is off: it doubles the cost for a small gain.
+    `device=None` picks CUDA when available. `compile=None` turns `torch.compile` on for CUDA only:
+    on CPU it costs ~25 s of warm-up, and ZeroGPU does not support it (pass `compile=False` there).
+    `flip_input` is off: it doubles the cost for a small gain.
     """
 
-    def __init__(self, device: str | None = None, detector: str = "sfd") -> None:
+    def __init__(self, device: str | None = None, detector: str = "sfd", compile: bool | None = None) -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.detector = detector
+        self.compile = self.device.startswith("cuda") if compile is None else compile
         self._model: Any = None
 
     @property
@@ -187,7 +189,7 @@ class FaceAnalyzer:
                     device=self.device,
                     face_detector=self.detector,
                     flip_input=False,
-                    compile=not self.device.startswith("cpu"),
+                    compile=self.compile,
                 )
             except OSError as exc:  # e.g. a detector file we do not pre-check and cannot download
                 raise WeightsMissing(

@@ -181,7 +181,16 @@ def evaluate(
     )
 
 
-def _identity(frames, landmarks, portrait, provider, embedder, samples, warnings):
+def _identity(
+    frames: np.ndarray,
+    landmarks: list[np.ndarray | None],
+    portrait: np.ndarray | None,
+    provider: LandmarkProvider,
+    embedder: FaceEmbedder | None,
+    samples: int,
+    warnings: list[str],
+) -> tuple[IdentityResult | None, str]:
+    """Identity vs. the portrait, or vs. the first frame with a face (then left out of the samples)."""
     if portrait is not None:
         ref_points = provider(portrait)
         if ref_points is None:
