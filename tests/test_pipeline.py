@@ -134,3 +134,20 @@ def test_image_must_be_resized_first(tiny_pipe, conditioning):
     _, windows, lengths, num_frames = conditioning
     with pytest.raises(ValueError, match="multiples of 16"):
         tiny_pipe(Image.new("RGB", (70, 64)), windows, lengths, "x", num_frames=num_frames, num_inference_steps=1)
+
+
+def test_one_known_frame_condition_equals_diffusers_prepare_latents(tiny_pipe, conditioning):
+    image = conditioning[0]
+    pixels = tiny_pipe.video_processor.preprocess(image, height=SIZE, width=SIZE)
+    gen = torch.Generator().manual_seed(0)
+    _, expected = tiny_pipe.prepare_latents(pixels, 1, 16, SIZE, SIZE, 25, torch.float32, "cpu", gen)
+    ours = tiny_pipe.prepare_condition(pixels[:, :, None], 25)
+    assert ours.shape == expected.shape == (1, 20, 7, SIZE // 8, SIZE // 8)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+
+
+def test_motion_frames_set_the_mask_of_their_latent_frames(tiny_pipe):
+    frames = torch.rand(1, 3, 5, SIZE, SIZE) * 2 - 1
+    condition = tiny_pipe.prepare_condition(frames, 25)
+    mask = condition[0, :4, :, 0, 0]
+    assert mask[:, :2].eq(1).all() and mask[:, 2:].eq(0).all()  # 5 frames = latent frames 0 and 1
