@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_convert(sub)
+    from fantasy.metrics.command import add_parser as add_eval
+
+    add_eval(sub)
     return parser
 
 
