@@ -28,7 +28,14 @@ from fantasy.presets import Preset, get_preset, load_pipeline
 from fantasy.sampling import passes_needed
 from fantasy.streaming import ChunkReady, Finished, StageProgress
 from fantasy.studio import Controls, Job, Studio
-from fantasy.validation import MAX_UPLOAD_MB, FaceChecker, default_face_check, max_seconds
+from fantasy.validation import (
+    DEFAULT_DURATION_S,
+    MAX_DURATION_S,
+    MAX_UPLOAD_MB,
+    MIN_DURATION_S,
+    FaceChecker,
+    default_face_check,
+)
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = [[str(ROOT / "examples" / "portrait.png"), str(ROOT / "examples" / "speech.wav")]]
@@ -91,12 +98,12 @@ def build_demo(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), min_chunk_seconds=min_chunk_seconds,
     )
     cancels: dict[str, threading.Event] = {}  # session -> its running generation's stop flag
-    duration_max = max_seconds(FPS)
 
     def gpu_seconds(job: Job) -> int:
         s = job.settings
         return space.estimate_gpu_seconds(job.checked.num_frames, s.steps,
-                                          len(passes_needed(s.text_guidance, s.audio_guidance)), s.longest_edge)
+                                          len(passes_needed(s.text_guidance, s.audio_guidance)), s.longest_edge,
+                                          window_frames=s.max_frames)
 
     @space.gpu(duration=gpu_seconds)
     def run_on_gpu(job: Job):
@@ -199,7 +206,7 @@ def build_demo(
                         steps = gr.Slider(1, 50, value=preset.steps, step=1, label="Denoising steps", elem_id="steps")
                         edge = gr.Slider(MIN_SIDE, 1024, value=preset.longest_edge, step=SIDE_MULTIPLE,
                                          label="Resolution (longest edge, px)", elem_id="resolution")
-                        duration = gr.Slider(1.0, duration_max, value=duration_max, step=0.1,
+                        duration = gr.Slider(MIN_DURATION_S, MAX_DURATION_S, value=DEFAULT_DURATION_S, step=0.5,
                                              label="Maximum duration (s)", elem_id="duration",
                                              info="Longer speech is cut to this length.")
                     with gr.Row(equal_height=True):

@@ -50,13 +50,18 @@ OVERHEAD_S = 60.0  # encoders, VAE decode, video writing, moving weights in
 MAX_GPU_SECONDS = 1800  # never ask for more than this: ZeroGPU refuses requests over the quota anyway
 
 
-def estimate_gpu_seconds(num_frames: int, steps: int, passes: int = 3, longest_edge: int = 512) -> int:
-    """Seconds of GPU to request for one generation: overhead + steps x passes x time per pass.
+def estimate_gpu_seconds(
+    num_frames: int, steps: int, passes: int = 3, longest_edge: int = 512, window_frames: int = 81,
+) -> int:
+    """Seconds of GPU to request for one generation: overhead + steps x passes x time per pass, per window.
 
-    Time per pass scales with the token count (latent frames x latent patches), using a square frame of
-    `longest_edge` as the upper bound; the result is rounded up and capped at `MAX_GPU_SECONDS`.
+    Long videos run consecutive windows of `window_frames` (see `fantasy.long_video`); each window's time
+    per pass scales with its token count (latent frames x latent patches, a square frame of `longest_edge`
+    as the upper bound). Rounded up and capped at `MAX_GPU_SECONDS`.
     """
-    latent_frames = (num_frames - 1) // 4 + 1
+    from fantasy.long_video import plan_windows
+
+    latent_frames = sum((w.length - 1) // 4 + 1 for w in plan_windows(num_frames, window_frames))
     tokens = latent_frames * (longest_edge // 16) ** 2
     seconds = OVERHEAD_S + steps * passes * SECONDS_PER_PASS_REF * tokens / REF_TOKENS
     return int(min(MAX_GPU_SECONDS, -(-seconds // 1)))

@@ -163,7 +163,7 @@ class ChunkReady:
 class Finished:
     result: Result
     chunks: list[Chunk] = field(default_factory=list)
-    steps_run: int = 0  # denoising steps the pipeline reported, counted, not taken from the settings
+    steps_run: int = 0  # denoising steps the pipeline reported (all windows), counted, not taken from the settings
 
 
 StreamEvent = StageProgress | ChunkReady | Finished

@@ -126,9 +126,11 @@ class Studio:
         parts = [f"**{state}**" + (f" in {result.seconds_taken:.1f} s" if result else ""), preset,
                  f"device {self.device}", f"motion: {job.motion_mode}"]
         if result is not None:
+            windows = max(1, result.windows)
             parts.append(f"{result.num_frames} frames {result.width}×{result.height} @ {result.fps} fps "
-                         f"({result.num_frames / result.fps:.1f} s)")
-            parts.append(f"{s.steps if steps_run is None else steps_run} steps × {result.passes_per_step} passes")
+                         f"({result.num_frames / result.fps:.1f} s" + (f", {windows} windows)" if windows > 1 else ")"))
+            steps = s.steps if steps_run is None else steps_run // windows
+            parts.append(f"{steps} steps × {result.passes_per_step} passes" + (f" × {windows} windows" if windows > 1 else ""))
         else:
             parts.append(f"{job.checked.num_frames} frames, {s.steps} steps")
         parts.append(f"audio weight {s.audio_weight:.2f}, audio guidance {s.audio_guidance:.1f}, "

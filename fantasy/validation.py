@@ -7,9 +7,8 @@ is importable and its weights are on disk, and otherwise says that it is skipped
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,29 +21,23 @@ from fantasy.presets import Preset
 
 MAX_UPLOAD_MB = 20
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
-# The most frames one generation makes. The core generates one 81-frame window today; long videos
-# (sliding windows, issue 8) raise this, and every duration limit in the app follows from it.
-MAX_FRAMES = 81
+# The longest video the app makes (its duration slider's top). Past 81 frames the core chains windows
+# (fantasy.long_video) and accepts up to 600 s; this cap bounds one request's GPU time. Raise it here and
+# the slider, the checks and the GPU-time request follow.
+MAX_DURATION_S = 30.0
+DEFAULT_DURATION_S = Settings().max_duration  # the core's default (10 s)
+MIN_DURATION_S = 1.0
 FACE_CHECK_EDGE = 1024  # detect on a copy at most this big: faster, and detectors are trained on such sizes
 
 # image (H, W, 3) RGB uint8 -> None, or raises NoFaceFound with a message for the user
 FaceCheck = Callable[[np.ndarray], None]
 
 
-def max_frames_for(seconds: float, fps: int, limit: int = MAX_FRAMES) -> int:
-    """Largest 4k+1 frame count that fits in `seconds` (counting the first frame at t=0), within [5, limit]."""
-    frames = int(seconds * fps + 1 + 1e-9)
-    frames = (frames - 1) // 4 * 4 + 1
-    limit = (limit - 1) // 4 * 4 + 1
-    return max(5, min(frames, limit))
-
-
-def max_seconds(fps: int, limit: int = MAX_FRAMES) -> float:
-    """The longest duration one generation animates at `fps`, to 0.1 s: a slider's maximum.
-
-    Rounded up, so that `max_frames_for(max_seconds(fps), fps)` is exactly `limit` at any fps.
-    """
-    return math.ceil((limit - 1) / fps * 10 - 1e-9) / 10
+def duration_limit(requested_s: float | None) -> float:
+    """The maximum duration a request gets: what it asked for, within [MIN_DURATION_S, MAX_DURATION_S]."""
+    if requested_s is None:
+        return min(DEFAULT_DURATION_S, MAX_DURATION_S)
+    return min(max(float(requested_s), MIN_DURATION_S), MAX_DURATION_S)
 
 
 def human_size(num_bytes: float) -> str:
@@ -105,7 +98,7 @@ def _face_input(image: Image.Image) -> np.ndarray:
 class CheckedInputs:
     """What passed the checks: final settings, prepared model inputs, and notices to show the user."""
 
-    settings: Settings  # resolved (preset defaults filled), max_frames from the duration limit
+    settings: Settings  # resolved (preset defaults filled), max_duration from the duration limit
     inputs: PreparedInputs
     notices: list[str] = field(default_factory=list)
     face_note: str = ""
@@ -131,8 +124,8 @@ def check_inputs(
 ) -> CheckedInputs:
     """All checks, cheapest first; raises a `FantasyError` or returns what the generation will use.
 
-    Speech longer than `max_duration_s` (or than `MAX_FRAMES` allows) is not an error: only its start is
-    animated, and a notice says so.
+    Speech longer than the duration limit (`max_duration_s`, within `MIN_DURATION_S`..`MAX_DURATION_S`) is not
+    an error: only its start is animated, and a notice says so.
     """
     if image is None or str(image) == "":
         raise MissingInput("Add a portrait: upload a photo or take one with the webcam.")
@@ -140,21 +133,16 @@ def check_inputs(
         raise MissingInput("Add speech: upload an audio file or record one with the microphone.")
     check_file_size(image, "portrait", max_upload_bytes)
     check_file_size(audio, "speech", max_upload_bytes)
-    settings = settings.resolved(preset)
-    limit_s = max_seconds(settings.fps)
-    if max_duration_s is not None:
-        limit_s = min(limit_s, float(max_duration_s))
-    settings.max_frames = max_frames_for(limit_s, settings.fps)
+    limit_s = duration_limit(max_duration_s)
+    settings = replace(settings, max_duration=limit_s).resolved(preset)
     portrait = load_portrait(image)
     checker = face_checker or FaceChecker(None, "face check skipped")
     if checker.check is not None:
         checker.check(_face_input(portrait))
     inputs = prepare_inputs(portrait, audio, settings)
     notices = []
-    covered = inputs.num_frames / settings.fps
-    if inputs.speech_seconds > covered:
+    if inputs.speech_cut:
         notices.append(
-            f"The speech is {inputs.speech_seconds:.1f} s long; only its first {covered:.1f} s are animated "
-            f"(maximum duration {limit_s:.1f} s)."
+            f"The speech is {inputs.speech_seconds:.1f} s long; it was cut to the maximum duration of {limit_s:.1f} s."
         )
     return CheckedInputs(settings, inputs, notices, checker.note)

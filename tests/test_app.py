@@ -80,15 +80,15 @@ def test_generate_returns_an_mp4_with_audio(client):
     video, status = client.predict(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH),
                                    max_duration=1.5, seed=7, api_name="/generate", **FAST)
     info = probe(video_path(video))
-    assert (info.frames, info.fps, info.width, info.height) == (33, 23, 64, 64)
+    assert (info.frames, info.fps, info.width, info.height) == (37, 23, 64, 64)
     assert info.video_codec == "h264" and info.has_audio and info.audio_codec == "aac"
-    assert info.audio_duration == pytest.approx(33 / 23, abs=0.05)
+    assert info.audio_duration == pytest.approx(37 / 23, abs=0.05)
     assert "preset **tiny** (random weights: output is noise)" in status
     assert "device cpu" in status and "motion: training-free (prompt + audio weight)" in status
     assert "2 steps × 3 passes" in status  # counted from the pipeline's callbacks
     assert "seed 7" in status and "face check: passed (test detector)" in status
     # the 6.4 s example speech is cut to the maximum duration, and the status line says so
-    assert "The speech is 6.4 s long; only its first 1.4 s are animated (maximum duration 1.5 s)." in status
+    assert "The speech is 6.4 s long; it was cut to the maximum duration of 1.5 s." in status
 
 
 def test_sliders_reach_the_generation(client):
@@ -96,7 +96,7 @@ def test_sliders_reach_the_generation(client):
                                expression=1.0, text_guidance=1.0, api_name="/generate", **FAST)
     assert "audio weight 1.40, audio guidance 7.0, text guidance 1.0" in status
     assert "2 steps × 2 passes" in status  # text guidance 1 drops the negative-prompt pass
-    assert "21 frames" in status
+    assert "25 frames" in status
 
 
 def test_streaming_endpoint_plays_chunks_then_gives_the_mp4(url, tmp_path):
@@ -195,8 +195,8 @@ def test_one_generation_at_a_time_and_a_bounded_queue(tiny_pipe, tmp_path):
         assert running.status().code != Status.FINISHED
         with pytest.raises(QueueError, match="Queue is full"):
             client.predict(**args)  # the third is turned away with a busy message
-        assert probe(running.result()[0]["path"]).frames == 21
-        assert probe(waiting.result()[0]["path"]).frames == 21  # and the queued one still runs afterwards
+        assert probe(running.result()[0]["path"]).frames == 25
+        assert probe(waiting.result()[0]["path"]).frames == 25  # and the queued one still runs afterwards
     finally:
         demo.close()
 
@@ -217,9 +217,9 @@ def test_cancelling_stops_the_generation_and_frees_the_device(tiny_pipe, tmp_pat
         # stopped, it would have written its video before this one could start.
         video, _ = client.predict(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH),
                                   max_duration=1.0, api_name="/generate", **FAST)
-        assert probe(video["path"]).frames == 21
+        assert probe(video["path"]).frames == 25
         finished = list(tmp_path.glob("*/talking.mp4"))
-        assert len(finished) == 1 and probe(finished[0]).frames == 21  # only the second one ever finished
+        assert len(finished) == 1 and probe(finished[0]).frames == 25  # only the second one ever finished
         assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
     finally:
         demo.close()

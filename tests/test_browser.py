@@ -82,8 +82,8 @@ def test_generate_in_the_browser_streams_a_playing_video(served, tmp_path):
             browser.close()
     # the moved slider and the typed settings reached the generation
     assert "audio weight 1.08, audio guidance 5.4" in status
-    assert "33 frames 64×64" in status and "2 steps × 3 passes" in status
-    assert "only its first 1.4 s are animated" in status  # the 6.4 s example was cut, visibly
+    assert "37 frames 64×64" in status and "2 steps × 3 passes" in status
+    assert "it was cut to the maximum duration of 1.5 s" in status  # the 6.4 s example was cut, visibly
     assert not errors, errors
     with Image.open(shots / "browser-playing.png") as shot:
         assert shot.width == 1400 and shot.height >= 1100

@@ -34,7 +34,9 @@ def test_gpu_seconds_grow_with_frames_steps_passes_and_size():
     assert space.estimate_gpu_seconds(81, 30, 2, 512) < reference  # text guidance 1: two passes
     assert space.estimate_gpu_seconds(81, 30, 3, 256) < reference  # smaller frames
     assert space.estimate_gpu_seconds(5, 1, 2, 64) >= 60  # never below the fixed overhead
-    assert space.estimate_gpu_seconds(81 * 20, 50, 3, 1024) == space.MAX_GPU_SECONDS  # capped
+    assert space.estimate_gpu_seconds(1601, 50, 3, 1024) == space.MAX_GPU_SECONDS  # capped
+    # 157 frames are two 81-frame windows (5 overlap): twice the denoising of one clip
+    assert space.estimate_gpu_seconds(157, 30, 3, 512) == 60 + 2 * 30 * 3 * 5.5
 
 
 def test_link_hub_weights_builds_the_weights_layout(monkeypatch, tmp_path):

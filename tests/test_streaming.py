@@ -230,3 +230,22 @@ def test_chunk_math_matches_durations():
     sizes = plan_chunks(81, 23)
     assert all(s / 23 >= 1.0 for s in sizes)
     assert math.isclose(sum(sizes) / 23, 81 / 23)
+
+
+def test_a_long_video_streams_across_windows(tiny_pipe, tmp_path):
+    from tests.conftest import EXAMPLE_IMAGE, speech_like
+
+    speech = tmp_path / "long.wav"
+    soundfile.write(speech, speech_like(4.5), RATE)  # 105 frames: two windows (81 + 24 new after 5 overlap)
+    out = tmp_path / "out.mp4"
+    events = list(stream_generate(tiny_pipe, EXAMPLE_IMAGE, speech, out, small_settings(steps=1),
+                                  get_preset("tiny"), tmp_path / "chunks"))
+    done = events[-1]
+    assert isinstance(done, Finished) and done.result.windows == 2 and done.steps_run == 2
+    chunks = [e.chunk for e in events if isinstance(e, ChunkReady)]
+    assert [c.num_frames for c in chunks] == [27, 26, 26, 26]
+    # the first window's chunks are out before the second window is denoised
+    second_window = next(i for i, e in enumerate(events)
+                         if isinstance(e, StageProgress) and e.stage == "denoise" and e.fraction == 1.0)
+    assert sum(isinstance(e, ChunkReady) for e in events[:second_window]) == 3
+    assert sum(probe(c.path).frames for c in chunks) == probe(out).frames == 105

@@ -29,7 +29,7 @@ def test_a_job_runs_and_its_status_says_everything(tiny_pipe, tmp_path):
     job = studio.check(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Controls(steps=2, longest_edge=64, max_duration_s=1.0, seed=3))
     assert not job.folder.exists()  # checking alone leaves nothing on disk
     # ZeroGPU hands the job to a forked worker and the events back through queues: all must pickle
-    assert pickle.loads(pickle.dumps(job)).checked.num_frames == 21
+    assert pickle.loads(pickle.dumps(job)).checked.num_frames == 25
     events = list(studio.run(job))
     assert all(pickle.loads(pickle.dumps(e)) == e for e in events if isinstance(e, ChunkReady))
     done = events[-1]
@@ -39,12 +39,12 @@ def test_a_job_runs_and_its_status_says_everything(tiny_pipe, tmp_path):
     line, notice = status.split("\n\n")
     assert line.startswith("**Done** in ")
     for part in ("preset **tiny** (random weights: output is noise)", "device cpu",
-                 "motion: training-free (prompt + audio weight)", "21 frames 64×64 @ 23 fps (0.9 s)",
+                 "motion: training-free (prompt + audio weight)", "25 frames 64×64 @ 23 fps (1.1 s)",
                  "2 steps × 3 passes", "seed 3", "face check skipped: test"):
         assert part in line
-    assert notice == "⚠️ The speech is 6.4 s long; only its first 0.9 s are animated (maximum duration 1.0 s)."
+    assert notice == "⚠️ The speech is 6.4 s long; it was cut to the maximum duration of 1.0 s."
     waiting = studio.status(job, state="Denoising…")
-    assert waiting.startswith("**Denoising…** · ") and "21 frames, 2 steps" in waiting
+    assert waiting.startswith("**Denoising…** · ") and "25 frames, 2 steps" in waiting
 
 
 def test_old_outputs_are_cleaned_up(tiny_pipe, tmp_path):

@@ -25,14 +25,14 @@ from fantasy.errors import (
 from fantasy.generate import Settings
 from fantasy.presets import get_preset
 from fantasy.validation import (
-    MAX_FRAMES,
+    DEFAULT_DURATION_S,
+    MAX_DURATION_S,
     FaceChecker,
     check_file_size,
     check_inputs,
     default_face_check,
+    duration_limit,
     human_size,
-    max_frames_for,
-    max_seconds,
 )
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, speech_like
 
@@ -48,18 +48,10 @@ def no_face_on_flat_images(image_rgb: np.ndarray) -> None:
 FAKE_FACES = FaceChecker(no_face_on_flat_images, "face check: passed (test detector)")
 
 
-@pytest.mark.parametrize(("seconds", "frames"), [(3.5, 81), (1.0, 21), (1.5, 33), (10.0, 81), (0.1, 5), (0.0, 5)])
-def test_max_frames_for_duration(seconds, frames):
-    assert max_frames_for(seconds, 23) == frames
-
-
-def test_duration_limit_follows_one_constant():
-    assert MAX_FRAMES == 81
-    assert max_seconds(23) == 3.5
-    for fps in range(8, 61):
-        assert max_frames_for(max_seconds(fps), fps) == MAX_FRAMES  # the slider's top gives every frame
-        assert (max_frames_for(max_seconds(fps), fps) - 1) % 4 == 0
-    assert max_frames_for(20.0, 23, limit=161) == 161  # when long videos land, raising it is enough
+@pytest.mark.parametrize(("requested", "limit"), [(None, 10.0), (5.0, 5.0), (0.1, 1.0), (100.0, 30.0)])
+def test_duration_limit_comes_from_one_constant(requested, limit):
+    assert (DEFAULT_DURATION_S, MAX_DURATION_S) == (10.0, 30.0)
+    assert duration_limit(requested) == limit
 
 
 def test_sizes_read_like_people_write_them():
@@ -135,18 +127,23 @@ def test_face_check_sees_the_full_photo_not_the_model_input(tmp_path):
     assert sizes == [(512, 1024, 3), (512, 512, 3)]  # capped at 1024 px, never the 64 px model size
 
 
-def test_long_speech_is_cut_with_a_notice():
+def test_long_speech_is_cut_with_a_notice(tmp_path):
+    from fantasy.long_video import total_frame_count
+
     checked = check_inputs(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Settings(), TINY, max_duration_s=1.5)
-    assert checked.num_frames == 33 and checked.settings.max_frames == 33
+    assert checked.settings.max_duration == 1.5
+    assert checked.num_frames == total_frame_count(1.5, 23, 1.5)[0] == 37
     assert checked.settings.steps == TINY.steps and checked.settings.longest_edge == TINY.longest_edge
-    assert checked.notices == [
-        "The speech is 6.4 s long; only its first 1.4 s are animated (maximum duration 1.5 s)."
-    ]
-    # without a duration the core's limit applies, and a duration over it is clamped to it
-    for duration in (None, 60.0):
-        checked = check_inputs(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Settings(), TINY, max_duration_s=duration)
-        assert checked.num_frames == MAX_FRAMES
-        assert "maximum duration 3.5 s" in checked.notices[0]
+    assert checked.notices == ["The speech is 6.4 s long; it was cut to the maximum duration of 1.5 s."]
+    # by default the core's 10 s apply: the 6.4 s example is animated whole (several windows)
+    whole = check_inputs(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Settings(), TINY)
+    assert whole.notices == [] and whole.num_frames == 149
+    # a request over the app's cap gets the cap
+    long_speech = tmp_path / "long.wav"
+    soundfile.write(long_speech, speech_like(40.0), 16_000)
+    capped = check_inputs(EXAMPLE_IMAGE, long_speech, Settings(), TINY, max_duration_s=600)
+    assert capped.settings.max_duration == MAX_DURATION_S and capped.num_frames == 693
+    assert capped.notices == ["The speech is 40.0 s long; it was cut to the maximum duration of 30.0 s."]
 
 
 def test_short_speech_needs_no_notice(speech_wav):
