@@ -270,7 +270,9 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks:
     preset = get_preset(args.preset or default_preset())
     print(f"[app] preset {preset.name}: {preset.summary}", flush=True)
     pipe = load_pipeline(preset.name)
-    return build_demo(pipe, preset)
+    # On ZeroGPU the main process has no real GPU: the face check runs on the CPU there.
+    faces = default_face_check(device="cpu" if space.on_zero_gpu() else None, allow_download=space.on_spaces())
+    return build_demo(pipe, preset, face_checker=faces)
 
 
 def _link_space_weights() -> None:

@@ -7,6 +7,7 @@ is importable and its weights are on disk, and otherwise says that it is skipped
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -67,22 +68,27 @@ class FaceChecker:
     note: str
 
 
-def default_face_check(device: str | None = None) -> FaceChecker:
-    """face-alignment through `fantasy.face` when installed with its weights; otherwise a stated skip."""
+def default_face_check(device: str | None = None, allow_download: bool = False) -> FaceChecker:
+    """face-alignment through `fantasy.face` when installed with its weights; otherwise a stated skip.
+
+    Weights are only looked for, not fetched, unless `allow_download` (a Space, online, may fetch them).
+    """
     try:
         from fantasy import face
     except ImportError:
         return FaceChecker(None, "face check skipped: face detector not installed (fantasy.face / face-alignment)")
     try:
-        face.ensure_weights(allow_download=False)
+        face.ensure_weights(allow_download=allow_download)
     except WeightsMissing:
         return FaceChecker(None, "face check skipped: face-alignment weights not installed")
     except Exception as exc:  # an incompatible fantasy.face must not take the app down
         return FaceChecker(None, f"face check skipped: {type(exc).__name__}: {exc}")
     analyzer = face.FaceAnalyzer(device=device)
+    lock = threading.Lock()  # the model is built on first use and shared by concurrent checks
 
     def check(image_rgb: np.ndarray) -> None:
-        analyzer.require_face(image_rgb)
+        with lock:
+            analyzer.require_face(image_rgb)
 
     return FaceChecker(check, "face check: passed (face-alignment)")
 
