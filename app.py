@@ -139,11 +139,14 @@ def build_demo(
         session = request.session_hash or job.folder.name
         stop = cancels[session] = cancels[job.folder.name] = threading.Event()
         yield gr.skip(), None, studio.status(job, state="Generating…")
+        stage = None
         try:
             for event in run_on_gpu(job):
                 if isinstance(event, StageProgress):
+                    if event.stage != stage:  # yield only on a new stage: a yield hides the progress bar
+                        stage = event.stage
+                        yield gr.skip(), gr.skip(), studio.status(job, state=STAGE_NAMES[stage] + "…")
                     _show_progress(progress, event, job)
-                    yield gr.skip(), gr.skip(), studio.status(job, state=STAGE_NAMES[event.stage] + "…")
                 elif isinstance(event, ChunkReady):
                     yield str(event.chunk.path), gr.skip(), gr.skip()
                 elif isinstance(event, Finished):
@@ -188,18 +191,23 @@ def build_demo(
             gr.HTML(f'<div style="{BANNER_STYLE}">{DEMO_BANNER}</div>', elem_id="demo-banner")
         with gr.Row():
             with gr.Column():
-                image = report_unreadable_images(gr.Image(label="Portrait", type="filepath",
-                                                          sources=["upload", "webcam"], elem_id="portrait"))
-                audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"],
-                                 elem_id="speech")
-                prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=2,
-                                    info="What the video shows; motion words are added by the body-motion slider.")
+                with gr.Row():
+                    image = report_unreadable_images(gr.Image(label="Portrait", type="filepath", height=320,
+                                                              sources=["upload", "webcam"], elem_id="portrait"))
+                    with gr.Column():
+                        audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"],
+                                         elem_id="speech")
+                        prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=2, elem_id="prompt",
+                                            info="What the video shows; the body-motion slider adds motion words.")
                 with gr.Row():
                     expression = gr.Slider(0, 1, value=0.5, step=0.05, label="Expression intensity",
                                            elem_id="expression",
                                            info="Scales audio weight and audio guidance (×0.6 … ×1.4).")
                     body = gr.Slider(0, 1, value=0.5, step=0.05, label="Body-motion intensity", elem_id="body",
                                      info="Motion wording in the prompt; 'motionless' in the negative prompt.")
+                with gr.Row():
+                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
                 with gr.Accordion("Guidance, steps, seed, size", open=True):
                     with gr.Row():
                         text_guidance = gr.Slider(1, 10, value=5.0, step=0.5, label="Text guidance")
@@ -214,16 +222,13 @@ def build_demo(
                                              info="Longer speech is cut to this length.")
                     with gr.Row(equal_height=True):
                         seed = gr.Number(value=DEFAULT_SEED, precision=0, minimum=0, label="Seed", scale=3)
-                        dice = gr.Button("🎲 Random seed", scale=1)
-                with gr.Row():
-                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+                        dice = gr.Button("🎲 Random seed", scale=1, elem_id="random-seed")
             with gr.Column():
                 live = gr.Video(label="Live (streams while decoding)", streaming=True, autoplay=True,
                                 elem_id="live")
-                final = gr.Video(label="Finished video (download)", elem_id="final")
                 status = gr.Markdown(f"preset **{preset.name}** · device {studio.device} · "
                                      f"{studio.face_checker.note}", label="Status", elem_id="status")
+                final = gr.Video(label="Finished video (download)", elem_id="final")
         gr.Examples(EXAMPLES, inputs=[image, audio], cache_examples=False, label="Examples")
 
         inputs = [image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
@@ -231,7 +236,8 @@ def build_demo(
         checked = generate_btn.click(check_step, inputs, status, concurrency_id="checks", concurrency_limit=4,
                                      api_visibility="private")
         streaming = checked.success(stream_step, inputs, [live, final, status], concurrency_id="gpu",
-                                    concurrency_limit=1, api_name="generate_stream", api_visibility="undocumented")
+                                    concurrency_limit=1, show_progress_on=[final], api_name="generate_stream",
+                                    api_visibility="undocumented")
         stop_btn.click(stop_step, None, status, cancels=[streaming], queue=False, api_visibility="private")
         dice.click(lambda: random.randrange(2**31), None, seed, queue=False, api_visibility="private")
         api_trigger = gr.Button(visible=False)
@@ -242,9 +248,14 @@ def build_demo(
 
 
 def _show_progress(progress: gr.Progress, event: StageProgress, job: Job) -> None:
+    """The progress bar: denoising steps over all windows, then the share of frames decoded."""
     if event.stage == "denoise":
-        total = job.settings.steps
-        progress((round(event.fraction * total), total), desc=STAGE_NAMES["denoise"], unit="steps")
+        windows = job.window_count
+        total = job.settings.steps * windows
+        desc = STAGE_NAMES["denoise"]
+        if windows > 1:
+            desc += f" (window {min(windows, int(event.fraction * windows) + 1)} of {windows})"
+        progress((round(event.fraction * total), total), desc=desc, unit="steps")
     else:
         progress(event.fraction, desc=STAGE_NAMES.get(event.stage, event.stage))
 

@@ -71,6 +71,13 @@ class Job:
         return self.checked.settings
 
     @property
+    def window_count(self) -> int:
+        """Consecutive windows the core will denoise (one up to 81 frames; see `fantasy.long_video`)."""
+        from fantasy.long_video import plan_windows
+
+        return len(plan_windows(self.checked.num_frames, self.settings.max_frames))
+
+    @property
     def out_path(self) -> Path:
         return self.folder / "talking.mp4"
 

@@ -60,3 +60,9 @@ def test_old_outputs_are_cleaned_up(tiny_pipe, tmp_path):
     studio = Studio(tiny_pipe, get_preset("tiny"), FaceChecker(None, "skipped"), tmp_path)
     studio.check(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Controls())
     assert not old.exists() and recent.exists()
+
+
+def test_window_count_follows_the_core(tiny_pipe, tmp_path):
+    studio = Studio(tiny_pipe, get_preset("tiny"), FaceChecker(None, "skipped"), tmp_path)
+    assert studio.check(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Controls(max_duration_s=3.0)).window_count == 1  # 73 frames
+    assert studio.check(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Controls()).window_count == 2  # 149 frames = 81 + 68
