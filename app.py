@@ -285,7 +285,8 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks:
     print(f"[app] preset {preset.name}: {preset.summary}", flush=True)
     pipe = load_pipeline(preset.name)
     # On ZeroGPU the main process has no real GPU: the face check runs on the CPU there.
-    faces = default_face_check(device="cpu" if space.on_zero_gpu() else None, allow_download=space.on_spaces())
+    faces = default_face_check(device="cpu" if space.on_zero_gpu() else None,
+                               allow_download=None if space.on_spaces() else False)  # None: unless HF_HUB_OFFLINE
     return build_demo(pipe, preset, face_checker=faces)
 
 

@@ -68,10 +68,11 @@ class FaceChecker:
     note: str
 
 
-def default_face_check(device: str | None = None, allow_download: bool = False) -> FaceChecker:
+def default_face_check(device: str | None = None, allow_download: bool | None = False) -> FaceChecker:
     """face-alignment through `fantasy.face` when installed with its weights; otherwise a stated skip.
 
-    Weights are only looked for, not fetched, unless `allow_download` (a Space, online, may fetch them).
+    Weights are only looked for, not fetched, unless `allow_download` (None: fetch unless HF_HUB_OFFLINE;
+    what a Space does at start-up).
     """
     try:
         from fantasy import face

@@ -259,3 +259,21 @@ def test_python_app_py_starts_in_tiny_demo_mode_with_a_banner(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_on_a_space_the_app_is_built_at_import_time(monkeypatch):
+    import importlib
+
+    import gradio as gr
+
+    monkeypatch.setenv("SPACE_ID", "someone/fantasytalking-studio")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    try:
+        module = importlib.reload(app)
+        assert isinstance(module.demo, gr.Blocks)  # models loaded and page built by the import itself
+        config = module.demo.get_config_file()
+        assert any("The output is noise from a random model" in str(c.get("props", {}).get("value", ""))
+                   for c in config["components"])
+    finally:
+        monkeypatch.delenv("SPACE_ID")
+        assert importlib.reload(app).demo is None  # elsewhere importing builds nothing
