@@ -22,7 +22,7 @@ import gradio as gr
 from PIL import UnidentifiedImageError
 
 from fantasy.errors import FantasyError, GenerationCancelled, WeightsMissing
-from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED, Settings
+from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED
 from fantasy.image import MIN_SIDE, SIDE_MULTIPLE
 from fantasy.presets import Preset, get_preset, load_pipeline
 from fantasy.sampling import passes_needed
@@ -40,7 +40,6 @@ from fantasy.validation import (
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = [[str(ROOT / "examples" / "portrait.png"), str(ROOT / "examples" / "speech.wav")]]
 MAX_QUEUE = 8  # waiting generations; more are turned away with a busy message
-FPS = Settings().fps
 DEMO_BANNER = (
     "⚠️ <b>Demo mode: tiny random model.</b> No CUDA GPU with the real weights was found, so the app runs the "
     "<code>tiny</code> preset. <b>The output is noise from a random model</b>: it only shows that the whole path "
