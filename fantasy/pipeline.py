@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 from diffusers import WanImageToVideoPipeline
+from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from fantasy.adapter import AudioContext, AudioProjModel
@@ -79,12 +80,37 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
         return hidden.hidden_states[-2]
 
     @torch.no_grad()
-    def encode_audio(self, samples: np.ndarray, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Speech samples (already cut to the clip) -> (windows [1, T_lat, W, C], valid lengths [T_lat])."""
+    def project_audio(self, samples: np.ndarray) -> torch.Tensor:
+        """Speech samples -> wav2vec2 features -> `AudioProjModel`: [1, L, C] at 50 tokens per second."""
         features = speech_features(self.audio_encoder, self.feature_extractor, samples)
         param = next(self.audio_proj.parameters())
-        projected = self.audio_proj(features.to(param.device, param.dtype))
-        return split_into_windows(projected, num_frames)
+        return self.audio_proj(features.to(param.device, param.dtype))
+
+    def encode_audio(self, samples: np.ndarray, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Speech samples (already cut to the clip) -> (windows [1, T_lat, W, C], valid lengths [T_lat])."""
+        return split_into_windows(self.project_audio(samples), num_frames)
+
+    @torch.no_grad()
+    def prepare_condition(self, first_frames: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Wan I2V conditioning (4 mask channels + 16 latent channels) with K known leading frames.
+
+        `first_frames` [1, 3, K, H, W] in [-1, 1]: K = 1 is the portrait (the release, identical to
+        diffusers' `prepare_latents`); K = 1 + 4j are a previous window's last frames (motion frames)
+        for long videos. Known frames get mask 1, the rest 0, in Wan's 4-frames-per-latent layout.
+        """
+        _, _, known, height, width = first_frames.shape
+        vae_device = next(self.vae.parameters()).device
+        video = torch.cat([first_frames, first_frames.new_zeros(1, 3, num_frames - known, height, width)], dim=2)
+        latent = self.vae.encode(video.to(vae_device, self.vae.dtype)).latent_dist.mode()
+        mean = torch.tensor(self.vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latent.device, torch.float32)
+        std = torch.tensor(self.vae.config.latents_std).view(1, -1, 1, 1, 1).to(latent.device, torch.float32)
+        latent = (latent.float() - mean) / std
+        t_scale = self.vae_scale_factor_temporal
+        mask = torch.zeros(1, 1, num_frames, latent.shape[3], latent.shape[4], device=latent.device)
+        mask[:, :, :known] = 1
+        mask = torch.cat([mask[:, :, :1].repeat_interleave(t_scale, dim=2), mask[:, :, 1:]], dim=2)
+        mask = mask.view(1, -1, t_scale, latent.shape[3], latent.shape[4]).transpose(1, 2)
+        return torch.cat([mask, latent], dim=1)
 
     # ---- denoising ----------------------------------------------------------------------------
 
@@ -122,10 +148,13 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
         audio_weight: float = 1.0,
         generator: torch.Generator | None = None,
         step_callback: StepCallback | None = None,
+        motion_frames: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoise and return normalised latents [1, 16, T_lat, H/8, W/8]; decode with `decode_frames`.
 
         `image` must already be at its final size (sides multiples of 16); use `fantasy.image.resize_portrait`.
+        It always gives the CLIP identity tokens; `motion_frames` ([1, 3, K, H, W] in [-1, 1]) replace it as
+        the known leading frames of a continuation window.
         """
         if self.audio_context is None:
             raise RuntimeError("install the audio adapter first (fantasy.adapter.install_audio_adapter)")
@@ -143,10 +172,12 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
         windows = audio_windows.to(device, dtype)
         lengths = audio_lengths.to(device)
 
-        pixels = self.video_processor.preprocess(image, height=height, width=width).to(device, torch.float32)
-        latents, condition = self.prepare_latents(
-            pixels, 1, self.vae.config.z_dim, height, width, num_frames, torch.float32, device, generator,
-        )
+        if motion_frames is None:
+            motion_frames = self.video_processor.preprocess(image, height=height, width=width)[:, :, None]
+        condition = self.prepare_condition(motion_frames.float(), num_frames).to(device)
+        shape = (1, self.vae.config.z_dim, condition.shape[2], height // self.vae_scale_factor_spatial,
+                 width // self.vae_scale_factor_spatial)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         if windows.shape[1] != latents.shape[2]:
             raise ValueError(f"{windows.shape[1]} audio windows for {latents.shape[2]} latent frames")
 

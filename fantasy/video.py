@@ -59,7 +59,7 @@ class Mp4Writer:
             self.abort()
             raise ValueError("no frames were written")
         try:
-            mux_audio(self._video_tmp, self.audio_path, self._final_tmp)
+            mux_audio(self._video_tmp, self.audio_path, self._final_tmp, duration_s=self.frames_written / self.fps)
             self._final_tmp.replace(self.path)
         finally:
             self._cleanup()
@@ -85,12 +85,19 @@ class Mp4Writer:
             self.abort()
 
 
-def mux_audio(video_path: Path, audio_path: Path | None, out_path: Path, start_s: float = 0.0) -> None:
-    """Copy the H.264 stream, add the audio (from `start_s`) as AAC padded/cut to the video, +faststart."""
+def mux_audio(
+    video_path: Path, audio_path: Path | None, out_path: Path, start_s: float = 0.0, duration_s: float | None = None
+) -> None:
+    """Copy the H.264 stream, add the audio (from `start_s`) as AAC padded/cut to the video, +faststart.
+
+    Pass `duration_s` (frames / fps): `apad` + `-shortest` alone overshoots by a few AAC frames.
+    """
     cmd = [ffmpeg_executable(), "-nostdin", "-v", "error", "-y", "-i", str(video_path)]
     if audio_path is not None:
         cmd += ["-ss", f"{start_s:.6f}", "-i", str(audio_path), "-map", "0:v:0", "-map", "1:a:0",
                 "-c:a", "aac", "-b:a", "192k", "-af", "apad", "-shortest"]
+        if duration_s is not None:
+            cmd += ["-t", f"{duration_s:.6f}"]
     cmd += ["-c:v", "copy", "-movflags", "+faststart", str(out_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -38,14 +38,23 @@ def latent_frame_count(num_frames: int, temporal_factor: int = 4) -> int:
     return (num_frames - 1) // temporal_factor + 1
 
 
-def window_ranges(num_tokens: int, num_frames: int, expand: int = EXPAND_TOKENS) -> list[WindowRange]:
-    """Expanded inclusive token range of every latent frame, in the release's arithmetic."""
+def window_ranges(
+    num_tokens: int, num_frames: int, expand: int = EXPAND_TOKENS,
+    start_frame: int = 0, tokens_per_frame: float | None = None,
+) -> list[WindowRange]:
+    """Expanded inclusive token range of every latent frame, in the release's arithmetic.
+
+    For one clip (the release) `start_frame` is 0 and `tokens_per_frame` is `num_tokens / num_frames`.
+    A window of a long video starting at video frame `start_frame` (a multiple of 4) passes the whole
+    track's tokens and its rate, so each latent frame gets the tokens at its absolute time.
+    """
     num_latent = latent_frame_count(num_frames)
-    tokens_per_frame = num_tokens / num_frames
-    half = int(2 * tokens_per_frame)
+    tpf = num_tokens / num_frames if tokens_per_frame is None else tokens_per_frame
+    half = int(2 * tpf)
     cores: list[tuple[int, int]] = []
     for i in range(1, num_latent):
-        centre = int((tokens_per_frame * (4 * i - 3) + tokens_per_frame * (4 * i + 1)) / 2) - 1
+        first, after = start_frame + 4 * i - 3, start_frame + 4 * i + 1
+        centre = int((tpf * first + tpf * after) / 2) - 1
         cores.append((centre - half, centre + half))
     first_start = cores[0][0] if cores else 0
     cores.insert(0, (first_start - 2 * half, first_start))
@@ -53,11 +62,12 @@ def window_ranges(num_tokens: int, num_frames: int, expand: int = EXPAND_TOKENS)
 
 
 def split_into_windows(
-    tokens: torch.Tensor, num_frames: int, expand: int = EXPAND_TOKENS
+    tokens: torch.Tensor, num_frames: int, expand: int = EXPAND_TOKENS,
+    start_frame: int = 0, tokens_per_frame: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, L, C] projected audio -> ([B, T_lat, W, C] right-zero-padded windows, [T_lat] valid lengths)."""
     batch, num_tokens, channels = tokens.shape
-    ranges = window_ranges(num_tokens, num_frames, expand)
+    ranges = window_ranges(num_tokens, num_frames, expand, start_frame, tokens_per_frame)
     width = max(r.end - r.start + 1 for r in ranges)
     windows = tokens.new_zeros(batch, len(ranges), width, channels)
     lengths = torch.zeros(len(ranges), dtype=torch.long)

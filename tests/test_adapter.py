@@ -1,0 +1,186 @@
+"""The audio processor against diffusers' stock Wan I2V cross-attention."""
+
+import copy
+
+import pytest
+import torch
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+from fantasy.adapter import AudioContext, FantasyAudioAttnProcessor, audio_processors, install_audio_adapter
+from fantasy.tiny import CONTEXT_DIM, TEXT_DIM, tiny_transformer
+
+IMAGE_TOKENS = 17
+LATENT_FRAMES, H, W = 3, 4, 6  # 3 latent frames of (4/2)*(6/2) = 6 tokens each
+WINDOW = 5
+
+
+def inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        hidden_states=torch.randn(1, 36, LATENT_FRAMES, H, W, generator=g),
+        timestep=torch.tensor([700.0]),
+        encoder_hidden_states=torch.randn(1, 512, TEXT_DIM, generator=g),
+        encoder_hidden_states_image=torch.randn(1, IMAGE_TOKENS, 16, generator=g),
+        return_dict=False,
+    )
+
+
+def audio(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    windows = torch.randn(1, LATENT_FRAMES, WINDOW, CONTEXT_DIM, generator=g)
+    lengths = torch.tensor([3, WINDOW, 4])
+    windows[0, 0, 3:] = 0
+    windows[0, 2, 4:] = 0
+    return windows, lengths
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    stock = tiny_transformer()
+    ours = copy.deepcopy(stock)
+    ctx = install_audio_adapter(ours, CONTEXT_DIM, IMAGE_TOKENS)
+    return stock, ours, ctx
+
+
+def randomise(model, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in audio_processors(model):
+            p.k_proj.weight.copy_(torch.randn(p.k_proj.weight.shape, generator=g))
+            p.v_proj.weight.copy_(torch.randn(p.v_proj.weight.shape, generator=g))
+
+
+def zero(model):
+    with torch.no_grad():
+        for p in audio_processors(model):
+            p.k_proj.weight.zero_()
+            p.v_proj.weight.zero_()
+
+
+@torch.no_grad()
+def run(model, ctx, windows=None, lengths=None, scale=1.0, seed=0):
+    with ctx.use(windows, lengths, scale):
+        return model(**inputs(seed))[0]
+
+
+def test_installed_on_every_cross_attention_only(models):
+    _, ours, ctx = models
+    assert all(isinstance(b.attn2.processor, FantasyAudioAttnProcessor) for b in ours.blocks)
+    assert all(isinstance(b.attn1.processor, WanAttnProcessor) for b in ours.blocks)
+    assert all(b.attn2.processor.audio is ctx for b in ours.blocks)
+    assert all(b.attn2.processor.num_image_tokens == IMAGE_TOKENS for b in ours.blocks)
+    # The K/V live in the transformer's state dict under the processor path.
+    keys = [k for k in ours.state_dict() if ".processor." in k]
+    assert keys == [f"blocks.{i}.attn2.processor.{n}_proj.weight" for i in range(2) for n in "kv"]
+
+
+def test_zero_adapter_is_bit_identical_to_stock(models):
+    stock, ours, ctx = models
+    zero(ours)
+    windows, lengths = audio()
+    expected = stock(**inputs())[0]
+    assert torch.equal(run(ours, ctx, windows, lengths), expected)
+
+
+def test_no_audio_is_bit_identical_to_stock_even_with_trained_weights(models):
+    stock, ours, ctx = models
+    randomise(ours)
+    expected = stock(**inputs())[0]
+    assert torch.equal(run(ours, ctx), expected)
+    windows, lengths = audio()
+    assert torch.equal(run(ours, ctx, windows, lengths, scale=0.0), expected)
+    assert not torch.equal(run(ours, ctx, windows, lengths), expected)
+
+
+def one_block(model):
+    """A copy with only block 0 (later self-attention would spread any change to every frame)."""
+    single = copy.deepcopy(model)
+    single.blocks = single.blocks[:1]
+    return single, single.blocks[0].attn2.processor.audio  # deepcopy made the copy its own context
+
+
+def frame_tokens(out):
+    # [1, 16, T, H, W] -> per latent frame flattened
+    return [out[:, :, t] for t in range(LATENT_FRAMES)]
+
+
+def test_changing_one_window_changes_only_that_latent_frame(models):
+    _, ours, ctx = models
+    randomise(ours)
+    single, single_ctx = one_block(ours)
+    windows, lengths = audio()
+    base = run(single, single_ctx, windows, lengths)
+    changed_windows = windows.clone()
+    changed_windows[0, 1] += 1.0
+    out = run(single, single_ctx, changed_windows, lengths)
+    before, after = frame_tokens(base), frame_tokens(out)
+    assert torch.equal(before[0], after[0])
+    assert not torch.allclose(before[1], after[1])
+    assert torch.equal(before[2], after[2])
+
+
+def test_padded_positions_are_masked(models):
+    _, ours, ctx = models
+    randomise(ours)
+    windows, lengths = audio()
+    base = run(ours, ctx, windows, lengths)
+    noisy = windows.clone()
+    noisy[0, 0, 3:] = 123.0  # beyond length 3
+    noisy[0, 2, 4:] = -7.0  # beyond length 4
+    assert torch.equal(run(ours, ctx, noisy, lengths), base)
+    # ... while the same values inside the valid range do change the output.
+    noisy[0, 0, 2] = 123.0
+    assert not torch.equal(run(ours, ctx, noisy, lengths), base)
+
+
+def test_audio_term_grows_with_the_audio_weight(models):
+    _, ours, _ = models
+    randomise(ours)
+    single, single_ctx = one_block(ours)
+    windows, lengths = audio()
+    off = run(single, single_ctx, windows, lengths, scale=0.0)
+    one = run(single, single_ctx, windows, lengths, scale=1.0)
+    two = run(single, single_ctx, windows, lengths, scale=2.0)
+    assert (two - off).abs().mean() > (one - off).abs().mean() > 0
+
+
+def test_batched_scales_match_separate_calls(models):
+    _, ours, ctx = models
+    randomise(ours)
+    windows, lengths = audio()
+    single_full = run(ours, ctx, windows, lengths, scale=1.0)
+    single_off = run(ours, ctx, windows, lengths, scale=0.0)
+    batch = {k: (torch.cat([v, v]) if isinstance(v, torch.Tensor) and k != "timestep" else v) for k, v in inputs().items()}
+    batch["timestep"] = torch.tensor([700.0, 700.0])
+    with torch.no_grad(), ctx.use(windows, lengths, torch.tensor([1.0, 0.0])):
+        out = ours(**batch)[0]
+    torch.testing.assert_close(out[0:1], single_full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1:2], single_off, rtol=1e-5, atol=1e-5)
+
+
+def test_image_token_count_comes_from_config_not_text_length(models, monkeypatch):
+    """With a 300-token text the stock split (len - 512) would be negative; ours still sends 17 tokens."""
+    import fantasy.adapter as adapter_module
+
+    _, ours, _ = models
+    seen = []
+    real = adapter_module._get_added_kv_projections
+
+    def spy(attn, image_tokens):
+        seen.append(image_tokens.shape[1])
+        return real(attn, image_tokens)
+
+    monkeypatch.setattr(adapter_module, "_get_added_kv_projections", spy)
+    args = inputs()
+    with torch.no_grad():
+        ours(**dict(args, encoder_hidden_states=args["encoder_hidden_states"][:, :300]))
+    assert seen == [IMAGE_TOKENS, IMAGE_TOKENS]
+
+
+def test_context_is_restored_after_use():
+    ctx = AudioContext()
+    w = torch.zeros(1, 2, 3, 4)
+    with ctx.use(w, torch.tensor([3, 3]), 1.0):
+        assert ctx.active
+    assert ctx.windows is None and not ctx.active

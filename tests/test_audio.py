@@ -1,0 +1,140 @@
+"""Speech loading, validation, the frame-count rule and wav2vec2 feature lengths."""
+
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+
+from fantasy.audio import (
+    SAMPLE_RATE,
+    clip_samples,
+    feature_length,
+    ffmpeg_executable,
+    frame_count,
+    load_audio,
+)
+from fantasy.errors import AudioTooShort, InputFileNotFound, SilentAudio, UnsupportedAudio
+from fantasy.tiny import tiny_speech_encoder
+
+from .conftest import speech_like
+
+
+def encode(src, dst, *args):
+    subprocess.run([ffmpeg_executable(), "-v", "error", "-y", "-i", str(src), *args, str(dst)], check=True)
+
+
+@pytest.fixture
+def stereo_44k(tmp_path):
+    left = speech_like(1.5, 44_100, seed=1)
+    right = speech_like(1.5, 44_100, seed=2)
+    path = tmp_path / "stereo.wav"
+    soundfile.write(path, np.stack([left, right], axis=1), 44_100, subtype="FLOAT")
+    return path, (left + right) / 2
+
+
+def test_wav_is_mixed_to_mono_and_resampled_like_librosa(stereo_44k):
+    path, mono = stereo_44k
+    samples = load_audio(path)
+    expected = soxr.resample(mono.astype(np.float32), 44_100, SAMPLE_RATE, quality="HQ")
+    assert samples.dtype == np.float32
+    assert samples.shape == expected.shape == (24_000,)
+    np.testing.assert_allclose(samples, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix, args", [
+    (".mp3", ["-c:a", "libmp3lame"]),
+    (".flac", []),
+    (".ogg", ["-c:a", "libvorbis"]),
+    (".m4a", ["-c:a", "aac"]),
+    (".aac", ["-c:a", "aac"]),
+])
+def test_compressed_formats_decode_to_the_same_speech(stereo_44k, tmp_path, suffix, args):
+    wav, _ = stereo_44k
+    reference = load_audio(wav)
+    out = tmp_path / f"speech{suffix}"
+    encode(wav, out, *args)
+    samples = load_audio(out)
+    assert abs(len(samples) - len(reference)) <= 0.06 * SAMPLE_RATE  # codec padding/priming only
+    # Lossy codecs colour the signal and raw ADTS keeps the encoder delay: the syllable envelope must
+    # still match once aligned within 0.1 s.
+    def envelope(x):
+        return np.convolve(np.abs(x), np.ones(400) / 400, mode="valid")[::40]
+
+    a, b = envelope(samples), envelope(reference)
+    n = min(len(a), len(b)) - 40
+    best = max(np.corrcoef(a[lag : lag + n], b[:n])[0, 1] for lag in range(0, 41))
+    assert best > 0.9
+
+
+def test_audio_track_of_a_video_is_used(stereo_44k, tmp_path):
+    wav, _ = stereo_44k
+    video = tmp_path / "clip.mp4"
+    subprocess.run([ffmpeg_executable(), "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=64x64:d=1.5",
+                    "-i", str(wav), "-shortest", "-c:v", "libx264", "-c:a", "aac", str(video)], check=True)
+    samples = load_audio(video)
+    assert 1.4 * SAMPLE_RATE < len(samples) < 1.6 * SAMPLE_RATE
+
+
+def test_video_without_audio_track_is_rejected(tmp_path):
+    video = tmp_path / "mute.mp4"
+    subprocess.run([ffmpeg_executable(), "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=64x64:d=1",
+                    "-c:v", "libx264", str(video)], check=True)
+    with pytest.raises(UnsupportedAudio, match="has no audio track"):
+        load_audio(video)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputFileNotFound, match="Speech file not found: .*nope.wav"):
+        load_audio(tmp_path / "nope.wav")
+
+
+def test_non_audio_file(tmp_path):
+    junk = tmp_path / "notes.wav"
+    junk.write_text("this is not audio at all\n" * 20)
+    with pytest.raises(UnsupportedAudio, match="Could not read 'notes.wav' as audio"):
+        load_audio(junk)
+
+
+def test_silent_audio(tmp_path):
+    path = tmp_path / "silence.wav"
+    soundfile.write(path, np.zeros(16_000, dtype=np.float32), 16_000)
+    with pytest.raises(SilentAudio, match="'silence.wav' is silent"):
+        load_audio(path)
+
+
+def test_too_short_audio(tmp_path):
+    path = tmp_path / "blip.wav"
+    soundfile.write(path, speech_like(0.15), 16_000)
+    with pytest.raises(AudioTooShort, match="0.15 s long; at least 0.2 s"):
+        load_audio(path)
+
+
+@pytest.mark.parametrize("duration, fps, expected", [
+    (10.0, 23, 81),  # the release's 10 s example: capped at 81 frames
+    (3.0, 23, 73),  # 69 // 4 = 17 -> 17*4 + 5
+    (0.2, 23, 9),
+    (2.0, 16, 37),
+    (3.6, 23, 81),  # 82.8 // 4 = 20 -> 85, capped at 81
+])
+def test_frame_count_rule(duration, fps, expected):
+    assert frame_count(duration, fps, 81) == expected
+    assert (frame_count(duration, fps, 81) - 1) % 4 == 0
+
+
+def test_frame_count_rejects_max_frames_that_break_4k_plus_1():
+    with pytest.raises(ValueError, match="4k\\+1"):
+        frame_count(3.0, 23, 80)
+
+
+def test_81_frames_at_23_fps_give_175_wav2vec_tokens():
+    model = tiny_speech_encoder()
+    samples = clip_samples(np.ones(10 * SAMPLE_RATE, dtype=np.float32), 81, 23)
+    assert len(samples) == 56_347
+    assert feature_length(model, len(samples)) == 175
+    from fantasy.audio import speech_features
+    from fantasy.tiny import Wav2Vec2FeatureExtractor
+
+    fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True)
+    assert speech_features(model, fe, speech_like(56_347 / SAMPLE_RATE)).shape == (1, 175, model.config.hidden_size)

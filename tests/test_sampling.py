@@ -1,0 +1,46 @@
+"""The release's sampler schedule and guidance formula."""
+
+import pytest
+import torch
+
+from fantasy.sampling import combine_guidance, make_scheduler, passes_needed, set_official_timesteps
+
+
+def test_schedule_matches_the_release():
+    scheduler = make_scheduler()
+    timesteps = set_official_timesteps(scheduler, 30)
+    assert len(timesteps) == 30
+    # Reference §3.4: 1000.0, 993.15, 985.92, ..., 357.14, 263.16, 147.06
+    torch.testing.assert_close(timesteps[:3], torch.tensor([1000.0, 993.1507, 985.9155]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(timesteps[-3:], torch.tensor([357.1429, 263.1579, 147.0588]), atol=1e-3, rtol=0)
+    s = torch.linspace(1, 0, 31)[:-1].double()
+    torch.testing.assert_close(scheduler.sigmas[:-1].double(), 5 * s / (1 + 4 * s), atol=1e-6, rtol=0)
+    assert scheduler.sigmas[-1] == 0
+
+
+def test_euler_step_is_x_plus_v_times_dsigma():
+    scheduler = make_scheduler()
+    timesteps = set_official_timesteps(scheduler, 4)
+    x = torch.randn(1, 16, 2, 4, 4)
+    v = torch.randn_like(x)
+    out = scheduler.step(v, timesteps[0], x, return_dict=False)[0]
+    torch.testing.assert_close(out, x + v * (scheduler.sigmas[1] - scheduler.sigmas[0]))
+
+
+@pytest.mark.parametrize("text, audio, passes", [
+    (5.0, 5.0, ("full", "text", "uncond")),
+    (1.0, 5.0, ("full", "text")),
+    (1.0, 1.0, ("full",)),
+    (3.0, 1.0, ("full", "text", "uncond")),
+])
+def test_passes_needed(text, audio, passes):
+    assert passes_needed(text, audio) == passes
+
+
+def test_combination_formula_by_hand():
+    f, t, u = torch.tensor([3.0]), torch.tensor([2.0]), torch.tensor([0.5])
+    # v = u + cfg_text (t - u) + cfg_audio (f - t) = 0.5 + 5*1.5 + 4.5*1 = 12.5
+    assert combine_guidance({"full": f, "text": t, "uncond": u}, 5.0, 4.5).item() == 12.5
+    # cfg_text = 1: v = t + cfg_audio (f - t) = 2 + 4.5 = 6.5
+    assert combine_guidance({"full": f, "text": t}, 1.0, 4.5).item() == 6.5
+    assert combine_guidance({"full": f}, 1.0, 1.0).item() == 3.0

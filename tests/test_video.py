@@ -1,0 +1,56 @@
+"""What the mp4 writer really puts in the file."""
+
+import numpy as np
+import pytest
+import soundfile
+
+from fantasy.video import Mp4Writer, moov_before_mdat, probe
+
+from .conftest import speech_like
+
+
+def frames(n, h=64, w=96):
+    return (np.random.default_rng(0).integers(0, 255, (n, h, w, 3))).astype(np.uint8)
+
+
+def test_h264_yuv420p_with_aac_audio_padded_to_the_video(tmp_path):
+    speech = tmp_path / "s.wav"
+    soundfile.write(speech, speech_like(2.0), 16_000)
+    out = tmp_path / "out.mp4"
+    with Mp4Writer(out, 23, 96, 64, audio_path=speech) as writer:
+        writer.write(frames(1))
+        for _ in range(20):
+            writer.write(frames(4))
+    info = probe(out)
+    assert (info.frames, info.fps, info.width, info.height) == (81, 23.0, 96, 64)
+    assert (info.video_codec, info.pix_fmt, info.audio_codec) == ("h264", "yuv420p", "aac")
+    # 2 s of speech under 81/23 = 3.52 s of video: the audio is padded, no frame is lost.
+    assert info.duration == pytest.approx(81 / 23, abs=0.05)
+    assert info.audio_duration == pytest.approx(81 / 23, abs=0.05)
+    assert moov_before_mdat(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "s.wav"]
+
+
+def test_longer_audio_is_cut_to_the_video(tmp_path):
+    speech = tmp_path / "s.wav"
+    soundfile.write(speech, speech_like(6.0), 16_000)
+    out = tmp_path / "out.mp4"
+    with Mp4Writer(out, 25, 96, 64, audio_path=speech) as writer:
+        writer.write(frames(50))
+    info = probe(out)
+    assert info.frames == 50
+    assert info.audio_duration == pytest.approx(2.0, abs=0.05)
+
+
+def test_failure_leaves_no_file(tmp_path):
+    out = tmp_path / "out.mp4"
+    with pytest.raises(RuntimeError, match="decoder broke"), Mp4Writer(out, 23, 96, 64) as writer:
+        writer.write(frames(5))
+        raise RuntimeError("decoder broke")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_frame_size_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="expected uint8 frames of 64x96x3"), Mp4Writer(tmp_path / "o.mp4", 23, 96, 64) as w:
+        w.write(frames(1, 32, 32))
+    assert list(tmp_path.iterdir()) == []
