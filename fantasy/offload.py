@@ -34,8 +34,19 @@ def check_vram_mode(name: str) -> str:
     return name
 
 
-def _streams_available(device: torch.device) -> bool:
-    return device.type == "cuda"
+def group_offload_kwargs(device: torch.device) -> dict:
+    """Block-level group offloading, one block per group, prefetched on a CUDA stream when there is one."""
+    return {
+        "onload_device": device, "offload_device": torch.device("cpu"), "offload_type": "block_level",
+        "num_blocks_per_group": 1, "use_stream": device.type == "cuda",
+    }
+
+
+def group_offload(module: torch.nn.Module, device: str | torch.device) -> None:
+    """Group-offload one model (the benchmark's transformer; the pipeline goes through `apply_vram_mode`)."""
+    from diffusers.hooks import apply_group_offloading
+
+    apply_group_offloading(module, **group_offload_kwargs(torch.device(device)))
 
 
 def offload_text_encoder_after_use(pipe, device: torch.device) -> None:
@@ -60,8 +71,4 @@ def apply_vram_mode(pipe, mode: str, device: str | torch.device) -> None:
     elif mode == "model-offload":
         pipe.enable_model_cpu_offload(device=device)
     else:
-        pipe.enable_group_offload(
-            onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level",
-            num_blocks_per_group=1, use_stream=_streams_available(device),
-            exclude_modules=list(GROUP_OFFLOAD_RESIDENT),
-        )
+        pipe.enable_group_offload(**group_offload_kwargs(device), exclude_modules=list(GROUP_OFFLOAD_RESIDENT))

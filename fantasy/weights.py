@@ -125,9 +125,13 @@ def missing_error(part: RepoPart, entry: str, root: Path, dit: str) -> WeightsMi
         f"Missing weight file {root / part.folder / entry.split('|')[0]} ('{shown}' from the Hugging Face repo "
         f"'{part.repo}': {part.purpose}). Fetch it with: {fetch_command(dit, root)}"
     )
-    if hub_offline():
-        message += " (HF_HUB_OFFLINE=1 is set: unset it for the download; generating afterwards needs no network)"
-    return WeightsMissing(message)
+    return WeightsMissing(message + _offline_hint())
+
+
+def _offline_hint() -> str:
+    if not hub_offline():
+        return ""
+    return " (HF_HUB_OFFLINE=1 is set: unset it for the download; generating afterwards needs no network)"
 
 
 def _hf_cache_folder(part: RepoPart) -> Path | None:
@@ -171,7 +175,7 @@ def adapter_file(root: Path, dit: str = DEFAULT_DIT) -> Path:
         return _convert_once(cached / OFFICIAL_FILE, converted)
     raise WeightsMissing(
         f"Missing weight file {converted} (converted from '{OFFICIAL_FILE}' of the Hugging Face repo "
-        f"'{OFFICIAL_REPO}': {ADAPTER_PART.purpose}). Fetch it with: {fetch_command(dit, root)}"
+        f"'{OFFICIAL_REPO}': {ADAPTER_PART.purpose}). Fetch it with: {fetch_command(dit, root)}{_offline_hint()}"
     )
 
 
