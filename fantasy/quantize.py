@@ -7,11 +7,15 @@ dict with original Wan key names) is the only thing that changes between modes.
 Two facts checked against diffusers 0.42.1 shape this file:
 - `from_single_file(..., quantization_config=TorchAoConfig(...))` treats the checkpoint as
   pre-quantized and silently leaves every weight in bf16. So torchao is applied after loading with
-  torchao's own `quantize_`, skipping the modules diffusers would skip (`_keep_in_fp32_modules`).
+  torchao's own `quantize_`, skipping the modules diffusers would skip (`_keep_in_fp32_modules`) and
+  the adapter's processors.
+- Without a quantizer `from_single_file` casts the whole model to `dtype`, fp32-kept modules included;
+  we put those back in fp32, as `from_pretrained` would.
 - `enable_layerwise_casting(skip_modules_pattern=...)` *replaces* diffusers' default skip list, so we
   re-add it, and add the audio adapter's processors: they must stay in their compute dtype.
 
-The adapter itself is installed after all of this (`fantasy.presets.assemble`) and is never quantized.
+The adapter is never quantized or cast: GGUF weights are quantized in the file, before the adapter
+exists; torchao and layerwise casting run after it is installed and skip it by name.
 """
 
 from __future__ import annotations
@@ -79,7 +83,29 @@ def load_single_file_transformer(
     if device is not None:
         kwargs["device"] = torch.device(device)
     source = checkpoint if isinstance(checkpoint, dict) else str(checkpoint)
-    return WanTransformer3DModel.from_single_file(source, **kwargs).eval()
+    model = WanTransformer3DModel.from_single_file(source, **kwargs).eval()
+    if not gguf:
+        keep_fp32_modules_in_fp32(model)
+    return model
+
+
+def keep_fp32_modules_in_fp32(model) -> int:
+    """Put `_keep_in_fp32_modules` (time embedder, modulation tables, norms) back in fp32.
+
+    Without a quantizer, `from_single_file` ends with `model.to(dtype)`, which casts them to bf16;
+    `from_pretrained` and the original Wan keep them in fp32. Returns the number of modules restored.
+    """
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    restored = 0
+    for name, module in model.named_modules():
+        if keep & set(name.split(".")) and any(p.is_floating_point() for p in module.parameters(recurse=False)):
+            module.to(torch.float32)
+            restored += 1
+    if "scale_shift_table" in keep:  # bare parameters, not modules
+        for name, param in model.named_parameters():
+            if name.split(".")[-1] == "scale_shift_table":
+                param.data = param.data.float()
+    return restored
 
 
 def torchao_config(kind: str):

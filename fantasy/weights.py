@@ -32,6 +32,7 @@ WAV2VEC_REPO = "facebook/wav2vec2-base-960h"
 ADAPTER_SAFETENSORS = "fantasytalking_model.safetensors"
 DEFAULT_DIT = "q8_0"
 DEFAULT_VRAM = "resident"
+VAE_TILE = 512  # px; frames up to this size decode untiled
 
 
 @dataclass(frozen=True)
@@ -243,9 +244,10 @@ def load_real_pipeline(
 ):
     """The 14B pipeline with the FantasyTalking adapter, its DiT stored as `dit`, placed for `vram`.
 
-    Order matters: load (and quantize) the DiT, install the adapter (fp32-created, then cast to
-    `dtype`; never quantized), load its weights, apply fp8 layerwise casting if asked (skipping the
-    adapter), and only then offload. VAE, CLIP and wav2vec2 run in fp32; the VAE decodes in tiles.
+    Order matters: load the DiT (GGUF stays quantized), install the adapter (cast to `dtype`), load
+    its weights, then torchao quantization or fp8 layerwise casting if asked (both skip the adapter by
+    name), and only then offloading, so the adapter moves with its block. VAE, CLIP and wav2vec2 run
+    in fp32; the VAE decodes in tiles above 512 px.
     `allow_cpu` exists for tests that push tiny checkpoints through this exact path.
     """
     from diffusers import AutoencoderKLWan
@@ -282,10 +284,10 @@ def load_real_pipeline(
     transformer = load_single_file_transformer(
         paths["dit"], wan / "transformer", compute_dtype=dtype, gguf=paths["dit"].suffix == ".gguf"
     )
-    if mode.torchao:
-        quantize_weight_only(transformer, mode.torchao, device=device if vram == "resident" else None)
     vae = AutoencoderKLWan.from_pretrained(wan / "vae", dtype=torch.float32)
-    vae.enable_tiling()
+    # Tiles only above 512 px, so the default size still decodes (and streams) frame by frame.
+    vae.enable_tiling(tile_sample_min_height=VAE_TILE, tile_sample_min_width=VAE_TILE,
+                      tile_sample_stride_height=VAE_TILE - 64, tile_sample_stride_width=VAE_TILE - 64)
     audio_encoder = Wav2Vec2Model.from_pretrained(wav2vec, dtype=torch.float32)
     audio_dim, context_dim = _adapter_dims(adapter_path, audio_encoder.config.hidden_size)
     components = {
@@ -305,6 +307,8 @@ def load_real_pipeline(
     for processor in audio_processors(pipe.transformer):
         processor.to(dtype)  # the DiT's first parameter may be GGUF/fp32; the adapter computes in `dtype`
     load_adapter_weights(pipe.transformer, pipe.audio_proj, adapter_path)
+    if mode.torchao:  # on the GPU when it stays there (fast, no round trip); the adapter is skipped by name
+        quantize_weight_only(pipe.transformer, mode.torchao, device=device if vram == "resident" else None)
     if mode.fp8_storage:
         enable_fp8_storage(pipe.transformer, dtype)
     apply_vram_mode(pipe, vram, device)

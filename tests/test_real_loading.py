@@ -176,3 +176,19 @@ def test_resident_mode_offloads_only_the_text_encoder(loaded):
     assert _hook(pipe.transformer.blocks[0], "group_offloading") is None
     assert not hasattr(pipe.transformer, "_hf_hook")
     assert pipe.vae.use_tiling and pipe.vae.dtype == torch.float32
+    assert pipe.vae.tile_sample_min_width == pipe.vae.tile_sample_min_height == 512  # 512 px streams untiled
+
+
+def test_bf16_single_file_keeps_diffusers_fp32_modules_in_fp32(weights):
+    from fantasy.quantize import load_single_file_transformer
+    from fantasy.weights import DIT_FILES, WAN_PART
+
+    root, _ = weights
+    part = DIT_FILES["bf16"]
+    transformer = load_single_file_transformer(root / part.folder / part.required[0], root / WAN_PART.folder /
+                                               "transformer", compute_dtype=torch.bfloat16, gguf=False)
+    assert transformer.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    assert transformer.blocks[0].norm2.weight.dtype == torch.float32
+    assert transformer.blocks[0].scale_shift_table.dtype == torch.float32
+    assert transformer.scale_shift_table.dtype == torch.float32
+    assert transformer.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
