@@ -209,13 +209,13 @@ def download(
     if dry_run:
         out("Dry run: nothing downloaded.")
         return plans
-    check_disk_space(root, needed)
+    adapter = next(p for p in plans if p.part is ADAPTER_PART)
+    check_disk_space(root, needed + adapter.to_fetch // 2)  # + the bf16 safetensors made from the fp32 pickle
     for plan in plans:
         if plan.skip_reason is None and plan.files.keys() - plan.present:
             out(f"Fetching {plan.part.repo} ({human_size(plan.to_fetch)}) ...")
             fetch(plan)
     if not (root / ADAPTER_SAFETENSORS).is_file():
-        adapter = next(p for p in plans if p.part is ADAPTER_PART)
         source = adapter.target if adapter.skip_reason is None else locate(ADAPTER_PART, root)
         convert_adapter(Path(source) / OFFICIAL_FILE, root, keep_ckpt, out)
     out(f"Done. Generate with: python -m fantasy generate --preset real --dit {dit} --weights {root} ...")
