@@ -29,6 +29,10 @@ class UnsupportedImage(FantasyError):
     """The portrait file is not an image we can read."""
 
 
+class UnsupportedVideo(FantasyError):
+    """A video file (to evaluate) could not be decoded, or holds no frames."""
+
+
 class ImageTooSmall(FantasyError):
     """The portrait is below the minimum side length."""
 

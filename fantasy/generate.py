@@ -15,12 +15,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fantasy.audio import SAMPLE_RATE, clip_samples, frame_count, load_audio
+from fantasy.audio import SAMPLE_RATE, clip_samples, load_audio
 from fantasy.errors import InvalidSetting
 from fantasy.image import load_portrait, resize_portrait
+from fantasy.long_video import MOTION_FRAMES, ColourMatch, plan_windows, total_frame_count
 from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT, FantasyTalkingPipeline
 from fantasy.presets import Preset
+from fantasy.sampling import passes_needed
 from fantasy.video import Mp4Writer
+from fantasy.windows import split_into_windows
 
 DEFAULT_PROMPT = "A person is talking."
 DEFAULT_SEED = 1111  # the release's CLI default
@@ -38,7 +41,8 @@ class Settings:
     audio_guidance: float = 5.0
     audio_weight: float = 1.0
     fps: int = 23
-    max_frames: int = 81
+    max_frames: int = 81  # frames per window (the release's clip length)
+    max_duration: float = 10.0  # seconds; longer speech is cut (and the result says so)
     longest_edge: int | None = None  # None: the preset's default
 
     def resolved(self, preset: Preset) -> Settings:
@@ -54,6 +58,9 @@ class Settings:
             (8 <= s.fps <= 60, f"fps must be between 8 and 60, got {s.fps}"),
             (s.max_frames >= 5 and (s.max_frames - 1) % 4 == 0,
              f"max frames must be 4k+1 and at least 5 (e.g. 81), got {s.max_frames}"),
+            (MOTION_FRAMES < s.max_frames <= 161,
+             f"max frames (per window) must be between {MOTION_FRAMES + 4} and 161, got {s.max_frames}"),
+            (0.2 <= s.max_duration <= 600, f"maximum duration must be between 0.2 and 600 s, got {s.max_duration}"),
             (s.longest_edge >= 64 and s.longest_edge % 16 == 0,
              f"resolution (longest edge) must be a multiple of 16 and at least 64, got {s.longest_edge}"),
             (0 <= s.seed < 2**63, f"seed must be a non-negative integer, got {s.seed}"),
@@ -70,8 +77,9 @@ class PreparedInputs:
 
     portrait: Image.Image  # resized, sides multiples of 16
     speech: np.ndarray  # the whole track, mono 16 kHz
-    num_frames: int
+    num_frames: int  # the whole video
     speech_seconds: float
+    speech_cut: bool  # the speech is longer than the maximum duration
 
 
 def prepare_inputs(image: str | Path | Image.Image, audio: str | Path, settings: Settings) -> PreparedInputs:
@@ -79,8 +87,8 @@ def prepare_inputs(image: str | Path | Image.Image, audio: str | Path, settings:
     portrait = resize_portrait(load_portrait(image), settings.longest_edge)
     speech = load_audio(audio)
     seconds = len(speech) / SAMPLE_RATE
-    num_frames = frame_count(seconds, settings.fps, settings.max_frames)
-    return PreparedInputs(portrait, speech, num_frames, seconds)
+    num_frames, cut = total_frame_count(seconds, settings.fps, settings.max_duration)
+    return PreparedInputs(portrait, speech, num_frames, seconds, cut)
 
 
 @dataclass
@@ -93,6 +101,8 @@ class Result:
     seconds_taken: float
     speech_seconds: float
     passes_per_step: int
+    windows: int
+    speech_cut: bool
 
 
 ProgressFn = Callable[[str, float], None]  # (stage, fraction of that stage done)
@@ -108,33 +118,80 @@ def generate(
     progress: ProgressFn | None = None,
     on_frames: Callable[[np.ndarray], None] | None = None,
 ) -> Result:
-    """Generate one talking clip into `out_path` (mp4 with the speech). `on_frames` sees frames as decoded."""
-    from fantasy.sampling import passes_needed
+    """Generate a talking video into `out_path` (mp4 with the speech). `on_frames` sees frames as decoded.
 
+    Up to `max_frames` frames this is the release's single clip; longer speech runs consecutive windows
+    (see `fantasy.long_video`), each decoded and written as soon as it is denoised.
+    """
     started = time.perf_counter()
     settings = settings.resolved(preset)
     inputs = prepare_inputs(image, audio, settings)
     report = progress or (lambda stage, fraction: None)
-
-    report("audio", 0.0)
-    windows, lengths = pipe.encode_audio(clip_samples(inputs.speech, inputs.num_frames, settings.fps), inputs.num_frames)
+    windows = plan_windows(inputs.num_frames, settings.max_frames)
+    audio_for = _audio_windows(pipe, inputs, settings, single_clip=len(windows) == 1)
     generator = torch.Generator("cpu").manual_seed(settings.seed)
-    latents = pipe(
-        image=inputs.portrait, audio_windows=windows, audio_lengths=lengths, prompt=settings.prompt,
-        negative_prompt=settings.negative_prompt, num_frames=inputs.num_frames, num_inference_steps=settings.steps,
-        text_guidance_scale=settings.text_guidance, audio_guidance_scale=settings.audio_guidance,
-        audio_weight=settings.audio_weight, generator=generator,
-        step_callback=lambda done, total: report("denoise", done / total),
-    )
     width, height = inputs.portrait.size
+
     with Mp4Writer(out_path, settings.fps, width, height, audio_path=audio) as writer:
-        for frames in pipe.decode_frames(latents):
-            writer.write(frames)
-            if on_frames is not None:
-                on_frames(frames)
-            report("decode", writer.frames_written / inputs.num_frames)
+        tail: np.ndarray | None = None  # the last frames written: the next window's motion frames
+        for index, window in enumerate(windows):
+            audio_windows, audio_lengths = audio_for(window)
+
+            def on_step(done: int, total: int, index: int = index) -> None:
+                report("denoise", (index + done / total) / len(windows))
+
+            latents = pipe(
+                image=inputs.portrait, audio_windows=audio_windows, audio_lengths=audio_lengths,
+                prompt=settings.prompt, negative_prompt=settings.negative_prompt, num_frames=window.length,
+                num_inference_steps=settings.steps, text_guidance_scale=settings.text_guidance,
+                audio_guidance_scale=settings.audio_guidance, audio_weight=settings.audio_weight,
+                generator=generator, step_callback=on_step,
+                motion_frames=None if tail is None else _to_pixels(tail[-window.overlap:]),
+            )
+            produced: list[np.ndarray] = []
+            colour: ColourMatch | None = None
+            for frames in pipe.decode_frames(latents):
+                produced.append(frames)
+                done = sum(len(f) for f in produced)
+                if done <= window.overlap:
+                    if done == window.overlap:  # all repeated frames seen: fit the colour match on them
+                        colour = ColourMatch.fit(np.concatenate(produced), tail[-window.overlap:])
+                    continue
+                new = frames[max(0, len(frames) - (done - window.overlap)):]
+                new = colour.apply(new) if colour is not None else new
+                writer.write(new)
+                if on_frames is not None:
+                    on_frames(new)
+                tail = new if tail is None else np.concatenate([tail, new])[-MOTION_FRAMES:]
+                report("decode", writer.frames_written / inputs.num_frames)
     return Result(
         path=Path(out_path), num_frames=writer.frames_written, fps=settings.fps, width=width, height=height,
         seconds_taken=time.perf_counter() - started, speech_seconds=inputs.speech_seconds,
         passes_per_step=len(passes_needed(settings.text_guidance, settings.audio_guidance)),
+        windows=len(windows), speech_cut=inputs.speech_cut,
     )
+
+
+def _audio_windows(pipe: FantasyTalkingPipeline, inputs: PreparedInputs, settings: Settings, single_clip: bool):
+    """Window -> (audio windows, valid lengths).
+
+    One clip: the release's path (features of `[0, num_frames/fps)`, rate `L / num_frames`). Long video:
+    features of the whole track zero-padded to the video's length, so every latent frame's tokens are
+    the ones at its absolute time, whichever window it falls in.
+    """
+    if single_clip:
+        clip = clip_samples(inputs.speech, inputs.num_frames, settings.fps)
+        encoded = pipe.encode_audio(clip, inputs.num_frames)
+        return lambda window: encoded
+    length = int(inputs.num_frames / settings.fps * SAMPLE_RATE)
+    samples = np.zeros(length, dtype=np.float32)
+    used = inputs.speech[:length]
+    samples[: len(used)] = used
+    tokens = pipe.project_audio(samples)
+    rate = tokens.shape[1] / inputs.num_frames
+    return lambda window: split_into_windows(tokens, window.length, start_frame=window.start, tokens_per_frame=rate)
+
+
+def _to_pixels(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [K, H, W, 3] -> [1, 3, K, H, W] in [-1, 1]."""
+    return torch.from_numpy(frames).float().div(127.5).sub(1.0).permute(3, 0, 1, 2)[None]

@@ -65,6 +65,7 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
         )
         self.register_modules(audio_encoder=audio_encoder, feature_extractor=feature_extractor, audio_proj=audio_proj)
         self.audio_context: AudioContext | None = None  # set by `install_audio_adapter`
+        self.batch_guidance = False  # run the guidance passes as one batch (same result, more memory)
 
     # ---- conditioning -------------------------------------------------------------------------
 
@@ -126,11 +127,27 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
         self, latent_input, timestep, prompt_embeds, negative_embeds, image_tokens, windows, lengths,
         text_guidance_scale: float, audio_guidance_scale: float, audio_weight: float,
     ) -> torch.Tensor:
-        """One step's velocity: full / text-only / uncond passes combined by the release's formula."""
-        preds = {}
-        for name in passes_needed(text_guidance_scale, audio_guidance_scale):
-            text = negative_embeds if name == "uncond" else prompt_embeds
-            preds[name] = self._predict(name, latent_input, timestep, text, image_tokens, windows, lengths, audio_weight)
+        """One step's velocity: full / text-only / uncond passes combined by the release's formula.
+
+        With `batch_guidance` on, the passes run as one batch (per-sample audio weight [w, 0, 0]): the
+        same arithmetic with fewer, larger kernels, which pays off on a GPU with memory to spare.
+        """
+        names = passes_needed(text_guidance_scale, audio_guidance_scale)
+        texts = [negative_embeds if name == "uncond" else prompt_embeds for name in names]
+        if self.batch_guidance and len(names) > 1:
+            scales = torch.tensor([audio_weight if name == "full" else 0.0 for name in names])
+            with self.transformer.cache_context("batched"), self.audio_context.use(windows, lengths, scales):
+                out = self.transformer(
+                    hidden_states=latent_input.expand(len(names), -1, -1, -1, -1),
+                    timestep=timestep.expand(len(names)), encoder_hidden_states=torch.cat(texts),
+                    encoder_hidden_states_image=image_tokens.expand(len(names), -1, -1), return_dict=False,
+                )[0]
+            preds = dict(zip(names, out.split(1), strict=True))
+        else:
+            preds = {
+                name: self._predict(name, latent_input, timestep, text, image_tokens, windows, lengths, audio_weight)
+                for name, text in zip(names, texts, strict=True)
+            }
         return combine_guidance(preds, text_guidance_scale, audio_guidance_scale)
 
     @torch.no_grad()

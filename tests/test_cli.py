@@ -24,12 +24,12 @@ def test_readme_command_writes_a_talking_video(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "output is noise" in proc.stderr  # the demo mode says so
     info = probe(out)
-    # 6.4 s of speech at 23 fps -> capped at 81 frames (3.52 s), 128 px (tiny default).
-    assert (info.frames, info.fps, info.width, info.height) == (81, 23.0, 128, 128)
+    # 6.41 s of speech at 23 fps: int(147.4 // 4)*4 + 5 = 149 frames in 2 windows (81 + 68), 128 px.
+    assert (info.frames, info.fps, info.width, info.height) == (149, 23.0, 128, 128)
     assert info.has_audio and info.audio_codec == "aac"
-    assert info.duration == pytest.approx(81 / 23, abs=0.05)
+    assert info.duration == pytest.approx(149 / 23, abs=0.05)
     assert moov_before_mdat(out)
-    assert "wrote" in proc.stdout and "30 steps x 3 passes" in proc.stdout
+    assert "2 windows" in proc.stdout and "30 steps x 3 passes" in proc.stdout
 
 
 def generate(tmp_path, *extra, image=EXAMPLE_IMAGE, audio=EXAMPLE_SPEECH):
@@ -71,6 +71,9 @@ def test_bad_setting_is_rejected_before_loading_models(tmp_path, capsys):
     code, _ = generate(tmp_path, "--max-frames", "80")
     assert code == 2
     assert "max frames must be 4k+1" in capsys.readouterr().err
+    code, _ = generate(tmp_path, "--max-duration", "0")
+    assert code == 2
+    assert "maximum duration must be between 0.2 and 600 s, got 0.0" in capsys.readouterr().err
 
 
 def write(path, samples):

@@ -151,3 +151,17 @@ def test_motion_frames_set_the_mask_of_their_latent_frames(tiny_pipe):
     condition = tiny_pipe.prepare_condition(frames, 25)
     mask = condition[0, :4, :, 0, 0]
     assert mask[:, :2].eq(1).all() and mask[:, 2:].eq(0).all()  # 5 frames = latent frames 0 and 1
+
+
+@pytest.mark.parametrize("text_scale, audio_scale", [(5.0, 4.0), (1.0, 4.0)])
+def test_batched_guidance_gives_the_same_result(tiny_pipe, conditioning, text_scale, audio_scale):
+    plain = run(tiny_pipe, conditioning, text_guidance_scale=text_scale, audio_guidance_scale=audio_scale)
+    tiny_pipe.batch_guidance = True
+    try:
+        with CallRecorder(tiny_pipe) as rec:
+            batched = run(tiny_pipe, conditioning, text_guidance_scale=text_scale, audio_guidance_scale=audio_scale)
+    finally:
+        tiny_pipe.batch_guidance = False
+    passes = 3 if text_scale != 1.0 else 2
+    assert len(rec.calls) == 2 and rec.calls[0]["text"].shape[0] == passes  # one batched call per step
+    torch.testing.assert_close(batched, plain, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,251 @@
+"""fantasy.face: lip mask, latent-grid mapping, face crop, weight checks, and one real FAN run."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from fantasy import face
+from fantasy.errors import NoFaceFound, WeightsMissing
+from fantasy.face import (
+    FAN_2D_FILE,
+    FaceAnalyzer,
+    FaceBox,
+    lip_mask,
+    lip_mask_to_latent_grid,
+    square_face_crop,
+)
+from tests.synthetic_faces import template_landmarks
+
+S3FD_FILE = "s3fd-619a316812.pth"
+
+
+def _distance_to_polygon(mask_shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:
+    """Signed distance (pixels, positive outside) from every pixel centre to the lip polygon."""
+    contour = np.round(polygon).astype(np.float32).reshape(-1, 1, 2)
+    hull = cv2.convexHull(contour)
+    ys, xs = np.mgrid[: mask_shape[0], : mask_shape[1]]
+    out = np.empty(mask_shape)
+    for y, x in zip(ys.ravel(), xs.ravel(), strict=True):
+        out[y, x] = -cv2.pointPolygonTest(hull, (float(x), float(y)), True)
+    return out
+
+
+# ---------------------------------------------------------------- lip mask
+
+
+def test_lip_mask_covers_the_mouth_and_nothing_far_from_it() -> None:
+    lm = template_landmarks(0.6, center=(64.0, 60.0), size=80.0)
+    mask = lip_mask(lm, 128, 128, dilate_px=0)
+    assert mask.dtype == bool and mask.shape == (128, 128)
+    dist = _distance_to_polygon(mask.shape, lm[48:60])
+    assert mask[dist <= -1.0].all(), "every pixel well inside the outer lip contour is masked"
+    assert not mask[dist >= 1.5].any(), "nothing outside the lips (beyond rounding) is masked"
+    # The mouth centre and both corners are in; the eyes and the nose tip are not.
+    mouth_centre = np.round(lm[[62, 66]].mean(axis=0)).astype(int)
+    assert mask[mouth_centre[1], mouth_centre[0]]
+    for idx in (36, 45, 30, 8):
+        x, y = np.round(lm[idx]).astype(int)
+        assert not mask[y, x]
+
+
+def test_lip_mask_dilation_grows_it_by_the_radius() -> None:
+    lm = template_landmarks(0.3, center=(64.0, 60.0), size=80.0)
+    base = lip_mask(lm, 128, 128, dilate_px=0)
+    grown = lip_mask(lm, 128, 128, dilate_px=4)
+    assert (grown | base).sum() == grown.sum(), "dilation only adds pixels"
+    assert grown.sum() > base.sum() + 100
+    dist = _distance_to_polygon(base.shape, lm[48:60])
+    assert grown[(dist > 1.0) & (dist <= 3.0)].all(), "the ring within the radius is now covered"
+    assert not grown[dist >= 6.0].any(), "but not beyond it"
+
+
+def test_lip_mask_rejects_wrong_landmark_shape() -> None:
+    with pytest.raises(ValueError, match="68"):
+        lip_mask(np.zeros((5, 2)), 32, 32)
+
+
+# ---------------------------------------------------------------- latent grid
+
+
+def test_latent_grid_groups_frames_like_the_causal_vae_and_max_pools_patches() -> None:
+    f, h, w = 9, 32, 48  # -> 3 latent frames of 2 x 3 tokens
+    masks = np.zeros((f, h, w), dtype=bool)
+    masks[0, 0, 0] = True  # latent 0 (frame 0 alone), token (0, 0)
+    masks[4, 17, 40] = True  # last frame of latent 1 (frames 1-4), token (1, 2)
+    masks[5, 15, 16] = True  # first frame of latent 2 (frames 5-8), token (0, 1)
+    masks[8, 31, 0] = True  # last frame of latent 2, token (1, 0)
+    grid = lip_mask_to_latent_grid(masks)
+    expected = torch.zeros(3, 2, 3)
+    expected[0, 0, 0] = 1
+    expected[1, 1, 2] = 1
+    expected[2, 0, 1] = 1
+    expected[2, 1, 0] = 1
+    assert grid.dtype == torch.float32
+    assert torch.equal(grid, expected)
+
+
+def test_latent_grid_frame_zero_does_not_leak_into_latent_one() -> None:
+    masks = np.zeros((5, 16, 16), dtype=bool)
+    masks[0] = True
+    grid = lip_mask_to_latent_grid(masks)
+    assert grid.tolist() == [[[1.0]], [[0.0]]]
+
+
+def test_latent_grid_temporal_patch_ors_latent_frames() -> None:
+    masks = np.zeros((13, 16, 16), dtype=bool)  # 4 latent frames -> 2 temporal patches
+    masks[6, 3, 3] = True  # latent frame 2 -> patch 1
+    grid = lip_mask_to_latent_grid(torch.from_numpy(masks), patch=(2, 2, 2))
+    assert grid.tolist() == [[[0.0]], [[1.0]]]
+
+
+@pytest.mark.parametrize("shape", [(8, 16, 16), (5, 24, 16), (5, 16, 20)])
+def test_latent_grid_rejects_shapes_the_vae_cannot_take(shape: tuple[int, int, int]) -> None:
+    with pytest.raises(ValueError):
+        lip_mask_to_latent_grid(np.zeros(shape, dtype=bool))
+
+
+# ---------------------------------------------------------------- face crop
+
+
+def _coordinate_image(h: int, w: int) -> np.ndarray:
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 0] = np.arange(h)[:, None]
+    img[..., 1] = np.arange(w)[None, :]
+    img[..., 2] = 255
+    return img
+
+
+def test_square_face_crop_inside_the_image_is_the_expanded_square() -> None:
+    img = _coordinate_image(200, 160)
+    crop = square_face_crop(img, FaceBox(60, 80, 100, 130), expand=1.4)  # w 40, h 50 -> side 70
+    assert crop.shape == (70, 70, 3)
+    assert crop[0, 0, 0] == 105 - 35 and crop[0, 0, 1] == 80 - 35  # centred on (80, 105)
+    assert (crop[..., 2] == 255).all(), "no padding needed"
+
+
+def test_square_face_crop_is_shifted_inside_at_the_border() -> None:
+    img = _coordinate_image(200, 160)
+    crop = square_face_crop(img, FaceBox(0, 0, 40, 40), expand=1.5)  # side 60, centre (20, 20)
+    assert crop.shape == (60, 60, 3)
+    assert crop[0, 0, 0] == 0 and crop[0, 0, 1] == 0 and crop[-1, -1, 0] == 59
+    assert (crop[..., 2] == 255).all()
+
+
+def test_square_face_crop_pads_when_larger_than_the_image() -> None:
+    img = _coordinate_image(100, 60)
+    crop = square_face_crop(img, FaceBox(10, 20, 50, 80), expand=1.5)  # side 90 > width 60
+    assert crop.shape == (90, 90, 3)
+    assert (crop[:, :15, 2] == 0).all() and (crop[:, 75:, 2] == 0).all(), "15 px black each side"
+    assert (crop[:, 15:75, 2] == 255).all()
+    assert crop[0, 15, 1] == 0 and crop[0, 74, 1] == 59
+
+
+# ---------------------------------------------------------------- weights
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every download path raises; the list records what was attempted."""
+    attempts: list[str] = []
+
+    def refuse(url, *args, **kwargs):
+        attempts.append(str(url))
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    return attempts
+
+
+def test_missing_weights_offline_name_file_dir_and_url_without_any_download(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, no_network: list[str]
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsMissing) as err:
+        FaceAnalyzer(device="cpu").landmarks(np.zeros((64, 64, 3), np.uint8))
+    msg = str(err.value)
+    assert FAN_2D_FILE in msg
+    assert str(tmp_path / "hub" / "checkpoints") in msg
+    assert "https://www.adrianbulat.com/downloads/python-fan/2DFAN4-11f355bf06.pth.tar" in msg
+    assert "python -m fantasy download" in msg
+    assert no_network == [], "offline mode must not even try the network"
+
+
+def test_failed_download_becomes_weights_missing_for_the_detector(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, no_network: list[str]
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / FAN_2D_FILE).write_bytes(b"present")
+    with pytest.raises(WeightsMissing) as err:
+        FaceAnalyzer(device="cpu").detect(np.zeros((64, 64, 3), np.uint8))
+    msg = str(err.value)
+    assert S3FD_FILE in msg and str(checkpoints) in msg and "URLError" in msg
+    assert no_network == ["https://www.adrianbulat.com/downloads/python-fan/" + S3FD_FILE]
+    assert sorted(p.name for p in checkpoints.iterdir()) == [FAN_2D_FILE], "no partial file left behind"
+
+
+@pytest.fixture
+def random_fan_weights(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Random FAN + S3FD weights under face-alignment's exact cache names in a private TORCH_HOME."""
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+    from face_alignment.models import FAN
+
+    home = tmp_path_factory.mktemp("torch_home")
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(FAN(4).state_dict(), checkpoints / FAN_2D_FILE)
+    torch.save(s3fd().state_dict(), checkpoints / S3FD_FILE)
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return checkpoints
+
+
+def test_face_alignment_end_to_end_with_random_weights(random_fan_weights, no_network) -> None:
+    analyzer = FaceAnalyzer(device="cpu")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(160, 200, 3), dtype=np.uint8)
+    box = FaceBox(60.0, 30.0, 140.0, 130.0, 0.99)  # the random detector is bypassed
+    points = analyzer.landmarks(image, box=box)
+    assert points is not None and points.shape == (68, 2) and points.dtype == np.float64
+    assert np.isfinite(points).all()
+    # FAN crops around the box and maps heatmap peaks back: points land near the box, not anywhere.
+    cx, cy = box.center
+    assert (np.abs(points[:, 0] - cx) < box.width * 1.5).all()
+    assert (np.abs(points[:, 1] - cy) < box.height * 1.5).all()
+    assert analyzer.model.device == "cpu" and not analyzer.compile and no_network == []
+
+
+def test_require_face_raises_no_face_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    analyzer = FaceAnalyzer(device="cpu")
+    monkeypatch.setattr(analyzer, "detect", lambda image: None)
+    with pytest.raises(NoFaceFound, match="No face found in the portrait"):
+        analyzer.require_face(np.zeros((32, 32, 3), np.uint8))
+
+
+def test_detect_picks_the_largest_face() -> None:
+    class FakeDetector:
+        def detect_from_image(self, image):
+            return [np.array([0, 0, 10, 10, 0.9]), np.array([5, 5, 45, 35, 0.8]), np.array([1, 1, 20, 20, 1.0])]
+
+    class FakeModel:
+        face_detector = FakeDetector()
+
+    analyzer = FaceAnalyzer(device="cpu")
+    analyzer._model = FakeModel()
+    assert analyzer.detect(np.zeros((50, 50), np.uint8)) == FaceBox(5, 5, 45, 35, pytest.approx(0.8))
+
+
+def test_face_box_from_landmarks_is_tight() -> None:
+    lm = template_landmarks(0.0, center=(50.0, 40.0), size=20.0)
+    box = face.FaceBox.from_landmarks(lm)
+    assert box.x1 == pytest.approx(lm[:, 0].min()) and box.y2 == pytest.approx(lm[:, 1].max())

@@ -1,0 +1,150 @@
+"""Long speech: frame rule, window plan, absolute-time audio, seamless stitching, colour match."""
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from fantasy.audio import load_audio
+from fantasy.generate import Settings, generate
+from fantasy.long_video import ColourMatch, Window, plan_windows, total_frame_count
+from fantasy.presets import get_preset
+from fantasy.video import probe
+from fantasy.windows import split_into_windows
+
+from .conftest import EXAMPLE_IMAGE, speech_like
+
+
+@pytest.mark.parametrize("duration, max_duration, frames, cut", [
+    (10.0, 10.0, 233, False),  # int(230 // 4)*4 + 5: 10.13 s of video for 10 s of speech
+    (3.0, 10.0, 73, False),  # short speech: exactly the release's single clip
+    (30.0, 10.0, 233, True),
+    (30.0, 60.0, 693, False),
+])
+def test_total_frame_rule(duration, max_duration, frames, cut):
+    assert total_frame_count(duration, 23, max_duration) == (frames, cut)
+    assert 0 <= frames / 23 - min(duration, max_duration) <= 5 / 23
+
+
+def test_window_plan_covers_every_frame_once():
+    windows = plan_windows(233)
+    assert windows == [Window(0, 81, 0), Window(76, 81, 5), Window(152, 81, 5)]
+    new = [f for w in windows for f in w.new_frames]
+    assert new == list(range(233))
+    assert plan_windows(73) == [Window(0, 73, 0)]
+    last = plan_windows(85)[-1]  # 4 new frames -> a 9-frame window
+    assert last == Window(76, 9, 5) and (last.length - 1) % 4 == 0
+
+
+def test_each_window_gets_the_audio_at_its_absolute_time():
+    total = 233
+    tokens = torch.randn(1, 507, 8)
+    rate = tokens.shape[1] / total
+    everything, all_lengths = split_into_windows(tokens, total, tokens_per_frame=rate)  # the whole video at once
+    for window in plan_windows(total):
+        windows, lengths = split_into_windows(tokens, window.length, start_frame=window.start, tokens_per_frame=rate)
+        first_latent = window.start // 4
+        # Latent frames 1.. of every window are the same latent frames of the whole video, exactly.
+        assert torch.equal(windows[:, 1:], everything[:, first_latent + 1 : first_latent + windows.shape[1]])
+        assert torch.equal(lengths[1:], all_lengths[first_latent + 1 : first_latent + windows.shape[1]])
+
+
+def test_colour_match_undoes_a_channel_shift():
+    rng = np.random.default_rng(0)
+    reference = rng.integers(40, 200, (5, 16, 16, 3)).astype(np.uint8)
+    shifted = np.clip(reference.astype(int) * [1.0, 1.0, 1.0] + [30, -20, 0], 0, 255).astype(np.uint8)
+    match = ColourMatch.fit(shifted, reference)
+    assert np.abs(match.apply(shifted).astype(int) - reference).max() <= 1
+    same = ColourMatch.fit(reference, reference)
+    assert np.array_equal(same.apply(reference), reference)
+
+
+class IndexPipe:
+    """Stands in for the pipeline: frame i of the video is a flat image whose colour encodes i.
+
+    A window's start is read back from the motion frames it is given, so the test sees exactly which
+    frames generate() hands over and which it writes.
+    """
+
+    def __init__(self, size=64):
+        self.size, self.calls = size, []
+
+    def project_audio(self, samples):
+        return torch.randn(1, max(1, len(samples) // 320), 4)
+
+    def encode_audio(self, samples, num_frames):
+        return split_into_windows(self.project_audio(samples), num_frames)
+
+    def __call__(self, image, audio_windows, audio_lengths, prompt, num_frames, motion_frames=None, **kw):
+        start = 0 if motion_frames is None else self.index_of(((motion_frames[0, :, 0] + 1) * 127.5).round())
+        assert audio_windows.shape[1] == (num_frames - 1) // 4 + 1
+        self.calls.append((start, num_frames, None if motion_frames is None else motion_frames.shape[2]))
+        return (start, num_frames)
+
+    def decode_frames(self, latents):
+        start, num_frames = latents
+        frames = [self.frame(start + i) for i in range(num_frames)]
+        yield np.stack(frames[:1])
+        for i in range(1, num_frames, 4):
+            yield np.stack(frames[i : i + 4])
+
+    def frame(self, index):
+        return np.full((self.size, self.size, 3), [index % 256, index // 256, 7], dtype=np.uint8)
+
+    @staticmethod
+    def index_of(pixels):
+        return int(pixels[0, 0, 0]) + 256 * int(pixels[1, 0, 0])
+
+
+def test_stitching_never_duplicates_or_skips_a_frame(tmp_path):
+    speech = tmp_path / "ten.wav"
+    soundfile.write(speech, speech_like(10.0), 16_000)
+    pipe, seen = IndexPipe(), []
+    result = generate(pipe, EXAMPLE_IMAGE, speech, tmp_path / "o.mp4", Settings(longest_edge=64, steps=1),
+                      get_preset("tiny"), on_frames=lambda f: seen.extend(IndexPipe.index_of(x.transpose(2, 0, 1)) for x in f))
+    assert pipe.calls == [(0, 81, None), (76, 81, 5), (152, 81, 5)]
+    assert seen == list(range(233))
+    assert (result.num_frames, result.windows, result.speech_cut) == (233, 3, False)
+
+
+@pytest.fixture(scope="module")
+def ten_second_video(tmp_path_factory, tiny_pipe):
+    d = tmp_path_factory.mktemp("long")
+    speech = d / "ten.wav"
+    soundfile.write(speech, speech_like(10.0, seed=4), 16_000, subtype="FLOAT")
+    result = generate(tiny_pipe, EXAMPLE_IMAGE, speech, d / "long.mp4", Settings(longest_edge=64, steps=2),
+                      get_preset("tiny"))
+    return speech, result
+
+
+def test_ten_seconds_of_speech_on_the_tiny_preset(ten_second_video):
+    speech, result = ten_second_video
+    info = probe(result.path)
+    assert (info.frames, info.fps, result.windows) == (233, 23.0, 3)
+    assert info.duration == pytest.approx(233 / 23, abs=0.05)
+    assert info.duration >= 10.0
+
+
+def test_the_whole_speech_is_in_the_output(ten_second_video):
+    speech, result = ten_second_video
+    original = load_audio(speech)
+    muxed = load_audio(result.path)  # the mp4's AAC track
+    assert len(muxed) >= len(original)
+    # AAC is lossy and delays by its priming; the syllable envelope must line up over all 10 s.
+    def envelope(x):
+        return np.convolve(np.abs(x), np.ones(320) / 320, mode="valid")[::160]
+
+    a, b = envelope(muxed), envelope(original)
+    n = len(b) - 20
+    best = max(np.corrcoef(a[lag : lag + n], b[:n])[0, 1] for lag in range(0, 20))
+    assert best > 0.95
+    assert np.abs(muxed[len(original) + 2000 :]).max() < 0.01  # the padding past the speech is silence
+
+
+def test_speech_longer_than_the_maximum_is_cut_and_reported(tmp_path):
+    speech = tmp_path / "long.wav"
+    soundfile.write(speech, speech_like(4.0), 16_000)
+    result = generate(IndexPipe(), EXAMPLE_IMAGE, speech, tmp_path / "o.mp4",
+                      Settings(longest_edge=64, steps=1, max_duration=2.0), get_preset("tiny"))
+    assert result.speech_cut and result.num_frames == 49  # int(46 // 4)*4 + 5
+    assert probe(result.path).audio_duration == pytest.approx(49 / 23, abs=0.05)
