@@ -109,13 +109,14 @@ def _add_download(sub) -> None:
     p.add_argument("--dir", default=None, help="weights dir (default weights/ or $FANTASY_WEIGHTS)")
     p.add_argument("--dry-run", action="store_true", help="print the files and sizes, download nothing")
     p.add_argument("--keep-ckpt", action="store_true", help="keep the adapter's .ckpt after converting it")
+    p.add_argument("--face", action="store_true", help="also the face-alignment weights used by `eval`")
     p.set_defaults(run=_run_download)
 
 
 def _run_download(args) -> int:
     from fantasy.download import download
 
-    download(args.dit, args.dir, dry_run=args.dry_run, keep_ckpt=args.keep_ckpt)
+    download(args.dit, args.dir, dry_run=args.dry_run, keep_ckpt=args.keep_ckpt, face=args.face)
     return 0
 
 

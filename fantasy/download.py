@@ -194,19 +194,38 @@ def report_offline(dit: str, root: Path, out: Printer) -> None:
     out("All weights are present; nothing to download.")
 
 
+def fetch_face_weights(dry_run: bool, out: Printer) -> None:
+    """face-alignment's landmark + detector files (used by `eval`, not by generation), via `fantasy.face`."""
+    from fantasy.face import WEIGHT_URLS, checkpoints_dir, ensure_weights, required_weight_files
+
+    names = required_weight_files()
+    if dry_run:
+        for name in names:
+            out(f"  face-alignment: {WEIGHT_URLS[name]} -> {checkpoints_dir() / name}")
+        return
+    out(f"face-alignment weights ({', '.join(names)}) in {ensure_weights()}")
+
+
 def download(
     dit: str = DEFAULT_DIT, root: str | Path | None = None, dry_run: bool = False, keep_ckpt: bool = False,
-    out: Printer = print, api=None,
+    out: Printer = print, api=None, face: bool = False,
 ) -> list[PartPlan]:
-    """Fetch what the real preset needs for `dit` into `root`; print sizes first. Returns the plan."""
+    """Fetch what the real preset needs for `dit` into `root`; print sizes first. Returns the plan.
+
+    `face`: also the face-alignment files the `eval` metrics use (torch hub cache, not `root`).
+    """
     root = weights_dir(root)
     if hub_offline():
         report_offline(dit, root, out)
+        if face:
+            fetch_face_weights(dry_run, out)  # offline: only checks, raises `WeightsMissing` if absent
         return []
     root.mkdir(parents=True, exist_ok=True)
     plans = make_plan(dit, root, api)
     needed = print_plan(plans, root, out)
     if dry_run:
+        if face:
+            fetch_face_weights(dry_run, out)
         out("Dry run: nothing downloaded.")
         return plans
     adapter = next(p for p in plans if p.part is ADAPTER_PART)
@@ -218,6 +237,8 @@ def download(
     if not (root / ADAPTER_SAFETENSORS).is_file():
         source = adapter.target if adapter.skip_reason is None else locate(ADAPTER_PART, root)
         convert_adapter(Path(source) / OFFICIAL_FILE, root, keep_ckpt, out)
+    if face:
+        fetch_face_weights(dry_run, out)
     out(f"Done. Generate with: python -m fantasy generate --preset real --dit {dit} --weights {root} ...")
     out(f"(Fully offline from now on: HF_HUB_OFFLINE=1 works; re-run `{fetch_command(dit, root)}` to repair.)")
     return plans

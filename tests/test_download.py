@@ -247,3 +247,25 @@ def test_human_sizes():
     assert human_size(17_400_000_000) == "17.40 GB"
     assert human_size(380_000_000) == "380.00 MB"
     assert human_size(512) == "512 B"
+
+
+def test_face_weights_only_when_asked(hub, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("fantasy.face.ensure_weights", lambda *a, **k: calls.append(k) or tmp_path / "torch-hub")
+    download("q8_0", tmp_path / "weights", out=hub.out, api=hub.api)
+    assert calls == []
+    download("q8_0", tmp_path / "weights", out=hub.out, api=hub.api, face=True)
+    assert len(calls) == 1 and any(e.startswith("face-alignment weights (2DFAN4") for e in hub.events)
+
+
+def test_face_weights_offline_are_checked_not_fetched(hub, tmp_path, monkeypatch):
+    import fantasy.face
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(fantasy.face, "checkpoints_dir", lambda: tmp_path / "empty-torch-hub")
+    root = tmp_path / "weights"
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    download("q8_0", root, out=hub.out, api=hub.api)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsMissing, match="2DFAN4.*download --face"):
+        download("q8_0", root, out=hub.out, api=hub.api, face=True)
