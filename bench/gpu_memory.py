@@ -12,6 +12,8 @@ passes (full, text-only, negative) at 512x512x81 = 21 latent frames x 32x32 patc
 
 Random weights give the same timings and memory as trained ones (same shapes, same kernels); the
 GGUF "q4_k_m" mode stores every quantizable weight as Q4_K (city96's file mixes in some Q5_K/Q6_K).
+With --vram group-offload, bf16 weights are made on the GPU, moved to the CPU, and the peak is reset
+before offloading starts; load time then includes that move.
 """
 
 from __future__ import annotations
@@ -162,6 +164,9 @@ def build(mode: str, spec: dict, device: torch.device, dtype: torch.dtype, vram:
         enable_fp8_storage(model, dtype)
     if not on_gpu:
         model.to("cpu")
+        if device.type == "cuda":  # the random weights were made on the GPU: not part of what offloading costs
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
         group_offload(model, device)
     _sync(device)
     return model, time.perf_counter() - started
