@@ -51,3 +51,15 @@ class CheckpointMismatch(FantasyError):
 
 class InvalidSetting(FantasyError):
     """A generation setting is out of its allowed range."""
+
+
+class MissingInput(FantasyError):
+    """A required input (portrait or speech) was not given."""
+
+
+class FileTooLarge(FantasyError):
+    """An uploaded file is over the size limit (message gives its size and the limit)."""
+
+
+class GenerationCancelled(FantasyError):
+    """The user stopped the generation; no output file is left behind."""

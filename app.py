@@ -1,0 +1,305 @@
+"""FantasyTalking Studio, the Gradio app: one portrait + one speech clip -> a talking-portrait video.
+
+This file is only widgets, validation glue and event wiring; the work lives in `fantasy/` (`studio`,
+`streaming`, `validation`, `motion`). Run `python app.py` (see README "Run the app"). Without a CUDA GPU
+and the real weights it starts the tiny demo preset, whose output is noise, and says so on the page.
+"""
+
+from __future__ import annotations
+
+from fantasy import space  # first: on ZeroGPU `spaces` must be imported before CUDA is touched
+
+# isort: split
+
+import argparse
+import random
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import UnidentifiedImageError
+
+from fantasy.errors import FantasyError, GenerationCancelled, WeightsMissing
+from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED, Settings
+from fantasy.image import MIN_SIDE, SIDE_MULTIPLE
+from fantasy.presets import Preset, get_preset, load_pipeline
+from fantasy.sampling import passes_needed
+from fantasy.streaming import ChunkReady, Finished, StageProgress
+from fantasy.studio import Controls, Job, Studio
+from fantasy.validation import (
+    DEFAULT_DURATION_S,
+    MAX_DURATION_S,
+    MAX_UPLOAD_MB,
+    MIN_DURATION_S,
+    FaceChecker,
+    default_face_check,
+)
+
+ROOT = Path(__file__).resolve().parent
+EXAMPLES = [[str(ROOT / "examples" / "portrait.png"), str(ROOT / "examples" / "speech.wav")]]
+MAX_QUEUE = 8  # waiting generations; more are turned away with a busy message
+FPS = Settings().fps
+DEMO_BANNER = (
+    "⚠️ <b>Demo mode: tiny random model.</b> No CUDA GPU with the real weights was found, so the app runs the "
+    "<code>tiny</code> preset. <b>The output is noise from a random model</b>: it only shows that the whole path "
+    "works (upload, checks, denoising, streaming, download). Run on a GPU with the weights for real talking videos."
+)
+BANNER_STYLE = "background:#fff4d6;border:2px solid #e0a800;border-radius:8px;padding:10px 14px;color:#5a4300"
+STAGE_NAMES = {"audio": "Encoding speech", "denoise": "Denoising", "decode": "Decoding video"}
+
+
+def report_unreadable_images(component: gr.Image) -> gr.Image:
+    """Make an image input report an unreadable upload as a message a person understands.
+
+    Gradio opens the file with PIL before our function runs, so a HEIC photo or a renamed file would
+    otherwise fail inside Gradio with a bare PIL error. (The method is wrapped on the instance: a
+    subclass would make Gradio write a .pyi stub next to this file.)
+    """
+    original = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return original(payload)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            name = getattr(payload, "orig_name", None) or "the portrait"
+            raise gr.Error(
+                f"Could not read '{name}' as an image ({type(exc).__name__}). Use a PNG, JPEG or WebP photo.",
+                title="Unsupported portrait",
+            ) from None
+
+    component.preprocess = preprocess  # type: ignore[method-assign]
+    return component
+
+
+def default_preset() -> str:
+    """`real` when a CUDA GPU and the real weights are both there, else `tiny`."""
+    import torch
+
+    from fantasy.weights import check_real_weights, weights_dir
+
+    if not torch.cuda.is_available():
+        return "tiny"
+    try:
+        check_real_weights(weights_dir())
+    except WeightsMissing:
+        return "tiny"
+    return "real"
+
+
+def build_demo(
+    pipe, preset: Preset, *, face_checker: FaceChecker | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
+    max_queue: int = MAX_QUEUE, output_root: str | Path | None = None, min_chunk_seconds: float = 1.0,
+) -> gr.Blocks:
+    """The whole page around a resident pipeline. Tests call this with the tiny pipeline and a fake face check."""
+    studio = Studio(
+        pipe, preset, face_checker or default_face_check(), output_root or Path(tempfile.gettempdir()) / "fantasy-studio",
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024), min_chunk_seconds=min_chunk_seconds,
+    )
+    cancels: dict[str, threading.Event] = {}  # session -> its running generation's stop flag
+
+    def gpu_seconds(job: Job) -> int:
+        s = job.settings
+        return space.estimate_gpu_seconds(job.checked.num_frames, s.steps,
+                                          len(passes_needed(s.text_guidance, s.audio_guidance)), s.longest_edge,
+                                          window_frames=s.max_frames)
+
+    @space.gpu(duration=gpu_seconds)
+    def run_on_gpu(job: Job):
+        # On ZeroGPU this runs in a forked worker: the stop flag stays behind, closing the stream stops it.
+        yield from studio.run(job, cancel=cancels.get(job.folder.name))
+
+    def check(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps, seed,
+              resolution, max_duration) -> Job:
+        controls = Controls(
+            prompt=prompt, expression=expression, body=body, text_guidance=text_guidance,
+            audio_guidance=audio_guidance, audio_weight=audio_weight, steps=steps,
+            seed=DEFAULT_SEED if seed is None else seed, longest_edge=resolution, max_duration_s=max_duration,
+        )
+        try:
+            return studio.check(image, audio, controls)
+        except FantasyError as exc:
+            raise gr.Error(str(exc), title="Cannot generate") from None
+
+    def check_step(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
+                   seed, resolution, max_duration) -> str:
+        """Fast checks outside the GPU queue, so a bad upload is reported at once."""
+        job = check(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
+                    seed, resolution, max_duration)
+        for notice in job.notices:
+            gr.Warning(notice)
+        return "Inputs look good. " + ("Waiting for the running generation…" if studio.lock.locked() else "Starting…")
+
+    def stream_step(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
+                    seed, resolution, max_duration, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        """The Generate button: stream chunks into the player, then the finished mp4 for download."""
+        job = check(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
+                    seed, resolution, max_duration)
+        session = request.session_hash or job.folder.name
+        stop = cancels[session] = cancels[job.folder.name] = threading.Event()
+        yield gr.skip(), None, studio.status(job, state="Generating…")
+        try:
+            for event in run_on_gpu(job):
+                if isinstance(event, StageProgress):
+                    _show_progress(progress, event, job)
+                    yield gr.skip(), gr.skip(), studio.status(job, state=STAGE_NAMES[event.stage] + "…")
+                elif isinstance(event, ChunkReady):
+                    yield str(event.chunk.path), gr.skip(), gr.skip()
+                elif isinstance(event, Finished):
+                    yield gr.skip(), str(event.result.path), studio.status(job, event.result, steps_run=event.steps_run)
+        except GenerationCancelled:
+            yield gr.skip(), gr.skip(), studio.status(job, state="Stopped")
+        except FantasyError as exc:
+            raise gr.Error(str(exc), title="Generation failed") from None
+        finally:
+            stop.set()
+            cancels.pop(job.folder.name, None)
+            if cancels.get(session) is stop:
+                del cancels[session]
+
+    def api_generate(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
+                     seed, resolution, max_duration, progress=gr.Progress()):  # noqa: B008
+        """Portrait + speech -> the finished talking-video mp4 and a status line (same checks as the page)."""
+        job = check(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
+                    seed, resolution, max_duration)
+        try:
+            for event in run_on_gpu(job):
+                if isinstance(event, StageProgress):
+                    _show_progress(progress, event, job)
+                elif isinstance(event, Finished):
+                    return str(event.result.path), studio.status(job, event.result, steps_run=event.steps_run)
+        except FantasyError as exc:
+            raise gr.Error(str(exc), title="Generation failed") from None
+        raise gr.Error("The generation ended without a video.")
+
+    def stop_step(request: gr.Request) -> None:
+        flag = cancels.get(request.session_hash)
+        if flag is not None:
+            flag.set()
+
+    with gr.Blocks(title="FantasyTalking Studio") as demo:
+        gr.Markdown("# FantasyTalking Studio\nOne portrait + one speech clip → a talking-portrait video "
+                    "([FantasyTalking](https://arxiv.org/abs/2504.04842) on Wan2.1-I2V).")
+        if preset.demo:
+            gr.HTML(f'<div style="{BANNER_STYLE}">{DEMO_BANNER}</div>', elem_id="demo-banner")
+        with gr.Row():
+            with gr.Column():
+                image = report_unreadable_images(gr.Image(label="Portrait", type="filepath",
+                                                          sources=["upload", "webcam"], elem_id="portrait"))
+                audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"],
+                                 elem_id="speech")
+                prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=2,
+                                    info="What the video shows; motion words are added by the body-motion slider.")
+                with gr.Row():
+                    expression = gr.Slider(0, 1, value=0.5, step=0.05, label="Expression intensity",
+                                           elem_id="expression",
+                                           info="Scales audio weight and audio guidance (×0.6 … ×1.4).")
+                    body = gr.Slider(0, 1, value=0.5, step=0.05, label="Body-motion intensity", elem_id="body",
+                                     info="Motion wording in the prompt; 'motionless' in the negative prompt.")
+                with gr.Accordion("Guidance, steps, seed, size", open=True):
+                    with gr.Row():
+                        text_guidance = gr.Slider(1, 10, value=5.0, step=0.5, label="Text guidance")
+                        audio_guidance = gr.Slider(1, 10, value=5.0, step=0.5, label="Audio guidance")
+                        audio_weight = gr.Slider(0, 2, value=1.0, step=0.05, label="Audio weight")
+                    with gr.Row():
+                        steps = gr.Slider(1, 50, value=preset.steps, step=1, label="Denoising steps", elem_id="steps")
+                        edge = gr.Slider(MIN_SIDE, 1024, value=preset.longest_edge, step=SIDE_MULTIPLE,
+                                         label="Resolution (longest edge, px)", elem_id="resolution")
+                        duration = gr.Slider(MIN_DURATION_S, MAX_DURATION_S, value=DEFAULT_DURATION_S, step=0.5,
+                                             label="Maximum duration (s)", elem_id="duration",
+                                             info="Longer speech is cut to this length.")
+                    with gr.Row(equal_height=True):
+                        seed = gr.Number(value=DEFAULT_SEED, precision=0, minimum=0, label="Seed", scale=3)
+                        dice = gr.Button("🎲 Random seed", scale=1)
+                with gr.Row():
+                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+            with gr.Column():
+                live = gr.Video(label="Live (streams while decoding)", streaming=True, autoplay=True,
+                                elem_id="live")
+                final = gr.Video(label="Finished video (download)", elem_id="final")
+                status = gr.Markdown(f"preset **{preset.name}** · device {studio.device} · "
+                                     f"{studio.face_checker.note}", label="Status", elem_id="status")
+        gr.Examples(EXAMPLES, inputs=[image, audio], cache_examples=False, label="Examples")
+
+        inputs = [image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
+                  seed, edge, duration]
+        checked = generate_btn.click(check_step, inputs, status, concurrency_id="checks", concurrency_limit=4,
+                                     api_visibility="private")
+        streaming = checked.success(stream_step, inputs, [live, final, status], concurrency_id="gpu",
+                                    concurrency_limit=1, api_name="generate_stream", api_visibility="undocumented")
+        stop_btn.click(stop_step, None, None, cancels=[streaming], queue=False, api_visibility="private")
+        dice.click(lambda: random.randrange(2**31), None, seed, queue=False, api_visibility="private")
+        api_trigger = gr.Button(visible=False)
+        api_trigger.click(api_generate, inputs, [final, status], concurrency_id="gpu", concurrency_limit=1,
+                          api_name="generate")
+    demo.queue(max_size=max_queue, default_concurrency_limit=1)
+    return demo
+
+
+def _show_progress(progress: gr.Progress, event: StageProgress, job: Job) -> None:
+    if event.stage == "denoise":
+        total = job.settings.steps
+        progress((round(event.fraction * total), total), desc=STAGE_NAMES["denoise"], unit="steps")
+    else:
+        progress(event.fraction, desc=STAGE_NAMES.get(event.stage, event.stage))
+
+
+def launch_options(host: str | None = None, port: int | None = None, share: bool = False,
+                   max_upload_mb: float = MAX_UPLOAD_MB) -> dict[str, Any]:
+    """`demo.launch` arguments: Gradio refuses uploads over the limit before they reach the checks."""
+    return {"server_name": host, "server_port": port, "share": share,
+            "max_file_size": int(max_upload_mb * 1024 * 1024)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="FantasyTalking Studio web app")
+    parser.add_argument("--preset", choices=["tiny", "real"], default=None,
+                        help="default: real with a CUDA GPU and the weights present, else tiny (demo, output is noise)")
+    parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: first free from 7860)")
+    parser.add_argument("--share", action="store_true", help="public gradio.live link (needs internet access)")
+    return parser.parse_args(argv)
+
+
+def create_demo(args: argparse.Namespace) -> gr.Blocks:
+    """Load the models once (they stay resident) and build the page."""
+    if space.on_spaces() and args.preset != "tiny":
+        _link_space_weights()
+    preset = get_preset(args.preset or default_preset())
+    print(f"[app] preset {preset.name}: {preset.summary}", flush=True)
+    pipe = load_pipeline(preset.name)
+    # On ZeroGPU the main process has no real GPU: the face check runs on the CPU there.
+    faces = default_face_check(device="cpu" if space.on_zero_gpu() else None, allow_download=space.on_spaces())
+    return build_demo(pipe, preset, face_checker=faces)
+
+
+def _link_space_weights() -> None:
+    """On a Space the weights come from the Hub cache (README `preload_from_hub`); failures fall back to tiny."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    try:
+        os.environ.setdefault("FANTASY_WEIGHTS", str(space.link_hub_weights(ROOT / "weights" / "hub")))
+    except Exception as exc:  # no network or no disk: the page still starts, in demo mode, and says so
+        print(f"[app] could not prepare the real weights ({type(exc).__name__}: {exc}); using tiny", flush=True)
+
+
+# Spaces import the app and need the models ready at import time (ZeroGPU packs them before serving).
+demo: gr.Blocks | None = create_demo(parse_args([])) if space.on_spaces() else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    global demo
+    args = parse_args(argv)
+    if demo is None or args.preset is not None:
+        demo = create_demo(args)
+    demo.launch(**launch_options(args.host, args.port, args.share))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""What the app does between a click and a video, without any Gradio: controls -> checked job -> stream.
+
+`Studio` holds the resident pipeline and the app's limits. `check()` turns slider values into settings
+(through the motion mapping) and runs every input check before any model work; `run()` streams the
+generation; `status()` writes the line the user reads afterwards (preset, device, motion mode, time,
+face check, notices). A UI only adds widgets and turns `FantasyError` into its own error display.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED, Result, Settings
+from fantasy.motion import training_free_controls
+from fantasy.presets import Preset
+from fantasy.streaming import MIN_CHUNK_SECONDS, StreamEvent, stream_generate
+from fantasy.validation import MAX_UPLOAD_BYTES, CheckedInputs, FaceChecker, check_inputs
+
+OUTPUT_MAX_AGE_S = 3600  # finished jobs' files are deleted an hour later (they are served from Gradio's cache)
+
+
+@dataclass
+class Controls:
+    """Slider and text values as a person set them (None: the preset's default)."""
+
+    prompt: str = DEFAULT_PROMPT
+    expression: float = 0.5
+    body: float = 0.5
+    text_guidance: float = 5.0
+    audio_guidance: float = 5.0
+    audio_weight: float = 1.0
+    steps: int | None = None
+    seed: int = DEFAULT_SEED
+    longest_edge: int | None = None
+    max_duration_s: float | None = None
+
+
+def settings_from_controls(controls: Controls) -> tuple[Settings, str]:
+    """Generation settings and the motion-control mode the sliders went through."""
+    base = Settings(
+        prompt=(controls.prompt or "").strip() or DEFAULT_PROMPT,
+        seed=int(controls.seed),
+        steps=None if controls.steps is None else int(controls.steps),
+        text_guidance=float(controls.text_guidance),
+        audio_guidance=float(controls.audio_guidance),
+        audio_weight=float(controls.audio_weight),
+        longest_edge=None if controls.longest_edge is None else int(controls.longest_edge),
+    )
+    return training_free_controls(controls.expression, controls.body, base)
+
+
+@dataclass
+class Job:
+    """A checked request with its own output folder."""
+
+    image: Path
+    audio: Path
+    checked: CheckedInputs
+    motion_mode: str
+    folder: Path
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        return self.checked.settings
+
+    @property
+    def out_path(self) -> Path:
+        return self.folder / "talking.mp4"
+
+    @property
+    def chunk_dir(self) -> Path:
+        return self.folder / "chunks"
+
+
+class Studio:
+    """The resident pipeline plus the app's limits; one generation at a time (`lock`)."""
+
+    def __init__(
+        self, pipe, preset: Preset, face_checker: FaceChecker, output_root: str | Path,
+        max_upload_bytes: int = MAX_UPLOAD_BYTES, min_chunk_seconds: float = MIN_CHUNK_SECONDS,
+    ):
+        self.pipe, self.preset, self.face_checker = pipe, preset, face_checker
+        self.output_root = Path(output_root)
+        self.max_upload_bytes = max_upload_bytes
+        self.min_chunk_seconds = min_chunk_seconds
+        self.lock = threading.Lock()
+
+    @property
+    def device(self) -> str:
+        return str(getattr(self.pipe, "device", "cpu"))
+
+    def check(self, image: str | Path | None, audio: str | Path | None, controls: Controls) -> Job:
+        """Every input check, before any model work; raises `FantasyError` with the user-facing message."""
+        settings, mode = settings_from_controls(controls)
+        checked = check_inputs(
+            image, audio, settings, self.preset, max_duration_s=controls.max_duration_s,
+            face_checker=self.face_checker, max_upload_bytes=self.max_upload_bytes,
+        )
+        self._clean_old_outputs()
+        folder = self.output_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"  # made by `run`
+        return Job(Path(image), Path(audio), checked, mode, folder, list(checked.notices))
+
+    def run(self, job: Job, cancel: threading.Event | None = None) -> Iterator[StreamEvent]:
+        """Stream the job's generation (see `fantasy.streaming.stream_generate`)."""
+        job.folder.mkdir(parents=True, exist_ok=True)
+        return stream_generate(
+            self.pipe, job.image, job.audio, job.out_path, job.settings, self.preset, job.chunk_dir,
+            num_frames=job.checked.num_frames, min_chunk_seconds=self.min_chunk_seconds, cancel=cancel,
+            lock=self.lock,
+        )
+
+    def status(self, job: Job, result: Result | None = None, state: str = "Done", steps_run: int | None = None) -> str:
+        """One line: what ran, where, how, how long, and anything the user must know (cut, face check).
+
+        `steps_run`: the denoising steps the pipeline reported (shown instead of the requested count).
+        """
+        s = job.settings
+        preset = f"preset **{self.preset.name}**" + (" (random weights: output is noise)" if self.preset.demo else "")
+        parts = [f"**{state}**" + (f" in {result.seconds_taken:.1f} s" if result else ""), preset,
+                 f"device {self.device}", f"motion: {job.motion_mode}"]
+        if result is not None:
+            windows = max(1, result.windows)
+            parts.append(f"{result.num_frames} frames {result.width}×{result.height} @ {result.fps} fps "
+                         f"({result.num_frames / result.fps:.1f} s" + (f", {windows} windows)" if windows > 1 else ")"))
+            steps = s.steps if steps_run is None else steps_run // windows
+            parts.append(f"{steps} steps × {result.passes_per_step} passes" + (f" × {windows} windows" if windows > 1 else ""))
+        else:
+            parts.append(f"{job.checked.num_frames} frames, {s.steps} steps")
+        parts.append(f"audio weight {s.audio_weight:.2f}, audio guidance {s.audio_guidance:.1f}, "
+                     f"text guidance {s.text_guidance:.1f}, seed {s.seed}")
+        parts.append(job.checked.face_note)
+        line = " · ".join(p for p in parts if p)
+        return "\n\n".join([line, *(f"⚠️ {notice}" for notice in job.notices)])
+
+    def _clean_old_outputs(self) -> None:
+        if not self.output_root.is_dir():
+            return
+        cutoff = time.time() - OUTPUT_MAX_AGE_S
+        for folder in self.output_root.iterdir():
+            try:
+                if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                continue

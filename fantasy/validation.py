@@ -1,0 +1,154 @@
+"""Checks a person's inputs before any model work: sizes, formats, speech length, a face in the portrait.
+
+Every failure is a `FantasyError` whose message says what is wrong and what to do, so a UI can show it
+as is. The face check is pluggable: `default_face_check()` uses `fantasy.face` (face-alignment) when it
+is importable and its weights are on disk, and otherwise says that it is skipped, never silently.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fantasy.errors import FileTooLarge, MissingInput, WeightsMissing
+from fantasy.generate import PreparedInputs, Settings, prepare_inputs
+from fantasy.image import load_portrait
+from fantasy.presets import Preset
+
+MAX_UPLOAD_MB = 20
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
+# The longest video the app makes (its duration slider's top). Past 81 frames the core chains windows
+# (fantasy.long_video) and accepts up to 600 s; this cap bounds one request's GPU time. Raise it here and
+# the slider, the checks and the GPU-time request follow.
+MAX_DURATION_S = 30.0
+DEFAULT_DURATION_S = Settings().max_duration  # the core's default (10 s)
+MIN_DURATION_S = 1.0
+FACE_CHECK_EDGE = 1024  # detect on a copy at most this big: faster, and detectors are trained on such sizes
+
+# image (H, W, 3) RGB uint8 -> None, or raises NoFaceFound with a message for the user
+FaceCheck = Callable[[np.ndarray], None]
+
+
+def duration_limit(requested_s: float | None) -> float:
+    """The maximum duration a request gets: what it asked for, within [MIN_DURATION_S, MAX_DURATION_S]."""
+    if requested_s is None:
+        return min(DEFAULT_DURATION_S, MAX_DURATION_S)
+    return min(max(float(requested_s), MIN_DURATION_S), MAX_DURATION_S)
+
+
+def human_size(num_bytes: float) -> str:
+    """'20 MB', '300 KB', '1.5 MB': sizes as people read them."""
+    if num_bytes >= 1024 * 1024:
+        value, unit = num_bytes / 1024 / 1024, "MB"
+    else:
+        value, unit = num_bytes / 1024, "KB"
+    return f"{value:.1f} {unit}".replace(".0 ", " ")
+
+
+def check_file_size(path: str | Path, what: str, limit_bytes: int = MAX_UPLOAD_BYTES) -> None:
+    """Reject uploads over the limit with their size and the limit in the message."""
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    if size > limit_bytes:
+        raise FileTooLarge(
+            f"The {what} file '{Path(path).name}' is {human_size(size)}; the limit is {human_size(limit_bytes)}. "
+            "Use a smaller file (a shorter clip, or a compressed photo)."
+        )
+
+
+@dataclass(frozen=True)
+class FaceChecker:
+    """A face check and the words the status line uses for it (`check` None: skipped, `note` says why)."""
+
+    check: FaceCheck | None
+    note: str
+
+
+def default_face_check(device: str | None = None, allow_download: bool = False) -> FaceChecker:
+    """face-alignment through `fantasy.face` when installed with its weights; otherwise a stated skip.
+
+    Weights are only looked for, not fetched, unless `allow_download` (a Space, online, may fetch them).
+    """
+    try:
+        from fantasy import face
+    except ImportError:
+        return FaceChecker(None, "face check skipped: face detector not installed (fantasy.face / face-alignment)")
+    try:
+        face.ensure_weights(allow_download=allow_download)
+    except WeightsMissing:
+        return FaceChecker(None, "face check skipped: face-alignment weights not installed")
+    except Exception as exc:  # an incompatible fantasy.face must not take the app down
+        return FaceChecker(None, f"face check skipped: {type(exc).__name__}: {exc}")
+    analyzer = face.FaceAnalyzer(device=device)
+    lock = threading.Lock()  # the model is built on first use and shared by concurrent checks
+
+    def check(image_rgb: np.ndarray) -> None:
+        with lock:
+            analyzer.require_face(image_rgb)
+
+    return FaceChecker(check, "face check: passed (face-alignment)")
+
+
+def _face_input(image: Image.Image) -> np.ndarray:
+    if max(image.size) > FACE_CHECK_EDGE:
+        image = image.copy()
+        image.thumbnail((FACE_CHECK_EDGE, FACE_CHECK_EDGE), Image.Resampling.LANCZOS)
+    return np.asarray(image.convert("RGB"))
+
+
+@dataclass
+class CheckedInputs:
+    """What passed the checks: final settings, prepared model inputs, and notices to show the user."""
+
+    settings: Settings  # resolved (preset defaults filled), max_duration from the duration limit
+    inputs: PreparedInputs
+    notices: list[str] = field(default_factory=list)
+    face_note: str = ""
+
+    @property
+    def num_frames(self) -> int:
+        return self.inputs.num_frames
+
+    @property
+    def seconds(self) -> float:
+        return self.inputs.num_frames / self.settings.fps
+
+
+def check_inputs(
+    image: str | Path | None,
+    audio: str | Path | None,
+    settings: Settings,
+    preset: Preset,
+    *,
+    max_duration_s: float | None = None,
+    face_checker: FaceChecker | None = None,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+) -> CheckedInputs:
+    """All checks, cheapest first; raises a `FantasyError` or returns what the generation will use.
+
+    Speech longer than the duration limit (`max_duration_s`, within `MIN_DURATION_S`..`MAX_DURATION_S`) is not
+    an error: only its start is animated, and a notice says so.
+    """
+    if image is None or str(image) == "":
+        raise MissingInput("Add a portrait: upload a photo or take one with the webcam.")
+    if audio is None or str(audio) == "":
+        raise MissingInput("Add speech: upload an audio file or record one with the microphone.")
+    check_file_size(image, "portrait", max_upload_bytes)
+    check_file_size(audio, "speech", max_upload_bytes)
+    limit_s = duration_limit(max_duration_s)
+    settings = replace(settings, max_duration=limit_s).resolved(preset)
+    portrait = load_portrait(image)
+    checker = face_checker or FaceChecker(None, "face check skipped")
+    if checker.check is not None:
+        checker.check(_face_input(portrait))
+    inputs = prepare_inputs(portrait, audio, settings)
+    notices = []
+    if inputs.speech_cut:
+        notices.append(
+            f"The speech is {inputs.speech_seconds:.1f} s long; it was cut to the maximum duration of {limit_s:.1f} s."
+        )
+    return CheckedInputs(settings, inputs, notices, checker.note)

@@ -1,0 +1,261 @@
+"""The Gradio app, launched in-process on the tiny preset and driven through gradio_client like any API user."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from gradio_client.utils import QueueError, Status
+from PIL import Image
+
+import app
+from fantasy.presets import get_preset
+from fantasy.validation import FaceChecker
+from fantasy.video import probe
+from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, speech_like
+from tests.test_validation import no_face_on_flat_images
+
+FAKE_FACES = FaceChecker(no_face_on_flat_images, "face check: passed (test detector)")
+FAST = {"steps": 2, "resolution": 64}  # a tiny-preset generation in a few seconds
+UPLOAD_MB = 1
+
+
+def launch(demo, **options):
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **options)
+    return url
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("app-outputs")
+
+
+@pytest.fixture(scope="module")
+def url(tiny_pipe, outputs):
+    demo = app.build_demo(tiny_pipe, get_preset("tiny"), face_checker=FAKE_FACES, output_root=outputs,
+                          max_upload_mb=UPLOAD_MB)
+    yield launch(demo, **app.launch_options(host="127.0.0.1", max_upload_mb=UPLOAD_MB))
+    demo.close()
+
+
+@pytest.fixture
+def client(url, tmp_path) -> Client:
+    return Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+
+
+def video_path(value) -> Path:
+    """gradio_client gives a Video output as a path, or a dict holding one under 'video'."""
+    return Path(value["video"] if isinstance(value, dict) else value)
+
+
+def test_default_preset_on_this_machine_is_tiny():
+    assert app.default_preset() == "tiny"  # no CUDA here
+
+
+def test_flags():
+    args = app.parse_args(["--preset", "tiny", "--host", "0.0.0.0", "--port", "7861", "--share"])
+    assert (args.preset, args.host, args.port, args.share) == ("tiny", "0.0.0.0", 7861, True)
+    defaults = app.parse_args([])
+    assert (defaults.preset, defaults.share) == (None, False)
+    options = app.launch_options(defaults.host, defaults.port, defaults.share)
+    assert options["max_file_size"] == 20 * 1024 * 1024 and options["share"] is False
+
+
+def test_api_exposes_one_documented_generate_endpoint(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert list(api) == ["/generate"]
+    names = [p["parameter_name"] for p in api["/generate"]["parameters"]]
+    assert names == ["image", "audio", "prompt", "expression", "body", "text_guidance", "audio_guidance",
+                     "audio_weight", "steps", "seed", "resolution", "max_duration"]
+    assert [r["label"] for r in api["/generate"]["returns"]] == ["Finished video (download)", "Status"]
+
+
+def test_generate_returns_an_mp4_with_audio(client):
+    video, status = client.predict(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH),
+                                   max_duration=1.5, seed=7, api_name="/generate", **FAST)
+    info = probe(video_path(video))
+    assert (info.frames, info.fps, info.width, info.height) == (37, 23, 64, 64)
+    assert info.video_codec == "h264" and info.has_audio and info.audio_codec == "aac"
+    assert info.audio_duration == pytest.approx(37 / 23, abs=0.05)
+    assert "preset **tiny** (random weights: output is noise)" in status
+    assert "device cpu" in status and "motion: training-free (prompt + audio weight)" in status
+    assert "2 steps × 3 passes" in status  # counted from the pipeline's callbacks
+    assert "seed 7" in status and "face check: passed (test detector)" in status
+    # the 6.4 s example speech is cut to the maximum duration, and the status line says so
+    assert "The speech is 6.4 s long; it was cut to the maximum duration of 1.5 s." in status
+
+
+def test_sliders_reach_the_generation(client):
+    _, status = client.predict(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH), max_duration=1.0,
+                               expression=1.0, text_guidance=1.0, api_name="/generate", **FAST)
+    assert "audio weight 1.40, audio guidance 7.0, text guidance 1.0" in status
+    assert "2 steps × 2 passes" in status  # text guidance 1 drops the negative-prompt pass
+    assert "25 frames" in status
+
+
+def test_streaming_endpoint_plays_chunks_then_gives_the_mp4(url, tmp_path):
+    client = Client(url, verbose=False, download_files=False)  # keep the stream's URLs, not downloads
+    speech = tmp_path / "speech.wav"
+    soundfile.write(speech, speech_like(2.0), 16_000)  # 49 frames: two chunks of about 1 s
+    job = client.submit(handle_file(EXAMPLE_IMAGE), handle_file(speech), "A person is talking.", 0.5, 0.5, 5.0, 5.0,
+                        1.0, 2, 1111, 64, 3.5, api_name="/generate_stream")
+    outputs = list(job)
+    assert job.status().success
+    playlists = {o[0]["url"] for o in outputs if isinstance(o[0], dict) and o[0].get("url", "").endswith(".m3u8")}
+    assert len(playlists) == 1  # one live stream, fed chunk by chunk
+    playlist = httpx.get(playlists.pop(), timeout=30).text
+    durations = [float(line[len("#EXTINF:"):].rstrip(",")) for line in playlist.splitlines()
+                 if line.startswith("#EXTINF:")]
+    assert "#EXT-X-ENDLIST" in playlist
+    # our two chunks (25 + 24 frames), then Gradio's closing audio-only segment
+    assert durations[:2] == [pytest.approx(25 / 23, abs=0.01), pytest.approx(24 / 23, abs=0.01)]
+    assert len(durations) <= 3 and sum(durations[2:]) < 0.5  # the encoder's audio tail, if any
+    info = probe(outputs[-1][1]["path"])
+    assert info.frames == 49 and info.has_audio
+    assert outputs[-1][2].startswith("**Done**")
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple]:
+    flat = tmp_path / "wall.png"
+    Image.new("RGB", (256, 256), (128, 128, 128)).save(flat)
+    silent = tmp_path / "silent.wav"
+    soundfile.write(silent, np.zeros(32_000, np.float32), 16_000)
+    short = tmp_path / "short.wav"
+    soundfile.write(short, speech_like(0.1), 16_000)
+    notes = tmp_path / "notes.mp3"
+    notes.write_text("these are meeting notes, not audio")
+    fake_png = tmp_path / "photo.png"
+    fake_png.write_text("not an image")
+    return {
+        "no face": (flat, EXAMPLE_SPEECH, r"No face found in the portrait"),
+        "silent speech": (EXAMPLE_IMAGE, silent, r"'silent.wav' is silent \(peak level below -60 dBFS\)"),
+        "too short": (EXAMPLE_IMAGE, short, r"'short.wav' is 0.10 s long; at least 0.2 s of speech is needed"),
+        "audio format": (EXAMPLE_IMAGE, notes, r"Could not read 'notes.mp3' as audio"),
+        "image format": (fake_png, EXAMPLE_SPEECH, r"Could not read 'photo.png' as an image .* Use a PNG, JPEG or WebP"),
+        "no portrait": (None, EXAMPLE_SPEECH, r"Add a portrait: upload a photo or take one with the webcam"),
+        "no speech": (EXAMPLE_IMAGE, None, r"Add speech: upload an audio file or record one with the microphone"),
+    }
+
+
+@pytest.mark.parametrize("case", ["no face", "silent speech", "too short", "audio format", "image format",
+                                  "no portrait", "no speech"])
+def test_each_bad_input_comes_back_as_an_error_with_its_message(client, tmp_path, case):
+    image, audio, message = _bad_inputs(tmp_path)[case]
+    started = time.perf_counter()
+    with pytest.raises(AppError, match=message):
+        client.predict(image=handle_file(image) if image else None, audio=handle_file(audio) if audio else None,
+                       api_name="/generate", **FAST)
+    assert time.perf_counter() - started < 10  # refused before any model work
+
+
+def test_upload_over_the_size_limit_is_refused(client, tmp_path):
+    big = tmp_path / "long.wav"
+    soundfile.write(big, speech_like(40.0), 16_000)  # 1.3 MB > the 1 MB limit of this test app
+    with pytest.raises(ValueError, match=r"exceeds the maximum file size of 1048576 bytes"):
+        client.predict(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(big), api_name="/generate", **FAST)
+
+
+def test_our_own_size_check_when_the_server_has_no_limit(tiny_pipe, tmp_path):
+    demo = app.build_demo(tiny_pipe, get_preset("tiny"), face_checker=FAKE_FACES, output_root=tmp_path,
+                          max_upload_mb=0.25)
+    url = launch(demo, server_name="127.0.0.1")  # e.g. a host that ignores max_file_size
+    try:
+        client = Client(url, verbose=False, download_files=False)
+        with pytest.raises(AppError, match=r"The portrait file 'portrait.png' is 412.5 KB; the limit is 256 KB"):
+            client.predict(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH), api_name="/generate",
+                           **FAST)
+    finally:
+        demo.close()
+
+
+def _wait_for(job, codes: set, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while job.status().code not in codes:
+        assert time.monotonic() < deadline, f"job stuck in {job.status().code}"
+        time.sleep(0.05)
+
+
+def test_one_generation_at_a_time_and_a_bounded_queue(tiny_pipe, tmp_path):
+    demo = app.build_demo(tiny_pipe, get_preset("tiny"), face_checker=FAKE_FACES, output_root=tmp_path, max_queue=1)
+    url = launch(demo, server_name="127.0.0.1")
+    try:
+        client = Client(url, verbose=False, download_files=False)
+        args = {"image": handle_file(EXAMPLE_IMAGE), "audio": handle_file(EXAMPLE_SPEECH), "max_duration": 1.0,
+                "api_name": "/generate", **FAST}
+        running = client.submit(**args)
+        _wait_for(running, {Status.PROCESSING, Status.PROGRESS, Status.ITERATING})
+        waiting = client.submit(**args)
+        _wait_for(waiting, {Status.IN_QUEUE})  # the second waits: one generation at a time
+        assert running.status().code != Status.FINISHED
+        with pytest.raises(QueueError, match="Queue is full"):
+            client.predict(**args)  # the third is turned away with a busy message
+        assert probe(running.result()[0]["path"]).frames == 25
+        assert probe(waiting.result()[0]["path"]).frames == 25  # and the queued one still runs afterwards
+    finally:
+        demo.close()
+
+
+def test_cancelling_stops_the_generation_and_frees_the_device(tiny_pipe, tmp_path):
+    demo = app.build_demo(tiny_pipe, get_preset("tiny"), face_checker=FAKE_FACES, output_root=tmp_path)
+    url = launch(demo, server_name="127.0.0.1")
+    try:
+        client = Client(url, verbose=False, download_files=False)
+        job = client.submit(handle_file(EXAMPLE_IMAGE), handle_file(EXAMPLE_SPEECH), "A person is talking.", 0.5, 0.5,
+                            5.0, 5.0, 1.0, 50, 1111, 128, 3.5, api_name="/generate_stream")
+        deadline = time.monotonic() + 60
+        while not any("Denoising" in str(o[2]) for o in job.outputs()):
+            assert time.monotonic() < deadline and not job.done()
+            time.sleep(0.05)
+        job.cancel()  # what the Stop button does to the running event, mid-denoising
+        # The next generation needs the model lock, which the stopped worker holds until it ends: had it not
+        # stopped, it would have written its video before this one could start.
+        video, _ = client.predict(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH),
+                                  max_duration=1.0, api_name="/generate", **FAST)
+        assert probe(video["path"]).frames == 25
+        finished = list(tmp_path.glob("*/talking.mp4"))
+        assert len(finished) == 1 and probe(finished[0]).frames == 25  # only the second one ever finished
+        assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
+    finally:
+        demo.close()
+
+
+@pytest.mark.slow
+def test_python_app_py_starts_in_tiny_demo_mode_with_a_banner(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "app.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    env.pop("SPACE_ID", None)
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=Path(app.__file__).parent, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "app.py did not start in 240 s"
+            try:
+                config = httpx.get(f"http://127.0.0.1:{port}/config", timeout=5)
+                if config.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert "The output is noise from a random model" in config.text  # the banner is on the page
+        assert "[app] preset tiny" in log.read_text()
+        assert config.json()["max_file_size"] == 20 * 1024 * 1024
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,94 @@
+"""The page in a real browser: Debian Chromium driven by Playwright (never `playwright install`).
+
+Loads the app (tiny preset), uploads the example portrait and speech, moves a slider, clicks Generate,
+waits until the streaming video element is actually playing, and saves a screenshot (to
+`$FANTASY_SCREENSHOT_DIR` when set, else the test's temp dir).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageStat
+
+import app
+from fantasy.presets import get_preset
+from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed: apt-get install -y chromium"),
+    pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="Gradio's video streaming needs ffmpeg on PATH"),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
+
+PLAYING = """() => {
+    const v = document.querySelector('#live video');
+    return v !== null && !v.paused && v.currentTime > 0 && v.readyState >= 2;
+}"""
+
+
+@pytest.fixture
+def served(tiny_pipe, tmp_path):
+    demo = app.build_demo(tiny_pipe, get_preset("tiny"), output_root=tmp_path / "outputs")
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_options(host="127.0.0.1"))
+    yield url
+    demo.close()
+
+
+def test_generate_in_the_browser_streams_a_playing_video(served, tmp_path):
+    shots = Path(os.environ.get("FANTASY_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(served)
+            page.wait_for_selector("#generate")
+            assert "The output is noise from a random model" in page.locator("#demo-banner").inner_text()
+
+            page.locator("#portrait input[type=file]").set_input_files(str(EXAMPLE_IMAGE))
+            page.locator("#speech input[type=file]").set_input_files(str(EXAMPLE_SPEECH))
+            page.wait_for_selector("#portrait img")
+            for slider, value in (("#steps", "2"), ("#resolution", "64"), ("#duration", "1.5")):
+                box = page.locator(f"{slider} input[type=number]")
+                box.fill(value)
+                box.press("Enter")
+            expression = page.locator("#expression input[type=range]")  # moved like a person: arrow keys
+            expression.focus()
+            expression.press("ArrowRight")
+            expression.press("ArrowRight")
+            assert page.locator("#expression input[type=number]").input_value() == "0.6"
+
+            page.click("#generate")
+            page.wait_for_function(PLAYING, timeout=180_000)
+            page.screenshot(path=str(shots / "browser-playing.png"), full_page=True)
+            player = page.locator("#live video").bounding_box()
+            page.wait_for_selector("#final video", timeout=180_000)
+            page.wait_for_function("() => document.querySelector('#status').innerText.includes('Done')",
+                                   timeout=60_000)
+            status = page.locator("#status").inner_text()
+            page.screenshot(path=str(shots / "browser-done.png"), full_page=True)
+        finally:
+            browser.close()
+    # the moved slider and the typed settings reached the generation
+    assert "audio weight 1.08, audio guidance 5.4" in status
+    assert "37 frames 64×64" in status and "2 steps × 3 passes" in status
+    assert "it was cut to the maximum duration of 1.5 s" in status  # the 6.4 s example was cut, visibly
+    assert not errors, errors
+    with Image.open(shots / "browser-playing.png") as shot:
+        assert shot.width == 1400 and shot.height >= 1100
+        # the live player shows frames (noise from the random model), not the empty white placeholder
+        x, y, w, h = player["x"], player["y"], player["width"], player["height"]
+        assert w > 200 and h > 200
+        inside = shot.convert("L").crop((int(x + w / 4), int(y + h / 4), int(x + 3 * w / 4), int(y + 3 * h / 4)))
+        assert ImageStat.Stat(inside).mean[0] < 230

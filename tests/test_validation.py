@@ -1,0 +1,207 @@
+"""Input checks before any model work: limits, messages, the duration cut, and the pluggable face check."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+import fantasy
+from fantasy.errors import (
+    AudioTooShort,
+    FileTooLarge,
+    ImageTooSmall,
+    MissingInput,
+    NoFaceFound,
+    SilentAudio,
+    UnsupportedAudio,
+    UnsupportedImage,
+    WeightsMissing,
+)
+from fantasy.generate import Settings
+from fantasy.presets import get_preset
+from fantasy.validation import (
+    DEFAULT_DURATION_S,
+    MAX_DURATION_S,
+    FaceChecker,
+    check_file_size,
+    check_inputs,
+    default_face_check,
+    duration_limit,
+    human_size,
+)
+from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, speech_like
+
+TINY = get_preset("tiny")
+
+
+def no_face_on_flat_images(image_rgb: np.ndarray) -> None:
+    """Stand-in detector: a flat image has no face; the shipped portrait has one."""
+    if image_rgb.std() < 5:
+        raise NoFaceFound("No face found in the portrait: use a photo where one face is clearly visible.")
+
+
+FAKE_FACES = FaceChecker(no_face_on_flat_images, "face check: passed (test detector)")
+
+
+@pytest.mark.parametrize(("requested", "limit"), [(None, 10.0), (5.0, 5.0), (0.1, 1.0), (100.0, 30.0)])
+def test_duration_limit_comes_from_one_constant(requested, limit):
+    assert (DEFAULT_DURATION_S, MAX_DURATION_S) == (10.0, 30.0)
+    assert duration_limit(requested) == limit
+
+
+def test_sizes_read_like_people_write_them():
+    assert human_size(20 * 1024 * 1024) == "20 MB"
+    assert human_size(300 * 1024) == "300 KB"
+    assert human_size(1.5 * 1024 * 1024) == "1.5 MB"
+
+
+def test_file_over_the_limit(tmp_path):
+    big = tmp_path / "big.wav"
+    big.write_bytes(b"\0" * 3000)
+    check_file_size(big, "speech", 3000)  # at the limit: fine
+    with pytest.raises(FileTooLarge, match=r"The speech file 'big.wav' is 2.9 KB; the limit is 2 KB\."):
+        check_file_size(big, "speech", 2048)
+
+
+def test_missing_inputs():
+    with pytest.raises(MissingInput, match="Add a portrait"):
+        check_inputs(None, EXAMPLE_SPEECH, Settings(), TINY)
+    with pytest.raises(MissingInput, match="Add speech"):
+        check_inputs(EXAMPLE_IMAGE, None, Settings(), TINY)
+
+
+def test_size_limit_applies_to_both_uploads():
+    with pytest.raises(FileTooLarge, match="portrait file 'portrait.png'"):
+        check_inputs(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Settings(), TINY, max_upload_bytes=100_000)
+
+
+def test_bad_speech_is_refused_with_its_reason(tmp_path):
+    silent = tmp_path / "silent.wav"
+    soundfile.write(silent, np.zeros(32_000, np.float32), 16_000)
+    short = tmp_path / "short.wav"
+    soundfile.write(short, speech_like(0.1), 16_000)
+    text = tmp_path / "notes.mp3"
+    text.write_text("not audio at all")
+    with pytest.raises(SilentAudio, match="is silent"):
+        check_inputs(EXAMPLE_IMAGE, silent, Settings(), TINY)
+    with pytest.raises(AudioTooShort, match="at least 0.2 s"):
+        check_inputs(EXAMPLE_IMAGE, short, Settings(), TINY)
+    with pytest.raises(UnsupportedAudio, match="Could not read 'notes.mp3' as audio"):
+        check_inputs(EXAMPLE_IMAGE, text, Settings(), TINY)
+
+
+def test_bad_portraits_are_refused(tmp_path):
+    text = tmp_path / "photo.png"
+    text.write_text("not an image")
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (40, 40), "white").save(tiny)
+    with pytest.raises(UnsupportedImage, match="Use a PNG, JPEG or WebP photo"):
+        check_inputs(text, EXAMPLE_SPEECH, Settings(), TINY)
+    with pytest.raises(ImageTooSmall, match="at least 64 px"):
+        check_inputs(tiny, EXAMPLE_SPEECH, Settings(), TINY)
+
+
+def test_face_check_is_pluggable(tmp_path):
+    flat = tmp_path / "wall.png"
+    Image.new("RGB", (256, 256), (120, 120, 120)).save(flat)
+    with pytest.raises(NoFaceFound, match="No face found"):
+        check_inputs(flat, EXAMPLE_SPEECH, Settings(), TINY, face_checker=FAKE_FACES)
+    checked = check_inputs(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Settings(), TINY, face_checker=FAKE_FACES)
+    assert checked.face_note == "face check: passed (test detector)"
+    skipped = check_inputs(flat, EXAMPLE_SPEECH, Settings(), TINY, face_checker=FaceChecker(None, "face check skipped: x"))
+    assert skipped.face_note == "face check skipped: x"  # no detector: generation goes on, and it is said
+
+
+def test_face_check_sees_the_full_photo_not_the_model_input(tmp_path):
+    sizes = []
+    big = tmp_path / "big.png"
+    Image.new("RGB", (2000, 1000), "white").save(big)
+    checker = FaceChecker(lambda rgb: sizes.append(rgb.shape), "recorded")
+    check_inputs(big, EXAMPLE_SPEECH, Settings(longest_edge=64), TINY, face_checker=checker)
+    check_inputs(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Settings(longest_edge=64), TINY, face_checker=checker)
+    assert sizes == [(512, 1024, 3), (512, 512, 3)]  # capped at 1024 px, never the 64 px model size
+
+
+def test_long_speech_is_cut_with_a_notice(tmp_path):
+    from fantasy.long_video import total_frame_count
+
+    checked = check_inputs(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Settings(), TINY, max_duration_s=1.5)
+    assert checked.settings.max_duration == 1.5
+    assert checked.num_frames == total_frame_count(1.5, 23, 1.5)[0] == 37
+    assert checked.settings.steps == TINY.steps and checked.settings.longest_edge == TINY.longest_edge
+    assert checked.notices == ["The speech is 6.4 s long; it was cut to the maximum duration of 1.5 s."]
+    # by default the core's 10 s apply: the 6.4 s example is animated whole (several windows)
+    whole = check_inputs(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Settings(), TINY)
+    assert whole.notices == [] and whole.num_frames == 149
+    # a request over the app's cap gets the cap
+    long_speech = tmp_path / "long.wav"
+    soundfile.write(long_speech, speech_like(40.0), 16_000)
+    capped = check_inputs(EXAMPLE_IMAGE, long_speech, Settings(), TINY, max_duration_s=600)
+    assert capped.settings.max_duration == MAX_DURATION_S and capped.num_frames == 693
+    assert capped.notices == ["The speech is 40.0 s long; it was cut to the maximum duration of 30.0 s."]
+
+
+def test_short_speech_needs_no_notice(speech_wav):
+    checked = check_inputs(EXAMPLE_IMAGE, speech_wav, Settings(), TINY)
+    assert checked.notices == [] and checked.num_frames == 49
+
+
+def _fake_face_module(weights_present: bool, calls: list):
+    module = types.ModuleType("fantasy.face")
+
+    def ensure_weights(detector="sfd", allow_download=None):
+        calls.append(("ensure_weights", allow_download))
+        if not weights_present:
+            raise WeightsMissing("Face-alignment weight file '2DFAN4' is missing")
+
+    class FaceAnalyzer:
+        def __init__(self, device=None):
+            calls.append(("analyzer", device))
+
+        def require_face(self, image_rgb):
+            calls.append(("require_face", image_rgb.shape))
+            raise NoFaceFound("No face found (fake analyzer).")
+
+    module.ensure_weights, module.FaceAnalyzer = ensure_weights, FaceAnalyzer
+    return module
+
+
+@pytest.fixture
+def face_module(monkeypatch):
+    def install(weights_present: bool) -> list:
+        calls: list = []
+        module = _fake_face_module(weights_present, calls)
+        monkeypatch.setitem(sys.modules, "fantasy.face", module)
+        monkeypatch.setattr(fantasy, "face", module, raising=False)
+        return calls
+
+    return install
+
+
+def test_default_face_check_says_when_weights_are_missing(face_module):
+    calls = face_module(weights_present=False)
+    checker = default_face_check()
+    assert checker.check is None
+    assert checker.note == "face check skipped: face-alignment weights not installed"
+    assert calls == [("ensure_weights", False)]  # never downloads at start-up
+
+
+def test_default_face_check_uses_face_alignment_when_ready(face_module, tmp_path):
+    calls = face_module(weights_present=True)
+    checker = default_face_check(device="cpu")
+    assert checker.check is not None and checker.note == "face check: passed (face-alignment)"
+    with pytest.raises(NoFaceFound, match="fake analyzer"):
+        check_inputs(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Settings(), TINY, face_checker=checker)
+    assert calls[-1] == ("require_face", (512, 512, 3))
+
+
+def test_default_face_check_without_the_module(monkeypatch):
+    monkeypatch.setitem(sys.modules, "fantasy.face", None)  # import fails as if not installed
+    monkeypatch.delattr(fantasy, "face", raising=False)
+    checker = default_face_check()
+    assert checker.check is None and checker.note.startswith("face check skipped: face detector not installed")
