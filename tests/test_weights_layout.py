@@ -168,3 +168,14 @@ def test_cli_real_preset_without_gpu_is_one_line_and_status_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: The real preset needs a CUDA GPU") and "Traceback" not in err
     assert not out.exists()
+
+
+def test_dit_in_the_hf_cache_is_found_without_a_link(complete, empty_hf_cache):
+    """A Space preloads city96's GGUF into the Hub cache; `weights/` then needs no copy of it."""
+    part = DIT_FILES["q8_0"]
+    (complete / part.folder / part.required[0]).unlink()
+    repo = empty_hf_cache / "models--city96--Wan2.1-I2V-14B-720P-gguf"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("feedbeef")
+    touch_required(repo / "snapshots" / "feedbeef", part)
+    assert check_real_weights(complete, "q8_0")["dit"] == repo / "snapshots" / "feedbeef" / part.required[0]
