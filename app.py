@@ -173,10 +173,13 @@ def build_demo(
             raise gr.Error(str(exc), title="Generation failed") from None
         raise gr.Error("The generation ended without a video.")
 
-    def stop_step(request: gr.Request) -> None:
+    def stop_step(request: gr.Request) -> Any:
+        """Stop: the running worker stops at its next step (Gradio also cancels the streaming event)."""
         flag = cancels.get(request.session_hash)
-        if flag is not None:
-            flag.set()
+        if flag is None:
+            return gr.skip()
+        flag.set()
+        return "**Stopped.** The generation was stopped; no video was written."
 
     with gr.Blocks(title="FantasyTalking Studio") as demo:
         gr.Markdown("# FantasyTalking Studio\nOne portrait + one speech clip → a talking-portrait video "
@@ -229,7 +232,7 @@ def build_demo(
                                      api_visibility="private")
         streaming = checked.success(stream_step, inputs, [live, final, status], concurrency_id="gpu",
                                     concurrency_limit=1, api_name="generate_stream", api_visibility="undocumented")
-        stop_btn.click(stop_step, None, None, cancels=[streaming], queue=False, api_visibility="private")
+        stop_btn.click(stop_step, None, status, cancels=[streaming], queue=False, api_visibility="private")
         dice.click(lambda: random.randrange(2**31), None, seed, queue=False, api_visibility="private")
         api_trigger = gr.Button(visible=False)
         api_trigger.click(api_generate, inputs, [final, status], concurrency_id="gpu", concurrency_limit=1,

@@ -16,6 +16,7 @@ from PIL import Image, ImageStat
 
 import app
 from fantasy.presets import get_preset
+from fantasy.video import probe
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,6 +36,27 @@ PLAYING = """() => {
 }"""
 
 
+def open_page(p, url: str, errors: list[str]):
+    browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url)
+    page.wait_for_selector("#generate")
+    return browser, page
+
+
+def upload_examples(page) -> None:
+    page.locator("#portrait input[type=file]").set_input_files(str(EXAMPLE_IMAGE))
+    page.locator("#speech input[type=file]").set_input_files(str(EXAMPLE_SPEECH))
+    page.wait_for_selector("#portrait img")
+
+
+def set_number(page, slider: str, value: str) -> None:
+    box = page.locator(f"{slider} input[type=number]")
+    box.fill(value)
+    box.press("Enter")
+
+
 @pytest.fixture
 def served(tiny_pipe, tmp_path):
     demo = app.build_demo(tiny_pipe, get_preset("tiny"), output_root=tmp_path / "outputs")
@@ -48,21 +70,12 @@ def test_generate_in_the_browser_streams_a_playing_video(served, tmp_path):
     shots.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        browser, page = open_page(p, served, errors)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(served)
-            page.wait_for_selector("#generate")
             assert "The output is noise from a random model" in page.locator("#demo-banner").inner_text()
-
-            page.locator("#portrait input[type=file]").set_input_files(str(EXAMPLE_IMAGE))
-            page.locator("#speech input[type=file]").set_input_files(str(EXAMPLE_SPEECH))
-            page.wait_for_selector("#portrait img")
+            upload_examples(page)
             for slider, value in (("#steps", "2"), ("#resolution", "64"), ("#duration", "1.5")):
-                box = page.locator(f"{slider} input[type=number]")
-                box.fill(value)
-                box.press("Enter")
+                set_number(page, slider, value)
             expression = page.locator("#expression input[type=range]")  # moved like a person: arrow keys
             expression.focus()
             expression.press("ArrowRight")
@@ -92,3 +105,34 @@ def test_generate_in_the_browser_streams_a_playing_video(served, tmp_path):
         assert w > 200 and h > 200
         inside = shot.convert("L").crop((int(x + w / 4), int(y + h / 4), int(x + 3 * w / 4), int(y + 3 * h / 4)))
         assert ImageStat.Stat(inside).mean[0] < 230
+
+
+def test_stop_ends_the_generation_without_a_video(served, tmp_path):
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser, page = open_page(p, served, errors)
+        try:
+            upload_examples(page)
+            for slider, value in (("#steps", "50"), ("#resolution", "128")):
+                set_number(page, slider, value)
+            page.click("#generate")
+            page.wait_for_function("() => document.querySelector('#status').innerText.includes('Denoising')",
+                                   timeout=120_000)
+            page.click("#stop")
+            page.wait_for_function("() => document.querySelector('#status').innerText.includes('Stopped')",
+                                   timeout=30_000)
+            page.wait_for_timeout(1000)
+            assert page.locator("#final video").count() == 0  # nothing finished
+            page.screenshot(path=str(tmp_path / "browser-stopped.png"), full_page=True)
+            # A new generation needs the model, which the stopped worker holds until it ends: had it not
+            # stopped, its 50-step video would be written before this small one could start.
+            for slider, value in (("#steps", "2"), ("#resolution", "64"), ("#duration", "1")):
+                set_number(page, slider, value)
+            page.click("#generate")
+            page.wait_for_function("() => document.querySelector('#status').innerText.includes('Done')",
+                                   timeout=120_000)
+        finally:
+            browser.close()
+    finished = list((tmp_path / "outputs").glob("*/talking.mp4"))
+    assert len(finished) == 1 and probe(finished[0]).frames == 25  # only the small one
+    assert not errors, errors
