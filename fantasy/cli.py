@@ -1,4 +1,4 @@
-"""`python -m fantasy ...`: generate, convert adapter weights (more commands join as they land).
+"""`python -m fantasy ...`: generate, convert adapter weights, download weights (more join as they land).
 
 User errors (`FantasyError`) print one clear line and exit with status 2; no traceback.
 """
@@ -15,6 +15,8 @@ from fantasy.errors import FantasyError
 
 def _add_generate(sub) -> None:
     from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED
+    from fantasy.offload import VRAM_MODES
+    from fantasy.quantize import DIT_MODES
 
     p = sub.add_parser("generate", help="portrait + speech -> talking-video mp4")
     p.add_argument("--image", required=True, help="portrait (png/jpg/webp)")
@@ -35,6 +37,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--size", type=int, default=None, help="longest edge in px, multiple of 16 (tiny: 128, real: 512)")
     p.add_argument("--adapter", default=None, help="adapter weights (.safetensors or the released .ckpt)")
     p.add_argument("--device", default=None)
+    p.add_argument("--dit", default="q8_0", choices=list(DIT_MODES), help="real preset: how the 14B DiT is stored")
+    p.add_argument("--vram", default="resident", choices=list(VRAM_MODES), help="real preset: offloading")
+    p.add_argument("--weights", default=None, help="real preset: weights dir (default weights/ or $FANTASY_WEIGHTS)")
     p.add_argument("--batch-guidance", action="store_true",
                    help="run the 3 guidance passes as one batch (same result, faster on a GPU with memory to spare)")
     p.set_defaults(run=_run_generate)
@@ -58,7 +63,8 @@ def _run_generate(args) -> int:
     if preset.demo:
         print(f"[{preset.name}] {preset.summary}", file=sys.stderr)
     started = time.perf_counter()
-    pipe = load_pipeline(preset.name, device=args.device, adapter=args.adapter)
+    real = {"dit": args.dit, "vram": args.vram, "weights": args.weights} if preset.name == "real" else {}
+    pipe = load_pipeline(preset.name, device=args.device, adapter=args.adapter, **real)
     pipe.batch_guidance = args.batch_guidance
     loaded = time.perf_counter() - started
     last = {"stage": None}
@@ -96,11 +102,30 @@ def _run_convert(args) -> int:
     return 0
 
 
+def _add_download(sub) -> None:
+    p = sub.add_parser("download", help="fetch the real preset's weights from the Hugging Face Hub")
+    p.add_argument("--dit", default="q8_0", choices=["q8_0", "q4_k_m", "bf16"],
+                   help="DiT file: GGUF Q8_0 (default), GGUF Q4_K_M, or bf16 safetensors (for bf16/-int8/-fp8 modes)")
+    p.add_argument("--dir", default=None, help="weights dir (default weights/ or $FANTASY_WEIGHTS)")
+    p.add_argument("--dry-run", action="store_true", help="print the files and sizes, download nothing")
+    p.add_argument("--keep-ckpt", action="store_true", help="keep the adapter's .ckpt after converting it")
+    p.add_argument("--face", action="store_true", help="also the face-alignment weights used by `eval`")
+    p.set_defaults(run=_run_download)
+
+
+def _run_download(args) -> int:
+    from fantasy.download import download
+
+    download(args.dit, args.dir, dry_run=args.dry_run, keep_ckpt=args.keep_ckpt, face=args.face)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fantasy", description="FantasyTalking Studio")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_convert(sub)
+    _add_download(sub)
     from fantasy.metrics.command import add_parser as add_eval
 
     add_eval(sub)

@@ -108,7 +108,7 @@ def _weights_missing_message(name: str, directory: Path, reason: str) -> str:
     return (
         f"Face-alignment weight file '{name}' is missing from {directory} ({reason}). "
         f"Download it from {url} into that directory (set TORCH_HOME to use another cache), "
-        "or run `python -m fantasy download`, which fetches it."
+        "or run `python -m fantasy download --face`, which fetches it."
     )
 
 
@@ -194,7 +194,7 @@ class FaceAnalyzer:
             except OSError as exc:  # e.g. a detector file we do not pre-check and cannot download
                 raise WeightsMissing(
                     f"face-alignment could not load its '{self.detector}' weights ({exc}); "
-                    f"place them in {checkpoints_dir()} or run `python -m fantasy download`."
+                    f"place them in {checkpoints_dir()} or run `python -m fantasy download --face`."
                 ) from None
         return self._model
 

@@ -1,28 +1,96 @@
-"""Real weights: where they live on disk, and loading the `real` preset from them.
+"""Real weights: what the `real` preset needs, where it lives on disk, and loading the pipeline from it.
 
-Layout under the weights directory (default `weights/`, or `$FANTASY_WEIGHTS`):
+Layout under the weights directory (default `weights/`, or `$FANTASY_WEIGHTS`); each Hub repo gets
+a folder named after it, holding the repo's own paths:
 
-    Wan2.1-I2V-14B-720P-Diffusers/   diffusers layout (model_index.json, transformer/, vae/, ...)
-    wav2vec2-base-960h/              config.json, preprocessor_config.json, model weights
-    fantasytalking_model.safetensors converted adapter (or the released fantasytalking_model.ckpt)
+    Wan2.1-I2V-14B-720P-Diffusers/   tokenizer/ text_encoder/ image_encoder/ image_processor/ vae/
+                                     scheduler/ transformer/config.json (diffusers layout; no DiT weights)
+    Wan2.1-I2V-14B-720P-gguf/        wan2.1-i2v-14b-720p-Q8_0.gguf and/or -Q4_K_M.gguf   (--dit q8_0|q4_k_m)
+    Wan_2.1_ComfyUI_repackaged/      split_files/diffusion_models/wan2.1_i2v_720p_14B_bf16.safetensors (--dit bf16)
+    wav2vec2-base-960h/              config.json preprocessor_config.json model.safetensors
+    fantasytalking_model.safetensors the adapter, converted once from acvlab/FantasyTalking's .ckpt
 
-Nothing here downloads at run time: a missing file raises `WeightsMissing` naming the file, the
-Hugging Face repo it comes from and the command that fetches it.
+A component missing from that folder is looked up in the Hugging Face cache without network access
+(`local_files_only`), so files fetched by other tools work too, offline included. Nothing here
+downloads: a missing file raises `WeightsMissing` naming the file, its repo and the fetch command.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from fantasy.adapter_weights import OFFICIAL_FILE, OFFICIAL_REPO, load_adapter_weights
+from fantasy.adapter_weights import OFFICIAL_FILE, OFFICIAL_REPO, convert_checkpoint, load_adapter_weights
 from fantasy.errors import FantasyError, WeightsMissing
 
 WAN_REPO = "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"
 WAV2VEC_REPO = "facebook/wav2vec2-base-960h"
 ADAPTER_SAFETENSORS = "fantasytalking_model.safetensors"
+DEFAULT_DIT = "q8_0"
+DEFAULT_VRAM = "resident"
+VAE_TILE = 512  # px; frames up to this size decode untiled
+
+
+@dataclass(frozen=True)
+class RepoPart:
+    """The files of one Hub repo that the real preset reads, and how to tell they are on disk.
+
+    `patterns` are `allow_patterns` for `snapshot_download`; `required` are paths (globs allowed;
+    `a|b` means either) that must exist under the folder for loading; `fallbacks` swap a pattern that
+    matches nothing on the Hub for another (e.g. a repo with only a `.bin`).
+    """
+
+    repo: str
+    folder: str
+    patterns: tuple[str, ...]
+    required: tuple[str, ...]
+    purpose: str
+    fallbacks: tuple[tuple[str, str], ...] = ()
+
+    def first_missing(self, folder: Path) -> str | None:
+        for entry in self.required:
+            if not any(_exists(folder, alternative) for alternative in entry.split("|")):
+                return entry
+        return None
+
+
+def _exists(folder: Path, pattern: str) -> bool:
+    if any(c in pattern for c in "*?["):
+        return any(p.is_file() for p in folder.glob(pattern))
+    return (folder / pattern).is_file()
+
+
+WAN_PART = RepoPart(
+    WAN_REPO, "Wan2.1-I2V-14B-720P-Diffusers",
+    patterns=("model_index.json", "tokenizer/*", "text_encoder/*", "image_encoder/*", "image_processor/*",
+              "vae/*", "scheduler/*", "transformer/config.json"),
+    required=("tokenizer/tokenizer_config.json", "text_encoder/config.json", "text_encoder/*.safetensors",
+              "image_encoder/config.json", "image_encoder/*.safetensors", "vae/config.json", "vae/*.safetensors",
+              "transformer/config.json"),
+    purpose="umT5 text encoder + tokenizer, CLIP image encoder + processor, VAE, scheduler and DiT configs",
+)
+_GGUF_REPO = "city96/Wan2.1-I2V-14B-720P-gguf"
+DIT_FILES: dict[str, RepoPart] = {
+    "q8_0": RepoPart(_GGUF_REPO, "Wan2.1-I2V-14B-720P-gguf", ("wan2.1-i2v-14b-720p-Q8_0.gguf",),
+                     ("wan2.1-i2v-14b-720p-Q8_0.gguf",), "Wan2.1 I2V 14B DiT, GGUF Q8_0"),
+    "q4_k_m": RepoPart(_GGUF_REPO, "Wan2.1-I2V-14B-720P-gguf", ("wan2.1-i2v-14b-720p-Q4_K_M.gguf",),
+                       ("wan2.1-i2v-14b-720p-Q4_K_M.gguf",), "Wan2.1 I2V 14B DiT, GGUF Q4_K_M"),
+    "bf16": RepoPart("Comfy-Org/Wan_2.1_ComfyUI_repackaged", "Wan_2.1_ComfyUI_repackaged",
+                     ("split_files/diffusion_models/wan2.1_i2v_720p_14B_bf16.safetensors",),
+                     ("split_files/diffusion_models/wan2.1_i2v_720p_14B_bf16.safetensors",),
+                     "Wan2.1 I2V 14B DiT, bf16 (original key names)"),
+}
+ADAPTER_PART = RepoPart(OFFICIAL_REPO, "FantasyTalking", (OFFICIAL_FILE,), (OFFICIAL_FILE,),
+                        "FantasyTalking audio adapter (converted once to safetensors)")
+WAV2VEC_PART = RepoPart(
+    WAV2VEC_REPO, "wav2vec2-base-960h", ("config.json", "preprocessor_config.json", "model.safetensors"),
+    ("config.json", "preprocessor_config.json", "model.safetensors|pytorch_model.bin"),
+    "wav2vec2 speech encoder", fallbacks=(("model.safetensors", "pytorch_model.bin"),),
+)
 
 
 def weights_dir(path: str | Path | None = None) -> Path:
@@ -31,41 +99,158 @@ def weights_dir(path: str | Path | None = None) -> Path:
     return Path(os.environ.get("FANTASY_WEIGHTS", Path(__file__).resolve().parent.parent / "weights"))
 
 
-def _require(path: Path, repo: str, root: Path) -> Path:
-    if not path.exists():
-        raise WeightsMissing(
-            f"Missing weight file {path} (from the Hugging Face repo '{repo}'). "
-            f"Fetch the real preset's weights with: python -m fantasy download --dir {root}"
+def hub_offline() -> bool:
+    """`HF_HUB_OFFLINE`, read now (huggingface_hub reads it once at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def dit_file_key(dit: str) -> str:
+    from fantasy.quantize import get_dit_mode
+
+    return get_dit_mode(dit).file
+
+
+def download_plan(dit: str = DEFAULT_DIT) -> list[RepoPart]:
+    """Every repo part the real preset needs with this DiT mode, in download order."""
+    return [WAN_PART, DIT_FILES[dit_file_key(dit)], ADAPTER_PART, WAV2VEC_PART]
+
+
+def fetch_command(dit: str, root: Path) -> str:
+    return f"python -m fantasy download --dit {dit_file_key(dit)} --dir {root}"
+
+
+def missing_error(part: RepoPart, entry: str, root: Path, dit: str) -> WeightsMissing:
+    """The error for a required file that is neither under `root` nor in the Hugging Face cache."""
+    shown = " or ".join(entry.split("|"))
+    message = (
+        f"Missing weight file {root / part.folder / entry.split('|')[0]} ('{shown}' from the Hugging Face repo "
+        f"'{part.repo}': {part.purpose}). Fetch it with: {fetch_command(dit, root)}"
+    )
+    return WeightsMissing(message + _offline_hint())
+
+
+def _offline_hint() -> str:
+    if not hub_offline():
+        return ""
+    return " (HF_HUB_OFFLINE=1 is set: unset it for the download; generating afterwards needs no network)"
+
+
+def _hf_cache_folder(part: RepoPart) -> Path | None:
+    """The repo's snapshot in the Hugging Face cache, if there is one; never touches the network."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(part.repo, allow_patterns=list(part.patterns), local_files_only=True))
+    except Exception:  # not cached (LocalEntryNotFoundError), or no usable cache at all
+        return None
+
+
+def locate(part: RepoPart, root: Path) -> Path | None:
+    """Folder holding every required file of `part`: under `root`, else in the HF cache, else None."""
+    local = root / part.folder
+    if part.first_missing(local) is None:
+        return local
+    cached = _hf_cache_folder(part)
+    if cached is not None and part.first_missing(cached) is None:
+        return cached
+    return None
+
+
+def require(part: RepoPart, root: Path, dit: str) -> Path:
+    folder = locate(part, root)
+    if folder is None:
+        raise missing_error(part, part.first_missing(root / part.folder) or part.required[0], root, dit)
+    return folder
+
+
+def adapter_file(root: Path, dit: str = DEFAULT_DIT) -> Path:
+    """The converted adapter; converts the released `.ckpt` once if only that is present."""
+    converted = root / ADAPTER_SAFETENSORS
+    if converted.is_file():
+        return converted
+    for candidate in (root / ADAPTER_PART.folder / OFFICIAL_FILE, root / OFFICIAL_FILE):
+        if candidate.is_file():
+            return _convert_once(candidate, converted)
+    cached = _hf_cache_folder(ADAPTER_PART)
+    if cached is not None and (cached / OFFICIAL_FILE).is_file():
+        return _convert_once(cached / OFFICIAL_FILE, converted)
+    raise WeightsMissing(
+        f"Missing weight file {converted} (converted from '{OFFICIAL_FILE}' of the Hugging Face repo "
+        f"'{OFFICIAL_REPO}': {ADAPTER_PART.purpose}). Fetch it with: {fetch_command(dit, root)}{_offline_hint()}"
+    )
+
+
+def _convert_once(ckpt: Path, converted: Path) -> Path:
+    try:
+        count = convert_checkpoint(ckpt, converted)
+    except OSError as exc:  # read-only weights dir: read the checkpoint itself (still weights_only)
+        print(f"note: could not write {converted} ({exc}); reading {ckpt} directly", file=sys.stderr)
+        return ckpt
+    print(f"converted {ckpt} -> {converted} ({count} tensors); later runs read the safetensors", file=sys.stderr)
+    return converted
+
+
+def check_real_weights(root: Path, dit: str = DEFAULT_DIT) -> dict[str, Path]:
+    """Paths of everything the real preset reads, or `WeightsMissing` for the first thing absent."""
+    wan = require(WAN_PART, root, dit)
+    dit_part = DIT_FILES[dit_file_key(dit)]
+    dit_file = require(dit_part, root, dit) / dit_part.required[0]
+    wav2vec = require(WAV2VEC_PART, root, dit)
+    return {"wan": wan, "dit": dit_file, "wav2vec": wav2vec, "adapter": adapter_file(root, dit)}
+
+
+def resolve_device(device: str | torch.device | None, allow_cpu: bool = False) -> torch.device:
+    """The GPU the real preset runs on; a clear `FantasyError` when there is none."""
+    if device is None:
+        if not torch.cuda.is_available():
+            raise FantasyError(
+                "The real preset needs a CUDA GPU and none was found (torch.cuda.is_available() is False). "
+                "On this machine use --preset tiny (random demo models)."
+            )
+        return torch.device("cuda")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FantasyError(f"--device {device} was asked for, but torch sees no CUDA GPU. Use --preset tiny here.")
+    if device.type != "cuda" and not (allow_cpu and device.type == "cpu"):
+        raise FantasyError(f"The real preset (14B) runs on a CUDA GPU only, not on '{device}'. Use --preset tiny.")
+    return device
+
+
+def _check_fp8_support(device: torch.device) -> None:
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        name = torch.cuda.get_device_name(device)
+        raise FantasyError(
+            f"--dit bf16-fp8 needs fp8 matmuls (compute capability 8.9+, e.g. L4/4090/H100); {name} has "
+            f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}. Use --dit bf16-fp8-storage, "
+            "bf16-int8 or q8_0."
         )
-    return path
 
 
-def adapter_file(root: Path) -> Path:
-    """Prefer the converted safetensors; fall back to the released pickle."""
-    for name in (ADAPTER_SAFETENSORS, OFFICIAL_FILE):
-        if (root / name).is_file():
-            return root / name
-    return _require(root / ADAPTER_SAFETENSORS, OFFICIAL_REPO, root)
+def _adapter_dims(adapter: Path, audio_dim: int) -> tuple[int, int]:
+    """(audio_dim, context_dim) of the adapter's projection, read from the file header only."""
+    if adapter.suffix == ".safetensors":
+        from safetensors import safe_open
 
-
-def check_real_weights(root: Path) -> dict[str, Path]:
-    """Paths of everything the real preset reads, or `WeightsMissing` for the first one absent."""
-    wan = root / WAN_REPO.split("/")[1]
-    for sub in ("model_index.json", "transformer/config.json", "vae/config.json", "text_encoder/config.json",
-                "tokenizer", "image_encoder/config.json"):
-        _require(wan / sub, WAN_REPO, root)
-    wav2vec = root / WAV2VEC_REPO.split("/")[1]
-    for sub in ("config.json", "preprocessor_config.json"):
-        _require(wav2vec / sub, WAV2VEC_REPO, root)
-    return {"wan": wan, "wav2vec": wav2vec, "adapter": adapter_file(root)}
+        with safe_open(str(adapter), framework="pt") as f:
+            if "audio_proj.proj.weight" in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                context_dim, audio_dim = f.get_slice("audio_proj.proj.weight").get_shape()
+                return audio_dim, context_dim
+    return audio_dim, 2048
 
 
 def load_real_pipeline(
-    device: str | None = None, adapter: str | Path | None = None, weights: str | Path | None = None,
-    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device | None = None, adapter: str | Path | None = None, weights: str | Path | None = None,
+    dit: str = DEFAULT_DIT, vram: str = DEFAULT_VRAM, dtype: torch.dtype = torch.bfloat16, allow_cpu: bool = False,
 ):
-    """The 14B pipeline in bf16 with the FantasyTalking adapter (VAE and encoders of audio in fp32)."""
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    """The 14B pipeline with the FantasyTalking adapter, its DiT stored as `dit`, placed for `vram`.
+
+    Order matters: load the DiT (GGUF stays quantized), install the adapter (cast to `dtype`), load
+    its weights, then torchao quantization or fp8 layerwise casting if asked (both skip the adapter by
+    name), and only then offloading, so the adapter moves with its block. VAE, CLIP and wav2vec2 run
+    in fp32; the VAE decodes in tiles above 512 px.
+    `allow_cpu` exists for tests that push tiny checkpoints through this exact path.
+    """
+    from diffusers import AutoencoderKLWan
     from transformers import (
         AutoTokenizer,
         CLIPImageProcessor,
@@ -75,30 +260,56 @@ def load_real_pipeline(
         Wav2Vec2Model,
     )
 
-    from fantasy.adapter import AudioProjModel
+    from fantasy.adapter import AudioProjModel, audio_processors
+    from fantasy.offload import apply_vram_mode, check_vram_mode
     from fantasy.presets import assemble
+    from fantasy.quantize import (
+        enable_fp8_storage,
+        get_dit_mode,
+        load_single_file_transformer,
+        quantize_weight_only,
+    )
     from fantasy.sampling import make_scheduler
 
-    if device is None:
-        if not torch.cuda.is_available():
-            raise FantasyError("The real preset needs a CUDA GPU; on this machine use --preset tiny.")
-        device = "cuda"
+    mode = get_dit_mode(dit)
+    check_vram_mode(vram)
+    device = resolve_device(device, allow_cpu)
+    if mode.torchao == "fp8":
+        _check_fp8_support(device)
     root = weights_dir(weights)
-    paths = check_real_weights(root)
+    paths = check_real_weights(root, dit)
     wan, wav2vec = paths["wan"], paths["wav2vec"]
+    adapter_path = Path(adapter) if adapter is not None else paths["adapter"]
+
+    transformer = load_single_file_transformer(
+        paths["dit"], wan / "transformer", compute_dtype=dtype, gguf=paths["dit"].suffix == ".gguf"
+    )
+    vae = AutoencoderKLWan.from_pretrained(wan / "vae", dtype=torch.float32)
+    # Tiles only above 512 px, so the default size still decodes (and streams) frame by frame.
+    vae.enable_tiling(tile_sample_min_height=VAE_TILE, tile_sample_min_width=VAE_TILE,
+                      tile_sample_stride_height=VAE_TILE - 64, tile_sample_stride_width=VAE_TILE - 64)
+    audio_encoder = Wav2Vec2Model.from_pretrained(wav2vec, dtype=torch.float32)
+    audio_dim, context_dim = _adapter_dims(adapter_path, audio_encoder.config.hidden_size)
     components = {
         "tokenizer": AutoTokenizer.from_pretrained(wan / "tokenizer"),
         "text_encoder": UMT5EncoderModel.from_pretrained(wan / "text_encoder", dtype=dtype),
-        "vae": AutoencoderKLWan.from_pretrained(wan / "vae", dtype=torch.float32),
+        "vae": vae,
         "scheduler": make_scheduler(),
         "image_encoder": CLIPVisionModel.from_pretrained(wan / "image_encoder", dtype=torch.float32),
         "image_processor": CLIPImageProcessor.from_pretrained(wan / "image_processor")
-        if (wan / "image_processor").exists() else None,
-        "transformer": WanTransformer3DModel.from_pretrained(wan / "transformer", dtype=dtype),
-        "audio_encoder": Wav2Vec2Model.from_pretrained(wav2vec, dtype=torch.float32),
+        if (wan / "image_processor").is_dir() else None,
+        "transformer": transformer,
+        "audio_encoder": audio_encoder,
         "feature_extractor": Wav2Vec2FeatureExtractor.from_pretrained(wav2vec),
-        "audio_proj": AudioProjModel(audio_dim=768, context_dim=2048),
+        "audio_proj": AudioProjModel(audio_dim=audio_dim, context_dim=context_dim),
     }
     pipe = assemble(components, "cpu")
-    load_adapter_weights(pipe.transformer, pipe.audio_proj, adapter or paths["adapter"])
-    return pipe.to(device)
+    for processor in audio_processors(pipe.transformer):
+        processor.to(dtype)  # the DiT's first parameter may be GGUF/fp32; the adapter computes in `dtype`
+    load_adapter_weights(pipe.transformer, pipe.audio_proj, adapter_path)
+    if mode.torchao:  # on the GPU when it stays there (fast, no round trip); the adapter is skipped by name
+        quantize_weight_only(pipe.transformer, mode.torchao, device=device if vram == "resident" else None)
+    if mode.fp8_storage:
+        enable_fp8_storage(pipe.transformer, dtype)
+    apply_vram_mode(pipe, vram, device)
+    return pipe

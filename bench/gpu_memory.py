@@ -1,0 +1,292 @@
+"""GPU memory and speed of the Wan2.1-I2V-14B DiT + FantasyTalking adapter in each storage mode.
+
+No download: the full-size transformer is built with random weights (bf16 modes: directly on the GPU;
+GGUF modes: random Q8_0 / Q4_K blocks under the original Wan key names, loaded through the same
+`from_single_file` path as the real files). For each mode it prints load time, the VRAM the weights
+take, peak VRAM while loading and during one guidance step, and that step's time: 3 transformer
+passes (full, text-only, negative) at 512x512x81 = 21 latent frames x 32x32 patches = 21,504 tokens.
+
+    python bench/gpu_memory.py                       # all modes, resident
+    python bench/gpu_memory.py --modes q8_0 bf16-fp8 --vram group-offload
+    python bench/gpu_memory.py --tiny                # CPU dry run of the same code, tiny config (CI)
+
+Random weights give the same timings and memory as trained ones (same shapes, same kernels); the
+GGUF "q4_k_m" mode stores every quantizable weight as Q4_K (city96's file mixes in some Q5_K/Q6_K).
+With --vram group-offload, bf16 weights are made on the GPU, moved to the CPU, and the peak is reset
+before offloading starts; load time then includes that move.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fantasy.adapter import AudioContext, install_audio_adapter  # noqa: E402
+from fantasy.offload import group_offload  # noqa: E402
+from fantasy.quantize import (  # noqa: E402
+    DIT_MODES,
+    enable_fp8_storage,
+    load_single_file_transformer,
+    quantize_weight_only,
+)
+from fantasy.wan_keys import to_original_state_dict  # noqa: E402
+from fantasy.windows import split_into_windows  # noqa: E402
+
+FULL = {
+    "config": dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36,
+                   out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+                   qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=1280, added_kv_proj_dim=5120,
+                   rope_max_seq_len=1024),
+    "image_tokens": 257, "context_dim": 2048, "frames": 81, "size": 512, "text_tokens": 512,
+}
+TINY = {
+    "config": dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=128, in_channels=36,
+                   out_channels=16, text_dim=256, freq_dim=256, ffn_dim=512, num_layers=2, cross_attn_norm=True,
+                   qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=256, added_kv_proj_dim=256,
+                   rope_max_seq_len=1024),
+    "image_tokens": 17, "context_dim": 64, "frames": 9, "size": 64, "text_tokens": 32,  # our attn2 splits by CLIP count
+}
+FPS = 23
+GiB = 1024**3
+
+
+@dataclass
+class Row:
+    mode: str
+    load_s: float | None = None
+    weights_gib: float | None = None
+    load_peak_gib: float | None = None
+    step_peak_gib: float | None = None
+    step_s: float | None = None
+    error: str | None = None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _mem(device: torch.device, peak: bool) -> float | None:
+    if device.type != "cuda":
+        return None
+    return (torch.cuda.max_memory_allocated(device) if peak else torch.cuda.memory_allocated(device)) / GiB
+
+
+def build_random_bf16(config: dict, device: torch.device, dtype: torch.dtype):
+    """The transformer with random weights created on `device` (fp32 for the modules diffusers keeps fp32)."""
+    from diffusers import WanTransformer3DModel
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = WanTransformer3DModel(**config)
+    finally:
+        torch.set_default_dtype(previous)
+    keep = set(model._keep_in_fp32_modules or [])
+    for name, module in model.named_modules():
+        if keep & set(name.split(".")):
+            module.to(torch.float32)
+    return model.eval()
+
+
+def _gguf_block(quant) -> tuple[int, int, list[tuple[int, int]]]:
+    """(values per block, bytes per block, byte ranges holding fp16 scales) for Q8_0 and Q4_K."""
+    import gguf
+
+    values, size = gguf.GGML_QUANT_SIZES[quant]
+    scales = [(0, 2)] if quant == gguf.GGMLQuantizationType.Q8_0 else [(0, 2), (2, 4)]  # Q4_K: d, dmin
+    return values, size, scales
+
+
+def random_gguf_state(config: dict, quant_name: str, seed: int = 0) -> dict:
+    """Random GGUF tensors (original Wan names) shaped like a city96 file: 2-D weights quantized."""
+    import gguf
+    from diffusers import WanTransformer3DModel
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    quant = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_k_m": gguf.GGMLQuantizationType.Q4_K}[quant_name]
+    values, size, scales = _gguf_block(quant)
+    scale_bytes = torch.from_numpy(np.frombuffer(np.float16(2e-3).tobytes(), dtype=np.uint8).copy())
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in WanTransformer3DModel(**config).state_dict().items()}
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, shape in shapes.items():
+        if len(shape) == 2 and name.endswith(".weight") and shape[1] % values == 0:
+            raw = torch.randint(0, 256, (shape[0], shape[1] // values * size), dtype=torch.uint8, generator=gen)
+            blocks = raw.view(shape[0], -1, size)
+            for lo, hi in scales:
+                blocks[..., lo:hi] = scale_bytes
+            state[name] = GGUFParameter(raw, quant_type=quant)
+        else:
+            state[name] = torch.randn(shape, generator=gen).mul_(0.02).to(torch.bfloat16)
+    return to_original_state_dict(state)
+
+
+def build(mode: str, spec: dict, device: torch.device, dtype: torch.dtype, vram: str, audio: AudioContext):
+    """One storage mode's transformer with the adapter installed, placed for `vram`; same code as the app."""
+    dit = DIT_MODES[mode]
+    config = spec["config"]
+    on_gpu = vram == "resident"
+    if dit.file in ("q8_0", "q4_k_m"):
+        state = random_gguf_state(config, dit.file)
+        with tempfile.TemporaryDirectory() as config_dir:
+            from diffusers import WanTransformer3DModel
+
+            with torch.device("meta"):
+                WanTransformer3DModel(**config).save_config(config_dir)
+            started = time.perf_counter()
+            model = load_single_file_transformer(state, config_dir, dtype, gguf=True,
+                                                 device=device if on_gpu else None)
+        del state
+    else:
+        started = time.perf_counter()
+        model = build_random_bf16(config, device, dtype)
+        if dit.torchao:
+            quantize_weight_only(model, dit.torchao, device=device)
+    param = next(model.parameters())
+    install_audio_adapter(model, spec["context_dim"], spec["image_tokens"], audio)
+    for block in model.blocks:
+        block.attn2.processor.to(device=param.device if on_gpu else "cpu", dtype=dtype)
+    if dit.fp8_storage:
+        enable_fp8_storage(model, dtype)
+    if not on_gpu:
+        model.to("cpu")
+        if device.type == "cuda":  # the random weights were made on the GPU: not part of what offloading costs
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        group_offload(model, device)
+    _sync(device)
+    return model, time.perf_counter() - started
+
+
+def inputs(spec: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    config, frames, size = spec["config"], spec["frames"], spec["size"]
+    latent_frames = (frames - 1) // 4 + 1
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to(device, dtype)
+
+    audio_tokens = round(frames / FPS * 50)
+    windows, lengths = split_into_windows(torch.randn(1, audio_tokens, spec["context_dim"], generator=gen), frames)
+    return {
+        "latents": rand(1, config["in_channels"], latent_frames, size // 8, size // 8),
+        "text": rand(1, spec["text_tokens"], config["text_dim"]),
+        "negative": rand(1, spec["text_tokens"], config["text_dim"]),
+        "image": rand(1, spec["image_tokens"], config["image_dim"]),
+        "windows": windows.to(device, dtype), "lengths": lengths.to(device),
+        "timestep": torch.tensor([500.0], device=device),
+    }
+
+
+@torch.no_grad()
+def guidance_step(model, audio: AudioContext, x: dict) -> None:
+    """The pipeline's 3 passes: text + audio, text with audio off, negative text with audio off."""
+    for text, scale in ((x["text"], 1.0), (x["text"], 0.0), (x["negative"], 0.0)):
+        with audio.use(x["windows"], x["lengths"], scale):
+            model(hidden_states=x["latents"], timestep=x["timestep"], encoder_hidden_states=text,
+                  encoder_hidden_states_image=x["image"], return_dict=False)
+
+
+def run_mode(mode: str, spec: dict, device: torch.device, dtype: torch.dtype, vram: str) -> Row:
+    row = Row(mode)
+    audio = AudioContext()
+    model = None
+    try:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        model, row.load_s = build(mode, spec, device, dtype, vram, audio)
+        row.weights_gib, row.load_peak_gib = _mem(device, False), _mem(device, True)
+        x = inputs(spec, device, dtype)
+        with torch.no_grad(), audio.use(x["windows"], x["lengths"], 1.0):  # warm-up pass, not timed
+            model(hidden_states=x["latents"], timestep=x["timestep"], encoder_hidden_states=x["text"],
+                  encoder_hidden_states_image=x["image"], return_dict=False)
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        started = time.perf_counter()
+        guidance_step(model, audio, x)
+        _sync(device)
+        row.step_s = time.perf_counter() - started
+        row.step_peak_gib = _mem(device, True)
+    except Exception as exc:  # one failing mode (e.g. fp8 on an A100) must not hide the others
+        row.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+    finally:
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def table(rows: list[Row], header: str) -> str:
+    def f(value, digits=2):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    lines = [header, "",
+             "| DiT mode | load s | weights GiB | load peak GiB | step peak GiB | step s (3 passes) | s/pass |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.error:
+            lines.append(f"| {r.mode} | failed: {r.error} ||||||")
+        else:
+            per_pass = None if r.step_s is None else r.step_s / 3
+            lines.append(f"| {r.mode} | {f(r.load_s, 1)} | {f(r.weights_gib)} | {f(r.load_peak_gib)} | "
+                         f"{f(r.step_peak_gib)} | {f(r.step_s)} | {f(per_pass)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", nargs="+", default=list(DIT_MODES), choices=list(DIT_MODES))
+    parser.add_argument("--vram", default="resident", choices=["resident", "group-offload"])
+    parser.add_argument("--tiny", action="store_true", help="tiny config, CPU unless a GPU is there: a dry run for CI")
+    args = parser.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.tiny:
+        print("bench/gpu_memory.py needs a CUDA GPU (torch.cuda.is_available() is False). "
+              "Use --tiny for a CPU dry run of the same code on a tiny config.", file=sys.stderr)
+        return 2
+    if args.tiny and args.vram == "group-offload" and not cuda:
+        print("note: group offloading on CPU moves nothing (cpu -> cpu); the run only checks the code path")
+    device = torch.device("cuda" if cuda else "cpu")
+    spec = TINY if args.tiny else FULL
+    dtype = torch.bfloat16 if cuda else torch.float32  # CPUs without bf16 matmuls crawl in bf16
+    size, frames = spec["size"], spec["frames"]
+    tokens = ((frames - 1) // 4 + 1) * (size // 16) ** 2
+    where = torch.cuda.get_device_name(device) if cuda else "CPU"
+    header = (f"{'TINY config, ' if args.tiny else ''}Wan2.1-I2V-14B DiT + adapter, random weights, "
+              f"{size}x{size}x{frames} ({tokens} tokens), vram={args.vram}; {where}, torch {torch.__version__}, "
+              f"{datetime.date.today().isoformat()}")
+    print(header, flush=True)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # tiny tensors: thread start-up dominates, and shared CI cores thrash
+    rows = []
+    try:
+        for mode in args.modes:
+            row = run_mode(mode, spec, device, dtype, args.vram)
+            print(f"  {mode}: " + (row.error or f"load {row.load_s:.1f} s, step {row.step_s:.2f} s"), flush=True)
+            rows.append(row)
+    finally:
+        torch.set_num_threads(threads)
+    print()
+    print(table(rows, header))
+    return 0 if not any(r.error for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""How the 14B DiT is stored in memory: GGUF, bf16, torchao int8/fp8 weight-only, or fp8 layerwise casting.
+
+Every mode loads through diffusers' single-file loader (`WanTransformer3DModel.from_single_file`) with
+a *local* transformer config, so nothing is fetched at run time; the checkpoint (a path, or a state
+dict with original Wan key names) is the only thing that changes between modes.
+
+Two facts checked against diffusers 0.42.1 shape this file:
+- `from_single_file(..., quantization_config=TorchAoConfig(...))` treats the checkpoint as
+  pre-quantized and silently leaves every weight in bf16. So torchao is applied after loading with
+  torchao's own `quantize_`, skipping the modules diffusers would skip (`_keep_in_fp32_modules`) and
+  the adapter's processors.
+- Without a quantizer `from_single_file` casts the whole model to `dtype`, fp32-kept modules included;
+  we put those back in fp32, as `from_pretrained` would.
+- `enable_layerwise_casting(skip_modules_pattern=...)` *replaces* diffusers' default skip list, so we
+  re-add it, and add the audio adapter's processors: they must stay in their compute dtype.
+
+The adapter is never quantized or cast: GGUF weights are quantized in the file, before the adapter
+exists; torchao and layerwise casting run after it is installed and skip it by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Modules of the audio adapter inside the DiT (`blocks.N.attn2.processor.{k,v}_proj`).
+ADAPTER_PATTERN = "processor"
+FP8_STORAGE = torch.float8_e4m3fn
+
+
+@dataclass(frozen=True)
+class DitMode:
+    """One way to hold the DiT: which file it is read from and what is done to it after loading."""
+
+    name: str
+    file: str  # key of `fantasy.weights.DIT_FILES`: "q8_0" | "q4_k_m" | "bf16"
+    torchao: str | None = None  # "int8" | "fp8": torchao weight-only quantization after loading
+    fp8_storage: bool = False  # layerwise casting: fp8 e4m3 storage, compute in the compute dtype
+    summary: str = ""
+
+
+DIT_MODES: dict[str, DitMode] = {
+    m.name: m for m in [
+        DitMode("q8_0", "q8_0", summary="GGUF Q8_0 (city96), dequantized per layer on the fly"),
+        DitMode("q4_k_m", "q4_k_m", summary="GGUF Q4_K_M (city96), smallest, some quality loss"),
+        DitMode("bf16", "bf16", summary="bf16 safetensors, no quantization"),
+        DitMode("bf16-int8", "bf16", torchao="int8", summary="bf16 file, torchao int8 weight-only"),
+        DitMode("bf16-fp8", "bf16", torchao="fp8",
+                summary="bf16 file, torchao fp8 weight-only (GPU compute capability >= 8.9)"),
+        DitMode("bf16-fp8-storage", "bf16", fp8_storage=True,
+                summary="bf16 file, fp8 storage with bf16 compute (layerwise casting; any CUDA GPU)"),
+    ]
+}
+
+
+def get_dit_mode(name: str) -> DitMode:
+    from fantasy.errors import InvalidSetting
+
+    try:
+        return DIT_MODES[name]
+    except KeyError:
+        raise InvalidSetting(f"unknown DiT mode '{name}'; choose one of {', '.join(DIT_MODES)}") from None
+
+
+def load_single_file_transformer(
+    checkpoint: str | Path | dict, config_dir: str | Path, compute_dtype: torch.dtype, gguf: bool,
+    device: str | torch.device | None = None,
+):
+    """`WanTransformer3DModel` from one checkpoint with original Wan keys (GGUF file, safetensors or dict).
+
+    `config_dir` holds the transformer's `config.json`; passing it stops diffusers from downloading
+    a config from the Hub (it would otherwise fetch the 480P repo's). GGUF weights stay quantized
+    (`GGUFParameter`, dequantized per forward in `compute_dtype`).
+    """
+    from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
+
+    kwargs = {"config": str(config_dir), "dtype": compute_dtype, "local_files_only": True}
+    if gguf:
+        kwargs["quantization_config"] = GGUFQuantizationConfig(compute_dtype=compute_dtype)
+    if device is not None:
+        kwargs["device"] = torch.device(device)
+    source = checkpoint if isinstance(checkpoint, dict) else str(checkpoint)
+    model = WanTransformer3DModel.from_single_file(source, **kwargs).eval()
+    if not gguf:
+        keep_fp32_modules_in_fp32(model)
+    return model
+
+
+def keep_fp32_modules_in_fp32(model) -> int:
+    """Put `_keep_in_fp32_modules` (time embedder, modulation tables, norms) back in fp32.
+
+    Without a quantizer, `from_single_file` ends with `model.to(dtype)`, which casts them to bf16;
+    `from_pretrained` and the original Wan keep them in fp32. Returns the number of modules restored.
+    """
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    restored = 0
+    for name, module in model.named_modules():
+        if keep & set(name.split(".")) and any(p.is_floating_point() for p in module.parameters(recurse=False)):
+            module.to(torch.float32)
+            restored += 1
+    if "scale_shift_table" in keep:  # bare parameters, not modules
+        for name, param in model.named_parameters():
+            if name.split(".")[-1] == "scale_shift_table":
+                param.data = param.data.float()
+    return restored
+
+
+def torchao_config(kind: str):
+    """torchao config instance (diffusers 0.42.1 no longer accepts the string shorthands)."""
+    from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig
+
+    if kind == "int8":
+        return Int8WeightOnlyConfig()
+    if kind == "fp8":
+        return Float8WeightOnlyConfig()
+    raise ValueError(f"unknown torchao weight-only kind '{kind}' (int8 or fp8)")
+
+
+def _skipped_by_quantization(transformer, fqn: str) -> bool:
+    keep = list(getattr(transformer, "_keep_in_fp32_modules", None) or [])
+    parts = fqn.split(".")
+    return ADAPTER_PATTERN in parts or any(name in parts for name in keep)
+
+
+def quantize_weight_only(transformer, kind: str, device: str | torch.device | None = None) -> int:
+    """torchao int8/fp8 weight-only on every `nn.Linear` except fp32-kept modules and the adapter.
+
+    `device`: quantize there, one layer at a time (fast on a GPU, and peak memory stays at the
+    quantized size). Returns the number of layers quantized.
+    """
+    from torchao.quantization import quantize_
+
+    count = 0
+
+    def keep(module: nn.Module, fqn: str) -> bool:
+        nonlocal count
+        chosen = isinstance(module, nn.Linear) and not _skipped_by_quantization(transformer, fqn)
+        count += chosen
+        return chosen
+
+    quantize_(transformer, torchao_config(kind), filter_fn=keep, device=device)
+    return count
+
+
+def enable_fp8_storage(transformer, compute_dtype: torch.dtype) -> None:
+    """fp8 e4m3 weights at rest, upcast per layer for compute; the adapter and norms are left alone."""
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    patterns = tuple(DEFAULT_SKIP_MODULES_PATTERN) + (ADAPTER_PATTERN,)
+    transformer.enable_layerwise_casting(
+        storage_dtype=FP8_STORAGE, compute_dtype=compute_dtype, skip_modules_pattern=patterns
+    )
+
+
+def is_quantized_weight(param: torch.Tensor) -> bool:
+    """True for GGUF and torchao weights and for fp8 storage; False for plain float weights."""
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    if isinstance(param, GGUFParameter) or param.dtype == FP8_STORAGE:
+        return True
+    data = param.data if isinstance(param, nn.Parameter) else param
+    return type(data).__module__.startswith("torchao")
