@@ -73,7 +73,7 @@ def report_unreadable_images(component: gr.Image) -> gr.Image:
 
 
 def default_preset() -> str:
-    """`real` when a CUDA GPU and the real weights are both there, else `tiny`."""
+    """`real` when a CUDA GPU and the real weights (under `weights/` or in the Hub cache) are there, else `tiny`."""
     import torch
 
     from fantasy.weights import check_real_weights, weights_dir
@@ -278,8 +278,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def create_demo(args: argparse.Namespace) -> gr.Blocks:
     """Load the models once (they stay resident) and build the page."""
-    if space.on_spaces() and args.preset != "tiny":
-        _link_space_weights()
     preset = get_preset(args.preset or default_preset())
     print(f"[app] preset {preset.name}: {preset.summary}", flush=True)
     pipe = load_pipeline(preset.name)
@@ -287,20 +285,6 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks:
     faces = default_face_check(device="cpu" if space.on_zero_gpu() else None,
                                allow_download=None if space.on_spaces() else False)  # None: unless HF_HUB_OFFLINE
     return build_demo(pipe, preset, face_checker=faces)
-
-
-def _link_space_weights() -> None:
-    """On a Space the weights come from the Hub cache (README `preload_from_hub`); failures fall back to tiny."""
-    import os
-
-    import torch
-
-    if not torch.cuda.is_available():
-        return
-    try:
-        os.environ.setdefault("FANTASY_WEIGHTS", str(space.link_hub_weights(ROOT / "weights" / "hub")))
-    except Exception as exc:  # no network or no disk: the page still starts, in demo mode, and says so
-        print(f"[app] could not prepare the real weights ({type(exc).__name__}: {exc}); using tiny", flush=True)
 
 
 # Spaces import the app and need the models ready at import time (ZeroGPU packs them before serving).

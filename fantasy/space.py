@@ -1,4 +1,4 @@
-"""Hugging Face Spaces support: the ZeroGPU decorator (a no-op anywhere else), its time request, weights.
+"""Hugging Face Spaces support: the ZeroGPU decorator (a no-op anywhere else) and its time request.
 
 On a ZeroGPU Space (`SPACES_ZERO_GPU=true`), work on the GPU must run inside a function decorated with
 `spaces.GPU`, and `spaces` must be imported before anything initialises CUDA: import this module
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -65,32 +64,3 @@ def estimate_gpu_seconds(
     tokens = latent_frames * (longest_edge // 16) ** 2
     seconds = OVERHEAD_S + steps * passes * SECONDS_PER_PASS_REF * tokens / REF_TOKENS
     return int(min(MAX_GPU_SECONDS, -(-seconds // 1)))
-
-
-def link_hub_weights(root: str | Path) -> Path:
-    """Make `root` a weights directory (layout of `fantasy.weights`) of links into the Hugging Face cache.
-
-    On a Space, README's `preload_from_hub` downloads the repos into the cache at build time, so this
-    only resolves paths at start-up (it downloads whatever is missing). Returns `root`; point
-    `FANTASY_WEIGHTS` at it.
-    """
-    from huggingface_hub import hf_hub_download, snapshot_download
-
-    from fantasy.adapter_weights import OFFICIAL_FILE, OFFICIAL_REPO
-    from fantasy.weights import WAN_REPO, WAV2VEC_REPO
-
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    targets = {
-        WAN_REPO.split("/")[1]: lambda: snapshot_download(WAN_REPO),
-        WAV2VEC_REPO.split("/")[1]: lambda: snapshot_download(WAV2VEC_REPO),
-        OFFICIAL_FILE: lambda: hf_hub_download(OFFICIAL_REPO, OFFICIAL_FILE),
-    }
-    for name, fetch in targets.items():
-        link = root / name
-        if link.exists():
-            continue
-        if link.is_symlink():  # dangling: the cache moved
-            link.unlink()
-        link.symlink_to(Path(fetch()))
-    return root

@@ -37,35 +37,3 @@ def test_gpu_seconds_grow_with_frames_steps_passes_and_size():
     assert space.estimate_gpu_seconds(1601, 50, 3, 1024) == space.MAX_GPU_SECONDS  # capped
     # 157 frames are two 81-frame windows (5 overlap): twice the denoising of one clip
     assert space.estimate_gpu_seconds(157, 30, 3, 512) == 60 + 2 * 30 * 3 * 5.5
-
-
-def test_link_hub_weights_builds_the_weights_layout(monkeypatch, tmp_path):
-    import huggingface_hub
-
-    from fantasy.weights import WAN_REPO, WAV2VEC_REPO
-
-    cache = tmp_path / "cache"
-    calls = []
-
-    def snapshot_download(repo_id, **kwargs):
-        calls.append(repo_id)
-        folder = cache / repo_id.replace("/", "--")
-        folder.mkdir(parents=True, exist_ok=True)
-        return str(folder)
-
-    def hf_hub_download(repo_id, filename, **kwargs):
-        calls.append(f"{repo_id}/{filename}")
-        path = cache / filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"ckpt")
-        return str(path)
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
-    root = space.link_hub_weights(tmp_path / "weights")
-    assert (root / "Wan2.1-I2V-14B-720P-Diffusers").resolve() == cache / WAN_REPO.replace("/", "--")
-    assert (root / "wav2vec2-base-960h").resolve() == cache / WAV2VEC_REPO.replace("/", "--")
-    assert (root / "fantasytalking_model.ckpt").read_bytes() == b"ckpt"
-    assert calls == [WAN_REPO, WAV2VEC_REPO, "acvlab/FantasyTalking/fantasytalking_model.ckpt"]
-    space.link_hub_weights(root)  # second start: links exist, nothing is fetched again
-    assert len(calls) == 3
