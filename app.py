@@ -138,13 +138,12 @@ def build_demo(
         session = request.session_hash or job.folder.name
         stop = cancels[session] = cancels[job.folder.name] = threading.Event()
         yield gr.skip(), None, studio.status(job, state="Generating…")
-        stage = None
         try:
             for event in run_on_gpu(job):
                 if isinstance(event, StageProgress):
-                    if event.stage != stage:  # yield only on a new stage: a yield hides the progress bar
-                        stage = event.stage
-                        yield gr.skip(), gr.skip(), studio.status(job, state=STAGE_NAMES[stage] + "…")
+                    # Yield first, then report progress: a yield after a progress update hides the bar.
+                    # Yielding often also lets Gradio close this generator promptly when the event is cancelled.
+                    yield gr.skip(), gr.skip(), studio.status(job, state=_progress_text(event, job))
                     _show_progress(progress, event, job)
                 elif isinstance(event, ChunkReady):
                     yield str(event.chunk.path), gr.skip(), gr.skip()
@@ -246,17 +245,28 @@ def build_demo(
     return demo
 
 
+def _progress_parts(event: StageProgress, job: Job) -> tuple[float | tuple[int, int], str, str | None]:
+    """(progress value, description, unit): denoising counts steps over all windows, decoding a fraction."""
+    if event.stage != "denoise":
+        return event.fraction, STAGE_NAMES.get(event.stage, event.stage), None
+    windows = job.window_count
+    total = job.settings.steps * windows
+    desc = STAGE_NAMES["denoise"]
+    if windows > 1:
+        desc += f" (window {min(windows, int(event.fraction * windows) + 1)} of {windows})"
+    return (round(event.fraction * total), total), desc, "steps"
+
+
 def _show_progress(progress: gr.Progress, event: StageProgress, job: Job) -> None:
-    """The progress bar: denoising steps over all windows, then the share of frames decoded."""
-    if event.stage == "denoise":
-        windows = job.window_count
-        total = job.settings.steps * windows
-        desc = STAGE_NAMES["denoise"]
-        if windows > 1:
-            desc += f" (window {min(windows, int(event.fraction * windows) + 1)} of {windows})"
-        progress((round(event.fraction * total), total), desc=desc, unit="steps")
-    else:
-        progress(event.fraction, desc=STAGE_NAMES.get(event.stage, event.stage))
+    value, desc, unit = _progress_parts(event, job)
+    progress(value, desc=desc, unit=unit or "steps")
+
+
+def _progress_text(event: StageProgress, job: Job) -> str:
+    """The status line's state while running, e.g. 'Denoising… 12/30 steps'."""
+    value, desc, _ = _progress_parts(event, job)
+    done = f"{value[0]}/{value[1]} steps" if isinstance(value, tuple) else f"{value:.0%}"
+    return f"{desc}… {done}"
 
 
 def launch_options(host: str | None = None, port: int | None = None, share: bool = False,

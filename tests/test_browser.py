@@ -57,6 +57,10 @@ def set_number(page, slider: str, value: str) -> None:
     box.press("Enter")
 
 
+STEP_PROGRESS = """() => Array.from(document.querySelectorAll('#final *')).some(
+    e => e.children.length === 0 && /^\\d+\\/\\d+ steps/.test(e.textContent.trim()))"""
+
+
 @pytest.fixture
 def served(tiny_pipe, tmp_path):
     demo = app.build_demo(tiny_pipe, get_preset("tiny"), output_root=tmp_path / "outputs")
@@ -118,6 +122,8 @@ def test_stop_ends_the_generation_without_a_video(served, tmp_path):
             page.click("#generate")
             page.wait_for_function("() => document.querySelector('#status').innerText.includes('Denoising')",
                                    timeout=120_000)
+            # the progress bar counts denoising steps (shown over the player the finished video will fill)
+            page.wait_for_function(STEP_PROGRESS, timeout=30_000)
             page.click("#stop")
             page.wait_for_function("() => document.querySelector('#status').innerText.includes('Stopped')",
                                    timeout=30_000)
