@@ -212,7 +212,13 @@ def test_cancelling_stops_the_generation_and_frees_the_device(tiny_pipe, tmp_pat
         while not any("Denoising" in str(o[2]) for o in job.outputs()):
             assert time.monotonic() < deadline and not job.done()
             time.sleep(0.05)
-        job.cancel()  # what the Stop button does to the running event, mid-denoising
+        for attempt in range(3):  # what the Stop button does, mid-denoising; a loaded 2-core box can be slow to answer
+            try:
+                job.cancel()
+                break
+            except httpx.TimeoutException:
+                if attempt == 2:
+                    raise
         # The next generation needs the model lock, which the stopped worker holds until it ends: had it not
         # stopped, it would have written its video before this one could start.
         video, _ = client.predict(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH),
