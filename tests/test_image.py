@@ -59,9 +59,10 @@ def test_transparency_becomes_white_and_exif_rotation_is_applied(tmp_path):
 
 
 def test_clip_input_is_a_squash_not_a_crop():
-    # Left half black, right half white, 2:1: a centre crop would see mostly one colour per side
-    # differently than a squash; the squash keeps the split exactly in the middle.
-    image = Image.fromarray(np.concatenate([np.zeros((64, 64, 3)), np.full((64, 64, 3), 255)], 1).astype(np.uint8))
+    # 3:1, black | white | black. A squash keeps all three bands; a centre crop would see only white.
+    bands = [np.zeros((64, 64, 3)), np.full((64, 64, 3), 255), np.zeros((64, 64, 3))]
+    image = Image.fromarray(np.concatenate(bands, 1).astype(np.uint8))
     pixels = clip_pixel_values(image, 32, [0.0] * 3, [1.0] * 3)
     assert pixels.shape == (1, 3, 32, 32)
-    assert torch.all(pixels[..., :15] < 0.05) and torch.all(pixels[..., 17:] > 0.95)
+    assert torch.all(pixels[..., :9] < 0.05) and torch.all(pixels[..., 23:] < 0.05)
+    assert torch.all(pixels[..., 13:19] > 0.95)
