@@ -9,7 +9,8 @@ before `to_out`.
 The branch lives in an `nn.Module` attention processor that reproduces diffusers' `WanAttnProcessor`
 for text and image tokens, so with zero K/V or no audio the transformer is bit-for-bit the stock one.
 Audio reaches the processors through a shared `AudioContext` set before each transformer call, since
-`WanTransformer3DModel.forward` does not forward kwargs to its blocks.
+`WanTransformer3DModel.forward` does not forward kwargs to its blocks. The processor also hosts the
+paper's identity branch when one is installed (`fantasy.identity`), added at the same place.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ class FantasyAudioAttnProcessor(nn.Module):
         nn.init.zeros_(self.v_proj.weight)
         # Not a submodule: one context object is shared by every block.
         object.__setattr__(self, "audio", audio)
+        # The paper's identity branch (`fantasy.identity`), added only when trained weights are loaded.
+        self.identity: nn.Module | None = None
+        self.identity_context = None
 
     def __call__(
         self,
@@ -133,6 +137,8 @@ class FantasyAudioAttnProcessor(nn.Module):
             out = out + image_out
         if self.audio.active:
             out = out + self._scale_for(out) * self._audio_attention(query)
+        if self.identity is not None and self.identity_context.active:
+            out = out + self.identity_context.scale * self.identity(query, self.identity_context.tokens)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from fantasy.audio import SAMPLE_RATE, clip_samples, load_audio
 from fantasy.errors import InvalidSetting
+from fantasy.identity import portrait_face_crop
 from fantasy.image import load_portrait, resize_portrait
 from fantasy.long_video import MOTION_FRAMES, ColourMatch, plan_windows, total_frame_count
 from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT, FantasyTalkingPipeline
@@ -44,6 +45,8 @@ class Settings:
     max_frames: int = 81  # frames per window (the release's clip length)
     max_duration: float = 10.0  # seconds; longer speech is cut (and the result says so)
     longest_edge: int | None = None  # None: the preset's default
+    motion: tuple[float, float] | None = None  # (expression, body) for a trained motion module (fantasy.motion)
+    identity_scale: float = 1.0  # strength of a trained identity module (fantasy.identity)
 
     def resolved(self, preset: Preset) -> Settings:
         """Fill preset defaults and reject out-of-range values with a message naming the setting."""
@@ -64,6 +67,9 @@ class Settings:
             (s.longest_edge >= 64 and s.longest_edge % 16 == 0,
              f"resolution (longest edge) must be a multiple of 16 and at least 64, got {s.longest_edge}"),
             (0 <= s.seed < 2**63, f"seed must be a non-negative integer, got {s.seed}"),
+            (s.motion is None or (len(s.motion) == 2 and all(0.0 <= v <= 1.0 for v in s.motion)),
+             f"motion coefficients must be two values between 0 and 1 (expression, body), got {s.motion}"),
+            (0.0 <= s.identity_scale <= 3.0, f"identity scale must be between 0 and 3, got {s.identity_scale}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -103,6 +109,7 @@ class Result:
     passes_per_step: int
     windows: int
     speech_cut: bool
+    motion_mode: str  # how the motion sliders acted (`FantasyTalkingPipeline.motion_mode`)
 
 
 ProgressFn = Callable[[str, float], None]  # (stage, fraction of that stage done)
@@ -117,15 +124,21 @@ def generate(
     preset: Preset,
     progress: ProgressFn | None = None,
     on_frames: Callable[[np.ndarray], None] | None = None,
+    face_image: Image.Image | None = None,
 ) -> Result:
     """Generate a talking video into `out_path` (mp4 with the speech). `on_frames` sees frames as decoded.
 
     Up to `max_frames` frames this is the release's single clip; longer speech runs consecutive windows
-    (see `fantasy.long_video`), each decoded and written as soon as it is denoised.
+    (see `fantasy.long_video`), each decoded and written as soon as it is denoised. With an identity
+    module loaded, the face crop comes from `face_image` or else from face-alignment on the portrait.
     """
     started = time.perf_counter()
     settings = settings.resolved(preset)
+    if settings.motion is not None and pipe.motion_context is None:
+        raise InvalidSetting("motion coefficients need trained motion-module weights (see README, Training)")
     inputs = prepare_inputs(image, audio, settings)
+    if pipe.identity_context is not None and face_image is None:
+        face_image = portrait_face_crop(inputs.portrait)
     report = progress or (lambda stage, fraction: None)
     windows = plan_windows(inputs.num_frames, settings.max_frames)
     audio_for = _audio_windows(pipe, inputs, settings, single_clip=len(windows) == 1)
@@ -147,6 +160,7 @@ def generate(
                 audio_guidance_scale=settings.audio_guidance, audio_weight=settings.audio_weight,
                 generator=generator, step_callback=on_step,
                 motion_frames=None if tail is None else _to_pixels(tail[-window.overlap:]),
+                motion=settings.motion, face_image=face_image, identity_scale=settings.identity_scale,
             )
             produced: list[np.ndarray] = []
             colour: ColourMatch | None = None
@@ -168,7 +182,7 @@ def generate(
         path=Path(out_path), num_frames=writer.frames_written, fps=settings.fps, width=width, height=height,
         seconds_taken=time.perf_counter() - started, speech_seconds=inputs.speech_seconds,
         passes_per_step=len(passes_needed(settings.text_guidance, settings.audio_guidance)),
-        windows=len(windows), speech_cut=inputs.speech_cut,
+        windows=len(windows), speech_cut=inputs.speech_cut, motion_mode=pipe.motion_mode,
     )
 
 

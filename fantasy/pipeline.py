@@ -9,6 +9,7 @@ tokens (squash, as the original Wan), the audio path (wav2vec2 -> projection -> 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 
 import numpy as np
 import torch
@@ -20,17 +21,11 @@ from fantasy.adapter import AudioContext, AudioProjModel
 from fantasy.audio import speech_features
 from fantasy.decode import decode_progressively
 from fantasy.image import clip_pixel_values
+from fantasy.motion import MOTION_MODULE_MODE, TRAINING_FREE_MODE
+from fantasy.prompts import DEFAULT_NEGATIVE_PROMPT, MOTIONLESS_PREFIX, WAN_NEGATIVE_PROMPT  # noqa: F401 (re-exported)
 from fantasy.sampling import combine_guidance, passes_needed, set_official_timesteps
 from fantasy.windows import split_into_windows
 
-# Wan's default negative prompt, prefixed (as the release does) with "person motionless, still".
-WAN_NEGATIVE_PROMPT = (
-    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
-    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
-    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
-)
-MOTIONLESS_PREFIX = "人物静止不动，静止，"
-DEFAULT_NEGATIVE_PROMPT = MOTIONLESS_PREFIX + WAN_NEGATIVE_PROMPT
 TEXT_LENGTH = 512  # the I2V transformer splits image/text tokens assuming exactly 512 text tokens
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -65,7 +60,14 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
         )
         self.register_modules(audio_encoder=audio_encoder, feature_extractor=feature_extractor, audio_proj=audio_proj)
         self.audio_context: AudioContext | None = None  # set by `install_audio_adapter`
+        self.motion_context = None  # `fantasy.motion.MotionContext`, when a motion module is installed
+        self.identity_context = None  # `fantasy.identity.IdentityContext`, when an identity module is installed
         self.batch_guidance = False  # run the guidance passes as one batch (same result, more memory)
+
+    @property
+    def motion_mode(self) -> str:
+        """How the expression/body sliders act on this pipeline (the UI and the result report it)."""
+        return MOTION_MODULE_MODE if self.motion_context is not None else TRAINING_FREE_MODE
 
     # ---- conditioning -------------------------------------------------------------------------
 
@@ -166,15 +168,26 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
         generator: torch.Generator | None = None,
         step_callback: StepCallback | None = None,
         motion_frames: torch.Tensor | None = None,
+        motion: tuple[float, float] | None = None,
+        face_image: Image.Image | None = None,
+        identity_scale: float = 1.0,
     ) -> torch.Tensor:
         """Denoise and return normalised latents [1, 16, T_lat, H/8, W/8]; decode with `decode_frames`.
 
         `image` must already be at its final size (sides multiples of 16); use `fantasy.image.resize_portrait`.
         It always gives the CLIP identity tokens; `motion_frames` ([1, 3, K, H, W] in [-1, 1]) replace it as
-        the known leading frames of a continuation window.
+        the known leading frames of a continuation window. `motion` (expression, body in [0, 1]) feeds the
+        motion module and `face_image` (a square face crop) the identity module; each needs its module
+        installed (`fantasy.trained_modules`), and an installed identity module needs the face.
         """
         if self.audio_context is None:
             raise RuntimeError("install the audio adapter first (fantasy.adapter.install_audio_adapter)")
+        if motion is not None and self.motion_context is None:
+            raise ValueError("motion coefficients given, but no motion module is installed")
+        if self.identity_context is not None and face_image is None:
+            raise ValueError("this pipeline has an identity module: pass the portrait's face crop as face_image")
+        if face_image is not None and self.identity_context is None:
+            raise ValueError("face_image given, but no identity module is installed")
         width, height = image.size
         if width % 16 or height % 16:
             raise ValueError(f"image sides must be multiples of 16, got {width}x{height}")
@@ -199,7 +212,12 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
             raise ValueError(f"{windows.shape[1]} audio windows for {latents.shape[2]} latent frames")
 
         timesteps = set_official_timesteps(self.scheduler, num_inference_steps, device)
-        with self.progress_bar(total=len(timesteps)) as progress:
+        with ExitStack() as conditions, self.progress_bar(total=len(timesteps)) as progress:
+            if self.motion_context is not None:
+                conditions.enter_context(self.motion_context.use(motion))
+            if face_image is not None:
+                face_tokens = self.encode_image_tokens(face_image).to(device, dtype)
+                conditions.enter_context(self.identity_context.use(face_tokens, identity_scale))
             for i, t in enumerate(timesteps):
                 self._current_timestep = t
                 latent_input = torch.cat([latents, condition], dim=1).to(dtype)

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from fantasy.adapter import install_audio_adapter
-from fantasy.adapter_weights import load_adapter_weights
 from fantasy.pipeline import FantasyTalkingPipeline
+from fantasy.trained_modules import load_modules
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ def assemble(components: dict, device: str | torch.device = "cpu") -> FantasyTal
 def load_pipeline(
     preset: str, device: str | None = None, adapter: str | Path | None = None, **real_options
 ) -> FantasyTalkingPipeline:
-    """Ready-to-run pipeline for a preset. `adapter`: an adapter file to load instead of the default."""
+    """Ready-to-run pipeline for a preset. `adapter`: an adapter or training checkpoint instead of the default
+    (a training checkpoint also installs the motion / identity modules it holds, `fantasy.trained_modules`)."""
     get_preset(preset)
     if preset == "tiny":
         from fantasy.tiny import random_adapter_weights, tiny_components
@@ -69,7 +70,7 @@ def load_pipeline(
         if adapter is None:
             random_adapter_weights(pipe)
         else:
-            load_adapter_weights(pipe.transformer, pipe.audio_proj, adapter)
+            load_modules(pipe, adapter)
         return pipe
     from fantasy.weights import load_real_pipeline
 

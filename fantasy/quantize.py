@@ -26,8 +26,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# Modules of the audio adapter inside the DiT (`blocks.N.attn2.processor.{k,v}_proj`).
+# Modules of the audio adapter inside the DiT (`blocks.N.attn2.processor.{k,v}_proj`, and the identity
+# branch under it), and the motion module (`motion_intensity.*`, `fantasy.motion.MOTION_MODULE_NAME`).
 ADAPTER_PATTERN = "processor"
+MOTION_PATTERN = "motion_intensity"
 FP8_STORAGE = torch.float8_e4m3fn
 
 
@@ -122,7 +124,7 @@ def torchao_config(kind: str):
 def _skipped_by_quantization(transformer, fqn: str) -> bool:
     keep = list(getattr(transformer, "_keep_in_fp32_modules", None) or [])
     parts = fqn.split(".")
-    return ADAPTER_PATTERN in parts or any(name in parts for name in keep)
+    return ADAPTER_PATTERN in parts or MOTION_PATTERN in parts or any(name in parts for name in keep)
 
 
 def quantize_weight_only(transformer, kind: str, device: str | torch.device | None = None) -> int:
@@ -149,7 +151,7 @@ def enable_fp8_storage(transformer, compute_dtype: torch.dtype) -> None:
     """fp8 e4m3 weights at rest, upcast per layer for compute; the adapter and norms are left alone."""
     from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
 
-    patterns = tuple(DEFAULT_SKIP_MODULES_PATTERN) + (ADAPTER_PATTERN,)
+    patterns = tuple(DEFAULT_SKIP_MODULES_PATTERN) + (ADAPTER_PATTERN, MOTION_PATTERN)
     transformer.enable_layerwise_casting(
         storage_dtype=FP8_STORAGE, compute_dtype=compute_dtype, skip_modules_pattern=patterns
     )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED, Result, Settings
-from fantasy.motion import training_free_controls
+from fantasy.motion import motion_controls
 from fantasy.presets import Preset
 from fantasy.streaming import MIN_CHUNK_SECONDS, StreamEvent, stream_generate
 from fantasy.validation import MAX_UPLOAD_BYTES, CheckedInputs, FaceChecker, check_inputs
@@ -41,8 +41,11 @@ class Controls:
     max_duration_s: float | None = None
 
 
-def settings_from_controls(controls: Controls) -> tuple[Settings, str]:
-    """Generation settings and the motion-control mode the sliders went through."""
+def settings_from_controls(controls: Controls, trained_motion: bool = False) -> tuple[Settings, str]:
+    """Generation settings and the motion-control mode the sliders went through.
+
+    `trained_motion`: the pipeline has trained motion-module weights, so the sliders are its coefficients.
+    """
     base = Settings(
         prompt=(controls.prompt or "").strip() or DEFAULT_PROMPT,
         seed=int(controls.seed),
@@ -52,7 +55,7 @@ def settings_from_controls(controls: Controls) -> tuple[Settings, str]:
         audio_weight=float(controls.audio_weight),
         longest_edge=None if controls.longest_edge is None else int(controls.longest_edge),
     )
-    return training_free_controls(controls.expression, controls.body, base)
+    return motion_controls(controls.expression, controls.body, base, trained=trained_motion)
 
 
 @dataclass
@@ -105,7 +108,7 @@ class Studio:
 
     def check(self, image: str | Path | None, audio: str | Path | None, controls: Controls) -> Job:
         """Every input check, before any model work; raises `FantasyError` with the user-facing message."""
-        settings, mode = settings_from_controls(controls)
+        settings, mode = settings_from_controls(controls, trained_motion=getattr(self.pipe, "motion_context", None) is not None)
         checked = check_inputs(
             image, audio, settings, self.preset, max_duration_s=controls.max_duration_s,
             face_checker=self.face_checker, max_upload_bytes=self.max_upload_bytes,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from fantasy.adapter_weights import OFFICIAL_FILE, OFFICIAL_REPO, convert_checkpoint, load_adapter_weights
+from fantasy.adapter_weights import OFFICIAL_FILE, OFFICIAL_REPO, convert_checkpoint
 from fantasy.errors import FantasyError, WeightsMissing
 
 WAN_REPO = "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"
@@ -270,6 +270,7 @@ def load_real_pipeline(
         quantize_weight_only,
     )
     from fantasy.sampling import make_scheduler
+    from fantasy.trained_modules import load_modules
 
     mode = get_dit_mode(dit)
     check_vram_mode(vram)
@@ -306,7 +307,7 @@ def load_real_pipeline(
     pipe = assemble(components, "cpu")
     for processor in audio_processors(pipe.transformer):
         processor.to(dtype)  # the DiT's first parameter may be GGUF/fp32; the adapter computes in `dtype`
-    load_adapter_weights(pipe.transformer, pipe.audio_proj, adapter_path)
+    load_modules(pipe, adapter_path)  # a training checkpoint also installs its motion / identity modules
     if mode.torchao:  # on the GPU when it stays there (fast, no round trip); the adapter is skipped by name
         quantize_weight_only(pipe.transformer, mode.torchao, device=device if vram == "resident" else None)
     if mode.fp8_storage:

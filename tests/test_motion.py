@@ -7,8 +7,8 @@ import pytest
 from fantasy.errors import InvalidSetting
 from fantasy.generate import DEFAULT_PROMPT, Settings
 from fantasy.motion import TRAINING_FREE_MODE, body_level, expression_scale, training_free_controls
-from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT, MOTIONLESS_PREFIX, WAN_NEGATIVE_PROMPT
 from fantasy.presets import get_preset
+from fantasy.prompts import DEFAULT_NEGATIVE_PROMPT, MOTIONLESS_PREFIX, WAN_NEGATIVE_PROMPT
 
 
 @pytest.mark.parametrize(
