@@ -66,6 +66,9 @@ class IndexPipe:
     frames generate() hands over and which it writes.
     """
 
+    motion_context = identity_context = None
+    motion_mode = "training-free (prompt + audio weight)"
+
     def __init__(self, size=64):
         self.size, self.calls = size, []
 
