@@ -1,0 +1,194 @@
+"""The training loop: cache the clips, freeze the base, train the adapters, save one reloadable file.
+
+What trains (`modules`): the audio adapter (projection + per-block K/V), the motion-intensity module
+(labels from the data) and the identity branch (face-crop tokens); everything else (DiT, VAE, umT5,
+CLIP, wav2vec2) is frozen. accelerate handles devices, mixed precision, gradient accumulation and
+multi-GPU (launch with `accelerate launch -m fantasy train ...`). Checkpoints are the same
+safetensors layout the app loads (`fantasy.trained_modules`), so `--adapter OUT/modules.safetensors`
+uses them, and stage 2 starts from stage 1 with `--init`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from fantasy.errors import InvalidSetting
+from fantasy.identity import install_identity_module
+from fantasy.motion import install_motion_module
+from fantasy.train.objective import STAGES, AdapterTrainingModel, Batch, sample_sigma
+from fantasy.trained_modules import IDENTITY_KEY, MOTION_PREFIX, save_modules, trainable_parameters
+
+MODULES = ("audio", "motion", "identity")
+CHECKPOINT_NAME = "modules.safetensors"
+LOG_NAME = "train_log.jsonl"
+
+Progress = Callable[[int, int, float], None]  # (step, total steps, loss)
+
+
+@dataclass
+class TrainConfig:
+    """A training run; defaults follow the paper's reported setup where it gives one (lr 1e-4, 10 % dropout)."""
+
+    data: Path
+    out: Path
+    stage: int = 1
+    steps: int = 1000
+    lr: float = 1e-4
+    num_frames: int = 81
+    fps: float = 23.0
+    width: int = 512
+    height: int = 512
+    modules: tuple[str, ...] = MODULES
+    lip_weight: float = 1.0  # stage 2: tokens on the lips weigh 1 + lip_weight
+    drop_audio: float = 0.1
+    drop_text: float = 0.1
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    save_every: int = 500
+    seed: int = 0
+    mixed_precision: str = "no"  # accelerate: "no" | "fp16" | "bf16"
+    gradient_checkpointing: bool = False
+    cache_dir: Path | None = None
+    extra: dict = field(default_factory=dict)  # recorded in the run config (e.g. preset, init)
+
+    def check(self) -> None:
+        checks = [
+            (self.stage in STAGES, f"stage must be 1 or 2, got {self.stage}"),
+            (self.steps >= 1, f"steps must be at least 1, got {self.steps}"),
+            (self.lr > 0, f"learning rate must be positive, got {self.lr}"),
+            (self.num_frames >= 5 and (self.num_frames - 1) % 4 == 0, f"frames must be 4k+1, got {self.num_frames}"),
+            (self.width % 16 == 0 and self.height % 16 == 0 and min(self.width, self.height) >= 32,
+             f"width and height must be multiples of 16 (at least 32), got {self.width}x{self.height}"),
+            (bool(self.modules) and set(self.modules) <= set(MODULES),
+             f"modules must be some of {', '.join(MODULES)}, got {', '.join(self.modules) or 'none'}"),
+            (0 <= self.drop_audio < 1 and 0 <= self.drop_text < 1, "dropout rates must be in [0, 1)"),
+            (self.lip_weight >= 0, f"lip weight must be >= 0, got {self.lip_weight}"),
+            (self.grad_accum >= 1 and self.save_every >= 1, "grad accumulation and save interval must be >= 1"),
+            (self.mixed_precision in ("no", "fp16", "bf16"), f"mixed precision must be no, fp16 or bf16, got {self.mixed_precision}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidSetting(message)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    losses: list[float]
+    steps: int
+    clips: int
+
+
+def prepare_modules(pipe, modules: tuple[str, ...]) -> dict[str, torch.nn.Parameter]:
+    """Install missing motion/identity modules (zero-initialised), freeze everything else; return what trains."""
+    if "motion" in modules and pipe.motion_context is None:
+        pipe.motion_context = install_motion_module(pipe.transformer)
+    if "identity" in modules and pipe.identity_context is None:
+        pipe.identity_context = install_identity_module(pipe.transformer, pipe.image_encoder.config.hidden_size)
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.requires_grad_(False)
+    trained = {}
+    for key, param in trainable_parameters(pipe).items():
+        group = "motion" if key.startswith(MOTION_PREFIX) else "identity" if IDENTITY_KEY.match(key) else "audio"
+        if group in modules:
+            param.requires_grad_(True)
+            trained[key] = param
+    return trained
+
+
+def make_batch(item: dict, dataset, num_frames: int, device, generator: torch.Generator, config: TrainConfig) -> Batch:
+    """A dataset item on `device`, with condition dropout drawn from `generator`."""
+    drop_text = float(torch.rand((), generator=generator)) < config.drop_text
+    drop_audio = float(torch.rand((), generator=generator)) < config.drop_audio
+    prompt = dataset.empty_prompt_embeds if drop_text else item["prompt_embeds"]
+    labels = item["motion_labels"]
+    return Batch(
+        latents=item["latents"][None].to(device), condition=item["condition"][None].to(device),
+        prompt_embeds=prompt[None].to(device), clip_tokens=item["clip_tokens"][None].to(device),
+        audio_features=item["audio_features"][None].to(device), num_frames=num_frames,
+        lip_mask=item["lip_mask"].to(device), face_tokens=item["face_clip_tokens"][None].to(device),
+        motion=(float(labels[0]), float(labels[1])), drop_audio=drop_audio,
+    )
+
+
+def _shuffled(dataset, generator: torch.Generator) -> Iterator[dict]:
+    """Endless epochs over the clips, each in a new random order."""
+    while True:
+        for index in torch.randperm(len(dataset), generator=generator).tolist():
+            yield dataset[index]
+
+
+def train(pipe, config: TrainConfig, dataset, progress: Progress | None = None) -> TrainResult:
+    """Train on a `fantasy.train.dataset.TrainingSet` (already cached with this pipeline's encoders)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    config.check()
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    torch.manual_seed(config.seed)
+    trained = prepare_modules(pipe, config.modules)
+    if config.gradient_checkpointing:
+        pipe.transformer.enable_gradient_checkpointing()
+    pipe.transformer.train()
+    model = AdapterTrainingModel(pipe)
+    optimizer = torch.optim.AdamW(list(trained.values()), lr=config.lr, weight_decay=0.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    inner = accelerator.unwrap_model(model)
+    # Each process draws its own clips, noise and dropout (seeded by rank), so GPUs see different samples.
+    generator = torch.Generator().manual_seed(config.seed + 1 + accelerator.process_index)
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / "config.json").write_text(json.dumps(asdict(config), default=str, indent=2))
+    log = (config.out / LOG_NAME).open("a")
+    losses: list[float] = []
+    items = _shuffled(dataset, generator)
+    try:
+        for step in range(1, config.steps + 1):
+            step_loss = 0.0
+            for _ in range(config.grad_accum):
+                item = next(items)
+                batch = make_batch(item, dataset, dataset.num_frames, accelerator.device, generator, config)
+                sigma = sample_sigma(generator)
+                noise = torch.randn(batch.latents.shape, generator=generator).to(accelerator.device)
+                with accelerator.accumulate(model):
+                    try:
+                        with accelerator.autocast():
+                            loss = model(batch, config.stage, sigma, noise, config.lip_weight)
+                        accelerator.backward(loss)
+                    finally:
+                        inner.release()
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(list(trained.values()), config.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                step_loss += float(loss.detach()) / config.grad_accum
+            losses.append(step_loss)
+            log.write(json.dumps({"step": step, "loss": step_loss}) + "\n")
+            if progress is not None:
+                progress(step, config.steps, step_loss)
+            if accelerator.is_main_process and (step % config.save_every == 0 or step == config.steps):
+                _save(pipe, config.out, step)
+    finally:
+        log.close()
+        pipe.transformer.eval()
+        for param in trained.values():
+            param.requires_grad_(False)
+    return TrainResult(config.out / CHECKPOINT_NAME, losses, config.steps, len(dataset))
+
+
+def _save(pipe, out: Path, step: int) -> None:
+    """`step-NNNNNN.safetensors` plus `modules.safetensors` (the latest), both complete files (atomic)."""
+    path = out / f"step-{step:06d}.safetensors"
+    save_modules(pipe, path)
+    latest = out / (CHECKPOINT_NAME + ".partial")
+    shutil.copyfile(path, latest)
+    latest.replace(out / CHECKPOINT_NAME)
