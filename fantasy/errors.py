@@ -63,3 +63,11 @@ class FileTooLarge(FantasyError):
 
 class GenerationCancelled(FantasyError):
     """The user stopped the generation; no output file is left behind."""
+
+
+class TrainingDataError(FantasyError):
+    """A training-data folder, one of its clips or its feature cache cannot be used (message says which and why)."""
+
+
+class ClipTooShort(TrainingDataError):
+    """A training clip lasts less than one training sample (F frames at the training frame rate)."""

@@ -28,11 +28,13 @@ class Clip:
         return int(self.frames.shape[2]), int(self.frames.shape[1])
 
 
-def read_video(path: str | Path, max_frames: int | None = None) -> Clip:
+def read_video(path: str | Path, max_frames: int | None = None, max_seconds: float | None = None) -> Clip:
     """Decode `path` with ffmpeg (imageio-ffmpeg: metadata first, then raw rgb24 frames).
 
     All frames are kept in memory: the metrics need several passes (landmarks, flow, identity).
-    A generated clip (81 frames at 512 px) is ~64 MB; `max_frames` bounds longer inputs.
+    A generated clip (81 frames at 512 px) is ~64 MB; `max_frames` bounds longer inputs, and
+    `max_seconds` stops after the frames shown in the first `max_seconds` (`ceil(s * fps)` frames),
+    so a training loader never holds a long source video in memory.
     """
     path = Path(path)
     if not path.is_file():
@@ -42,6 +44,9 @@ def read_video(path: str | Path, max_frames: int | None = None) -> Clip:
         meta = reader.__next__()
         width, height = (int(v) for v in meta["size"])
         fps = float(meta.get("fps") or 0.0)
+        if max_seconds is not None and np.isfinite(fps) and fps > 0:
+            by_time = max(1, int(np.ceil(max_seconds * fps - 1e-6)))
+            max_frames = by_time if max_frames is None else min(max_frames, by_time)
         frames = []
         for raw in reader:
             frames.append(np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3))

@@ -1,0 +1,87 @@
+"""68-point landmarks for every frame of a training sample: from a `.landmarks.npy` file or a provider.
+
+Frames where no face was found are filled by linear interpolation between the nearest frames that
+have one (held constant before the first and after the last), so a brief detector miss does not
+cost a clip; a clip with no face at all is an error, never a sample trained without its lips.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fantasy.errors import NoFaceFound, TrainingDataError
+from fantasy.face import FaceAnalyzer, LandmarkProvider
+from fantasy.metrics.landmarks import TrackedLandmarks
+
+NUM_POINTS = 68
+# Called once per clip: providers may keep state across one clip's frames (as TrackedLandmarks does).
+ProviderFactory = Callable[[], LandmarkProvider]
+
+
+@functools.cache
+def _shared_analyzer() -> FaceAnalyzer:
+    """One FAN model per process; building it costs seconds and weights."""
+    return FaceAnalyzer()
+
+
+def default_provider() -> LandmarkProvider:
+    """FAN through `TrackedLandmarks` (detector every few frames); a fresh tracker for each clip.
+
+    Raises `WeightsMissing` on first use when the face-alignment weights are not on disk.
+    """
+    return TrackedLandmarks(_shared_analyzer())
+
+
+def read_landmark_file(path: Path, needed: int) -> np.ndarray:
+    """(N, 68, 2) float64 source-pixel landmarks from `path`; NaN rows mark frames without a face.
+
+    `needed`: source frames the sample uses (N may be larger: the file covers the whole video).
+    """
+    try:
+        points = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise TrainingDataError(f"Could not read landmarks file '{path.name}' ({exc}).") from None
+    if points.ndim != 3 or points.shape[1] != NUM_POINTS or points.shape[2] < 2:
+        raise TrainingDataError(
+            f"Landmarks file '{path.name}' has shape {points.shape}; expected [frames, 68, 2] (x, y in pixels)."
+        )
+    if points.shape[0] < needed:
+        raise TrainingDataError(
+            f"Landmarks file '{path.name}' has {points.shape[0]} frames but the sample uses the first {needed} "
+            "source frames: it must hold one row per source video frame."
+        )
+    return points[:, :, :2].astype(np.float64)
+
+
+def run_provider(frames: Sequence[np.ndarray], provider: LandmarkProvider) -> np.ndarray:
+    """(F, 68, 2) landmarks of each frame, in order; NaN where the provider found no face."""
+    out = np.full((len(frames), NUM_POINTS, 2), np.nan)
+    for i, frame in enumerate(frames):
+        points = provider(frame)
+        if points is not None:
+            out[i] = np.asarray(points, dtype=np.float64)[:NUM_POINTS, :2]
+    return out
+
+
+def fill_missing(points: np.ndarray, clip_name: str) -> tuple[np.ndarray, int]:
+    """Interpolate frames without a face (any NaN) from their neighbours; returns (filled, frames filled)."""
+    points = np.asarray(points, dtype=np.float64)
+    found = np.isfinite(points).all(axis=(1, 2))
+    if not found.any():
+        raise NoFaceFound(
+            f"No face found in any frame of training clip '{clip_name}': use clips where one face is clearly "
+            "visible, or give its landmarks in a .landmarks.npy file."
+        )
+    missing = int((~found).sum())
+    if missing == 0:
+        return points, 0
+    t = np.arange(points.shape[0])
+    filled = points.copy()
+    flat = filled.reshape(points.shape[0], -1)
+    for k in range(flat.shape[1]):
+        flat[~found, k] = np.interp(t[~found], t[found], flat[found, k])
+    return filled, missing
