@@ -12,6 +12,7 @@ from fantasy import space  # first: on ZeroGPU `spaces` must be imported before 
 # isort: split
 
 import argparse
+import os
 import random
 import tempfile
 import threading
@@ -197,12 +198,13 @@ def build_demo(
                                          elem_id="speech")
                         prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=2, elem_id="prompt",
                                             info="What the video shows; the body-motion slider adds motion words.")
+                trained_motion = getattr(pipe, "motion_context", None) is not None
                 with gr.Row():
                     expression = gr.Slider(0, 1, value=0.5, step=0.05, label="Expression intensity",
-                                           elem_id="expression",
-                                           info="Scales audio weight and audio guidance (×0.6 … ×1.4).")
+                                           elem_id="expression", info=EXPRESSION_INFO[trained_motion])
                     body = gr.Slider(0, 1, value=0.5, step=0.05, label="Body-motion intensity", elem_id="body",
-                                     info="Motion wording in the prompt; 'motionless' in the negative prompt.")
+                                     info=BODY_INFO[trained_motion])
+                gr.Markdown(f"Motion sliders: **{getattr(pipe, 'motion_mode', 'training-free')}**", elem_id="motion-mode")
                 with gr.Row():
                     generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -276,6 +278,13 @@ def launch_options(host: str | None = None, port: int | None = None, share: bool
             "max_file_size": int(max_upload_mb * 1024 * 1024)}
 
 
+# Slider help, by whether trained motion-module weights are loaded (see fantasy.motion).
+EXPRESSION_INFO = {False: "Scales audio weight and audio guidance (×0.6 … ×1.4).",
+                   True: "Expression coefficient of the trained motion module."}
+BODY_INFO = {False: "Motion wording in the prompt; 'motionless' in the negative prompt.",
+             True: "Body-motion coefficient of the trained motion module."}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="FantasyTalking Studio web app")
     parser.add_argument("--preset", choices=["tiny", "real"], default=None,
@@ -283,6 +292,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=None, help="port (default: first free from 7860)")
     parser.add_argument("--share", action="store_true", help="public gradio.live link (needs internet access)")
+    parser.add_argument("--adapter", default=os.environ.get("FANTASY_ADAPTER") or None,
+                        help="adapter or training checkpoint (modules.safetensors from `python -m fantasy train`); "
+                             "default $FANTASY_ADAPTER, else the preset's")
     return parser.parse_args(argv)
 
 
@@ -290,7 +302,7 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks:
     """Load the models once (they stay resident) and build the page."""
     preset = get_preset(args.preset or default_preset())
     print(f"[app] preset {preset.name}: {preset.summary}", flush=True)
-    pipe = load_pipeline(preset.name)
+    pipe = load_pipeline(preset.name, adapter=args.adapter)
     # On ZeroGPU the main process has no real GPU: the face check runs on the CPU there.
     faces = default_face_check(device="cpu" if space.on_zero_gpu() else None,
                                allow_download=None if space.on_spaces() else False)  # None: unless HF_HUB_OFFLINE

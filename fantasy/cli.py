@@ -1,4 +1,4 @@
-"""`python -m fantasy ...`: generate, convert adapter weights, download weights (more join as they land).
+"""`python -m fantasy ...`: generate, convert adapter weights, download weights, eval, train.
 
 User errors (`FantasyError`) print one clear line and exit with status 2; no traceback.
 """
@@ -35,7 +35,14 @@ def _add_generate(sub) -> None:
     p.add_argument("--max-duration", type=float, default=10.0,
                    help="seconds of speech to animate; longer speech is cut (default 10)")
     p.add_argument("--size", type=int, default=None, help="longest edge in px, multiple of 16 (tiny: 128, real: 512)")
-    p.add_argument("--adapter", default=None, help="adapter weights (.safetensors or the released .ckpt)")
+    p.add_argument("--adapter", default=None,
+                   help="adapter weights (.safetensors or the released .ckpt), or a training checkpoint "
+                        "(`python -m fantasy train`: also loads its motion / identity modules)")
+    p.add_argument("--expression", type=float, default=None,
+                   help="expression intensity 0-1 (the app's slider; trained motion module or training-free mapping)")
+    p.add_argument("--body", type=float, default=None, help="body-motion intensity 0-1 (the app's slider)")
+    p.add_argument("--face", default=None,
+                   help="identity module: the portrait's square face crop (default: found with face-alignment)")
     p.add_argument("--device", default=None)
     p.add_argument("--dit", default="q8_0", choices=list(DIT_MODES), help="real preset: how the 14B DiT is stored")
     p.add_argument("--vram", default="resident", choices=list(VRAM_MODES), help="real preset: offloading")
@@ -66,6 +73,12 @@ def _run_generate(args) -> int:
     real = {"dit": args.dit, "vram": args.vram, "weights": args.weights} if preset.name == "real" else {}
     pipe = load_pipeline(preset.name, device=args.device, adapter=args.adapter, **real)
     pipe.batch_guidance = args.batch_guidance
+    if args.expression is not None or args.body is not None:
+        from fantasy.motion import motion_controls
+
+        expression = 0.5 if args.expression is None else args.expression
+        body = 0.5 if args.body is None else args.body
+        settings, _ = motion_controls(expression, body, settings, trained=pipe.motion_context is not None)
     loaded = time.perf_counter() - started
     last = {"stage": None}
 
@@ -74,7 +87,12 @@ def _run_generate(args) -> int:
             print(f"  {stage}: {fraction:.0%}", file=sys.stderr)
             last["stage"] = stage
 
-    result = generate(pipe, args.image, args.audio, args.out, settings, preset, progress=progress)
+    face = None
+    if args.face is not None:
+        from fantasy.image import load_portrait
+
+        face = load_portrait(args.face)
+    result = generate(pipe, args.image, args.audio, args.out, settings, preset, progress=progress, face_image=face)
     if result.speech_cut:
         print(f"note: the speech ({result.speech_seconds:.1f} s) was cut at the maximum duration "
               f"({settings.max_duration:g} s); raise --max-duration to animate more", file=sys.stderr)
@@ -82,7 +100,7 @@ def _run_generate(args) -> int:
         f"wrote {result.path} ({result.num_frames} frames, {result.width}x{result.height} @ {result.fps} fps, "
         f"{result.num_frames / result.fps:.2f} s, {result.windows} window{'s' * (result.windows > 1)}) "
         f"in {result.seconds_taken:.1f} s (+{loaded:.1f} s loading), "
-        f"{settings.resolved(preset).steps} steps x {result.passes_per_step} passes"
+        f"{settings.resolved(preset).steps} steps x {result.passes_per_step} passes; motion: {result.motion_mode}"
     )
     return 0
 
@@ -127,8 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_download(sub)
     from fantasy.metrics.command import add_parser as add_eval
+    from fantasy.train.command import add_parser as add_train
 
     add_eval(sub)
+    add_train(sub)
     return parser
 
 

@@ -208,7 +208,7 @@ def install_motion_module(transformer, model: MotionIntensityModel | None = None
         raise ValueError(f"motion module built for inner dim {model.config.inner_dim}, transformer has {inner_dim}")
     # fp32 like Wan's time embedder (the DiT's own weights may be GGUF blocks); it is small (33M at 14B).
     device = next(transformer.condition_embedder.parameters()).device
-    transformer.add_module(MOTION_MODULE_NAME, model.to(device=device, dtype=torch.float32))
+    transformer.add_module(MOTION_MODULE_NAME, model.to(device).float())
     context = MotionContext(model)
     transformer.condition_embedder.register_forward_hook(context.modulate)
     return context

@@ -1,0 +1,102 @@
+"""`python -m fantasy train --data DIR --stage 1|2 --out DIR`: cache the clips, then train the adapters.
+
+`fantasy/cli.py` mounts this with `add_parser(subparsers)`. Multi-GPU: `accelerate launch -m fantasy train ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fantasy.train.trainer import MODULES
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train",
+        help="train the audio adapter, motion-intensity and identity modules on talking clips",
+        description="Dual-stage training (paper §3): stage 1 clip-level audio attention, stage 2 frame-level "
+        "windows with a lip-weighted loss. Clips: NAME.mp4 with speech in its audio track or in NAME.wav, "
+        "optional NAME.txt prompt and NAME.landmarks.npy. The base model stays frozen.",
+    )
+    p.add_argument("--data", required=True, help="folder of training clips")
+    p.add_argument("--stage", type=int, required=True, choices=[1, 2], help="1: clip-level; 2: frame-level + lip mask")
+    p.add_argument("--out", required=True, help="run folder: step-N.safetensors, modules.safetensors, train_log.jsonl")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "real"])
+    p.add_argument("--init", default=None,
+                   help="start from this checkpoint (stage 2: stage 1's modules.safetensors); default: the preset's "
+                        "adapter (real: the released audio adapter; tiny: random)")
+    p.add_argument("--modules", default=",".join(MODULES), help=f"what trains, comma-separated from {','.join(MODULES)}")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--frames", type=int, default=81, help="frames per sample, 4k+1 (default 81)")
+    p.add_argument("--fps", type=float, default=23.0)
+    p.add_argument("--size", default=None, help="WxH of the samples, multiples of 16 (tiny: 64x64, real: 512x512)")
+    p.add_argument("--lip-weight", type=float, default=1.0, help="stage 2: lip tokens weigh 1 + this (default 1)")
+    p.add_argument("--drop-audio", type=float, default=0.1, help="audio-condition dropout (for audio guidance)")
+    p.add_argument("--drop-text", type=float, default=0.1, help="text-condition dropout")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute blocks in backward (real preset)")
+    p.add_argument("--cache", default=None, help="feature cache folder (default DATA/.cache)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--weights", default=None, help="real preset: weights dir")
+    p.add_argument("--dit", default="bf16", help="real preset: how the frozen DiT is stored (default bf16)")
+    p.set_defaults(run=run)
+    return p
+
+
+def _size(text: str | None, preset: str) -> tuple[int, int]:
+    from fantasy.errors import InvalidSetting
+
+    if text is None:
+        return (64, 64) if preset == "tiny" else (512, 512)
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InvalidSetting(f"--size must look like 512x512, got {text}") from None
+    return width, height
+
+
+def run(args) -> int:
+    from fantasy.presets import load_pipeline
+    from fantasy.train.cache import cache_dataset
+    from fantasy.train.clips import SampleSpec
+    from fantasy.train.dataset import TrainingSet
+    from fantasy.train.trainer import TrainConfig, train
+
+    width, height = _size(args.size, args.preset)
+    modules = tuple(m.strip() for m in args.modules.split(",") if m.strip())
+    config = TrainConfig(
+        data=Path(args.data), out=Path(args.out), stage=args.stage, steps=args.steps, lr=args.lr,
+        num_frames=args.frames, fps=args.fps, width=width, height=height, modules=modules,
+        lip_weight=args.lip_weight, drop_audio=args.drop_audio, drop_text=args.drop_text, grad_accum=args.grad_accum,
+        save_every=args.save_every, seed=args.seed, mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing, cache_dir=Path(args.cache) if args.cache else None,
+        extra={"preset": args.preset, "init": args.init},
+    )
+    config.check()  # before loading anything
+    spec = SampleSpec(num_frames=config.num_frames, fps=config.fps, width=width, height=height)
+    if args.stage == 2 and args.init is None:
+        print("note: stage 2 usually starts from stage 1's checkpoint (--init RUN/modules.safetensors)", file=sys.stderr)
+    real = {"dit": args.dit, "weights": args.weights} if args.preset == "real" else {}
+    pipe = load_pipeline(args.preset, device=args.device, adapter=args.init, **real)
+
+    def cached(done: int, total: int, name: str, status: str) -> None:
+        print(f"  cache {done}/{total}: {name} ({status})", file=sys.stderr)
+
+    summary = cache_dataset(pipe, config.data, spec, config.cache_dir, progress=cached)
+    dataset = TrainingSet.from_cache_dir(summary.cache_dir)
+    every = max(1, config.steps // 20)
+
+    def report(step: int, total: int, loss: float) -> None:
+        if step % every == 0 or step == total:
+            print(f"  step {step}/{total}: loss {loss:.4f}", file=sys.stderr)
+
+    result = train(pipe, config, dataset, progress=report)
+    print(f"wrote {result.checkpoint} ({result.steps} steps on {result.clips} clips, stage {config.stage}); "
+          f"use it with `python -m fantasy generate --adapter {result.checkpoint} ...` or the app's FANTASY_ADAPTER")
+    return 0
