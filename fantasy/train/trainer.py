@@ -86,7 +86,10 @@ class TrainResult:
 
 
 def prepare_modules(pipe, modules: tuple[str, ...]) -> dict[str, torch.nn.Parameter]:
-    """Install missing motion/identity modules (zero-initialised), freeze everything else; return what trains."""
+    """Install missing motion/identity modules (zero-initialised), freeze everything else; return what trains.
+
+    Trained weights become fp32 (the processors compute their branch in their weights' dtype and cast back).
+    """
     if "motion" in modules and pipe.motion_context is None:
         pipe.motion_context = install_motion_module(pipe.transformer)
     if "identity" in modules and pipe.identity_context is None:
@@ -98,6 +101,7 @@ def prepare_modules(pipe, modules: tuple[str, ...]) -> dict[str, torch.nn.Parame
     for key, param in trainable_parameters(pipe).items():
         group = "motion" if key.startswith(MOTION_PREFIX) else "identity" if IDENTITY_KEY.match(key) else "audio"
         if group in modules:
+            param.data = param.data.float()  # fp32 master weights: AdamW steps vanish in bf16 weights
             param.requires_grad_(True)
             trained[key] = param
     return trained
