@@ -27,7 +27,7 @@ from fantasy.train.clips import DEFAULT_PROMPT, SampleSpec, discover_clips, load
 from fantasy.train.dataset import TrainingSet
 from fantasy.train.fingerprint import cache_fingerprint, pipeline_fingerprint
 from fantasy.train.labels import body_score, expression_score, lip_token_mask, motion_labels, rank_normalise
-from tests.synthetic_clips import FPS, speech_samples, syllable_envelope, talking_frames, write_mp4, write_wav
+from tests.synthetic_clips import speech_samples, syllable_envelope, talking_frames, write_mp4, write_wav
 from tests.synthetic_faces import draw_face, measured_landmarks, template_landmarks
 
 SPEC = SampleSpec(num_frames=17, fps=25, width=64, height=64)
