@@ -21,6 +21,7 @@ from fantasy.errors import (
     TrainingDataError,
     WeightsMissing,
 )
+from fantasy.metrics.frames import read_video
 from fantasy.train import tracks
 from fantasy.train.cache import CachedClip, cache_dataset, encode_sample, encode_text, read_metadata
 from fantasy.train.clips import DEFAULT_PROMPT, SampleSpec, discover_clips, load_sample
@@ -99,6 +100,13 @@ def test_sample_spec_rejects_shapes_the_model_cannot_take() -> None:
 
 
 # ---------------------------------------------------------------- samples
+
+
+def test_read_video_stops_after_max_seconds(tmp_path) -> None:
+    path = write_mp4(tmp_path / "v.mp4", talking_frames(np.zeros(20), size=32))
+    assert read_video(path, max_seconds=0.5).num_frames == 13  # frames shown in [0, 0.5 s) at 25 fps
+    assert read_video(path, max_seconds=0.48).num_frames == 12  # exactly 12 frames' time: no extra frame
+    assert read_video(path, max_seconds=10.0).num_frames == 20
 
 
 def test_sample_takes_nearest_source_frames_at_the_training_rate(tmp_path) -> None:
