@@ -89,7 +89,8 @@ class CachedClip:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.partial")
-        save_file({k: v.contiguous() for k, v in self.tensors().items()}, str(tmp), metadata=self.metadata())
+        tensors = {k: v.detach().clone().contiguous() for k, v in self.tensors().items()}  # no shared storage
+        save_file(tensors, str(tmp), metadata=self.metadata())
         os.replace(tmp, path)
         return path
 
