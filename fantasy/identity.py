@@ -91,15 +91,21 @@ def has_identity_module(transformer) -> bool:
 
 
 def face_crop(portrait: Image.Image, box) -> Image.Image:
-    """The square face crop the identity branch was trained on (`fantasy.face.square_face_crop`)."""
+    """The square crop the identity branch sees, in training and inference alike (`fantasy.face.square_face_crop`)."""
     from fantasy.face import square_face_crop
 
     return Image.fromarray(square_face_crop(np.asarray(portrait.convert("RGB")), box, expand=FACE_EXPAND))
 
 
 def portrait_face_crop(portrait: Image.Image, analyzer=None) -> Image.Image:
-    """Find the portrait's face with face-alignment and crop it; `NoFaceFound` / `WeightsMissing` otherwise."""
-    from fantasy.face import FaceAnalyzer
+    """The portrait's face crop, around its landmark box as in training (`fantasy.train.cache`).
+
+    `NoFaceFound` / `WeightsMissing` (face-alignment weights absent) are the user's errors.
+    """
+    from fantasy.face import FaceAnalyzer, FaceBox
 
     analyzer = analyzer or FaceAnalyzer()
-    return face_crop(portrait, analyzer.require_face(np.asarray(portrait.convert("RGB"))))
+    rgb = np.asarray(portrait.convert("RGB"))
+    box = analyzer.require_face(rgb)
+    points = analyzer.landmarks(rgb, box=box)
+    return face_crop(portrait, box if points is None else FaceBox.from_landmarks(points))

@@ -260,3 +260,26 @@ def test_generate_reports_the_motion_mode_and_needs_a_face_for_identity(tmp_path
     with pytest.raises(WeightsMissing, match="python -m fantasy download"):
         generate(pipe, EXAMPLE_IMAGE, speech_wav, out, small, get_preset("tiny"))
     assert not out.exists()
+
+
+def test_inference_face_crop_uses_the_landmark_box_like_training():
+    import numpy as np
+
+    from fantasy.face import FaceBox
+    from fantasy.identity import FACE_EXPAND, face_crop, portrait_face_crop
+
+    class StubAnalyzer:
+        def require_face(self, rgb):
+            return FaceBox(10, 10, 90, 110, 0.99)  # detector box: larger than the landmarks' box
+
+        def landmarks(self, rgb, box=None):
+            points = np.zeros((68, 2))
+            points[:, 0] = np.linspace(40, 80, 68)
+            points[:, 1] = np.linspace(50, 90, 68)
+            return points
+
+    portrait = Image.fromarray(np.random.default_rng(0).integers(0, 255, (160, 160, 3), dtype=np.uint8))
+    crop = portrait_face_crop(portrait, StubAnalyzer())
+    assert crop.size == (round(40 * FACE_EXPAND),) * 2  # the 40 px landmark box, not the 100 px detector box
+    expected = face_crop(portrait, FaceBox.from_landmarks(StubAnalyzer().landmarks(None)))
+    assert np.array_equal(np.asarray(crop), np.asarray(expected))

@@ -37,7 +37,8 @@ from safetensors.torch import save_file
 
 from fantasy.audio import speech_features
 from fantasy.errors import TrainingDataError
-from fantasy.face import FaceBox, square_face_crop
+from fantasy.face import FaceBox
+from fantasy.identity import face_crop
 from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT
 from fantasy.train.clips import SampleSpec, TrainingSample, discover_clips, load_sample
 from fantasy.train.fingerprint import CACHE_FORMAT, TEXT_LENGTH, cache_fingerprint, source_signature
@@ -159,7 +160,7 @@ def encode_sample(
     frames = sample.frames
     num_frames, height, width = frames.shape[:3]
     first = Image.fromarray(frames[0])
-    face = Image.fromarray(square_face_crop(frames[0], FaceBox.from_landmarks(sample.landmarks[0])))
+    face = face_crop(first, FaceBox.from_landmarks(sample.landmarks[0]))  # the crop inference uses
     pixels = torch.from_numpy(frames[0]).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1.0
     if prompt_embeds is None:
         prompt_embeds = encode_text(pipe, sample.prompt)
