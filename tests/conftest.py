@@ -40,3 +40,17 @@ def tiny_pipe():
     from fantasy.presets import load_pipeline
 
     return load_pipeline("tiny")
+
+
+def tiny_call_args(pipe, speech_wav: Path) -> dict:
+    """Arguments for one short (9-frame, 2-step) tiny-pipeline call on `speech_wav`, fixed seed."""
+    import torch
+    from PIL import Image
+
+    from fantasy.audio import clip_samples, load_audio
+
+    samples = clip_samples(load_audio(speech_wav), 9, 23)
+    windows, lengths = pipe.encode_audio(samples, 9)
+    return dict(image=Image.new("RGB", (32, 32), (90, 120, 160)), audio_windows=windows, audio_lengths=lengths,
+                prompt="a person is talking", num_frames=9, num_inference_steps=2,
+                generator=torch.Generator().manual_seed(0))

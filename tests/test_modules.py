@@ -23,6 +23,7 @@ from fantasy.quantize import _skipped_by_quantization
 from fantasy.tiny import CLIP_HIDDEN, CONTEXT_DIM, tiny_transformer
 from fantasy.trained_modules import save_modules, trainable_parameters
 
+from .conftest import tiny_call_args
 from .test_adapter import IMAGE_TOKENS, audio, inputs
 
 
@@ -194,7 +195,7 @@ def test_modules_file_round_trip_installs_and_changes_the_pipeline(tmp_path, spe
     plain = load_pipeline("tiny")
     assert plain.motion_mode == TRAINING_FREE_MODE
     face = Image.new("RGB", (32, 32), (200, 150, 120))
-    args = _call_args(fresh, speech_wav)
+    args = tiny_call_args(fresh, speech_wav)
     with pytest.raises(ValueError, match="pass the portrait's face crop"):
         fresh(**args)
     out_a = fresh(**args, motion=(0.2, 0.2), face_image=face)
@@ -220,15 +221,6 @@ def test_incomplete_modules_file_is_refused(tmp_path):
     with pytest.raises(CheckpointMismatch, match=r"Missing 1: blocks\.1\.attn2\.processor\.identity\.v_proj\.weight"):
         load_pipeline("tiny", adapter=tmp_path / "cut.safetensors")
 
-
-def _call_args(pipe, speech_wav):
-    from fantasy.audio import clip_samples, load_audio
-
-    samples = clip_samples(load_audio(speech_wav), 9, 23)
-    windows, lengths = pipe.encode_audio(samples, 9)
-    return dict(image=Image.new("RGB", (32, 32), (90, 120, 160)), audio_windows=windows, audio_lengths=lengths,
-                prompt="a person is talking", num_frames=9, num_inference_steps=2,
-                generator=torch.Generator().manual_seed(0))
 
 
 # ---- through generate(): the result reports the mode; the identity module needs a face -------

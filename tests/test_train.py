@@ -19,6 +19,7 @@ from fantasy.train.objective import AdapterTrainingModel, audio_windows, flow_ma
 from fantasy.train.trainer import CHECKPOINT_NAME, LOG_NAME, TrainConfig, make_batch, prepare_modules, train
 from fantasy.trained_modules import trainable_parameters
 
+from .conftest import tiny_call_args
 from .synthetic_clips import speech_samples, syllable_envelope, talking_frames, write_mp4, write_wav
 from .synthetic_faces import measured_landmarks
 
@@ -85,7 +86,7 @@ def test_thirty_steps_lower_the_loss_and_the_checkpoint_reloads(training_set, tm
         torch.testing.assert_close(param, trainable_parameters(pipe)[key], rtol=0, atol=0, msg=key)
     untrained = load_pipeline("tiny")
     prepare_modules(untrained, config.modules)  # same modules, zero-initialised
-    args = _call_args(untrained, speech_wav)
+    args = tiny_call_args(untrained, speech_wav)
     face = Image.new("RGB", (32, 32), (180, 140, 120))
     assert (reloaded(**args, face_image=face) - untrained(**args, face_image=face)).abs().max() > 1e-4
 
@@ -144,15 +145,6 @@ def test_bad_training_settings_are_named():
     with pytest.raises(InvalidSetting, match="modules must be some of audio, motion, identity, got face"):
         TrainConfig(data=".", out=".", modules=("face",)).check()
 
-
-def _call_args(pipe, speech_wav):
-    from fantasy.audio import clip_samples, load_audio
-
-    samples = clip_samples(load_audio(speech_wav), 9, 23)
-    windows, lengths = pipe.encode_audio(samples, 9)
-    return dict(image=Image.new("RGB", (32, 32), (90, 120, 160)), audio_windows=windows, audio_lengths=lengths,
-                prompt="a person is talking", num_frames=9, num_inference_steps=2,
-                generator=torch.Generator().manual_seed(0))
 
 
 def test_train_command_then_generate_with_its_checkpoint(dataset_dir, tmp_path, capsys, monkeypatch):

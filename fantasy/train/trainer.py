@@ -132,6 +132,7 @@ def _shuffled(dataset, generator: torch.Generator) -> Iterator[dict]:
 def train(pipe, config: TrainConfig, dataset, progress: Progress | None = None) -> TrainResult:
     """Train on a `fantasy.train.dataset.TrainingSet` (already cached with this pipeline's encoders)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
     config.check()
@@ -183,6 +184,8 @@ def train(pipe, config: TrainConfig, dataset, progress: Progress | None = None) 
                 _save(pipe, config.out, step)
     finally:
         log.close()
+        # accelerate keeps one process-wide state; forget its precision so a later run may choose another.
+        AcceleratorState._reset_state(reset_partial_state=False)
         pipe.transformer.eval()
         for param in trained.values():
             param.requires_grad_(False)
