@@ -60,11 +60,19 @@ class SpeedOptions:
     fuse_lora: bool = True
 
     def describe(self) -> str:
-        parts = ["batched guidance"] * self.batch_guidance
-        parts += [f"attention {self.attention}"] * bool(self.attention)
-        parts += ["regional compile"] * self.compile + ["fp8 linears"] * self.fp8_linears
-        parts += [f"step cache {self.step_cache} ({self.cache_threshold:g})"] * bool(self.step_cache)
-        parts += [f"few-step LoRA {Path(self.distilled_lora).name}"] * bool(self.distilled_lora)
+        parts = []
+        if self.batch_guidance:
+            parts.append("batched guidance")
+        if self.attention:
+            parts.append(f"attention {self.attention}")
+        if self.compile:
+            parts.append("regional compile")
+        if self.fp8_linears:
+            parts.append("fp8 linears")
+        if self.step_cache:
+            parts.append(f"step cache {self.step_cache} ({self.cache_threshold:g})")
+        if self.distilled_lora:
+            parts.append(f"few-step LoRA {Path(self.distilled_lora).name}")
         return ", ".join(parts) or "plain"
 
 
