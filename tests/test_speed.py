@@ -353,3 +353,40 @@ def test_compiled_blocks_match_the_plain_path(tiny_pipe, conditioning):
     torch.testing.assert_close(run(pipe, conditioning), plain, rtol=1e-5, atol=1e-5)
     pipe.batch_guidance = True
     torch.testing.assert_close(run(pipe, conditioning), plain_batched, rtol=1e-5, atol=1e-5)
+
+
+# ---- command line -----------------------------------------------------------------------------------
+
+
+def cli_generate(tmp_path, *flags):
+    from fantasy.cli import main
+
+    from .conftest import EXAMPLE_SPEECH
+
+    return main(["generate", "--image", str(EXAMPLE_IMAGE), "--audio", str(EXAMPLE_SPEECH), "--out",
+                 str(tmp_path / "o.mp4"), "--size", "64", "--max-duration", "1", *flags])
+
+
+def test_cli_fast_mode_defaults_to_4_steps_of_1_pass(tmp_path, capsys):
+    lora = write_lightx2v_lora(tmp_path / "lightx2v.safetensors")
+    assert cli_generate(tmp_path, "--fast", str(lora), "--step-cache", "fbc:0") == 0
+    out, err = capsys.readouterr()
+    assert "4 steps x 1 passes" in out
+    assert "speed: few-step LoRA lightx2v.safetensors (fused), stochastic sampler" in err
+    assert "speed: step cache: fbc, threshold 0" in err
+    assert cli_generate(tmp_path, "--fast", str(lora), "--steps", "2", "--audio-guidance", "3") == 0
+    assert "2 steps x 2 passes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--step-cache", "tea"], "unknown step cache 'tea'"),
+    (["--attention", "fastest"], "unknown attention backend 'fastest'"),
+    (["--fast", "missing.safetensors"], "LoRA file not found: missing.safetensors"),
+    (["--attention", "cudnn"], "needs a CUDA GPU"),
+    (["--fp8-linears"], "fp8 linears need"),
+])
+def test_cli_speed_errors_exit_2_with_one_line(tmp_path, capsys, flags, message):
+    assert cli_generate(tmp_path, *flags) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o.mp4").exists()
