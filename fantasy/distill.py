@@ -47,11 +47,15 @@ def load_distilled_lora(pipe, path: str | Path, scale: float = 1.0, fuse: bool =
     path = Path(path)
     if not path.is_file():
         raise InputFileNotFound(f"LoRA file not found: {path}")
-    try:
-        pipe.load_lora_weights(str(path), adapter_name=LORA_NAME)
-    except (ValueError, KeyError, RuntimeError) as exc:
+    try:  # reading and key conversion: errors here are about the file
+        state = pipe.lora_state_dict(str(path))
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
         first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        raise CheckpointMismatch(f"{path.name} is not a Wan2.1 LoRA that diffusers can load: {first}") from exc
+        raise CheckpointMismatch(f"{path.name} is not a Wan2.1 LoRA that diffusers can read: {first}") from exc
+    if not any(key.startswith("transformer.") for key in state):
+        raise CheckpointMismatch(f"{path.name} holds no LoRA for the Wan DiT's layers (keys like "
+                                 "diffusion_model.blocks.0.self_attn.q.lora_down.weight)")
+    pipe.load_lora_weights(state, adapter_name=LORA_NAME)
     wrapped = lora_layer_names(pipe.transformer)
     if not wrapped:
         raise CheckpointMismatch(f"{path.name} holds no LoRA for the Wan DiT's layers")

@@ -127,9 +127,12 @@ def check_attention(name: str, device: torch.device) -> str:
     return backend
 
 
-def set_attention(transformer, name: str) -> str:
-    """Route every attention of the DiT (our audio processors included) through one backend."""
-    backend = check_attention(name, _device_of(transformer))
+def set_attention(transformer, name: str, device: torch.device | None = None) -> str:
+    """Route every attention of the DiT (our audio processors included) through one backend.
+
+    `device`: where the DiT runs, when offloading keeps it elsewhere at rest (default: where it is).
+    """
+    backend = check_attention(name, device or _device_of(transformer))
     transformer.set_attention_backend(backend)
     return backend
 
@@ -173,8 +176,8 @@ def check_options(pipe, options: SpeedOptions) -> None:
     """Every check that can fail, before the pipeline is touched."""
     from fantasy.quantize import check_fp8_matmuls
 
-    if options.attention:
-        check_attention(options.attention, _device_of(pipe.transformer))
+    if options.attention:  # where it will run: offloading keeps the DiT on the CPU at rest
+        check_attention(options.attention, pipe._execution_device)
     if options.step_cache:
         parse_step_cache(f"{options.step_cache}:{options.cache_threshold}")
     if options.fp8_linears:
@@ -205,7 +208,7 @@ def apply_speed(pipe, options: SpeedOptions) -> list[str]:
     if options.fp8_linears:
         done.append(f"fp8 linears: {len(quantize_fp8_linears(transformer))} layers")
     if options.attention:
-        done.append(f"attention backend: {set_attention(transformer, options.attention)}")
+        done.append(f"attention backend: {set_attention(transformer, options.attention, pipe._execution_device)}")
     if options.compile:  # the cache hooks' Python control flow between blocks cannot be one graph
         compile_blocks(transformer, fullgraph=not options.step_cache)
         done.append("regional compile of the repeated blocks (first step compiles)")
