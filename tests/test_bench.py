@@ -50,6 +50,23 @@ def test_the_floor_at_512x512x81_is_091_pflop_per_pass():
         flops.block_linear / 1979e12 + (flops.attention + flops.other) / 989e12)
 
 
+def test_full_size_models_have_the_expected_parameter_counts():
+    """Built on the meta device (no memory). The DiT (16.39 B) and VAE (126.9 M) match the counts of the released
+    weights; umT5-XXL's encoder (5.68 B), CLIP ViT-H/14 (0.63 B) and wav2vec2-base (94 M) their known sizes."""
+    from bench.models import build_random_bf16, built_on, full_encoders
+
+    meta = torch.device("meta")
+    counts = {name: sum(p.numel() for p in built_on(meta, torch.bfloat16, build).parameters())
+              for name, build in full_encoders().items()}
+    counts["dit"] = sum(p.numel() for p in build_random_bf16(FULL["config"], meta, torch.bfloat16).parameters())
+    assert counts == {"text_encoder": 5_680_910_336,  # umT5-XXL encoder
+                      "image_encoder": 630_766_080,  # CLIP ViT-H/14 vision tower
+                      "audio_encoder": 94_371_712,  # wav2vec2-base
+                      "audio_proj": 1_576_960,  # 768 -> 2048 + LayerNorm
+                      "vae": 126_892_531,  # Wan2.1 VAE
+                      "dit": 16_394_878_784}  # Wan2.1-I2V-14B
+
+
 def test_peak_rates_come_from_the_device_name():
     assert peak_tflops("NVIDIA H100 80GB HBM3") == (989.0, 1979.0)
     assert peak_tflops("NVIDIA H100 PCIe") == (756.0, 1513.0)
