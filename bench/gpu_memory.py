@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.models import FULL, TINY, build_random_bf16, dit_inputs, memory_gib, sync  # noqa: E402
 from fantasy.adapter import AudioContext, install_audio_adapter  # noqa: E402
 from fantasy.offload import group_offload  # noqa: E402
 from fantasy.quantize import (  # noqa: E402
@@ -41,24 +42,6 @@ from fantasy.quantize import (  # noqa: E402
     quantize_weight_only,
 )
 from fantasy.wan_keys import to_original_state_dict  # noqa: E402
-from fantasy.windows import split_into_windows  # noqa: E402
-
-FULL = {
-    "config": dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36,
-                   out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
-                   qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=1280, added_kv_proj_dim=5120,
-                   rope_max_seq_len=1024),
-    "image_tokens": 257, "context_dim": 2048, "frames": 81, "size": 512, "text_tokens": 512,
-}
-TINY = {
-    "config": dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=128, in_channels=36,
-                   out_channels=16, text_dim=256, freq_dim=256, ffn_dim=512, num_layers=2, cross_attn_norm=True,
-                   qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=256, added_kv_proj_dim=256,
-                   rope_max_seq_len=1024),
-    "image_tokens": 17, "context_dim": 64, "frames": 9, "size": 64, "text_tokens": 32,  # our attn2 splits by CLIP count
-}
-FPS = 23
-GiB = 1024**3
 
 
 @dataclass
@@ -70,35 +53,6 @@ class Row:
     step_peak_gib: float | None = None
     step_s: float | None = None
     error: str | None = None
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _mem(device: torch.device, peak: bool) -> float | None:
-    if device.type != "cuda":
-        return None
-    return (torch.cuda.max_memory_allocated(device) if peak else torch.cuda.memory_allocated(device)) / GiB
-
-
-def build_random_bf16(config: dict, device: torch.device, dtype: torch.dtype):
-    """The transformer with random weights created on `device` (fp32 for the modules diffusers keeps fp32)."""
-    from diffusers import WanTransformer3DModel
-
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = WanTransformer3DModel(**config)
-    finally:
-        torch.set_default_dtype(previous)
-    keep = set(model._keep_in_fp32_modules or [])
-    for name, module in model.named_modules():
-        if keep & set(name.split(".")):
-            module.to(torch.float32)
-    return model.eval()
 
 
 def _gguf_block(quant) -> tuple[int, int, list[tuple[int, int]]]:
@@ -168,28 +122,8 @@ def build(mode: str, spec: dict, device: torch.device, dtype: torch.dtype, vram:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         group_offload(model, device)
-    _sync(device)
+    sync(device)
     return model, time.perf_counter() - started
-
-
-def inputs(spec: dict, device: torch.device, dtype: torch.dtype) -> dict:
-    config, frames, size = spec["config"], spec["frames"], spec["size"]
-    latent_frames = (frames - 1) // 4 + 1
-    gen = torch.Generator().manual_seed(0)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=gen).to(device, dtype)
-
-    audio_tokens = round(frames / FPS * 50)
-    windows, lengths = split_into_windows(torch.randn(1, audio_tokens, spec["context_dim"], generator=gen), frames)
-    return {
-        "latents": rand(1, config["in_channels"], latent_frames, size // 8, size // 8),
-        "text": rand(1, spec["text_tokens"], config["text_dim"]),
-        "negative": rand(1, spec["text_tokens"], config["text_dim"]),
-        "image": rand(1, spec["image_tokens"], config["image_dim"]),
-        "windows": windows.to(device, dtype), "lengths": lengths.to(device),
-        "timestep": torch.tensor([500.0], device=device),
-    }
 
 
 @torch.no_grad()
@@ -209,19 +143,19 @@ def run_mode(mode: str, spec: dict, device: torch.device, dtype: torch.dtype, vr
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         model, row.load_s = build(mode, spec, device, dtype, vram, audio)
-        row.weights_gib, row.load_peak_gib = _mem(device, False), _mem(device, True)
-        x = inputs(spec, device, dtype)
+        row.weights_gib, row.load_peak_gib = memory_gib(device, False), memory_gib(device, True)
+        x = dit_inputs(spec, device, dtype)
         with torch.no_grad(), audio.use(x["windows"], x["lengths"], 1.0):  # warm-up pass, not timed
             model(hidden_states=x["latents"], timestep=x["timestep"], encoder_hidden_states=x["text"],
                   encoder_hidden_states_image=x["image"], return_dict=False)
-        _sync(device)
+        sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         started = time.perf_counter()
         guidance_step(model, audio, x)
-        _sync(device)
+        sync(device)
         row.step_s = time.perf_counter() - started
-        row.step_peak_gib = _mem(device, True)
+        row.step_peak_gib = memory_gib(device, True)
     except Exception as exc:  # one failing mode (e.g. fp8 on an A100) must not hide the others
         row.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
     finally:

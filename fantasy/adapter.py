@@ -16,7 +16,7 @@ paper's identity branch when one is installed (`fantasy.identity`), added at the
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -52,29 +52,45 @@ class AudioContext:
 
     windows: [B or 1, T_lat, W, C] projected audio windows; lengths: [T_lat] or [B, T_lat] valid tokens;
     scale: the audio weight, a float or a [B] tensor (batched guidance runs passes with different scales).
+
+    The data-dependent facts (is the branch on at all, which window slots are padding) are settled
+    once per call in `use`, in eager code: the processors then never branch on tensor values, so
+    `torch.compile(fullgraph=True)` can trace them, and a GPU syncs once per pass instead of per block.
     """
 
     windows: torch.Tensor | None = None
     lengths: torch.Tensor | None = None
     scale: float | torch.Tensor = 1.0
+    _active: bool = field(default=False, init=False, repr=False)
+    _key_valid: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     @contextmanager
     def use(self, windows: torch.Tensor | None, lengths: torch.Tensor | None, scale: float | torch.Tensor):
         """Set the audio for the duration of a `with` block, then clear it (no stale audio leaks)."""
-        previous = (self.windows, self.lengths, self.scale)
+        previous = (self.windows, self.lengths, self.scale, self._active, self._key_valid)
         self.windows, self.lengths, self.scale = windows, lengths, scale
+        self._active, self._key_valid = self._settle()
         try:
             yield self
         finally:
-            self.windows, self.lengths, self.scale = previous
+            self.windows, self.lengths, self.scale, self._active, self._key_valid = previous
+
+    def _settle(self) -> tuple[bool, torch.Tensor | None]:
+        """(branch on?, [T_lat, W] or [B, T_lat, W] valid-key mask, None when no slot is padding)."""
+        if self.windows is None:
+            return False, None
+        scale = self.scale
+        active = bool(torch.any(scale != 0)) if isinstance(scale, torch.Tensor) else scale != 0
+        valid = torch.arange(self.windows.shape[2], device=self.lengths.device) < self.lengths[..., None]
+        return active, None if bool(valid.all()) else valid
 
     @property
     def active(self) -> bool:
-        if self.windows is None:
-            return False
-        if isinstance(self.scale, torch.Tensor):
-            return bool(torch.any(self.scale != 0))
-        return self.scale != 0
+        return self._active
+
+    @property
+    def key_valid(self) -> torch.Tensor | None:
+        return self._key_valid
 
 
 class FantasyAudioAttnProcessor(nn.Module):
@@ -160,13 +176,16 @@ class FantasyAudioAttnProcessor(nn.Module):
         q = query.reshape(batch * num_latent, seq // num_latent, heads, head_dim).transpose(1, 2)
         k = self.k_proj(windows).reshape(batch * num_latent, width, heads, head_dim).transpose(1, 2)
         v = self.v_proj(windows).reshape(batch * num_latent, width, heads, head_dim).transpose(1, 2)
-        lengths = self.audio.lengths.to(query.device)
-        lengths = lengths.expand(batch, num_latent) if lengths.dim() == 1 else lengths.expand(batch, -1)
-        valid = torch.arange(width, device=query.device)[None, None, :] < lengths[..., None]  # [B, T, W]
-        mask = None if bool(valid.all()) else valid.reshape(batch * num_latent, 1, 1, width)
+        mask = None
+        valid = self.audio.key_valid
+        if valid is not None:  # [T, W] or [B, T, W] -> [B*T, 1, 1, W]
+            valid = valid.to(query.device).expand(batch, num_latent, width)
+            mask = valid.reshape(batch * num_latent, 1, 1, width)
+        # Plain SDPA, not the dispatcher: it needs the key mask, which flash/sage backends do not take,
+        # and it is a tiny share of the work (each frame's tokens against a window of ~20 audio tokens).
         out = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask)
         if mask is not None:  # a window with no valid token contributes nothing (SDPA would give NaN)
-            out = out.masked_fill(~valid.reshape(batch * num_latent, 1, 1, width).any(-1, keepdim=True), 0.0)
+            out = out.masked_fill(~mask.any(-1, keepdim=True), 0.0)
         return out.transpose(1, 2).reshape(batch, seq, heads * head_dim).type_as(query)
 
 

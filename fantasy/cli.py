@@ -1,4 +1,4 @@
-"""`python -m fantasy ...`: generate, convert adapter weights, download weights, eval, train.
+"""`python -m fantasy ...`: generate, convert adapter weights, download weights, eval, train, bench.
 
 User errors (`FantasyError`) print one clear line and exit with status 2; no traceback.
 """
@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from fantasy.errors import FantasyError
+from fantasy.errors import FantasyError, InputFileNotFound, InvalidSetting
 
 
 def _add_generate(sub) -> None:
@@ -26,9 +26,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--negative-prompt", default=None, help="default: Wan's negative prompt + 'motionless'")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (preset default: 30)")
-    p.add_argument("--text-guidance", type=float, default=5.0)
-    p.add_argument("--audio-guidance", type=float, default=5.0)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (preset default: 30; --fast: 4)")
+    p.add_argument("--text-guidance", type=float, default=None, help="default 5 (--fast: 1)")
+    p.add_argument("--audio-guidance", type=float, default=None, help="default 5 (--fast: 1; 2 adds a pass per step)")
     p.add_argument("--audio-weight", type=float, default=1.0)
     p.add_argument("--fps", type=int, default=23)
     p.add_argument("--max-frames", type=int, default=81, help="frames per window (the release's clip: 81)")
@@ -47,9 +47,59 @@ def _add_generate(sub) -> None:
     p.add_argument("--dit", default="q8_0", choices=list(DIT_MODES), help="real preset: how the 14B DiT is stored")
     p.add_argument("--vram", default="resident", choices=list(VRAM_MODES), help="real preset: offloading")
     p.add_argument("--weights", default=None, help="real preset: weights dir (default weights/ or $FANTASY_WEIGHTS)")
-    p.add_argument("--batch-guidance", action="store_true",
-                   help="run the 3 guidance passes as one batch (same result, faster on a GPU with memory to spare)")
+    _add_speed_flags(p)
     p.set_defaults(run=_run_generate)
+
+
+def _add_speed_flags(p) -> None:
+    from fantasy.speed import ATTENTION_ALIASES, DEFAULT_CACHE_THRESHOLD
+
+    g = p.add_argument_group("speed", "fast paths (see README, Speed); all off is the release's path")
+    g.add_argument("--batch-guidance", action="store_true",
+                   help="run the 3 guidance passes as one batch (same result, faster on a GPU with memory to spare)")
+    g.add_argument("--attention", default=None, metavar="NAME",
+                   help=f"attention backend: {', '.join(ATTENTION_ALIASES)} or a diffusers backend name "
+                        "(default: diffusers' own, torch SDPA); GPU kernels need their package")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the repeated DiT blocks (regional; the first step compiles)")
+    g.add_argument("--fp8-linears", action="store_true",
+                   help="fp8 matmuls in the DiT blocks (torchao; --dit bf16 on a GPU with compute capability >= 8.9)")
+    g.add_argument("--step-cache", default=None, metavar="fbc[:THRESH]",
+                   help=f"FirstBlockCache: reuse the other blocks' result while the first block's output barely "
+                        f"changes (threshold default {DEFAULT_CACHE_THRESHOLD}; higher = faster, less exact)")
+    g.add_argument("--fast", default=None, metavar="LORA",
+                   help="few-step mode with a lightx2v step/CFG-distilled Wan2.1-I2V-14B LoRA (.safetensors): "
+                        "4 steps, text and audio guidance 1 (1 pass per step) unless set")
+    g.add_argument("--lora-scale", type=float, default=1.0, help="--fast: the LoRA's strength (default 1)")
+    g.add_argument("--no-fuse-lora", action="store_true",
+                   help="--fast: keep the LoRA as separate layers instead of folding it into the weights")
+
+
+def speed_options(args):
+    """`SpeedOptions` from the flags; spelling errors are caught here, before any model loads."""
+    from fantasy.speed import DEFAULT_CACHE_THRESHOLD, SpeedOptions, attention_backend_name, parse_step_cache
+
+    kind, threshold = parse_step_cache(args.step_cache) if args.step_cache else (None, DEFAULT_CACHE_THRESHOLD)
+    if args.attention:
+        attention_backend_name(args.attention)
+    return SpeedOptions(
+        batch_guidance=args.batch_guidance, attention=args.attention, compile=args.compile,
+        fp8_linears=args.fp8_linears, step_cache=kind, cache_threshold=threshold, distilled_lora=args.fast,
+        lora_scale=args.lora_scale, fuse_lora=not args.no_fuse_lora,
+    )
+
+
+def _guidance_defaults(args) -> tuple[int | None, float, float]:
+    """(steps, text guidance, audio guidance): the user's values, else the release's or the few-step mode's."""
+    from fantasy.distill import FEW_STEP_AUDIO_GUIDANCE, FEW_STEP_TEXT_GUIDANCE, FEW_STEPS
+    from fantasy.generate import Settings
+
+    plain = Settings()
+    steps = FEW_STEPS if args.fast else plain.steps
+    text = FEW_STEP_TEXT_GUIDANCE if args.fast else plain.text_guidance
+    audio = FEW_STEP_AUDIO_GUIDANCE if args.fast else plain.audio_guidance
+    pick = lambda given, default: default if given is None else given  # noqa: E731
+    return pick(args.steps, steps), pick(args.text_guidance, text), pick(args.audio_guidance, audio)
 
 
 def _run_generate(args) -> int:
@@ -60,9 +110,13 @@ def _run_generate(args) -> int:
     if Path(args.out).suffix.lower() != ".mp4":
         raise FantasyError(f"--out must end in .mp4, got {args.out}")
     preset = get_preset(args.preset)
+    speed = speed_options(args)
+    if speed.distilled_lora and not Path(speed.distilled_lora).is_file():
+        raise InputFileNotFound(f"LoRA file not found: {speed.distilled_lora}")
+    steps, text_guidance, audio_guidance = _guidance_defaults(args)
     settings = Settings(
         prompt=args.prompt, negative_prompt=args.negative_prompt or DEFAULT_NEGATIVE_PROMPT, seed=args.seed,
-        steps=args.steps, text_guidance=args.text_guidance, audio_guidance=args.audio_guidance,
+        steps=steps, text_guidance=text_guidance, audio_guidance=audio_guidance,
         audio_weight=args.audio_weight, fps=args.fps, max_frames=args.max_frames,
         max_duration=args.max_duration, longest_edge=args.size,
     )
@@ -72,7 +126,10 @@ def _run_generate(args) -> int:
     started = time.perf_counter()
     real = {"dit": args.dit, "vram": args.vram, "weights": args.weights} if preset.name == "real" else {}
     pipe = load_pipeline(preset.name, device=args.device, adapter=args.adapter, **real)
-    pipe.batch_guidance = args.batch_guidance
+    from fantasy.speed import apply_speed
+
+    for line in apply_speed(pipe, speed):
+        print(f"  speed: {line}", file=sys.stderr)
     if args.expression is not None or args.body is not None:
         from fantasy.motion import motion_controls
 
@@ -138,12 +195,93 @@ def _run_download(args) -> int:
     return 0
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="time the pipeline: --gpu the full 14B DiT + encoders + VAE (random weights), --cpu the tiny run",
+        description="--gpu: a whole guidance step of the Wan2.1-I2V-14B DiT + adapter (random weights, no download) at "
+                    "512x512x81 and 832x480x81 (s/step, s/pass, peak GiB, fraction of the FLOP floor), the encoders "
+                    "and the VAE; --gpu --tiny runs that code on a tiny config (CPU). --cpu: the tiny preset end to "
+                    "end on the examples (s/step etc.), for regressions. Default: --gpu with a GPU, else --cpu.",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--gpu", action="store_true", help="full-size DiT, encoders and VAE on the GPU")
+    mode.add_argument("--cpu", action="store_true", help="the tiny preset end to end")
+    p.add_argument("--tiny", action="store_true", help="--gpu: tiny config, runs on a CPU (a dry run for CI)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
+    p.add_argument("--sizes", nargs="+", default=None, metavar="WxH", help="--gpu: default 512x512 832x480")
+    p.add_argument("--frames", type=int, default=None, help="--gpu: frames per clip (default 81)")
+    p.add_argument("--repeat", type=int, default=3, help="--gpu: timed runs per figure (mean), after --warmup")
+    p.add_argument("--warmup", type=int, default=1, help="--gpu: untimed runs first (compilation happens here)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="--gpu: the GPU's dense bf16 peak, for the floor (known: H100, H200, A100)")
+    p.add_argument("--peak-fp8-tflops", type=float, default=None, help="--gpu: dense fp8 peak (default 2x bf16)")
+    p.add_argument("--no-pieces", action="store_true", help="--gpu: skip the encoders and the VAE")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (--gpu: for the clip estimate, 30)")
+    p.add_argument("--size", type=int, default=None, help="--cpu: longest edge (default 128)")
+    p.add_argument("--max-duration", type=float, default=10.0, help="--cpu: seconds of the example speech")
+    p.add_argument("--text-guidance", type=float, default=None, help="--cpu: default 5 (--fast: 1)")
+    p.add_argument("--audio-guidance", type=float, default=None, help="--cpu: default 5 (--fast: 1)")
+    _add_speed_flags(p)
+    p.set_defaults(run=_run_bench)
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, _, height = text.lower().partition("x")
+    try:
+        size = int(width), int(height)
+    except ValueError:
+        raise InvalidSetting(f"sizes are WIDTHxHEIGHT, e.g. 832x480; got '{text}'") from None
+    if min(size) < 16 or size[0] % 16 or size[1] % 16:
+        raise InvalidSetting(f"size sides must be multiples of 16, got '{text}'")
+    return size
+
+
+def _run_bench(args) -> int:
+    import torch
+
+    speed = speed_options(args)
+    gpu = args.gpu or (not args.cpu and (args.tiny or torch.cuda.is_available()))
+    if args.tiny and not gpu:
+        raise InvalidSetting("--tiny is the GPU benchmark's dry run; use it with --gpu (or alone)")
+    try:
+        if gpu:
+            from bench.gpu_speed import GpuBenchConfig, format_gpu_report, run_gpu_bench
+
+            config = GpuBenchConfig(
+                tiny=args.tiny, sizes=[_size(s) for s in args.sizes] if args.sizes else None, frames=args.frames,
+                steps=args.steps or 30, warmup=args.warmup, repeat=args.repeat, peak_tflops=args.peak_tflops,
+                peak_fp8_tflops=args.peak_fp8_tflops, pieces=not args.no_pieces, speed=speed,
+            )
+            report = run_gpu_bench(config)
+            text = format_gpu_report(report)
+        else:
+            from bench.cpu_run import CpuBenchConfig, format_cpu_report, run_cpu_bench
+
+            steps, text_guidance, audio_guidance = _guidance_defaults(args)
+            report = run_cpu_bench(CpuBenchConfig(
+                steps=steps, size=args.size, max_duration=args.max_duration, text_guidance=text_guidance,
+                audio_guidance=audio_guidance, speed=speed,
+            ))
+            text = format_cpu_report(report)
+    except ModuleNotFoundError as exc:
+        if exc.name != "bench" and not str(exc.name).startswith("bench."):
+            raise
+        raise FantasyError("the benchmarks live in bench/ of the repository: run this from the repository root") from exc
+    print(text)
+    if args.json:
+        from bench.report import write_json
+
+        print(f"wrote {write_json(args.json, report)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fantasy", description="FantasyTalking Studio")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_convert(sub)
     _add_download(sub)
+    _add_bench(sub)
     from fantasy.metrics.command import add_parser as add_eval
     from fantasy.train.command import add_parser as add_train
 

@@ -212,6 +212,7 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
             raise ValueError(f"{windows.shape[1]} audio windows for {latents.shape[2]} latent frames")
 
         timesteps = set_official_timesteps(self.scheduler, num_inference_steps, device)
+        self._forget_cached_steps()
         with ExitStack() as conditions, self.progress_bar(total=len(timesteps)) as progress:
             if self.motion_context is not None:
                 conditions.enter_context(self.motion_context.use(motion))
@@ -225,12 +226,20 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
                     latent_input, t.expand(1), prompt_embeds, negative_embeds, image_tokens, windows, lengths,
                     text_guidance_scale, audio_guidance_scale, audio_weight,
                 )
-                latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                # The generator only matters to a stochastic sampler (the few-step mode's re-noising).
+                latents = self.scheduler.step(velocity, t, latents, generator=generator, return_dict=False)[0]
                 progress.update()
                 if step_callback is not None:
                     step_callback(i + 1, len(timesteps))
         self._current_timestep = None
         return latents
+
+    def _forget_cached_steps(self) -> None:
+        """Drop a step cache's state (per-pass residuals) left by an earlier run: each run starts clean."""
+        if getattr(self.transformer, "is_cache_enabled", False):
+            from diffusers.hooks import HookRegistry
+
+            HookRegistry.check_if_exists_or_initialize(self.transformer).reset_stateful_hooks()
 
     def decode_frames(self, latents: torch.Tensor) -> Iterator[np.ndarray]:
         """uint8 frames, a latent frame's worth at a time (1 then 4 each), as the causal VAE produces them."""

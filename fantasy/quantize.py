@@ -165,3 +165,69 @@ def is_quantized_weight(param: torch.Tensor) -> bool:
         return True
     data = param.data if isinstance(param, nn.Parameter) else param
     return type(data).__module__.startswith("torchao")
+
+
+# ---- fp8 linears (a speed switch, not a storage mode) ----------------------------------------------
+FP8_MATMUL_CAPABILITY = (8, 9)  # Ada / Hopper and later: the GPUs with fp8 tensor cores
+
+
+def is_block_linear(transformer, module: nn.Module, fqn: str) -> bool:
+    """A plain `nn.Linear` inside `blocks.N` that is neither fp32-kept nor the audio adapter.
+
+    The blocks hold almost all of the DiT's FLOPs; the embedders and the output head stay in the
+    compute dtype, where their precision matters most and their cost is negligible.
+    """
+    return (
+        isinstance(module, nn.Linear) and fqn.split(".")[0] == "blocks"
+        and not _skipped_by_quantization(transformer, fqn)
+    )
+
+
+def quantize_block_linears(transformer, config) -> list[str]:
+    """torchao `config` on every block linear (see `is_block_linear`); returns their names, in order."""
+    from torchao.quantization import quantize_
+
+    chosen: list[str] = []
+
+    def keep(module: nn.Module, fqn: str) -> bool:
+        ok = is_block_linear(transformer, module, fqn)
+        if ok:
+            chosen.append(fqn)
+        return ok
+
+    quantize_(transformer, config, filter_fn=keep)
+    return chosen
+
+
+def check_fp8_matmuls(transformer) -> None:
+    """Dynamic fp8 matmuls need the (bf16) DiT resident on a GPU with compute capability >= 8.9."""
+    from fantasy.errors import InvalidSetting
+
+    weights = [m.weight for name, m in transformer.named_modules() if is_block_linear(transformer, m, name)]
+    if any(is_quantized_weight(w) for w in weights):
+        raise InvalidSetting("fp8 linears need the bf16 DiT (--dit bf16); this DiT's weights are already quantized")
+    device = weights[0].device
+    if device.type != "cuda":
+        raise InvalidSetting(
+            f"fp8 linears need the DiT resident on a CUDA GPU with compute capability >= 8.9 (Ada/Hopper, e.g. "
+            f"L4, 4090, H100); it is on '{device}' (use --vram resident on such a GPU)"
+        )
+    capability = torch.cuda.get_device_capability(device)
+    if capability < FP8_MATMUL_CAPABILITY:
+        raise InvalidSetting(
+            f"fp8 linears need compute capability >= 8.9 (Ada/Hopper); {torch.cuda.get_device_name(device)} has "
+            f"{capability[0]}.{capability[1]}"
+        )
+
+
+def quantize_fp8_linears(transformer) -> list[str]:
+    """fp8 e4m3 weights *and* activations (scaled per tensor, activations at run time) in the block linears.
+
+    torchao's `Float8DynamicActivationFloat8WeightConfig`: the matmuls themselves run on fp8 tensor
+    cores (`torch._scaled_mm`), unlike the `bf16-fp8` storage mode, which upcasts weights to bf16.
+    The adapter, norms, embedders and head are left alone.
+    """
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig
+
+    check_fp8_matmuls(transformer)
+    return quantize_block_linears(transformer, Float8DynamicActivationFloat8WeightConfig())

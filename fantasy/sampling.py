@@ -15,8 +15,13 @@ SHIFT = 5.0
 DEFAULT_STEPS = 30
 
 
-def make_scheduler(shift: float = SHIFT) -> FlowMatchEulerDiscreteScheduler:
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+def make_scheduler(shift: float = SHIFT, stochastic: bool = False) -> FlowMatchEulerDiscreteScheduler:
+    """The release's Euler sampler; `stochastic`: the step-distilled models' sampler on the same timesteps.
+
+    Stochastic sampling predicts the clean latent `x0 = x - sigma * v` and re-noises it to the next
+    sigma with fresh noise, which is how lightx2v's step-distill scheduler samples its 4-step models.
+    """
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift, stochastic_sampling=stochastic)
 
 
 def set_official_timesteps(scheduler: FlowMatchEulerDiscreteScheduler, steps: int, device=None) -> torch.Tensor:

@@ -238,6 +238,13 @@ def _adapter_dims(adapter: Path, audio_dim: int) -> tuple[int, int]:
     return audio_dim, 2048
 
 
+def enable_vae_tiling(vae):
+    """Tiles only above 512 px, so the default size still decodes (and streams) frame by frame."""
+    vae.enable_tiling(tile_sample_min_height=VAE_TILE, tile_sample_min_width=VAE_TILE,
+                      tile_sample_stride_height=VAE_TILE - 64, tile_sample_stride_width=VAE_TILE - 64)
+    return vae
+
+
 def load_real_pipeline(
     device: str | torch.device | None = None, adapter: str | Path | None = None, weights: str | Path | None = None,
     dit: str = DEFAULT_DIT, vram: str = DEFAULT_VRAM, dtype: torch.dtype = torch.bfloat16, allow_cpu: bool = False,
@@ -285,10 +292,7 @@ def load_real_pipeline(
     transformer = load_single_file_transformer(
         paths["dit"], wan / "transformer", compute_dtype=dtype, gguf=paths["dit"].suffix == ".gguf"
     )
-    vae = AutoencoderKLWan.from_pretrained(wan / "vae", dtype=torch.float32)
-    # Tiles only above 512 px, so the default size still decodes (and streams) frame by frame.
-    vae.enable_tiling(tile_sample_min_height=VAE_TILE, tile_sample_min_width=VAE_TILE,
-                      tile_sample_stride_height=VAE_TILE - 64, tile_sample_stride_width=VAE_TILE - 64)
+    vae = enable_vae_tiling(AutoencoderKLWan.from_pretrained(wan / "vae", dtype=torch.float32))
     audio_encoder = Wav2Vec2Model.from_pretrained(wav2vec, dtype=torch.float32)
     audio_dim, context_dim = _adapter_dims(adapter_path, audio_encoder.config.hidden_size)
     components = {
