@@ -390,3 +390,47 @@ def test_cli_speed_errors_exit_2_with_one_line(tmp_path, capsys, flags, message)
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "o.mp4").exists()
+
+
+# ---- the paper's modules under the fast paths ---------------------------------------------------------
+
+
+def with_trained_modules(pipe):
+    """Install the motion and identity modules with random (non-zero) weights, as a training run leaves them."""
+    from fantasy.identity import install_identity_module
+    from fantasy.motion import install_motion_module
+    from fantasy.tiny import CLIP_HIDDEN
+
+    pipe.motion_context = install_motion_module(pipe.transformer)
+    pipe.identity_context = install_identity_module(pipe.transformer, CLIP_HIDDEN)
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        modules = [pipe.transformer.motion_intensity] + [b.attn2.processor.identity for b in pipe.transformer.blocks]
+        for module in modules:
+            for p in module.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return pipe
+
+
+FACE = Image.new("RGB", (32, 32), (190, 140, 120))
+
+
+def test_step_cache_at_zero_and_batched_guidance_keep_the_trained_modules_exact(conditioning):
+    pipe = with_trained_modules(fresh())
+    plain = run(pipe, conditioning, steps=3, motion=(0.8, 0.2), face_image=FACE)
+    assert not torch.equal(plain, run(pipe, conditioning, steps=3, motion=(0.2, 0.8), face_image=FACE))
+    pipe.batch_guidance = True
+    torch.testing.assert_close(run(pipe, conditioning, steps=3, motion=(0.8, 0.2), face_image=FACE), plain,
+                               rtol=1e-5, atol=1e-5)
+    pipe.batch_guidance = False
+    apply_speed(pipe, SpeedOptions(step_cache="fbc", cache_threshold=0.0))
+    assert torch.equal(run(pipe, conditioning, steps=3, motion=(0.8, 0.2), face_image=FACE), plain)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_keep_the_trained_modules(conditioning):
+    """The identity branch (inside the compiled blocks) and the motion hook (outside) survive compilation."""
+    pipe = with_trained_modules(fresh())
+    plain = run(pipe, conditioning, motion=(0.7, 0.4), face_image=FACE)
+    apply_speed(pipe, SpeedOptions(compile=True))
+    torch.testing.assert_close(run(pipe, conditioning, motion=(0.7, 0.4), face_image=FACE), plain, rtol=1e-5, atol=1e-5)
