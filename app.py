@@ -22,11 +22,14 @@ from typing import Any
 import gradio as gr
 from PIL import UnidentifiedImageError
 
+from fantasy.cli import add_speed_flags, speed_options
+from fantasy.distill import FEW_STEP_AUDIO_GUIDANCE, FEW_STEP_TEXT_GUIDANCE, FEW_STEPS
 from fantasy.errors import FantasyError, GenerationCancelled, WeightsMissing
 from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED
 from fantasy.image import MIN_SIDE, SIDE_MULTIPLE
 from fantasy.presets import Preset, get_preset, load_pipeline
 from fantasy.sampling import passes_needed
+from fantasy.speed import apply_speed
 from fantasy.streaming import ChunkReady, Finished, StageProgress
 from fantasy.studio import Controls, Job, Studio
 from fantasy.validation import (
@@ -88,6 +91,13 @@ def default_preset() -> str:
     return "real"
 
 
+def slider_defaults(pipe, preset: Preset) -> dict[str, float]:
+    """The release's steps and guidance, or the few-step mode's (4 steps, guidance 1) after `--fast`."""
+    if getattr(pipe, "few_step_mode", False):
+        return {"steps": FEW_STEPS, "text_guidance": FEW_STEP_TEXT_GUIDANCE, "audio_guidance": FEW_STEP_AUDIO_GUIDANCE}
+    return {"steps": preset.steps, "text_guidance": 5.0, "audio_guidance": 5.0}
+
+
 def build_demo(
     pipe, preset: Preset, *, face_checker: FaceChecker | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
     max_queue: int = MAX_QUEUE, output_root: str | Path | None = None, min_chunk_seconds: float = 1.0,
@@ -98,6 +108,7 @@ def build_demo(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), min_chunk_seconds=min_chunk_seconds,
     )
     cancels: dict[str, threading.Event] = {}  # session -> its running generation's stop flag
+    defaults = slider_defaults(pipe, preset)
 
     def gpu_seconds(job: Job) -> int:
         s = job.settings
@@ -210,11 +221,12 @@ def build_demo(
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
                 with gr.Accordion("Guidance, steps, seed, size", open=True):
                     with gr.Row():
-                        text_guidance = gr.Slider(1, 10, value=5.0, step=0.5, label="Text guidance")
-                        audio_guidance = gr.Slider(1, 10, value=5.0, step=0.5, label="Audio guidance")
+                        text_guidance = gr.Slider(1, 10, value=defaults["text_guidance"], step=0.5, label="Text guidance")
+                        audio_guidance = gr.Slider(1, 10, value=defaults["audio_guidance"], step=0.5,
+                                                   label="Audio guidance")
                         audio_weight = gr.Slider(0, 2, value=1.0, step=0.05, label="Audio weight")
                     with gr.Row():
-                        steps = gr.Slider(1, 50, value=preset.steps, step=1, label="Denoising steps", elem_id="steps")
+                        steps = gr.Slider(1, 50, value=defaults["steps"], step=1, label="Denoising steps", elem_id="steps")
                         edge = gr.Slider(MIN_SIDE, 1024, value=preset.longest_edge, step=SIDE_MULTIPLE,
                                          label="Resolution (longest edge, px)", elem_id="resolution")
                         duration = gr.Slider(MIN_DURATION_S, MAX_DURATION_S, value=DEFAULT_DURATION_S, step=0.5,
@@ -292,6 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=None, help="port (default: first free from 7860)")
     parser.add_argument("--share", action="store_true", help="public gradio.live link (needs internet access)")
+    add_speed_flags(parser)
     parser.add_argument("--adapter", default=os.environ.get("FANTASY_ADAPTER") or None,
                         help="adapter or training checkpoint (modules.safetensors from `python -m fantasy train`); "
                              "default $FANTASY_ADAPTER, else the preset's")
@@ -302,7 +315,10 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks:
     """Load the models once (they stay resident) and build the page."""
     preset = get_preset(args.preset or default_preset())
     print(f"[app] preset {preset.name}: {preset.summary}", flush=True)
+    options = speed_options(args)  # spelling errors before the models load
     pipe = load_pipeline(preset.name, adapter=args.adapter)
+    for line in apply_speed(pipe, options):
+        print(f"[app] speed: {line}", flush=True)
     # On ZeroGPU the main process has no real GPU: the face check runs on the CPU there.
     faces = default_face_check(device="cpu" if space.on_zero_gpu() else None,
                                allow_download=None if space.on_spaces() else False)  # None: unless HF_HUB_OFFLINE
@@ -316,8 +332,11 @@ demo: gr.Blocks | None = create_demo(parse_args([])) if space.on_spaces() else N
 def main(argv: list[str] | None = None) -> None:
     global demo
     args = parse_args(argv)
-    if demo is None or args.preset is not None:
-        demo = create_demo(args)
+    try:
+        if demo is None or args.preset is not None:
+            demo = create_demo(args)
+    except FantasyError as exc:  # e.g. weights missing, an unusable speed flag: one line, no traceback
+        raise SystemExit(f"error: {exc}") from None
     demo.launch(**launch_options(args.host, args.port, args.share))
 
 

@@ -47,11 +47,11 @@ def _add_generate(sub) -> None:
     p.add_argument("--dit", default="q8_0", choices=list(DIT_MODES), help="real preset: how the 14B DiT is stored")
     p.add_argument("--vram", default="resident", choices=list(VRAM_MODES), help="real preset: offloading")
     p.add_argument("--weights", default=None, help="real preset: weights dir (default weights/ or $FANTASY_WEIGHTS)")
-    _add_speed_flags(p)
+    add_speed_flags(p)
     p.set_defaults(run=_run_generate)
 
 
-def _add_speed_flags(p) -> None:
+def add_speed_flags(p) -> None:
     from fantasy.speed import ATTENTION_ALIASES, DEFAULT_CACHE_THRESHOLD
 
     g = p.add_argument_group("speed", "fast paths (see README, Speed); all off is the release's path")
@@ -221,7 +221,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--max-duration", type=float, default=10.0, help="--cpu: seconds of the example speech")
     p.add_argument("--text-guidance", type=float, default=None, help="--cpu: default 5 (--fast: 1)")
     p.add_argument("--audio-guidance", type=float, default=None, help="--cpu: default 5 (--fast: 1)")
-    _add_speed_flags(p)
+    add_speed_flags(p)
     p.set_defaults(run=_run_bench)
 
 

@@ -73,3 +73,4 @@ def load_distilled_lora(pipe, path: str | Path, scale: float = 1.0, fuse: bool =
 def use_distilled_sampler(pipe) -> None:
     """The step-distilled models' sampler: predict x0, re-noise to the next sigma (same timesteps)."""
     pipe.scheduler = make_scheduler(stochastic=True)
+    pipe.few_step_mode = True  # the app and CLI then default to 4 steps, guidance 1

@@ -63,6 +63,7 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
         self.motion_context = None  # `fantasy.motion.MotionContext`, when a motion module is installed
         self.identity_context = None  # `fantasy.identity.IdentityContext`, when an identity module is installed
         self.batch_guidance = False  # run the guidance passes as one batch (same result, more memory)
+        self.few_step_mode = False  # set by `fantasy.distill` with the distilled LoRA's sampler
 
     @property
     def motion_mode(self) -> str:

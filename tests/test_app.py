@@ -283,3 +283,24 @@ def test_on_a_space_the_app_is_built_at_import_time(monkeypatch):
     finally:
         monkeypatch.delenv("SPACE_ID")
         assert importlib.reload(app).demo is None  # elsewhere importing builds nothing
+
+
+def test_speed_flags_reach_the_pipeline_and_few_step_mode_sets_the_slider_defaults(monkeypatch, tmp_path, capsys):
+    from fantasy.speed import SpeedOptions
+
+    args = app.parse_args(["--step-cache", "fbc:0.1", "--batch-guidance", "--adapter", str(tmp_path / "m.safetensors")])
+    assert app.speed_options(args) == SpeedOptions(batch_guidance=True, step_cache="fbc", cache_threshold=0.1)
+    assert args.adapter == str(tmp_path / "m.safetensors")
+    monkeypatch.setenv("FANTASY_ADAPTER", "/x/modules.safetensors")
+    assert app.parse_args([]).adapter == "/x/modules.safetensors"
+    monkeypatch.delenv("FANTASY_ADAPTER")
+
+    class Pipe:
+        few_step_mode = False
+
+    assert app.slider_defaults(Pipe(), get_preset("tiny")) == {"steps": 30, "text_guidance": 5.0, "audio_guidance": 5.0}
+    Pipe.few_step_mode = True
+    assert app.slider_defaults(Pipe(), get_preset("tiny")) == {"steps": 4, "text_guidance": 1.0, "audio_guidance": 1.0}
+
+    with pytest.raises(SystemExit, match="error: LoRA file not found: .*missing.safetensors"):
+        app.main(["--preset", "tiny", "--fast", str(tmp_path / "missing.safetensors")])
