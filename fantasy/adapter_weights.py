@@ -119,15 +119,18 @@ def adapter_modules(transformer, audio_proj) -> dict[str, torch.nn.Parameter]:
     return params
 
 
-def load_adapter_weights(transformer, audio_proj, path: str | Path) -> int:
-    """Load an adapter file into the installed processors and the projection; return tensors loaded."""
-    state = read_adapter_weights(path)
-    params = adapter_modules(transformer, audio_proj)
-    check_adapter_keys(state, {k: tuple(p.shape) for k, p in params.items()}, Path(path).name)
+def copy_checked(state: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter], source: str) -> int:
+    """Copy `state` into the live `params` after an exact key-and-shape check; return tensors copied."""
+    check_adapter_keys(state, {k: tuple(p.shape) for k, p in params.items()}, source)
     with torch.no_grad():
         for key, param in params.items():
             param.copy_(state[key].to(device=param.device, dtype=param.dtype))
     return len(params)
+
+
+def load_adapter_weights(transformer, audio_proj, path: str | Path) -> int:
+    """Load an adapter file into the installed processors and the projection; return tensors loaded."""
+    return copy_checked(read_adapter_weights(path), adapter_modules(transformer, audio_proj), Path(path).name)
 
 
 def save_adapter_weights(transformer, audio_proj, path: str | Path, dtype: torch.dtype = torch.bfloat16) -> None:

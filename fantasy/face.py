@@ -10,6 +10,7 @@ machine gets a `WeightsMissing` that names the file and how to get it, never a u
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Callable
@@ -226,6 +227,12 @@ class FaceAnalyzer:
                 "frontal or three-quarter, not too small, and not covered by hands, masks or heavy shadow."
             )
         return box
+
+
+@functools.cache
+def shared_analyzer() -> FaceAnalyzer:
+    """One FAN model per process (building it costs seconds): for training data and identity crops."""
+    return FaceAnalyzer()
 
 
 def square_face_crop(image_rgb: np.ndarray, box: FaceBox, expand: float = 1.4) -> np.ndarray:

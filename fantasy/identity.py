@@ -102,9 +102,9 @@ def portrait_face_crop(portrait: Image.Image, analyzer=None) -> Image.Image:
 
     `NoFaceFound` / `WeightsMissing` (face-alignment weights absent) are the user's errors.
     """
-    from fantasy.face import FaceAnalyzer, FaceBox
+    from fantasy.face import FaceBox, shared_analyzer
 
-    analyzer = analyzer or FaceAnalyzer()
+    analyzer = analyzer or shared_analyzer()
     rgb = np.asarray(portrait.convert("RGB"))
     box = analyzer.require_face(rgb)
     points = analyzer.landmarks(rgb, box=box)

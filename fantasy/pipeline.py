@@ -95,6 +95,18 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
         return split_into_windows(self.project_audio(samples), num_frames)
 
     @torch.no_grad()
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """[1, 3, F, H, W] in [-1, 1] -> normalised fp32 VAE latents [1, 16, T_lat, H/8, W/8] (mode, (z - mean) / std).
+
+        The latents the DiT works in: the condition is built from them, and training targets are them.
+        """
+        vae_device = next(self.vae.parameters()).device
+        latent = self.vae.encode(video.to(vae_device, self.vae.dtype)).latent_dist.mode()
+        mean = torch.tensor(self.vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latent.device, torch.float32)
+        std = torch.tensor(self.vae.config.latents_std).view(1, -1, 1, 1, 1).to(latent.device, torch.float32)
+        return (latent.float() - mean) / std
+
+    @torch.no_grad()
     def prepare_condition(self, first_frames: torch.Tensor, num_frames: int) -> torch.Tensor:
         """Wan I2V conditioning (4 mask channels + 16 latent channels) with K known leading frames.
 
@@ -103,12 +115,8 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
         for long videos. Known frames get mask 1, the rest 0, in Wan's 4-frames-per-latent layout.
         """
         _, _, known, height, width = first_frames.shape
-        vae_device = next(self.vae.parameters()).device
         video = torch.cat([first_frames, first_frames.new_zeros(1, 3, num_frames - known, height, width)], dim=2)
-        latent = self.vae.encode(video.to(vae_device, self.vae.dtype)).latent_dist.mode()
-        mean = torch.tensor(self.vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latent.device, torch.float32)
-        std = torch.tensor(self.vae.config.latents_std).view(1, -1, 1, 1, 1).to(latent.device, torch.float32)
-        latent = (latent.float() - mean) / std
+        latent = self.encode_video(video)
         t_scale = self.vae_scale_factor_temporal
         mask = torch.zeros(1, 1, num_frames, latent.shape[3], latent.shape[4], device=latent.device)
         mask[:, :, :known] = 1

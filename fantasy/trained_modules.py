@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fantasy.adapter_weights import _atomic_save, adapter_modules, check_adapter_keys, read_adapter_weights
+from fantasy.adapter_weights import _atomic_save, adapter_modules, copy_checked, read_adapter_weights
 from fantasy.errors import CheckpointMismatch
 from fantasy.identity import IDENTITY_MODULE_NAME, install_identity_module
 from fantasy.motion import MOTION_MODULE_NAME, MotionIntensityModel, install_motion_module
@@ -77,12 +77,8 @@ def load_modules(pipe, path: str | Path) -> LoadedModules:
     path = Path(path)
     state = read_adapter_weights(path)
     install_modules_for(pipe, state)
-    params = trainable_parameters(pipe)
-    check_adapter_keys(state, {k: tuple(p.shape) for k, p in params.items()}, path.name)
-    with torch.no_grad():
-        for key, param in params.items():
-            param.copy_(state[key].to(device=param.device, dtype=param.dtype))
-    return LoadedModules(path, len(params), pipe.motion_context is not None, pipe.identity_context is not None)
+    count = copy_checked(state, trainable_parameters(pipe), path.name)
+    return LoadedModules(path, count, pipe.motion_context is not None, pipe.identity_context is not None)
 
 
 def save_modules(pipe, path: str | Path, dtype: torch.dtype = torch.float32) -> int:

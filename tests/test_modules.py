@@ -228,6 +228,7 @@ def test_incomplete_modules_file_is_refused(tmp_path):
 
 def test_generate_reports_the_motion_mode_and_needs_a_face_for_identity(tmp_path, speech_wav, monkeypatch):
     from fantasy.errors import WeightsMissing
+    from fantasy.face import shared_analyzer
     from fantasy.generate import generate
     from fantasy.presets import get_preset, load_pipeline
 
@@ -249,8 +250,12 @@ def test_generate_reports_the_motion_mode_and_needs_a_face_for_identity(tmp_path
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "no-face-weights.mp4"
-    with pytest.raises(WeightsMissing, match="python -m fantasy download"):
-        generate(pipe, EXAMPLE_IMAGE, speech_wav, out, small, get_preset("tiny"))
+    shared_analyzer.cache_clear()  # generate() finds the face with the process-wide analyzer
+    try:
+        with pytest.raises(WeightsMissing, match="python -m fantasy download"):
+            generate(pipe, EXAMPLE_IMAGE, speech_wav, out, small, get_preset("tiny"))
+    finally:
+        shared_analyzer.cache_clear()
     assert not out.exists()
 
 

@@ -52,7 +52,7 @@ def fixed_eval_loss(pipe, dataset, stage: int, config: TrainConfig) -> float:
     eval_config = TrainConfig(data=config.data, out=config.out, drop_audio=0.0, drop_text=0.0)
     with torch.no_grad():
         for index in range(len(dataset)):
-            batch = make_batch(dataset[index], dataset, dataset.num_frames, "cpu", torch.Generator(), eval_config)
+            batch = make_batch(dataset[index], dataset, "cpu", torch.Generator(), eval_config)
             for k, sigma in enumerate((0.3, 0.6, 0.9)):
                 noise = torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(100 + k))
                 try:
@@ -130,7 +130,7 @@ def test_stage_two_loss_weights_the_lips(training_set):
     """With the error only inside the mouth tokens, the stage-2 loss is the stage-1 loss scaled by the weights."""
     pipe = load_pipeline("tiny")
     config = TrainConfig(data=".", out=".", drop_audio=0.0, drop_text=0.0)
-    batch = make_batch(training_set[1], training_set, 9, "cpu", torch.Generator(), config)
+    batch = make_batch(training_set[1], training_set, "cpu", torch.Generator(), config)
     assert batch.lip_mask.sum() > 0
     noise = torch.zeros_like(batch.latents)
     with torch.no_grad():

@@ -21,6 +21,7 @@ from fantasy.errors import (
     TrainingDataError,
     WeightsMissing,
 )
+from fantasy.face import shared_analyzer
 from fantasy.metrics.frames import read_video
 from fantasy.train import tracks
 from fantasy.train.cache import CachedClip, cache_dataset, encode_sample, encode_text, read_metadata
@@ -215,12 +216,12 @@ def test_default_landmarks_need_the_face_alignment_weights(tmp_path, monkeypatch
     _talking_clip(tmp_path, "plain")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    tracks._shared_analyzer.cache_clear()
+    shared_analyzer.cache_clear()
     try:
         with pytest.raises(WeightsMissing, match="2DFAN4"):
             load_sample(discover_clips(tmp_path)[0], SPEC)
     finally:
-        tracks._shared_analyzer.cache_clear()
+        shared_analyzer.cache_clear()
 
 
 def test_bad_landmark_file_is_an_error_naming_it(tmp_path) -> None:

@@ -126,20 +126,11 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return meta
 
 
-def _device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
-    param = next(module.parameters())
-    return param.device, param.dtype
-
-
 @torch.no_grad()
 def encode_video_latents(pipe, frames: np.ndarray) -> torch.Tensor:
-    """uint8 frames (F, H, W, 3) -> normalised latents [16, T_lat, H/8, W/8], as `prepare_condition` normalises."""
-    device, dtype = _device_dtype(pipe.vae)
+    """uint8 frames (F, H, W, 3) -> normalised latents [16, T_lat, H/8, W/8] (`pipe.encode_video`)."""
     video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
-    latent = pipe.vae.encode(video.to(device, dtype)).latent_dist.mode().float()
-    mean = torch.tensor(pipe.vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latent.device)
-    std = torch.tensor(pipe.vae.config.latents_std).view(1, -1, 1, 1, 1).to(latent.device)
-    return ((latent - mean) / std)[0]
+    return pipe.encode_video(video)[0]
 
 
 @torch.no_grad()

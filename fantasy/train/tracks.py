@@ -7,14 +7,13 @@ cost a clip; a clip with no face at all is an error, never a sample trained with
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from fantasy.errors import NoFaceFound, TrainingDataError
-from fantasy.face import FaceAnalyzer, LandmarkProvider
+from fantasy.face import LandmarkProvider, shared_analyzer
 from fantasy.metrics.landmarks import TrackedLandmarks
 
 NUM_POINTS = 68
@@ -22,18 +21,12 @@ NUM_POINTS = 68
 ProviderFactory = Callable[[], LandmarkProvider]
 
 
-@functools.cache
-def _shared_analyzer() -> FaceAnalyzer:
-    """One FAN model per process; building it costs seconds and weights."""
-    return FaceAnalyzer()
-
-
 def default_provider() -> LandmarkProvider:
     """FAN through `TrackedLandmarks` (detector every few frames); a fresh tracker for each clip.
 
     Raises `WeightsMissing` on first use when the face-alignment weights are not on disk.
     """
-    return TrackedLandmarks(_shared_analyzer())
+    return TrackedLandmarks(shared_analyzer())
 
 
 def read_landmark_file(path: Path, needed: int) -> np.ndarray:

@@ -107,7 +107,7 @@ def prepare_modules(pipe, modules: tuple[str, ...]) -> dict[str, torch.nn.Parame
     return trained
 
 
-def make_batch(item: dict, dataset, num_frames: int, device, generator: torch.Generator, config: TrainConfig) -> Batch:
+def make_batch(item: dict, dataset, device, generator: torch.Generator, config: TrainConfig) -> Batch:
     """A dataset item on `device`, with condition dropout drawn from `generator`."""
     drop_text = float(torch.rand((), generator=generator)) < config.drop_text
     drop_audio = float(torch.rand((), generator=generator)) < config.drop_audio
@@ -116,7 +116,7 @@ def make_batch(item: dict, dataset, num_frames: int, device, generator: torch.Ge
     return Batch(
         latents=item["latents"][None].to(device), condition=item["condition"][None].to(device),
         prompt_embeds=prompt[None].to(device), clip_tokens=item["clip_tokens"][None].to(device),
-        audio_features=item["audio_features"][None].to(device), num_frames=num_frames,
+        audio_features=item["audio_features"][None].to(device), num_frames=dataset.num_frames,
         lip_mask=item["lip_mask"].to(device), face_tokens=item["face_clip_tokens"][None].to(device),
         motion=(float(labels[0]), float(labels[1])), drop_audio=drop_audio,
     )
@@ -161,7 +161,7 @@ def train(pipe, config: TrainConfig, dataset, progress: Progress | None = None) 
             step_loss = 0.0
             for _ in range(config.grad_accum):
                 item = next(items)
-                batch = make_batch(item, dataset, dataset.num_frames, accelerator.device, generator, config)
+                batch = make_batch(item, dataset, accelerator.device, generator, config)
                 sigma = sample_sigma(generator)
                 noise = torch.randn(batch.latents.shape, generator=generator).to(accelerator.device)
                 with accelerator.accumulate(model):
