@@ -54,3 +54,14 @@ def tiny_call_args(pipe, speech_wav: Path) -> dict:
     return dict(image=Image.new("RGB", (32, 32), (90, 120, 160)), audio_windows=windows, audio_lengths=lengths,
                 prompt="a person is talking", num_frames=9, num_inference_steps=2,
                 generator=torch.Generator().manual_seed(0))
+
+
+def bad_speech_files(tmp_path: Path) -> dict[str, Path]:
+    """Speech a user might upload that must be refused: 'silent' (2 s of zeros), 'short' (0.1 s), 'not_audio'."""
+    silent = tmp_path / "silent.wav"
+    soundfile.write(silent, np.zeros(32_000, np.float32), 16_000)
+    short = tmp_path / "short.wav"
+    soundfile.write(short, speech_like(0.1), 16_000)
+    notes = tmp_path / "notes.mp3"
+    notes.write_text("these are meeting notes, not audio")
+    return {"silent": silent, "short": short, "not_audio": notes}

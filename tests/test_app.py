@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import soundfile
 from gradio_client import Client, handle_file
@@ -18,7 +17,7 @@ import app
 from fantasy.presets import get_preset
 from fantasy.validation import FaceChecker
 from fantasy.video import probe
-from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, speech_like
+from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, bad_speech_files, speech_like
 from tests.test_validation import no_face_on_flat_images
 
 FAKE_FACES = FaceChecker(no_face_on_flat_images, "face check: passed (test detector)")
@@ -124,12 +123,8 @@ def test_streaming_endpoint_plays_chunks_then_gives_the_mp4(url, tmp_path):
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple]:
     flat = tmp_path / "wall.png"
     Image.new("RGB", (256, 256), (128, 128, 128)).save(flat)
-    silent = tmp_path / "silent.wav"
-    soundfile.write(silent, np.zeros(32_000, np.float32), 16_000)
-    short = tmp_path / "short.wav"
-    soundfile.write(short, speech_like(0.1), 16_000)
-    notes = tmp_path / "notes.mp3"
-    notes.write_text("these are meeting notes, not audio")
+    speech = bad_speech_files(tmp_path)
+    silent, short, notes = speech["silent"], speech["short"], speech["not_audio"]
     fake_png = tmp_path / "photo.png"
     fake_png.write_text("not an image")
     return {

@@ -34,7 +34,7 @@ from fantasy.validation import (
     duration_limit,
     human_size,
 )
-from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, speech_like
+from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, bad_speech_files, speech_like
 
 TINY = get_preset("tiny")
 
@@ -81,12 +81,8 @@ def test_size_limit_applies_to_both_uploads():
 
 
 def test_bad_speech_is_refused_with_its_reason(tmp_path):
-    silent = tmp_path / "silent.wav"
-    soundfile.write(silent, np.zeros(32_000, np.float32), 16_000)
-    short = tmp_path / "short.wav"
-    soundfile.write(short, speech_like(0.1), 16_000)
-    text = tmp_path / "notes.mp3"
-    text.write_text("not audio at all")
+    speech = bad_speech_files(tmp_path)
+    silent, short, text = speech["silent"], speech["short"], speech["not_audio"]
     with pytest.raises(SilentAudio, match="is silent"):
         check_inputs(EXAMPLE_IMAGE, silent, Settings(), TINY)
     with pytest.raises(AudioTooShort, match="at least 0.2 s"):
