@@ -22,8 +22,8 @@ from fantasy.image import load_portrait, resize_portrait
 from fantasy.long_video import MOTION_FRAMES, ColourMatch, plan_windows, total_frame_count
 from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT, FantasyTalkingPipeline
 from fantasy.presets import Preset
+from fantasy.prompts import DEFAULT_PROMPT, default_prompt  # noqa: F401 (DEFAULT_PROMPT re-exported)
 from fantasy.release import (
-    RELEASE_PROMPT,
     check_release_pipeline,
     release_frame_count,
     release_setting_problems,
@@ -32,7 +32,6 @@ from fantasy.sampling import passes_needed
 from fantasy.video import Mp4Writer
 from fantasy.windows import split_into_windows
 
-DEFAULT_PROMPT = "A person is talking."
 DEFAULT_SEED = 1111  # the release's CLI default
 
 
@@ -61,7 +60,7 @@ class Settings:
         s.steps = preset.steps if s.steps is None else s.steps
         s.longest_edge = preset.longest_edge if s.longest_edge is None else s.longest_edge
         if s.prompt is None:
-            s.prompt = RELEASE_PROMPT if s.release else DEFAULT_PROMPT
+            s.prompt = default_prompt(s.release)
         checks = [
             (1 <= s.steps <= 100, f"steps must be between 1 and 100, got {s.steps}"),
             (1.0 <= s.text_guidance <= 20.0, f"text guidance must be between 1 and 20, got {s.text_guidance}"),

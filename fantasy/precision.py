@@ -14,22 +14,28 @@ and `proj_out` in the compute dtype, and returns bf16. Two policies, set with `a
 | `mixed` (default) | fp32 (sinusoid fp64) | fp32 | compute dtype | fp32 | fp32 |
 | `stock` | diffusers' | compute dtype | compute dtype | compute dtype | compute dtype |
 
-`mixed` is built from diffusers hooks (`ModelHook` in each module's `HookRegistry`), not a new
-forward: the model's and the blocks' own forwards still run, so context parallelism, offloading,
-layerwise casting, the step cache and regional compilation keep working. The hooks: a pre-hook on every
+`mixed` is built from hooks, not a new forward: the model's and the blocks' own forwards still run,
+so context parallelism, offloading, layerwise casting, the step cache and regional compilation keep
+working. The hooks: a pre-hook (torch's own, shared by all blocks, see `CastHiddenStates`) on every
 block lifts `hidden_states` to fp32 (block 0 receives the bf16 patch embedding; every later block
 then gets the fp32 result of the previous one, since the blocks' residual adds follow their input's
 dtype); pre-hooks on each block's `attn1`, `attn2` and `ffn` round their input to the compute dtype
-(what autocast does in the release); `condition_embedder` computes the time path in fp32; the time
-MLP's linears, `time_proj` and `proj_out` compute in fp32 from their weights, whatever the storage
+(what autocast does in the release); with diffusers `ModelHook`s, `condition_embedder` computes the time
+path in fp32, and the time MLP's linears, `time_proj` and `proj_out` compute in fp32 from their weights, whatever the storage
 (plain, GGUF, torchao) — nothing is stored twice. With an fp32 DiT (the tiny preset) the casts do
 nothing and only the float64 sinusoid differs from `stock`.
 
 Install it before offloading, caching or parallelism hooks (`fantasy.presets.assemble` does): the
-fp32 linears replace their module's forward, so they must be the innermost hook.
+fp32 linears replace their module's forward, so they must be the innermost hook. `copy.deepcopy` of a
+transformer with the policy works (it is copied without the hooks, then both get them again): a plain
+deep copy would not, since diffusers' hook registry keeps closures over the original modules, so the
+copy's blocks would silently run the original's weights.
 """
 
 from __future__ import annotations
+
+import copy
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -104,19 +110,30 @@ class Fp32TimeEmbedding(ModelHook):
         return temb, timestep_proj, text, image
 
 
-class CastHiddenStates(ModelHook):
-    """Cast the module's `hidden_states` (first argument) to `dtype` before it runs."""
+class CastHiddenStates:
+    """Forward pre-hook (torch's own, with kwargs): cast the module's `hidden_states` to `dtype`.
+
+    One instance per dtype, shared by every block (`cast_to`): `torch.compile` guards on the hook's
+    identity, so shared hooks let `compile_repeated_blocks` compile one block for all 40, where a
+    per-module hook (or diffusers' per-module forward wrapper) would recompile for each block.
+    """
 
     def __init__(self, dtype: torch.dtype):
-        super().__init__()
         self.dtype = dtype
 
-    def pre_forward(self, module, *args, **kwargs):
+    def __call__(self, module, args, kwargs):
         if args:
-            args = (args[0].to(self.dtype), *args[1:])
-        elif "hidden_states" in kwargs:
-            kwargs = {**kwargs, "hidden_states": kwargs["hidden_states"].to(self.dtype)}
-        return args, kwargs
+            return (args[0].to(self.dtype), *args[1:]), kwargs
+        if "hidden_states" in kwargs:
+            return args, {**kwargs, "hidden_states": kwargs["hidden_states"].to(self.dtype)}
+        return None
+
+
+_CASTS: dict[torch.dtype, CastHiddenStates] = {}
+
+
+def cast_to(dtype: torch.dtype) -> CastHiddenStates:
+    return _CASTS.setdefault(dtype, CastHiddenStates(dtype))
 
 
 def compute_dtype_of(transformer) -> torch.dtype:
@@ -136,25 +153,57 @@ def _fp32_linears(transformer) -> list[torch.nn.Module]:
             transformer.proj_out]
 
 
-def _hooked_modules(transformer) -> list[torch.nn.Module]:
-    modules = [transformer.condition_embedder, *_fp32_linears(transformer)]
-    for block in transformer.blocks:
-        modules += [block, block.attn1, block.attn2, block.ffn]
-    return modules
+def _cast_modules(transformer) -> list[tuple[torch.nn.Module, bool]]:
+    """(module, True for the fp32 stream / False for the compute dtype) for every cast pre-hook."""
+    return [(module, module is block) for block in transformer.blocks
+            for module in (block, block.attn1, block.attn2, block.ffn)]
+
+
+def _remove_casts(module: torch.nn.Module) -> None:
+    for key, hook in list(module._forward_pre_hooks.items()):
+        if isinstance(hook, CastHiddenStates):
+            del module._forward_pre_hooks[key]
+            module._forward_pre_hooks_with_kwargs.pop(key, None)
+
+
+class _CopyWithoutHooks:
+    """The transformer's instance `__deepcopy__` while the policy is on (see the module docstring)."""
+
+    def __init__(self, transformer, compute_dtype: torch.dtype):
+        self.transformer = weakref.ref(transformer)
+        self.compute_dtype = compute_dtype
+
+    def __call__(self, memo):
+        original = self.transformer()
+        others = [name for module in original.modules() if (registry := getattr(module, "_diffusers_hook", None))
+                  for name in registry.hooks if name != HOOK_NAME]
+        if others:
+            raise RuntimeError(f"cannot deep-copy a transformer with diffusers hooks ({', '.join(sorted(set(others)))}): "
+                               "their registry refers to the original modules; build a new transformer instead")
+        apply_precision(original, "stock")
+        try:
+            duplicate = copy.deepcopy(original, memo)
+        finally:
+            apply_precision(original, "mixed", self.compute_dtype)
+        apply_precision(duplicate, "mixed", self.compute_dtype)
+        return duplicate
 
 
 def precision_of(transformer) -> str:
-    registry = getattr(transformer.blocks[0], "_diffusers_hook", None)
-    return "mixed" if registry is not None and registry.get_hook(HOOK_NAME) is not None else "stock"
+    hooks = transformer.blocks[0]._forward_pre_hooks.values()
+    return "mixed" if any(isinstance(hook, CastHiddenStates) for hook in hooks) else "stock"
 
 
 def apply_precision(transformer, precision: str = DEFAULT_PRECISION, compute_dtype: torch.dtype | None = None) -> None:
     """Set the DiT's precision policy (see the module table); idempotent, and switchable both ways."""
     check_precision(precision)
-    for module in _hooked_modules(transformer):
+    transformer.__dict__.pop("__deepcopy__", None)
+    for module in [transformer.condition_embedder, *_fp32_linears(transformer)]:
         registry = getattr(module, "_diffusers_hook", None)
         if registry is not None and registry.get_hook(HOOK_NAME) is not None:
             registry.remove_hook(HOOK_NAME, recurse=False)
+    for module, _ in _cast_modules(transformer):
+        _remove_casts(module)
     if precision == "stock":
         return
     replaced = [transformer.condition_embedder, *_fp32_linears(transformer)]
@@ -170,8 +219,7 @@ def apply_precision(transformer, precision: str = DEFAULT_PRECISION, compute_dty
         Fp32TimeEmbedding(), HOOK_NAME)
     for linear in _fp32_linears(transformer):
         HookRegistry.check_if_exists_or_initialize(linear).register_hook(Fp32Linear(), HOOK_NAME)
-    for block in transformer.blocks:
-        HookRegistry.check_if_exists_or_initialize(block).register_hook(CastHiddenStates(torch.float32), HOOK_NAME)
-        for inner in (block.attn1, block.attn2, block.ffn):
-            HookRegistry.check_if_exists_or_initialize(inner).register_hook(CastHiddenStates(compute), HOOK_NAME)
+    for module, stream in _cast_modules(transformer):  # outside any diffusers hook on these modules
+        module.register_forward_pre_hook(cast_to(torch.float32 if stream else compute), with_kwargs=True, prepend=True)
     HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
+    transformer.__dict__["__deepcopy__"] = _CopyWithoutHooks(transformer, compute)

@@ -25,9 +25,8 @@ import torch
 
 from fantasy.audio import frame_count
 from fantasy.errors import InvalidSetting
-from fantasy.prompts import DEFAULT_NEGATIVE_PROMPT
+from fantasy.prompts import DEFAULT_NEGATIVE_PROMPT, RELEASE_PROMPT  # noqa: F401 (re-exported)
 
-RELEASE_PROMPT = "A woman is talking."  # infer.py's --prompt default
 RELEASE_STEPS = 30  # hard-coded in infer.py (the app's steps slider is ignored there too)
 RELEASE_DIT = "bf16"  # ModelManager(torch_dtype=torch.bfloat16)
 
