@@ -241,3 +241,76 @@ def release_sample(dit: ReleaseDiT, noise, y, steps, text, negative, clip, audio
         uncond = dit(latents, y, t, negative, clip, audio, audio_lens, 0.0) if cfg != 1.0 else None
         latents = release_step(latents, release_guidance(full, text_only, uncond, cfg, audio_cfg), sigmas, i)
     return latents
+
+
+# ---- decode (models/wan_video_vae.py WanVideoVAE.tiled_decode; infer.py passes tiled=True, 30x52 / 15x26) ----
+
+
+def release_tile_tasks(height: int, width: int, size=(30, 52), stride=(15, 26)) -> list[tuple[int, int, int, int]]:
+    """(h, h + size, w, w + size) per tile; a start is dropped when the tile before it already reaches the edge."""
+    tasks = []
+    for h in range(0, height, stride[0]):
+        if h - stride[0] >= 0 and h - stride[0] + size[0] >= height:
+            continue
+        for w in range(0, width, stride[1]):
+            if w - stride[1] >= 0 and w - stride[1] + size[1] >= width:
+                continue
+            tasks.append((h, h + size[0], w, w + size[1]))
+    return tasks
+
+
+def release_tile_mask(rows: int, cols: int, bounds: tuple[bool, bool, bool, bool], border: tuple[int, int]):
+    """build_mask: the smaller of a row ramp and a column ramp; no ramp on a side that is the frame's edge."""
+    def ramp(length, at_start_edge, at_end_edge, width):
+        x = torch.ones((length,))
+        if not at_start_edge:
+            x[:width] = (torch.arange(width) + 1) / width
+        if not at_end_edge:
+            x[-width:] = torch.flip((torch.arange(width) + 1) / width, dims=(0,))
+        return x
+
+    r = ramp(rows, bounds[0], bounds[1], border[0])[:, None].expand(rows, cols)
+    c = ramp(cols, bounds[2], bounds[3], border[1])[None, :].expand(rows, cols)
+    return torch.stack([r, c]).min(dim=0).values
+
+
+def release_tiled_decode(decode_tile, latents: torch.Tensor, size=(30, 52), stride=(15, 26), factor: int = 8):
+    """Blend `decode_tile(latent tile)` ([1, 3, F, px, px]) over the frame; clamp to [-1, 1]."""
+    _, _, frames, height, width = latents.shape
+    out_frames = frames * 4 - 3
+    weight = torch.zeros((1, 1, out_frames, height * factor, width * factor), dtype=latents.dtype)
+    values = torch.zeros((1, 3, out_frames, height * factor, width * factor), dtype=latents.dtype)
+    for h, h_, w, w_ in release_tile_tasks(height, width, size, stride):
+        tile = decode_tile(latents[:, :, :, h:h_, w:w_])
+        mask = release_tile_mask(tile.shape[3], tile.shape[4], (h == 0, h_ >= height, w == 0, w_ >= width),
+                                 ((size[0] - stride[0]) * factor, (size[1] - stride[1]) * factor)).to(latents.dtype)
+        rows, cols = slice(h * factor, h * factor + tile.shape[3]), slice(w * factor, w * factor + tile.shape[4])
+        values[:, :, :, rows, cols] += tile * mask
+        weight[:, :, :, rows, cols] += mask
+    return (values / weight).float().clamp_(-1, 1)
+
+
+def release_vae_tile_decoder(vae):
+    """VideoVAE_.decode on a normalised latent tile: z / (1/std) + mean, conv2, the causal decoder frame by
+    frame (diffusers' Wan VAE network), no clamp."""
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+
+    def decode(tile):
+        z = tile / inverse_std + mean
+        vae.clear_cache()
+        x = vae.post_quant_conv(z)
+        frames = []
+        for i in range(x.shape[2]):
+            vae._conv_idx = [0]
+            frames.append(vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                      first_chunk=i == 0))
+        vae.clear_cache()
+        return torch.cat(frames, dim=2)
+
+    return decode
+
+
+def release_frames(video: torch.Tensor):
+    """WanVideoPipeline.tensor2video: ((x + 1) * 127.5).clip(0, 255) -> uint8 by truncation, [F, H, W, 3]."""
+    return ((video[0].permute(1, 2, 3, 0).float() + 1) * 127.5).clip(0, 255).numpy().astype("uint8")
