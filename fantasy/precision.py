@@ -81,12 +81,25 @@ def sinusoid_fp64(timestep: torch.Tensor, channels: int) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).float()
 
 
+CHUNK_ROWS = 5120  # `time_proj` (30720 x 5120) upcast a sixth at a time: 105 MB of fp32 at once, not 630 MB
+
+
 class Fp32Linear(ModelHook):
-    """`y = x W^T + b` in fp32 from the module's weights, whatever their storage."""
+    """`y = x W^T + b` in fp32 from the module's weights, whatever their storage. Plain low-precision weights
+    are upcast `CHUNK_ROWS` output rows at a time, so no whole fp32 copy of a large weight ever exists."""
 
     def new_forward(self, module: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        bias = None if module.bias is None else module.bias.to(device=inputs.device, dtype=torch.float32)
-        return F.linear(inputs.float(), float_weight(module.weight, inputs.device), bias)
+        x = inputs.float()
+        bias = None if module.bias is None else module.bias.to(device=x.device, dtype=torch.float32)
+        weight = module.weight
+        plain = type(weight.data if isinstance(weight, torch.nn.Parameter) else weight) is torch.Tensor
+        if not plain or weight.dtype == torch.float32 or weight.shape[0] <= CHUNK_ROWS:
+            return F.linear(x, float_weight(weight, x.device), bias)
+        return torch.cat([
+            F.linear(x, weight[i : i + CHUNK_ROWS].to(device=x.device, dtype=torch.float32),
+                     None if bias is None else bias[i : i + CHUNK_ROWS])
+            for i in range(0, weight.shape[0], CHUNK_ROWS)
+        ], dim=-1)
 
 
 class Fp32TimeEmbedding(ModelHook):

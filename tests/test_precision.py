@@ -321,3 +321,41 @@ def test_offloading_gives_the_resident_result_in_mixed_precision(real, vram):
     a = resident(**conditioning(resident))
     b = offloaded(**conditioning(offloaded))
     assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
+def test_large_fp32_linears_are_upcast_in_row_chunks_with_the_same_result():
+    import torch.nn.functional as F
+
+    from fantasy.precision import CHUNK_ROWS, Fp32Linear
+
+    linear = torch.nn.Linear(64, 2 * CHUNK_ROWS + 7).to(BF16)
+    x = torch.randn(2, 64, generator=torch.Generator().manual_seed(0)).to(BF16)
+    expected = F.linear(x.float(), linear.weight.float(), linear.bias.float())
+    HookRegistry.check_if_exists_or_initialize(linear).register_hook(Fp32Linear(), "fp32")
+    seen = []
+    original = torch.Tensor.to
+
+    def watch(tensor, *args, **kwargs):
+        out = original(tensor, *args, **kwargs)
+        if out.dtype == torch.float32 and out.dim() == 2 and out.shape[1] == 64:
+            seen.append(out.shape[0])
+        return out
+
+    torch.Tensor.to = watch
+    try:
+        out = linear(x)
+    finally:
+        torch.Tensor.to = original
+    assert out.dtype == torch.float32 and torch.equal(out, expected)
+    assert seen == [CHUNK_ROWS, CHUNK_ROWS, 7]  # never the whole weight in fp32 at once
+
+
+def test_precision_bench_dry_run():
+    """bench/precision.py's measurement on the tiny config (the CPU figures in the README come from its real run)."""
+    from bench.models import TINY
+    from bench.precision import measure
+
+    rows = [measure(mode, TINY, torch.device("cpu"), (64, 64), 9, 1) for mode in ("mixed", "stock")]
+    assert [(r["mode"], r["output_dtype"], r["tokens"]) for r in rows] == [("mixed", "float32", 48),
+                                                                           ("stock", "bfloat16", 48)]
+    assert all(r["seconds"] > 0 and r["activation_gib"] >= 0 for r in rows)
