@@ -19,6 +19,7 @@ from pathlib import Path
 from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED, Result, Settings
 from fantasy.motion import motion_controls
 from fantasy.presets import Preset
+from fantasy.preview import Preview, upscale, write_clip
 from fantasy.streaming import MIN_CHUNK_SECONDS, StreamEvent, stream_generate
 from fantasy.validation import MAX_UPLOAD_BYTES, CheckedInputs, FaceChecker, check_inputs
 
@@ -88,6 +89,21 @@ class Job:
     def chunk_dir(self) -> Path:
         return self.folder / "chunks"
 
+    def preview_clip(self, preview: Preview) -> Path:
+        """The estimate as a looping animated WebP in the job's folder; a new name each time, since a browser
+        keeps showing a cached image whose URL did not change."""
+        path = self.folder / "preview" / f"window{preview.window}-step{preview.step:03d}.webp"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_clip(upscale(preview.frames), path, self.settings.fps)
+
+
+def preview_caption(preview: Preview) -> str:
+    """The preview's label: what it is and where the denoising is."""
+    where = f"step {preview.step}/{preview.steps}"
+    if preview.windows > 1:
+        where += f", window {preview.window + 1} of {preview.windows}"
+    return f"Preview while denoising ({where}): an estimate, blurry at first"
+
 
 class Studio:
     """The resident pipeline plus the app's limits; one generation at a time (`lock`)."""
@@ -123,7 +139,7 @@ class Studio:
         return stream_generate(
             self.pipe, job.image, job.audio, job.out_path, job.settings, self.preset, job.chunk_dir,
             num_frames=job.checked.num_frames, min_chunk_seconds=self.min_chunk_seconds, cancel=cancel,
-            lock=self.lock,
+            lock=self.lock, preview=True,
         )
 
     def status(self, job: Job, result: Result | None = None, state: str = "Done", steps_run: int | None = None) -> str:
