@@ -241,7 +241,7 @@ def test_generate_previews_each_window_of_a_long_video(tiny_pipe, tmp_path, spee
     from fantasy.presets import get_preset
 
     shown: list[Preview] = []
-    live = LivePreview(shown.append, budget=1.0)  # every step: this checks the plumbing, not the budget
+    live = LivePreview(shown.append, budget=float("inf"))  # every step: this checks the plumbing, not the budget
     result = generate(tiny_pipe, EXAMPLE_IMAGE, speech_wav, tmp_path / "o.mp4",
                       Settings(steps=2, longest_edge=64, max_frames=9, max_duration=0.5, text_guidance=1.0,
                                audio_guidance=1.0), get_preset("tiny"), preview=live)
