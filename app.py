@@ -28,6 +28,7 @@ from fantasy.errors import FantasyError, GenerationCancelled, WeightsMissing
 from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED
 from fantasy.image import MIN_SIDE, SIDE_MULTIPLE
 from fantasy.presets import Preset, get_preset, load_pipeline
+from fantasy.preview import BUDGET as PREVIEW_BUDGET
 from fantasy.sampling import passes_needed
 from fantasy.speed import apply_speed
 from fantasy.streaming import ChunkReady, Finished, PreviewReady, StageProgress
@@ -101,11 +102,13 @@ def slider_defaults(pipe, preset: Preset) -> dict[str, float]:
 def build_demo(
     pipe, preset: Preset, *, face_checker: FaceChecker | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
     max_queue: int = MAX_QUEUE, output_root: str | Path | None = None, min_chunk_seconds: float = 1.0,
+    preview_budget: float = PREVIEW_BUDGET,
 ) -> gr.Blocks:
     """The whole page around a resident pipeline. Tests call this with the tiny pipeline and a fake face check."""
     studio = Studio(
         pipe, preset, face_checker or default_face_check(), output_root or Path(tempfile.gettempdir()) / "fantasy-studio",
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), min_chunk_seconds=min_chunk_seconds,
+        preview_budget=preview_budget,
     )
     cancels: dict[str, threading.Event] = {}  # session -> its running generation's stop flag
     defaults = slider_defaults(pipe, preset)
@@ -246,6 +249,7 @@ def build_demo(
                         dice = gr.Button("🎲 Random seed", scale=1, elem_id="random-seed")
             with gr.Column():
                 preview = gr.Image(label="Preview while denoising", visible=False, interactive=False, height=256,
+                                   buttons=["fullscreen"],
                                    elem_id="preview")
                 live = gr.Video(label="Live (streams while decoding)", streaming=True, autoplay=True,
                                 elem_id="live")

@@ -196,6 +196,7 @@ def stream_generate(
     cancel: threading.Event | None = None,
     lock: threading.Lock | None = None,
     preview: bool = False,
+    preview_budget: float | None = None,
 ) -> Iterator[StreamEvent]:
     """Run `generate` in a worker thread; yield progress, each chunk as it is ready, then `Finished`.
 
@@ -203,11 +204,11 @@ def stream_generate(
     step or decoded latent frame and leaves no final file. `lock`, when given, is held for the whole
     generation, so a stopped run still finishing its step never overlaps the next one on the device.
     Errors raised in the worker are re-raised here, in the consumer. With `preview`, denoising estimates
-    arrive as `PreviewReady` events (throttled to ~2 % of the step time; the consumer encodes them, off the
-    denoising thread).
+    arrive as `PreviewReady` events (throttled to `preview_budget`, default 2 %, of the step time; the
+    consumer encodes them, off the denoising thread).
     """
     from fantasy.generate import generate, prepare_inputs
-    from fantasy.preview import LivePreview
+    from fantasy.preview import BUDGET, LivePreview
 
     cancel = cancel if cancel is not None else threading.Event()
     events: queue.Queue = queue.Queue()
@@ -242,7 +243,7 @@ def stream_generate(
                     check_cancel()
                     events.put(PreviewReady(estimate))
 
-                live = LivePreview(on_preview) if preview else None
+                live = LivePreview(on_preview, preview_budget or BUDGET) if preview else None
                 result = generate(pipe, image, audio, out_path, settings, preset, on_progress, on_frames,
                                   preview=live)
                 chunks = writer.finish()
