@@ -3,10 +3,10 @@
 At a denoising step with latents `x_t`, noise level `sigma_t` and velocity `v`, flow matching's estimate of
 the finished latents is `x0 = x_t - sigma_t * v` (the Euler sampler and the few-step mode's stochastic
 sampler both compute exactly this). A fixed linear map from Wan 2.1's 16 latent channels to RGB plus a bias
-turns it into colours at latent resolution (1/8 of the sides, one frame per latent frame), in well under a
-millisecond of GPU time. Early steps give a blurry, washed-out guess; it sharpens as the steps run.
+turns it into colours at latent resolution (1/8 of the sides, one frame per latent frame) with a few
+elementwise kernels and one small matmul. Early steps give a blurry, washed-out guess; it sharpens as the steps run.
 
-The map's numbers are data from ComfyUI, fitted there on the real Wan 2.1 VAE (see `LATENT_RGB_SOURCE`).
+The map's numbers are data: ComfyUI's preview map for the Wan 2.1 VAE (see `LATENT_RGB_SOURCE`).
 ComfyUI samples in the normalised latent space (`Wan21.process_in`: `(z - latents_mean) / latents_std`, the
 same mean/std as diffusers' `AutoencoderKLWan` config) and its `Latent2RGBPreviewer` applies the factors to
 that sampler output directly, giving RGB in [-1, 1]. Our pipeline's latents are in that same normalised
@@ -248,8 +248,8 @@ def _pixels(x: torch.Tensor) -> torch.Tensor:
 
 def fit_latent_rgb(latents: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Least-squares factors [C, 3] and bias [3] taking normalised latents [N, C, T, h, w] to the cell means of
-    their decoded videos [N, 3, F, H, W] in [-1, 1]: how such maps are made for a VAE (ComfyUI's are fitted
-    on the real Wan 2.1 VAE), and how ours can be checked or refitted for another one."""
+    their decoded videos [N, 3, F, H, W] in [-1, 1]: a way to make such a map for a VAE, and to check or refit
+    ours for another one (`bench/preview_fit.py`)."""
     x = _pixels(latents)
     y = _pixels(latent_cell_means(video))
     solution = torch.linalg.lstsq(torch.cat([x, torch.ones(len(x), 1)], dim=1), y).solution
