@@ -7,7 +7,8 @@ One audio-on transformer pass of the Wan2.1-I2V-14B DiT with random bf16 weights
     python bench/precision.py --device cuda   # GPU: all 40 blocks, 512x512x81 (21,504 tokens) and 832x480x81
     python bench/precision.py --tiny          # the tiny config (a dry run of this code)
 
-Time: mean of `--repeat` passes after one warm-up. Memory: on a GPU the peak allocated during a pass
+Time: mean of `--repeat` passes after one warm-up, as wall time and as this process's CPU time (the
+steadier figure on a shared machine). Memory: on a GPU the peak allocated during a pass
 minus what the weights take; on a CPU each policy runs in its own process and the figure is its peak
 resident memory (ru_maxrss) minus the resident memory before the first pass, so weights are excluded.
 """
@@ -53,17 +54,19 @@ def measure(mode: str, spec: dict, device: torch.device, size: tuple[int, int], 
     reset_peak(device)
     one_pass()  # warm-up
     sync(device)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for _ in range(repeat):
         out = one_pass()
     sync(device)
     seconds = (time.perf_counter() - started) / repeat
+    cpu_seconds = (time.process_time() - cpu_started) / repeat
     if device.type == "cuda":
         activations = memory_gib(device, True) - weights
     else:
         activations = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB - before
     tokens = x["latents"].shape[2] * x["latents"].shape[3] * x["latents"].shape[4] // 4
     return {"mode": mode, "size": f"{size[0]}x{size[1]}x{frames}", "tokens": tokens, "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
             "activation_gib": activations, "output_dtype": str(out.dtype).removeprefix("torch.")}
 
 
@@ -103,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     report = {"environment": environment(device), "layers": layers, "rows": rows}
     print(f"DiT precision cost, {layers} blocks, {report['environment']}")
-    print(table(["policy", "clip", "tokens", "s/pass", "activations GiB", "output"],
-                [[r["mode"], r["size"], r["tokens"], r["seconds"], r["activation_gib"], r["output_dtype"]] for r in rows]))
+    print(table(["policy", "clip", "tokens", "s/pass", "CPU s/pass", "activations GiB", "output"],
+                [[r["mode"], r["size"], r["tokens"], r["seconds"], r["cpu_seconds"], r["activation_gib"],
+                  r["output_dtype"]] for r in rows]))
     if args.json:
         print(f"wrote {write_json(args.json, report)}")
     return 0
