@@ -143,11 +143,14 @@ def storage_dtype(key: str, dtype: torch.dtype) -> torch.dtype:
 
 def has_low_precision_projection(path: str | Path) -> bool:
     """True for a converted file whose audio projection is not fp32 (converted before it stayed fp32)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        key = PROJ_KEYS[0]
-        return key in f.keys() and f.get_slice(key).get_dtype() != "F32"  # noqa: SIM118 (no __contains__)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            key = PROJ_KEYS[0]
+            return key in f.keys() and f.get_slice(key).get_dtype() != "F32"  # noqa: SIM118 (no __contains__)
+    except (SafetensorError, OSError):  # not readable as safetensors: loading it says what is wrong
+        return False
 
 
 def save_adapter_weights(transformer, audio_proj, path: str | Path, dtype: torch.dtype = torch.bfloat16) -> None:

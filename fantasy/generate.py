@@ -186,7 +186,8 @@ def generate(
             )
             produced: list[np.ndarray] = []
             colour: ColourMatch | None = None
-            for frames in pipe.decode_frames(latents, release=settings.release):
+            decoded = pipe.decode_frames(latents, release=True) if settings.release else pipe.decode_frames(latents)
+            for frames in decoded:
                 produced.append(frames)
                 done = sum(len(f) for f in produced)
                 if done <= window.overlap:

@@ -20,10 +20,10 @@ working. The hooks: a pre-hook (torch's own, shared by all blocks, see `CastHidd
 block lifts `hidden_states` to fp32 (block 0 receives the bf16 patch embedding; every later block
 then gets the fp32 result of the previous one, since the blocks' residual adds follow their input's
 dtype); pre-hooks on each block's `attn1`, `attn2` and `ffn` round their input to the compute dtype
-(what autocast does in the release); with diffusers `ModelHook`s, `condition_embedder` computes the time
-path in fp32, and the time MLP's linears, `time_proj` and `proj_out` compute in fp32 from their weights, whatever the storage
-(plain, GGUF, torchao) — nothing is stored twice. With an fp32 DiT (the tiny preset) the casts do
-nothing and only the float64 sinusoid differs from `stock`.
+(what autocast does in the release); with diffusers `ModelHook`s, `condition_embedder` computes the
+time path in fp32, and the time MLP's linears, `time_proj` and `proj_out` compute in fp32 from their
+weights, whatever the storage (plain, GGUF, torchao): nothing is stored twice. With an fp32 DiT (the
+tiny preset) the casts do nothing and only the float64 sinusoid differs from `stock`.
 
 Install it before offloading, caching or parallelism hooks (`fantasy.presets.assemble` does): the
 fp32 linears replace their module's forward, so they must be the innermost hook. `copy.deepcopy` of a
