@@ -123,12 +123,12 @@ class FaceAlignmentBackend:
     def model(self) -> Any:
         """The `face_alignment.FaceAlignment` instance (weights checked first, see `ensure_weights`)."""
         if self._model is None:
+            ensure_weights(self.detector, self.allow_download)
             try:
                 import face_alignment
             except ImportError:
                 raise WeightsMissing("The face backend 'face-alignment' is not installed: run `pip install "
                                      "--no-deps face-alignment==1.5.0` (see README, Face analysis).") from None
-            ensure_weights(self.detector, self.allow_download)
             try:
                 self._model = face_alignment.FaceAlignment(
                     face_alignment.LandmarksType.TWO_D,
