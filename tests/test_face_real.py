@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 from skimage import data
 
 from fantasy.errors import NoFaceFound
@@ -140,3 +141,28 @@ def test_identity_embedding_separates_the_same_face_from_other_people(analyzer, 
                 augmented_same.append(embedding_distance(base, other))
     assert len(augmented_same) >= 30 and max(augmented_same) < 0.35  # measured 0.271
     assert max(augmented_same) < np.quantile(pairs, 0.05)
+
+
+def test_the_app_checks_faces_by_default_and_its_status_line_says_which(tiny_pipe, tmp_path) -> None:
+    import app
+    from fantasy.presets import get_preset
+    from fantasy.studio import Controls, Studio
+    from fantasy.validation import default_face_check
+    from tests.conftest import EXAMPLE_SPEECH
+
+    demo = app.build_demo(tiny_pipe, get_preset("tiny"), output_root=tmp_path)  # no face check given
+    (status,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "status"]
+    assert status.value.endswith("face check: on (dlib)")
+
+    studio = Studio(tiny_pipe, get_preset("tiny"), default_face_check(), tmp_path)
+    two = tmp_path / "two.png"
+    photo = portrait()
+    Image.fromarray(np.hstack([photo, photo[:, ::-1]])).save(two)
+    job = studio.check(two, EXAMPLE_SPEECH, Controls(steps=2, longest_edge=64, max_duration_s=1.0))
+    assert ("face check: 2 faces found; using the most confident (dlib HOG score 1.46, x 179-267, y 83-171)"
+            in studio.status(job, state="Queued"))
+    landscape = tmp_path / "rocket.png"
+    Image.fromarray(non_face_photos()["rocket"]).save(landscape)
+    with pytest.raises(NoFaceFound, match="No face found in the portrait"):
+        studio.check(landscape, EXAMPLE_SPEECH, Controls())
+    assert not any(tmp_path.glob("2*")), "no job folder: refused before any model work"
