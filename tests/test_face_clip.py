@@ -2,7 +2,8 @@
 
 On it: `eval`'s lip sync (in sync scores high; a delayed speech track is found at its lag; another speech
 scores low) and identity, training's landmark tracks and lip masks, and the whole of it on a fresh
-machine: a subprocess with an empty torch hub cache, HF_HUB_OFFLINE=1 and every socket refused.
+machine: a subprocess with an empty torch hub cache, HF_HUB_OFFLINE=1, every socket refused and
+face-alignment hidden.
 """
 
 from __future__ import annotations
@@ -122,13 +123,19 @@ def test_a_fresh_machine_offline_runs_eval_the_face_check_identity_crops_and_lip
     blocker = tmp_path / "no-network"
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text(textwrap.dedent("""
-        import os, socket
+        import os, socket, sys
         def _refuse(self, address, *args):
             with open(os.environ["NETWORK_LOG"], "a") as log:
                 log.write(repr(address) + "\\n")
             raise OSError("network disabled for this test")
         socket.socket.connect = _refuse
         socket.socket.connect_ex = _refuse
+
+        class _NoFaceAlignment:  # the optional backend is hidden: the default must not need it
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "face_alignment":
+                    raise ImportError("face_alignment is hidden in this test")
+        sys.meta_path.insert(0, _NoFaceAlignment())
     """))
     (work / "check.py").write_text(textwrap.dedent("""
         import json
@@ -136,6 +143,13 @@ def test_a_fresh_machine_offline_runs_eval_the_face_check_identity_crops_and_lip
         from PIL import Image
 
         out = {}
+        import sitecustomize
+        out["guard"] = sitecustomize.__file__
+        try:
+            import face_alignment  # noqa: F401
+            out["face_alignment"] = "importable"
+        except ImportError:
+            out["face_alignment"] = "hidden"
         from fantasy.cli import main
         out["eval_status"] = main(["eval", "talk.mp4", "--image", "portrait.png", "--json", "talk.json",
                                    "--identity-samples", "4"])
@@ -178,6 +192,7 @@ def test_a_fresh_machine_offline_runs_eval_the_face_check_identity_crops_and_lip
     done = subprocess.run([sys.executable, "check.py"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert result["guard"] == str(blocker / "sitecustomize.py") and result["face_alignment"] == "hidden"
     assert result["eval_status"] == 0 and result["sync"][0] > 0.9 and result["sync"][1] == 0
     assert result["identity"] == ["euclidean", 4, "dlib"]
     assert result["face_note"] == "face check: 1 face (dlib HOG)"
