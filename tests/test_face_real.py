@@ -166,3 +166,17 @@ def test_the_app_checks_faces_by_default_and_its_status_line_says_which(tiny_pip
     with pytest.raises(NoFaceFound, match="No face found in the portrait"):
         studio.check(landscape, EXAMPLE_SPEECH, Controls())
     assert not any(tmp_path.glob("2*")), "no job folder: refused before any model work"
+
+
+def test_the_face_bench_times_every_stage(capsys) -> None:
+    from bench.faces import main
+
+    assert main(["--repeats", "1"]) == 0
+    printed = capsys.readouterr().out
+    rows = {line.split(" | ")[0].strip("| "): [float(v) for v in line.strip(" |").split(" | ")[1:]]
+            for line in printed.splitlines() if line.startswith("| ") and "---" not in line and "stage" not in line}
+    assert list(rows) == ["dlib HOG detection", "YuNet detection (fallback)", "68 landmarks (one face)",
+                          "ResNet embedding (one face)", "eval landmarks per frame (detect + 68 points)",
+                          "app face check (detect, count)"]
+    assert all(cpu >= 0 and wall > 0 for cpu, wall in rows.values())
+    assert rows["ResNet embedding (one face)"][1] > 10 * rows["68 landmarks (one face)"][1]

@@ -97,7 +97,7 @@ class FaceBackend(Protocol):
         ...
 
     def embed(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-        """Identity embedding of the face with these landmarks (compare with `embedding_distance`)."""
+        """Identity embedding of the face with these landmarks (dlib: 128-d, `dlib_backend.embedding_distance`)."""
         ...
 
     def describe(self) -> dict[str, Any]:

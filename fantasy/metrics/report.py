@@ -1,7 +1,7 @@
 """Run every metric on one generated clip and present the result: a table, a JSON dict, a PNG plot.
 
-The landmark pass is shared: one provider call per frame feeds the mouth track (sync), the face
-crops (identity) and the face boxes (subject vs. background motion).
+The landmark pass is shared: one provider call per frame feeds the mouth track (sync), the identity
+embeddings (aligned on those landmarks) and the face boxes (subject vs. background motion).
 """
 
 from __future__ import annotations
