@@ -204,3 +204,34 @@ def test_a_fresh_machine_offline_runs_eval_the_face_check_identity_crops_and_lip
         "face_detection_yunet_2023mar_int8bq.onnx"}
     assert list(torch_home.iterdir()) == [], "nothing was downloaded into the torch hub cache"
     assert not log.exists(), f"network attempted: {log.read_text() if log.exists() else ''}"
+
+
+def test_the_feature_cache_fingerprint_names_the_face_backend_and_its_model_files(clip, tiny_pipe, tmp_path) -> None:
+    import torch
+
+    from fantasy.face.model_files import DLIB_LANDMARKS, DLIB_RESNET, YUNET
+    from fantasy.metrics.frames import read_video
+    from fantasy.train.cache import CachedClip, cache_dataset
+    from fantasy.train.fingerprint import cache_fingerprint
+    from fantasy.train.tracks import BackendLandmarks
+
+    data = tmp_path / "data"
+    data.mkdir()
+    frames = read_video(clip["video"], max_frames=20).frames[:, 40:232, 128:320]  # 192² around the face
+    write_clip(data / "talk.mp4", np.ascontiguousarray(frames), speech_segment(0.0, 20 / CLIP_FPS))
+    spec = SampleSpec(num_frames=9, fps=CLIP_FPS, width=192, height=192)
+    summary = cache_dataset(tiny_pipe, data, spec)  # landmarks measured by the default backend
+    dlib = BackendLandmarks().fingerprint()
+    assert dlib["backend"] == "dlib" and dlib["files"] == {
+        DLIB_LANDMARKS.name: DLIB_LANDMARKS.sha256, DLIB_RESNET.name: DLIB_RESNET.sha256, YUNET.name: YUNET.sha256}
+    assert summary.fingerprint == cache_fingerprint(tiny_pipe, spec, torch.float32, dlib)
+    fan = BackendLandmarks("face-alignment").fingerprint()  # describing it needs no weights
+    assert fan["backend"] == "face-alignment" and fan["redetect_every"] == 8
+    assert cache_fingerprint(tiny_pipe, spec, torch.float32, fan) != summary.fingerprint
+    cached = CachedClip.load(summary.clips[0])
+    assert cached.filled_frames == 0 and cached.lip_mask.sum() > 0
+
+    analyzer = shared_analyzer("dlib")  # landmarks given in a file: the backend no longer decides anything
+    np.save(data / "talk.landmarks.npy", np.stack([analyzer.landmarks(f) for f in read_video(data / "talk.mp4").frames]))
+    with_file = cache_dataset(tiny_pipe, data, spec)
+    assert with_file.encoded == ["talk"] and with_file.fingerprint == cache_fingerprint(tiny_pipe, spec, torch.float32)
