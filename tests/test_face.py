@@ -192,9 +192,18 @@ def test_the_most_confident_face_is_the_subject_not_the_largest() -> None:
     assert backend.calls[0] == ("detect", (100, 100, 3), np.uint8), "backends get RGB uint8"
     finding = analyzer.find(grey)
     assert finding.box == face_box and finding.count == 2, "a box under a quarter of the best is not counted"
-    assert finding.note() == "2 faces found; using the most confident (dlib HOG score 1.40, x 20-50, y 10-40)"
+    assert finding.note() == "2 faces found; using the most confident, top centre (dlib HOG score 1.40)"
     points = analyzer.landmarks(grey)
     assert backend.calls[-1] == ("landmarks", face_box) and points.shape == (68, 2)
+
+
+@pytest.mark.parametrize(("centre", "words"), [((10, 10), "top left"), ((50, 50), "centre"), ((90, 50), "right"),
+                                               ((50, 95), "bottom centre"), ((99.9, 99.9), "bottom right")])
+def test_where_the_face_is_in_words(centre, words) -> None:
+    from fantasy.face import FaceFinding
+
+    x, y = centre
+    assert FaceFinding(FaceBox(x - 1, y - 1, x + 1, y + 1), 2, 100, 100).where() == words
 
 
 def test_one_face_and_no_face() -> None:
@@ -310,9 +319,14 @@ def test_failed_fan_download_becomes_weights_missing_for_the_detector(
     assert sorted(p.name for p in checkpoints.iterdir()) == [FAN_2D_FILE], "no partial file left behind"
 
 
-def test_the_fan_backend_without_face_alignment_installed_says_how_to_install_it(monkeypatch) -> None:
+def test_the_fan_backend_without_face_alignment_installed_says_how_to_install_it(tmp_path, monkeypatch) -> None:
     import sys
 
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for name in (FAN_2D_FILE, S3FD_FILE):  # weights in place: the package is what is missing
+        (checkpoints / name).write_bytes(b"present")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setitem(sys.modules, "face_alignment", None)  # import fails as if not installed
     with pytest.raises(WeightsMissing, match=r"pip install --no-deps face-alignment==1\.5\.0"):
         FaceAlignmentBackend(device="cpu").detect(np.zeros((8, 8, 3), np.uint8))

@@ -159,7 +159,7 @@ def test_the_app_checks_faces_by_default_and_its_status_line_says_which(tiny_pip
     photo = portrait()
     Image.fromarray(np.hstack([photo, photo[:, ::-1]])).save(two)
     job = studio.check(two, EXAMPLE_SPEECH, Controls(steps=2, longest_edge=64, max_duration_s=1.0))
-    assert ("face check: 2 faces found; using the most confident (dlib HOG score 1.46, x 179-267, y 83-171)"
+    assert ("face check: 2 faces found; using the most confident, top left (dlib HOG score 1.46)"
             in studio.status(job, state="Queued"))
     landscape = tmp_path / "rocket.png"
     Image.fromarray(non_face_photos()["rocket"]).save(landscape)

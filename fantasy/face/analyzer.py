@@ -51,18 +51,30 @@ def make_backend(name: str | None = None, device: str | None = None, allow_downl
 
 @dataclass(frozen=True)
 class FaceFinding:
-    """The face taken as the subject (the most confident) and how many faces the image shows."""
+    """The face taken as the subject (the most confident), how many faces the image shows, and its size."""
 
     box: FaceBox
     count: int
+    width: int
+    height: int
+
+    def where(self) -> str:
+        """'top left', 'centre', 'bottom right'…: the face's centre in thirds of the picture.
+
+        Words, not pixels: the check runs on a copy at most 1024 px, whose pixels are not the upload's.
+        """
+        cx, cy = self.box.center
+        column = ("left", "centre", "right")[min(2, max(0, int(3 * cx / self.width)))]
+        row = ("top", "middle", "bottom")[min(2, max(0, int(3 * cy / self.height)))]
+        return "centre" if (row, column) == ("middle", "centre") else f"{row} {column}".replace("middle ", "")
 
     def note(self) -> str:
         """The status line's words: '1 face (dlib HOG)' or '2 faces found; using the most confident …'."""
         found_by = self.box.detector or "detector"
         if self.count == 1:
             return f"1 face ({found_by})"
-        return (f"{self.count} faces found; using the most confident ({found_by} score {self.box.score:.2f}, "
-                f"{self.box.describe()})")
+        return (f"{self.count} faces found; using the most confident, {self.where()} "
+                f"({found_by} score {self.box.score:.2f})")
 
 
 class FaceAnalyzer:
@@ -90,11 +102,13 @@ class FaceAnalyzer:
 
     def find(self, image_rgb: np.ndarray) -> FaceFinding:
         """The subject's face and the face count, or a `NoFaceFound` the user can act on."""
-        faces = self.faces(image_rgb)
+        image = as_rgb_uint8(image_rgb)
+        faces = self.faces(image)
         if not faces:
             raise NoFaceFound(NO_FACE_MESSAGE)
         best = faces[0]
-        return FaceFinding(best, 1 + sum(f.score >= OTHER_FACE_SHARE * best.score for f in faces[1:]))
+        count = 1 + sum(f.score >= OTHER_FACE_SHARE * best.score for f in faces[1:])
+        return FaceFinding(best, count, image.shape[1], image.shape[0])
 
     def require_face(self, image_rgb: np.ndarray) -> FaceBox:
         return self.find(image_rgb).box

@@ -66,13 +66,6 @@ class FaceBox:
         """
         return np.array([self.x1, self.y1, self.x2, self.y2, self.score], dtype=np.float64)
 
-    def shifted(self, dx: float, dy: float) -> FaceBox:
-        return FaceBox(self.x1 + dx, self.y1 + dy, self.x2 + dx, self.y2 + dy, self.score, self.detector)
-
-    def describe(self) -> str:
-        """'x 179-266, y 83-170': where the face is, for status lines."""
-        return f"x {self.x1:.0f}-{self.x2:.0f}, y {self.y1:.0f}-{self.y2:.0f}"
-
     @classmethod
     def from_landmarks(cls, points: np.ndarray, score: float = 1.0) -> FaceBox:
         """Tight box around landmarks (chin to brows: smaller than a detector's box, no forehead)."""

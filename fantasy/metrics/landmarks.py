@@ -51,6 +51,6 @@ class TrackedLandmarks:
         else:  # follow the head: shift the detector box by how far the landmarks moved since detection
             dx, dy = centre - self._anchor
             b = self._box
-            self._box = FaceBox(b.x1 + dx, b.y1 + dy, b.x2 + dx, b.y2 + dy, b.score)
+            self._box = FaceBox(b.x1 + dx, b.y1 + dy, b.x2 + dx, b.y2 + dy, b.score, b.detector)
             self._anchor = centre
         return points
