@@ -358,4 +358,6 @@ def test_precision_bench_dry_run():
     rows = [measure(mode, TINY, torch.device("cpu"), (64, 64), 9, 1) for mode in ("mixed", "stock")]
     assert [(r["mode"], r["output_dtype"], r["tokens"]) for r in rows] == [("mixed", "float32", 48),
                                                                            ("stock", "bfloat16", 48)]
-    assert all(r["seconds"] > 0 and r["activation_gib"] >= 0 for r in rows)
+    # In this (long-lived) process ru_maxrss is an old peak, so the memory figure only means something in the
+    # fresh process per policy that the bench's main starts; here only its presence is checked.
+    assert all(r["seconds"] > 0 and r["cpu_seconds"] > 0 and isinstance(r["activation_gib"], float) for r in rows)
