@@ -121,22 +121,25 @@ def _resolve(kwargs: dict) -> dict:
 
 
 def held_bytes(result) -> int:
-    """Bytes a result holds: a module's distinct parameter/buffer storages, or an int as is."""
+    """Bytes a result holds on the CPU: the distinct parameter/buffer storages of a module or of a pipeline's
+    modules, or an int as is."""
     import torch
 
     if isinstance(result, int):
         return result
-    if isinstance(result, torch.nn.Module):
-        seen, total = set(), 0
-        for tensor in [*result.parameters(), *result.buffers()]:
-            if tensor.device.type == "meta":
+    components = getattr(result, "components", None)
+    modules = [result] if isinstance(result, torch.nn.Module) else [
+        m for m in (components or {}).values() if isinstance(m, torch.nn.Module)]
+    seen, total = set(), 0
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.device.type != "cpu":
                 continue
             storage = tensor.untyped_storage()
             if storage.data_ptr() not in seen:
                 seen.add(storage.data_ptr())
                 total += storage.nbytes()
-        return total
-    return 0
+    return total
 
 
 def _child(step: str, raw: str) -> int:

@@ -349,14 +349,13 @@ def _load_components(paths: dict[str, Path], mode, vram: str, device: torch.devi
         AutoTokenizer,
         CLIPVisionModel,
         CLIPVisionModelWithProjection,
-        UMT5EncoderModel,
         Wav2Vec2FeatureExtractor,
         Wav2Vec2ForCTC,
         Wav2Vec2Model,
     )
 
     from fantasy.adapter import AudioProjModel, audio_processors
-    from fantasy.checkpoints import load_sharded, pretrained_class
+    from fantasy.checkpoints import pretrained_class
     from fantasy.offload import apply_vram_mode
     from fantasy.presets import assemble
     from fantasy.quantize import enable_fp8_storage, load_single_file_transformer, quantize_weight_only
@@ -378,7 +377,7 @@ def _load_components(paths: dict[str, Path], mode, vram: str, device: torch.devi
     audio_dim, context_dim = _adapter_dims(adapter_path, audio_encoder.config.hidden_size)
     components = {
         "tokenizer": AutoTokenizer.from_pretrained(wan / "tokenizer"),
-        "text_encoder": load_sharded(UMT5EncoderModel, wan / "text_encoder", dtype),
+        "text_encoder": load_text_encoder(wan / "text_encoder", dtype),
         "vae": vae,
         "scheduler": make_scheduler(),
         "image_encoder": clip_class.from_pretrained(wan / "image_encoder", dtype=torch.float32).eval(),
@@ -398,6 +397,15 @@ def _load_components(paths: dict[str, Path], mode, vram: str, device: torch.devi
         enable_fp8_storage(pipe.transformer, dtype)
     apply_vram_mode(pipe, vram, device)
     return pipe
+
+
+def load_text_encoder(folder: str | Path, dtype: torch.dtype = torch.bfloat16):
+    """umT5 from Wan-AI's `text_encoder/` (fp32 shards) in `dtype`, one shard at a time (`fantasy.checkpoints`)."""
+    from transformers import UMT5EncoderModel
+
+    from fantasy.checkpoints import load_sharded
+
+    return load_sharded(UMT5EncoderModel, folder, dtype)
 
 
 def _image_processor(folder: Path):
