@@ -127,6 +127,18 @@ def random_model(build, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
+def city96_bytes(config: dict) -> int:
+    """Tensor bytes of city96's Q8_0 file for `config` (17.43 GB at the full 40 blocks)."""
+    import gguf
+
+    total = 0
+    for name, shape in _meta_state(config).items():
+        kind = city96_type(name, tuple(shape))
+        values, size = gguf.GGML_QUANT_SIZES[kind]
+        total += int(np.prod(shape)) // values * size
+    return total
+
+
 def write_city96_gguf(path: str | Path, config: dict, seed: int = 0) -> dict[str, str]:
     """The DiT as city96's Q8_0 GGUF, streamed to disk; returns tensor name -> GGML type name."""
     import gguf

@@ -149,3 +149,29 @@ def test_real_preset_loads_quietly_reads_only_its_files_and_generates_a_probed_m
     assert (info.frames, info.width, info.height, info.fps) == (9, 64, 64, 23.0)
     assert info.video_codec == "h264" and info.audio_codec == "aac"
     assert abs(info.audio_duration - 9 / 23) < 0.05
+
+
+@pytest.mark.parametrize("case", range(4), ids=["gguf", "bf16", "umt5", "ckpt"])
+def test_host_ram_of_each_loader_stays_near_the_tensor_set_it_holds(root, tmp_path, case):
+    """Peak anonymous memory (what must fit in RAM) <= 1.2x the tensor set each loader must hold, for all four.
+
+    And the kernel's peak RSS, page cache included: the GGUF and the bf16 file are never copied (<= 1.2x the
+    file; diffusers' own GGUF reader held 1.9-2.1x), umT5 maps one shard at a time (<= 1.2x the model + one
+    shard; transformers 5 kept every fp32 shard mapped: 3x), and the pickle is mapped rather than read in
+    (<= 1.2x the output + the pickle; reading it in held fp32 + bf16 anonymously: 3x the output).
+    """
+    from bench.host_memory import measure
+    from bench.loader_ram import loader_cases
+
+    spec = loader_cases(root, tmp_path)[case]
+    peak = measure(spec.step, spec.kwargs)
+    figures = (f"{spec.name}: set {spec.tensor_set / GB:.3f} GB, anonymous {peak.peak_anon / GB:.3f} GB "
+               f"({peak.peak_anon / spec.tensor_set:.2f}x), RSS {peak.peak_rss / GB:.3f} GB "
+               f"({peak.peak_rss / spec.tensor_set:.2f}x), {peak.samples} samples")
+    print(figures)
+    assert peak.samples > 100, figures  # the parent really watched the load
+    assert peak.peak_anon <= 1.2 * spec.tensor_set, figures
+    rss_bound = {"gguf": 1.2 * spec.tensor_set, "bf16": 1.2 * spec.tensor_set,
+                 "umt5": 1.2 * (spec.tensor_set + spec.largest_file),
+                 "ckpt": 1.2 * (spec.tensor_set + spec.largest_file)}[("gguf", "bf16", "umt5", "ckpt")[case]]
+    assert peak.peak_rss <= rss_bound, figures
