@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,13 +48,6 @@ class HostPeak:
     seconds: float
     samples: int
     info: dict
-
-    def ratio(self, tensor_set: int | None = None) -> float:
-        """Peak anonymous memory over the tensor set (default: what the result holds)."""
-        return self.peak_anon / (tensor_set or self.held)
-
-    def rss_ratio(self, tensor_set: int | None = None) -> float:
-        return self.peak_rss / (tensor_set or self.held)
 
 
 def _status(pid: int | str = "self") -> dict[str, int]:
@@ -168,6 +161,3 @@ def _child(step: str, raw: str) -> int:
 
 if __name__ == "__main__":
     sys.exit(_child(sys.argv[1], sys.argv[2]))
-
-
-__all__ = ["HostPeak", "asdict", "held_bytes", "measure"]

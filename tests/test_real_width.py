@@ -40,7 +40,6 @@ from fantasy.weights import (
 
 from .conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
 
-pytestmark = pytest.mark.slow
 DIT_BLOCKS, TEXT_LAYERS, TEXT_VOCAB, CLIP_LAYERS = 1, 1, 4096, 2
 GB = 1e9
 
@@ -91,6 +90,7 @@ class OpenedFiles:
         return self.paths
 
 
+@pytest.mark.slow
 def test_real_preset_loads_quietly_reads_only_its_files_and_generates_a_probed_mp4(root, capfd, tmp_path):
     import torchao  # noqa: F401  (its import notices are not a load report: out of the way first)
     from diffusers.quantizers.gguf.utils import GGUFParameter
@@ -151,6 +151,7 @@ def test_real_preset_loads_quietly_reads_only_its_files_and_generates_a_probed_m
     assert abs(info.audio_duration - 9 / 23) < 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", range(4), ids=["gguf", "bf16", "umt5", "ckpt"])
 def test_host_ram_of_each_loader_stays_near_the_tensor_set_it_holds(root, tmp_path, case):
     """Peak anonymous memory (what must fit in RAM) <= 1.2x the tensor set each loader must hold, for all four.
@@ -175,3 +176,17 @@ def test_host_ram_of_each_loader_stays_near_the_tensor_set_it_holds(root, tmp_pa
                  "umt5": 1.2 * (spec.tensor_set + spec.largest_file),
                  "ckpt": 1.2 * (spec.tensor_set + spec.largest_file)}[("gguf", "bf16", "umt5", "ckpt")[case]]
     assert peak.peak_rss <= rss_bound, figures
+
+
+def test_the_full_model_host_ram_table_in_the_readme_is_what_the_code_computes():
+    from bench.loader_ram import FULL, full_model_host_ram
+
+    assert real_layout.city96_bytes(real_layout.dit_config(40)) == FULL["dit_q8_0"]  # 17.46 GB of tensors
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    needs = {(dit, vram): round(need) for dit, vram, need, _ in full_model_host_ram(1.0)}
+    assert needs == {("q8_0", "resident"): 15, ("bf16", "resident"): 15, ("bf16-fp8-storage", "resident"): 33,
+                     ("q8_0", "model-offload"): 34, ("bf16", "model-offload"): 49, ("q8_0", "group-offload"): 45,
+                     ("bf16", "group-offload"): 61}
+    for (dit, vram), need in needs.items():
+        if dit != "bf16" or vram != "resident":  # the resident rows share one line
+            assert f"| `{dit}` | `{vram}` | ~{need} GB |" in readme or f"`{vram}` | ~{need} GB |" in readme
