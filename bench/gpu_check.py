@@ -367,7 +367,8 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(tiny: bool, out: Path, budget_s: float, installed: list[str]) -> dict:
+def run(tiny: bool, out: Path, budget_s: float, installed: list[str], only: list[str] | None = None) -> dict:
+    """Measure every section in `COST_S` order (or only those in `only`); write OUT/gpu_check.{json,md}."""
     import torch
 
     from bench.flops import peak_tflops, video_tokens
@@ -407,6 +408,8 @@ def run(tiny: bool, out: Path, budget_s: float, installed: list[str]) -> dict:
     ]
     try:
         for name, key, section in sections:
+            if only is not None and name not in only:
+                continue
             if not budget.allows(name):
                 report["skipped"].append(name)
                 continue
@@ -428,12 +431,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="gpu-check", help="folder for gpu_check.json and gpu_check.md")
     parser.add_argument("--budget-s", type=float, default=420.0, help="seconds for measuring (default 420)")
     parser.add_argument("--wheels", default=str(WHEELS), help="wheels for missing packages (default .whl/)")
+    parser.add_argument("--sections", nargs="+", choices=list(COST_S), default=None,
+                        help="only these sections (e.g. to finish a run the budget cut short)")
     args = parser.parse_args(argv)
     installed = ensure_packages(Path(args.wheels))
     if installed:
         print(f"[gpu-check] installed from wheels: {', '.join(installed)}", flush=True)
     sys.path.insert(0, str(ROOT))
-    report = run(args.tiny, Path(args.out), args.budget_s, installed)
+    report = run(args.tiny, Path(args.out), args.budget_s, installed, args.sections)
     print((Path(args.out) / "gpu_check.md").read_text())
     failed = [r for key in ("dit_modes", "vram_modes", "host_ram", "switches") for r in report[key]
               if r.get("error") and not str(r["error"]).startswith("skipped")]

@@ -96,3 +96,10 @@ def test_a_section_that_does_not_fit_the_budget_is_recorded_as_skipped(tmp_path)
     assert report["skipped"] == ["dit_modes", "vram_modes", "host_ram_gguf", "switches", "host_ram_bf16"]
     assert json.loads((tmp_path / "gpu_check.json").read_text())["skipped"] == report["skipped"]
     assert "Skipped (time budget): dit_modes, vram_modes" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_only_the_asked_sections_run(tmp_path):
+    report = gpu_check.run(True, tmp_path, budget_s=0.0, installed=[], only=["switches", "host_ram_bf16"])
+    assert report["skipped"] == ["switches", "host_ram_bf16"]  # asked for, then cut by the (zero) budget
+    assert gpu_check.main(["--tiny", "--out", str(tmp_path / "b"), "--budget-s", "0", "--sections", "vram_modes"]) == 0
+    assert json.loads((tmp_path / "b" / "gpu_check.json").read_text())["skipped"] == ["vram_modes"]
