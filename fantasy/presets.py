@@ -48,10 +48,11 @@ def clip_token_count(image_encoder_config) -> int:
 
 
 def assemble(
-    components: dict, device: str | torch.device = "cpu", precision: str = DEFAULT_PRECISION
+    components: dict, device: str | torch.device | None = "cpu", precision: str = DEFAULT_PRECISION
 ) -> FantasyTalkingPipeline:
     """Build the pipeline, install the (zero) audio adapter on every cross-attention, and set the DiT's
-    precision policy (`fantasy.precision`) before anything else hooks the transformer."""
+    precision policy (`fantasy.precision`) before anything else hooks the transformer; `device` None:
+    move nothing."""
     pipe = FantasyTalkingPipeline(**components)
     pipe.audio_context = install_audio_adapter(
         pipe.transformer,
@@ -62,7 +63,7 @@ def assemble(
     for processor in audio_processors(pipe.transformer):  # the adapter computes in the blocks' dtype
         processor.to(compute_dtype)
     apply_precision(pipe.transformer, precision, compute_dtype)
-    return pipe.to(device)
+    return pipe if device is None else pipe.to(device)
 
 
 def load_pipeline(
