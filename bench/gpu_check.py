@@ -156,7 +156,7 @@ def _cpu_components(spec: dict, device, dtype) -> dict:
 
     from bench.models import ENCODER_DTYPES, TINY, built_on, full_encoders, tiny_encoders
     from fantasy import tiny
-    from fantasy.checkpoints import clip_image_processor_class
+    from fantasy.clip_processor import clip_image_processor_class
     from fantasy.sampling import make_scheduler
     from fantasy.weights import enable_vae_tiling
 
@@ -218,8 +218,8 @@ def section_vram_modes(spec: dict, device, dtype, budget: Budget) -> list[dict]:
 
     from bench.gpu_memory import random_gguf_state
     from bench.models import memory_gib, reset_peak
+    from fantasy.assemble import assemble
     from fantasy.offload import VRAM_MODES, apply_vram_mode
-    from fantasy.presets import assemble
 
     masters = _cpu_components(spec, device, dtype)
     state = random_gguf_state(spec["config"], "q8_0")

@@ -17,9 +17,7 @@ above what they keep, because they hold a second copy of the file while converti
 `pretrained_class` loads a checkpoint into the class its config names, so a released
 `Wav2Vec2ForCTC` (with an `lm_head`) or `CLIPVisionModelWithProjection` loads without transformers'
 "UNEXPECTED" key report; `quiet_loading` hides the libraries' per-file progress bars while loading.
-Warnings stay on: a real mismatch must still be seen. Importing this module resolves transformers'
-CLIP image processor name once, quietly (`clip_image_processor_class`): import it before diffusers'
-Wan pipeline, which looks that name up at import.
+Warnings stay on: a real mismatch must still be seen.
 """
 
 from __future__ import annotations
@@ -91,32 +89,6 @@ def pretrained_class(folder: str | Path, classes: dict[str, type], default: type
     except (OSError, ValueError):
         names = []
     return next((classes[name] for name in names if name in classes), default)
-
-
-def clip_image_processor_class() -> type:
-    """CLIP's image processor class, looked up without transformers' fallback notice.
-
-    transformers 5 without torchvision answers the first lookup of `CLIPImageProcessor` (diffusers'
-    Wan pipeline does one at import) with a warning that it falls back to `CLIPImageProcessorPil`,
-    then binds the name to that class. We do that lookup once with its logger at ERROR: the same
-    class, no notice. Only the processor's mean and std are used (the portrait is squashed to 224 px
-    as the release does, `fantasy.image.clip_pixel_values`).
-    """
-    import logging
-
-    import transformers
-    from transformers.utils import import_utils
-
-    logger = logging.getLogger(import_utils.__name__)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        return transformers.CLIPImageProcessor
-    finally:
-        logger.setLevel(level)
-
-
-clip_image_processor_class()
 
 
 @contextmanager

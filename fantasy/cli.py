@@ -156,7 +156,7 @@ def _run_generate(args) -> int:
     for line in apply_speed(pipe, speed):
         print(f"  speed: {line}", file=sys.stderr)
     if args.expression is not None or args.body is not None:
-        from fantasy.motion import motion_controls
+        from fantasy.sliders import motion_controls
 
         expression = 0.5 if args.expression is None else args.expression
         body = 0.5 if args.body is None else args.body

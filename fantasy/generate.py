@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,73 +20,15 @@ from fantasy.errors import InvalidSetting
 from fantasy.identity import portrait_face_crop
 from fantasy.image import load_portrait, resize_portrait
 from fantasy.long_video import MOTION_FRAMES, ColourMatch, plan_windows, total_frame_count
-from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT, FantasyTalkingPipeline
+from fantasy.pipeline import FantasyTalkingPipeline
 from fantasy.presets import Preset
 from fantasy.preview import LivePreview
-from fantasy.prompts import DEFAULT_PROMPT, default_prompt  # noqa: F401 (DEFAULT_PROMPT re-exported)
-from fantasy.release import (
-    check_release_pipeline,
-    release_frame_count,
-    release_setting_problems,
-)
+from fantasy.prompts import DEFAULT_PROMPT  # noqa: F401 (re-exported)
+from fantasy.release import check_release_pipeline, release_frame_count
 from fantasy.sampling import passes_needed
+from fantasy.settings import DEFAULT_SEED, Result, Settings  # noqa: F401 (DEFAULT_SEED re-exported)
 from fantasy.video import Mp4Writer
 from fantasy.windows import split_into_windows
-
-DEFAULT_SEED = 1111  # the release's CLI default
-
-
-@dataclass
-class Settings:
-    """What a user can set. Defaults are the release's (infer.py), except the prompt (see `release`)."""
-
-    prompt: str | None = None  # None: DEFAULT_PROMPT, or with `release` the release's "A woman is talking."
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
-    seed: int = DEFAULT_SEED
-    steps: int | None = None  # None: the preset's default (30)
-    text_guidance: float = 5.0
-    audio_guidance: float = 5.0
-    audio_weight: float = 1.0
-    fps: int = 23
-    max_frames: int = 81  # frames per window (the release's clip length)
-    max_duration: float = 10.0  # seconds; longer speech is cut (and the result says so)
-    longest_edge: int | None = None  # None: the preset's default
-    motion: tuple[float, float] | None = None  # (expression, body) for a trained motion module (fantasy.motion)
-    identity_scale: float = 1.0  # strength of a trained identity module (fantasy.identity)
-    release: bool = False  # exactly the official infer.py's clip (fantasy.release): one clip, its decode
-
-    def resolved(self, preset: Preset) -> Settings:
-        """Fill preset defaults and reject out-of-range values with a message naming the setting."""
-        s = Settings(**asdict(self))
-        s.steps = preset.steps if s.steps is None else s.steps
-        s.longest_edge = preset.longest_edge if s.longest_edge is None else s.longest_edge
-        if s.prompt is None:
-            s.prompt = default_prompt(s.release)
-        checks = [
-            (1 <= s.steps <= 100, f"steps must be between 1 and 100, got {s.steps}"),
-            (1.0 <= s.text_guidance <= 20.0, f"text guidance must be between 1 and 20, got {s.text_guidance}"),
-            (1.0 <= s.audio_guidance <= 20.0, f"audio guidance must be between 1 and 20, got {s.audio_guidance}"),
-            (0.0 <= s.audio_weight <= 5.0, f"audio weight must be between 0 and 5, got {s.audio_weight}"),
-            (8 <= s.fps <= 60, f"fps must be between 8 and 60, got {s.fps}"),
-            (s.max_frames >= 5 and (s.max_frames - 1) % 4 == 0,
-             f"max frames must be 4k+1 and at least 5 (e.g. 81), got {s.max_frames}"),
-            (MOTION_FRAMES < s.max_frames <= 161,
-             f"max frames (per window) must be between {MOTION_FRAMES + 4} and 161, got {s.max_frames}"),
-            (0.2 <= s.max_duration <= 600, f"maximum duration must be between 0.2 and 600 s, got {s.max_duration}"),
-            (s.longest_edge >= 64 and s.longest_edge % 16 == 0,
-             f"resolution (longest edge) must be a multiple of 16 and at least 64, got {s.longest_edge}"),
-            (0 <= s.seed < 2**63, f"seed must be a non-negative integer, got {s.seed}"),
-            (s.motion is None or (len(s.motion) == 2 and all(0.0 <= v <= 1.0 for v in s.motion)),
-             f"motion coefficients must be two values between 0 and 1 (expression, body), got {s.motion}"),
-            (0.0 <= s.identity_scale <= 3.0, f"identity scale must be between 0 and 3, got {s.identity_scale}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InvalidSetting(message)
-        if s.release:
-            for message in release_setting_problems(s.steps, s.negative_prompt, s.motion):
-                raise InvalidSetting(message)
-        return s
 
 
 @dataclass
@@ -110,22 +52,6 @@ def prepare_inputs(image: str | Path | Image.Image, audio: str | Path, settings:
     else:
         num_frames, cut = total_frame_count(seconds, settings.fps, settings.max_duration)
     return PreparedInputs(portrait, speech, num_frames, seconds, cut)
-
-
-@dataclass
-class Result:
-    path: Path
-    num_frames: int
-    fps: int
-    width: int
-    height: int
-    seconds_taken: float
-    speech_seconds: float
-    passes_per_step: int
-    windows: int
-    speech_cut: bool
-    motion_mode: str  # how the motion sliders acted (`FantasyTalkingPipeline.motion_mode`)
-    release: bool = False  # made in release mode (`fantasy.release`)
 
 
 ProgressFn = Callable[[str, float], None]  # (stage, fraction of that stage done)

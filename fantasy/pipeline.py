@@ -8,7 +8,7 @@ tokens (squash, as the original Wan), the audio path (wav2vec2 -> projection -> 
 
 from __future__ import annotations
 
-from fantasy import checkpoints  # noqa: F401  (first: diffusers' Wan pipeline looks up CLIP's processor; see there)
+from fantasy import clip_processor  # noqa: F401  (first: diffusers' Wan pipeline looks up CLIP's processor; see there)
 
 # isort: split
 

@@ -2,7 +2,7 @@
 
 `tiny` builds everything from config (no download, CPU, output is noise); `real` loads
 Wan2.1-I2V-14B + wav2vec2 + the FantasyTalking adapter from local weights (see `fantasy.weights`).
-Both end in the same `FantasyTalkingPipeline` with the audio adapter installed.
+Both end in the same `FantasyTalkingPipeline` with the audio adapter installed (`fantasy.assemble`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 
-from fantasy.adapter import audio_processors, install_audio_adapter
+from fantasy.assemble import assemble
 from fantasy.pipeline import FantasyTalkingPipeline
-from fantasy.precision import DEFAULT_PRECISION, apply_precision, compute_dtype_of
 from fantasy.trained_modules import load_modules
 
 
@@ -40,30 +39,6 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}") from None
-
-
-def clip_token_count(image_encoder_config) -> int:
-    """CLIP tokens per image: patches plus the class token (257 for ViT-H/14 at 224 px)."""
-    return (image_encoder_config.image_size // image_encoder_config.patch_size) ** 2 + 1
-
-
-def assemble(
-    components: dict, device: str | torch.device | None = "cpu", precision: str = DEFAULT_PRECISION
-) -> FantasyTalkingPipeline:
-    """Build the pipeline, install the (zero) audio adapter on every cross-attention, and set the DiT's
-    precision policy (`fantasy.precision`) before anything else hooks the transformer; `device` None:
-    move nothing."""
-    pipe = FantasyTalkingPipeline(**components)
-    pipe.audio_context = install_audio_adapter(
-        pipe.transformer,
-        context_dim=pipe.audio_proj.config.context_dim,
-        num_image_tokens=clip_token_count(pipe.image_encoder.config),
-    )
-    compute_dtype = compute_dtype_of(pipe.transformer)
-    for processor in audio_processors(pipe.transformer):  # the adapter computes in the blocks' dtype
-        processor.to(compute_dtype)
-    apply_precision(pipe.transformer, precision, compute_dtype)
-    return pipe if device is None else pipe.to(device)
 
 
 def load_pipeline(

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED, Result, Settings
-from fantasy.motion import motion_controls
 from fantasy.presets import Preset
 from fantasy.preview import BUDGET as PREVIEW_BUDGET
 from fantasy.preview import Preview, upscale, write_clip
+from fantasy.sliders import motion_controls
 from fantasy.streaming import MIN_CHUNK_SECONDS, StreamEvent, stream_generate
 from fantasy.validation import MAX_UPLOAD_BYTES, CheckedInputs, FaceChecker, check_inputs
 

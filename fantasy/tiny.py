@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from fantasy.adapter import AudioProjModel
-from fantasy.checkpoints import clip_image_processor_class
+from fantasy.clip_processor import clip_image_processor_class
 from fantasy.sampling import make_scheduler
 
 TEXT_DIM = 32

@@ -365,9 +365,9 @@ def _load_components(paths: dict[str, Path], mode, vram: str, device: torch.devi
     )
 
     from fantasy.adapter import AudioProjModel, audio_processors
+    from fantasy.assemble import assemble
     from fantasy.checkpoints import pretrained_class
     from fantasy.offload import apply_vram_mode
-    from fantasy.presets import assemble
     from fantasy.quantize import enable_fp8_storage, load_single_file_transformer, quantize_weight_only
     from fantasy.sampling import make_scheduler
     from fantasy.trained_modules import load_modules
@@ -420,6 +420,6 @@ def load_text_encoder(folder: str | Path, dtype: torch.dtype = torch.bfloat16):
 
 def _image_processor(folder: Path):
     """CLIP's processor config (only its mean and std are used: the portrait is squashed as the release does)."""
-    from fantasy.checkpoints import clip_image_processor_class
+    from fantasy.clip_processor import clip_image_processor_class
 
     return clip_image_processor_class().from_pretrained(folder)

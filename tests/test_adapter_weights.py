@@ -16,8 +16,8 @@ from fantasy.adapter_weights import (
     read_adapter_weights,
     save_adapter_weights,
 )
+from fantasy.assemble import assemble
 from fantasy.errors import CheckpointMismatch, WeightsMissing
-from fantasy.presets import assemble
 from fantasy.tiny import AUDIO_DIM, CONTEXT_DIM, HEAD_DIM, HEADS, tiny_components
 
 INNER = HEADS * HEAD_DIM

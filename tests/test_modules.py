@@ -17,9 +17,9 @@ from fantasy.motion import (
     TRAINING_FREE_MODE,
     MotionIntensityModel,
     install_motion_module,
-    motion_controls,
 )
 from fantasy.quantize import _skipped_by_quantization
+from fantasy.sliders import motion_controls
 from fantasy.tiny import CLIP_HIDDEN, CONTEXT_DIM, tiny_transformer
 from fantasy.trained_modules import save_modules, trainable_parameters
 

@@ -6,9 +6,9 @@ import pytest
 
 from fantasy.errors import InvalidSetting
 from fantasy.generate import DEFAULT_PROMPT, Settings
-from fantasy.motion import TRAINING_FREE_MODE, body_level, expression_scale, training_free_controls
 from fantasy.presets import get_preset
 from fantasy.prompts import DEFAULT_NEGATIVE_PROMPT, MOTIONLESS_PREFIX, WAN_NEGATIVE_PROMPT
+from fantasy.sliders import TRAINING_FREE_MODE, body_level, expression_scale, training_free_controls
 
 
 @pytest.mark.parametrize(

@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 from fantasy.adapter import FantasyAudioAttnProcessor
+from fantasy.assemble import assemble
 from fantasy.audio import clip_samples, frame_count
 from fantasy.image import resize_portrait
 from fantasy.pipeline import portrait_pixels
-from fantasy.presets import assemble
 from fantasy.prompts import DEFAULT_NEGATIVE_PROMPT
 from fantasy.sampling import combine_guidance, make_scheduler, set_official_timesteps
 from fantasy.tiny import _seeded, random_adapter_weights, tiny_components, tiny_text_encoder

@@ -369,7 +369,7 @@ def test_cache_is_reused_until_a_setting_or_a_source_file_changes(cached, tiny_p
 
 
 def test_fingerprint_tracks_spec_dtype_and_model_weights(tiny_pipe) -> None:
-    from fantasy.presets import assemble
+    from fantasy.assemble import assemble
     from fantasy.tiny import tiny_components
 
     base = cache_fingerprint(tiny_pipe, CACHE_SPEC, torch.float32)
