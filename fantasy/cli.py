@@ -103,7 +103,9 @@ def _guidance_defaults(args) -> tuple[int | None, float, float]:
 
 
 def _run_generate(args) -> int:
-    from fantasy.generate import Settings, generate
+    """Every check first (settings, inputs, the output path and its free space), then the models, then the video."""
+    from fantasy.generate import Settings, generate, prepare_inputs
+    from fantasy.output import check_target
     from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT
     from fantasy.presets import get_preset, load_pipeline
 
@@ -120,12 +122,22 @@ def _run_generate(args) -> int:
         audio_weight=args.audio_weight, fps=args.fps, max_frames=args.max_frames,
         max_duration=args.max_duration, longest_edge=args.size,
     )
-    settings.resolved(preset)  # reject bad settings before loading any model
+    resolved = settings.resolved(preset)  # reject bad settings before reading anything
+    inputs = prepare_inputs(args.image, args.audio, resolved)  # the speech is decoded once, up to the limit
+    check_target(args.out, 2 * inputs.output_bytes(resolved.fps))
+    face = None
+    if args.face is not None:
+        from fantasy.image import load_portrait
+
+        face = load_portrait(args.face)
+    for notice in inputs.notices:
+        print(f"note: {notice}", file=sys.stderr)
     if preset.demo:
         print(f"[{preset.name}] {preset.summary}", file=sys.stderr)
     started = time.perf_counter()
     real = {"dit": args.dit, "vram": args.vram, "weights": args.weights} if preset.name == "real" else {}
     pipe = load_pipeline(preset.name, device=args.device, adapter=args.adapter, **real)
+    pipe.set_progress_bar_config(disable=True)  # our own progress lines below
     from fantasy.speed import apply_speed
 
     for line in apply_speed(pipe, speed):
@@ -144,12 +156,8 @@ def _run_generate(args) -> int:
             print(f"  {stage}: {fraction:.0%}", file=sys.stderr)
             last["stage"] = stage
 
-    face = None
-    if args.face is not None:
-        from fantasy.image import load_portrait
-
-        face = load_portrait(args.face)
-    result = generate(pipe, args.image, args.audio, args.out, settings, preset, progress=progress, face_image=face)
+    result = generate(pipe, args.image, args.audio, args.out, settings, preset, progress=progress, face_image=face,
+                      inputs=inputs)
     if result.speech_cut:
         print(f"note: the speech ({result.speech_seconds:.1f} s) was cut at the maximum duration "
               f"({settings.max_duration:g} s); raise --max-duration to animate more", file=sys.stderr)
@@ -291,9 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command. A user error prints `error: ...` (status 2); SIGINT, SIGTERM or SIGHUP stop the command,
+    remove its temporary files and print one line (status 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM)."""
+    from fantasy import quiet  # noqa: F401  (drops known third-party import noise before those imports run)
+    from fantasy.stop import StopRequested, stop_on_signals
+
     try:
-        return args.run(args)
+        with stop_on_signals():
+            args = build_parser().parse_args(argv)  # builds the generate parser: imports torch and diffusers
+            return args.run(args)
     except FantasyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StopRequested as stop:
+        done = f"{stop.written} was already complete" if stop.written else "nothing written"
+        print(f"stopped ({stop}), {done}", file=sys.stderr)
+        return stop.exit_status

@@ -71,3 +71,15 @@ class TrainingDataError(FantasyError):
 
 class ClipTooShort(TrainingDataError):
     """A training clip lasts less than one training sample (F frames at the training frame rate)."""
+
+
+class ImageTooLarge(FantasyError):
+    """The portrait has more pixels than we decode (checked from its header, before decoding)."""
+
+
+class ImageShapeUnsupported(FantasyError):
+    """The portrait is too elongated (aspect ratio over the limit) to make a video of."""
+
+
+class OutputError(FantasyError):
+    """The video cannot be written where asked (a directory, read-only, disk full), or did not verify."""

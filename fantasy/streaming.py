@@ -24,7 +24,7 @@ from fantasy.errors import GenerationCancelled
 from fantasy.video import Mp4Writer, mux_audio
 
 if TYPE_CHECKING:
-    from fantasy.generate import Result, Settings
+    from fantasy.generate import PreparedInputs, Result, Settings
     from fantasy.pipeline import FantasyTalkingPipeline
     from fantasy.presets import Preset
 
@@ -97,7 +97,7 @@ class ChunkWriter:
             index = len(self.chunks)
             if self._writer is None:
                 height, width = frames.shape[1:3]
-                self._writer = Mp4Writer(self._video_path(index), self.fps, width, height, audio_path=None)
+                self._writer = Mp4Writer(self._video_path(index), self.fps, width, height, audio_path=None, verify=False)
                 self._in_current = 0
             take = min(self.sizes[index] - self._in_current, len(frames))
             self._writer.write(frames[:take])
@@ -166,7 +166,13 @@ class Finished:
     steps_run: int = 0  # denoising steps the pipeline reported (all windows), counted, not taken from the settings
 
 
-StreamEvent = StageProgress | ChunkReady | Finished
+@dataclass(frozen=True)
+class Idle:
+    """Nothing new for `heartbeat_s`: gives a consumer (a Gradio generator) a turn, so that a cancelled request
+    or a closed page is noticed while a long step runs, not only at the next real event."""
+
+
+StreamEvent = StageProgress | ChunkReady | Finished | Idle
 
 
 @dataclass(frozen=True)
@@ -187,13 +193,16 @@ def stream_generate(
     min_chunk_seconds: float = MIN_CHUNK_SECONDS,
     cancel: threading.Event | None = None,
     lock: threading.Lock | None = None,
+    inputs: PreparedInputs | None = None,
+    heartbeat_s: float | None = None,
 ) -> Iterator[StreamEvent]:
     """Run `generate` in a worker thread; yield progress, each chunk as it is ready, then `Finished`.
 
     Stopping early (closing this iterator, or setting `cancel`) stops the worker at its next denoising
     step or decoded latent frame and leaves no final file. `lock`, when given, is held for the whole
     generation, so a stopped run still finishing its step never overlaps the next one on the device.
-    Errors raised in the worker are re-raised here, in the consumer.
+    Errors raised in the worker are re-raised here, in the consumer. `inputs`: the already prepared inputs
+    (the speech is then not decoded again). `heartbeat_s`: yield `Idle` when nothing happened for that long.
     """
     from fantasy.generate import generate, prepare_inputs
 
@@ -218,7 +227,8 @@ def stream_generate(
             with lock if lock is not None else contextlib.nullcontext():
                 check_cancel()
                 resolved = settings.resolved(preset)
-                total = num_frames or prepare_inputs(image, audio, resolved).num_frames
+                prepared = inputs or prepare_inputs(image, audio, resolved)
+                total = num_frames or prepared.num_frames
                 writer = ChunkWriter(chunk_dir, total, resolved.fps, audio, min_chunk_seconds)
 
                 def on_frames(frames: np.ndarray) -> None:
@@ -226,7 +236,8 @@ def stream_generate(
                     for chunk in writer.add(frames):
                         events.put(ChunkReady(chunk))
 
-                result = generate(pipe, image, audio, out_path, settings, preset, on_progress, on_frames)
+                result = generate(pipe, image, audio, out_path, settings, preset, on_progress, on_frames,
+                                  inputs=prepared)
                 chunks = writer.finish()
             events.put(Finished(result, chunks, steps_run))
         except BaseException as exc:  # handed to the consumer, which re-raises it
@@ -239,7 +250,11 @@ def stream_generate(
     completed = False
     try:
         while True:
-            event = events.get()
+            try:
+                event = events.get(timeout=heartbeat_s)
+            except queue.Empty:
+                yield Idle()
+                continue
             if isinstance(event, _Failed):
                 completed = True
                 raise event.error

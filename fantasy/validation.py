@@ -147,7 +147,7 @@ def check_inputs(
     if checker.check is not None:
         checker.check(_face_input(portrait))
     inputs = prepare_inputs(portrait, audio, settings)
-    notices = []
+    notices = list(inputs.notices)
     if inputs.speech_cut:
         notices.append(
             f"The speech is {inputs.speech_seconds:.1f} s long; it was cut to the maximum duration of {limit_s:.1f} s."

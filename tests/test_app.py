@@ -9,8 +9,8 @@ import httpx
 import pytest
 import soundfile
 from gradio_client import Client, handle_file
-from gradio_client.exceptions import AppError
-from gradio_client.utils import QueueError, Status
+from gradio_client.exceptions import AppError, ValidationError
+from gradio_client.utils import Status
 from PIL import Image
 
 import app
@@ -188,8 +188,9 @@ def test_one_generation_at_a_time_and_a_bounded_queue(tiny_pipe, tmp_path):
         waiting = client.submit(**args)
         _wait_for(waiting, {Status.IN_QUEUE})  # the second waits: one generation at a time
         assert running.status().code != Status.FINISHED
-        with pytest.raises(QueueError, match="Queue is full"):
-            client.predict(**args)  # the third is turned away with a busy message
+        busy = r"The studio is busy: 1 video waiting, the most it queues\. Please try again in a few minutes\."
+        with pytest.raises(ValidationError, match=busy):
+            client.predict(**args)  # the third is turned away with our busy message (the page shows the same)
         assert probe(running.result()[0]["path"]).frames == 25
         assert probe(waiting.result()[0]["path"]).frames == 25  # and the queued one still runs afterwards
     finally:
