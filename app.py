@@ -57,6 +57,7 @@ DEMO_BANNER = (
     "works (upload, checks, denoising, streaming, download). Run on a GPU with the weights for real talking videos."
 )
 BANNER_STYLE = "background:#fff4d6;border:2px solid #e0a800;border-radius:8px;padding:10px 14px;color:#5a4300"
+PLAYER_HEIGHT = 300  # px: both players, the status line and the download fit one screen whatever the video size
 STAGE_NAMES = {"audio": "Encoding speech", "denoise": "Denoising", "decode": "Decoding video"}
 
 
@@ -295,16 +296,16 @@ def build_demo(
                         dice = gr.Button("🎲 Random seed", scale=1, elem_id="random-seed")
             with gr.Column():
                 live = gr.Video(label="Live (streams while decoding)", streaming=True, autoplay=True,
-                                elem_id="live")
+                                elem_id="live", height=PLAYER_HEIGHT)
                 status = gr.Markdown(f"preset **{preset.name}** · device {studio.device} · "
                                      f"{studio.face_checker.note}", label="Status", elem_id="status")
-                final = gr.Video(label="Finished video (download)", elem_id="final")
+                final = gr.Video(label="Finished video (download)", elem_id="final", height=PLAYER_HEIGHT)
         gr.Examples(EXAMPLES, inputs=[image, audio], cache_examples=False, label="Examples")
 
         inputs = [image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
                   seed, edge, duration]
         checked = generate_btn.click(check_step, inputs, status, concurrency_id="checks", concurrency_limit=4,
-                                     api_visibility="private")
+                                     api_visibility="private", show_progress="hidden")
         streaming = checked.success(stream_step, inputs, [live, final, status], concurrency_id="gpu",
                                     concurrency_limit=1, show_progress_on=[final], api_name="generate_stream",
                                     api_visibility="undocumented", validator=admit)
