@@ -77,7 +77,7 @@ def test_a_stop_signal_in_each_stage_leaves_nothing_behind(outcomes, stage, sig)
     assert f"STAGE {stage}" in lines, run.stderr  # the signal came in that stage
     assert run.code == 128 + sig, run.stderr
     assert "Traceback" not in run.stderr and all(OUR_LINES.match(line) for line in lines), run.stderr
-    assert len(run.encoders) == (1 if stage == "decode" else 0)  # the video encoder runs while frames come
+    assert len(run.encoders) == (stage in ("denoise", "decode"))  # the encoder waits for frames from the start
     assert not any(alive(pid) for pid in run.encoders)  # and is gone after the stop
     if stage == "publish":  # the rename had begun: it finishes, and the message says so
         assert lines[-1] == f"stopped ({sig.name}), {run.out} was already complete"
