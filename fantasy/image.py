@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -49,8 +50,10 @@ def load_portrait(source: str | Path | Image.Image) -> Image.Image:
             with Image.open(path) as opened:  # reads the header only
                 check_dimensions(opened.size, name)
                 image = ImageOps.exif_transpose(opened)  # a loaded, upright copy
-        except Image.DecompressionBombError:
-            raise ImageTooLarge(_too_large(name, "over 179 megapixels")) from None
+        except Image.DecompressionBombError as exc:  # PIL refuses over 179 Mpx at open; its message has the count
+            pixels = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"{int(pixels[1]) / 1e6:.0f} megapixels" if pixels else "over 179 megapixels"
+            raise ImageTooLarge(_too_large(name, size)) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise UnsupportedImage(
                 f"Could not read {name} as an image ({type(exc).__name__}). Use a PNG, JPEG or WebP photo."

@@ -19,7 +19,7 @@ from fantasy.generate import Settings, generate
 from fantasy.presets import get_preset, load_pipeline
 from fantasy.video import Mp4Writer, probe
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
-from tests.mounts import fill, tmpfs
+from tests.faults import fill, tmpfs
 
 PREVIOUS = b"an earlier video that must survive a failed run\n"
 SMALL = Settings(steps=2, longest_edge=64, max_duration=1.0)  # 25 frames of 64x64

@@ -20,7 +20,7 @@ import pytest
 
 from fantasy.video import probe
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, ROOT
-from tests.mounts import alive, ffmpeg_children
+from tests.faults import alive, ffmpeg_children
 from tests.stage_hooks import STAGES
 
 PREVIOUS = b"an earlier video that a stopped run must not touch\n"
