@@ -79,10 +79,8 @@ def pass_original_upload(component: gr.Image) -> gr.Image:
             return original(payload)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             name = getattr(payload, "orig_name", None) or "the portrait"
-            raise gr.Error(
-                f"Could not read '{name}' as an image ({type(exc).__name__}). Use a PNG, JPEG or WebP photo.",
-                title="Unsupported portrait",
-            ) from None
+            raise user_error(f"Could not read '{name}' as an image ({type(exc).__name__}). Use a PNG, JPEG or WebP "
+                             "photo.", "Unsupported portrait") from None
 
     component.preprocess = preprocess  # type: ignore[method-assign]
     return component
@@ -94,6 +92,11 @@ _DIRECTORIES = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[^\s/\\'\"`]+[/\\])+
 def public(message: str) -> str:
     """A message for a visitor: directories dropped from any path in it (the server's upload cache, its disks)."""
     return _DIRECTORIES.sub("", message)
+
+
+def user_error(message: str, title: str) -> gr.Error:
+    """What the visitor reads (no server path); not a server fault, so no traceback in the server's console."""
+    return gr.Error(public(message), title=title, print_exception=False)
 
 
 def waiting_generations(demo: gr.Blocks) -> int:
@@ -178,14 +181,14 @@ def build_demo(
         try:
             return studio.check(image, audio, controls)
         except FantasyError as exc:
-            raise gr.Error(public(str(exc)), title="Cannot generate") from None
+            raise user_error(str(exc), "Cannot generate") from None
 
     def check_step(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
                    seed, resolution, max_duration) -> str:
         """Fast checks outside the GPU queue, so a bad upload is reported at once."""
         busy = busy_message()
         if busy:
-            raise gr.Error(busy, title="Busy")
+            raise user_error(busy, "Busy")
         job = check(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
                     seed, resolution, max_duration)
         for notice in job.notices:
@@ -216,7 +219,7 @@ def build_demo(
         except GenerationCancelled:
             yield gr.skip(), gr.skip(), studio.status(job, state="Stopped")
         except FantasyError as exc:
-            raise gr.Error(public(str(exc)), title="Generation failed") from None
+            raise user_error(str(exc), "Generation failed") from None
         finally:
             stop.set()
             cancels.pop(job.folder.name, None)
@@ -241,8 +244,8 @@ def build_demo(
                     yield str(event.result.path), studio.status(job, event.result, steps_run=event.steps_run)
                     return
         except FantasyError as exc:
-            raise gr.Error(public(str(exc)), title="Generation failed") from None
-        raise gr.Error("The generation ended without a video.")
+            raise user_error(str(exc), "Generation failed") from None
+        raise user_error("The generation ended without a video.", "Generation failed")
 
     def stop_step(request: gr.Request) -> Any:
         """Stop: the running worker stops at its next step (Gradio also cancels the streaming event)."""
@@ -406,9 +409,9 @@ def main(argv: list[str] | None = None) -> None:
             demo.launch(**launch_options(args.host, args.port, args.share))
     except StopRequested as stop:
         studio = getattr(demo, "fantasy_studio", None)
+        stopped = studio.shutdown() if studio is not None else 0  # first: closing the server forgets its runs
         if demo is not None:
             demo.close()
-        stopped = studio.shutdown() if studio is not None else 0
         print(f"[app] stopped ({stop}); " + (f"{stopped} running generation stopped, its files removed"
                                               if stopped else "no generation was running"), flush=True)
         raise SystemExit(stop.exit_status) from None
