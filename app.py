@@ -21,6 +21,7 @@ import random
 import re
 import tempfile
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,11 @@ def user_error(message: str, title: str) -> gr.Error:
     return gr.Error(public(message), title=title, print_exception=False)
 
 
+def _request_key(values) -> tuple:
+    """One API request's inputs, as the join-time check and the run both see them (upload paths included)."""
+    return tuple(repr(v) for v in values)
+
+
 def waiting_generations(demo: gr.Blocks) -> int:
     """Generations waiting in Gradio's queue for the GPU slot (not counting the running one).
 
@@ -171,17 +177,40 @@ def build_demo(
         # On ZeroGPU this runs in a forked worker: the stop flag stays behind, closing the stream stops it.
         yield from studio.run(job, cancel=cancels.get(job.folder.name))
 
-    def check(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps, seed,
-              resolution, max_duration) -> Job:
-        controls = Controls(
+    def controls_of(prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps, seed, resolution,
+                    max_duration) -> Controls:
+        return Controls(
             prompt=prompt, expression=expression, body=body, text_guidance=text_guidance,
             audio_guidance=audio_guidance, audio_weight=audio_weight, steps=steps,
             seed=DEFAULT_SEED if seed is None else seed, longest_edge=resolution, max_duration_s=max_duration,
         )
+
+    def check(image, audio, *controls) -> Job:
         try:
-            return studio.check(image, audio, controls)
+            return studio.check(image, audio, controls_of(*controls))
         except FantasyError as exc:
             raise user_error(str(exc), "Cannot generate") from None
+
+    checked_at_join: OrderedDict[tuple, Job] = OrderedDict()  # the API's checked jobs, waiting for their turn
+    join_lock = threading.Lock()
+
+    def admit_checked(*values) -> list[dict]:
+        """The API's /generate, as it asks to join the queue: busy, or every input check (before the request
+        waits for, or holds, the generation slot). The checked job is kept for the run, so nothing is decoded
+        twice; an error is shown on the input it concerns."""
+        busy = busy_message()
+        if busy is not None:
+            return [gr.validate(False, busy)] + [gr.validate(True, "")] * (len(values) - 1)
+        try:
+            job = studio.check(values[0], values[1], controls_of(*values[2:]))
+        except FantasyError as exc:
+            where = 1 if exc.concerns == "audio" else 0
+            return [gr.validate(i != where, public(str(exc)) if i == where else "") for i in range(len(values))]
+        with join_lock:
+            checked_at_join[_request_key(values)] = job
+            while len(checked_at_join) > 4 * max_queue + 16:  # runs that never came (a client gone while waiting)
+                checked_at_join.popitem(last=False)
+        return [gr.validate(True, "")] * len(values)
 
     def check_step(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
                    seed, resolution, max_duration) -> str:
@@ -232,8 +261,11 @@ def build_demo(
         # A generator, though it returns one result: Gradio stops a generator between two yields when the
         # client cancels (`job.cancel()`) or goes away, whereas a plain function would run to its end.
         # Closing it closes `run_on_gpu`, which stops the worker at its next step.
-        job = check(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
-                    seed, resolution, max_duration)
+        values = (image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps, seed,
+                  resolution, max_duration)
+        with join_lock:
+            job = checked_at_join.pop(_request_key(values), None)
+        job = job or check(*values)
         try:
             for event in run_on_gpu(job):
                 if isinstance(event, Idle | StageProgress):
@@ -316,7 +348,7 @@ def build_demo(
         dice.click(lambda: random.randrange(2**31), None, seed, queue=False, api_visibility="private")
         api_trigger = gr.Button(visible=False)
         api_trigger.click(api_generate, inputs, [final, status], concurrency_id="gpu", concurrency_limit=1,
-                          api_name="generate", validator=admit)
+                          api_name="generate", validator=admit_checked)
     # `admit` turns generations away at max_queue; Gradio's own bound (its fixed texts) only backs it up.
     demo.queue(max_size=4 * max_queue + 16, default_concurrency_limit=1)
     page["demo"] = demo

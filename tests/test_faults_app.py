@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import soundfile
 from gradio_client import Client, handle_file
-from gradio_client.exceptions import AppError, ValidationError
+from gradio_client.exceptions import ValidationError
 from gradio_client.utils import Status
 from PIL import Image
 
@@ -220,7 +220,7 @@ def test_uploads_reach_our_loader_untouched(recorded, tmp_path):
     grey16 = np.arange(0, 65536, 4, dtype=np.uint16).reshape(128, 128)
     Image.fromarray(grey16).save(tmp_path / "grey16.png")
     for name in ("cut-out.png", "grey16.png"):
-        with pytest.raises(AppError, match=r"'silent.wav' is silent"):
+        with pytest.raises(ValidationError, match=r"- audio: 'silent.wav' is silent"):
             client.predict(image=handle_file(tmp_path / name), audio=handle_file(silent), api_name="/generate",
                            **SMALL)
     cut, grey = seen[-2:]
@@ -239,8 +239,10 @@ def test_bad_uploads_give_our_message_without_a_server_path(recorded, tmp_path, 
     client, _ = recorded
     bad = make(tmp_path)
     image, audio = (bad, EXAMPLE_SPEECH) if bad.suffix == ".png" else (EXAMPLE_IMAGE, bad)
-    with pytest.raises(AppError) as refused:
+    with pytest.raises(ValidationError) as refused:
         client.predict(image=handle_file(image), audio=handle_file(audio), api_name="/generate", **SMALL)
+    concerns = "image" if bad.suffix == ".png" else "audio"
+    message = f"1 parameter(s) failed validation:\n- {concerns}: {message}"
     pattern = "^" + re.escape(message).replace(re.escape("{ffmpeg says}"), "[^/]+") + "$"
     assert re.match(pattern, str(refused.value)), str(refused.value)  # the server's upload folder appears nowhere
 
@@ -316,3 +318,19 @@ def test_sigterm_stops_the_server_and_its_running_generation_leaving_no_files(tm
     assert list(outputs.iterdir()) == []
     noise = ("Traceback", "torchao", "_pytree", "torchvision", "it/s]")
     assert not [line for line in lines if any(word in line for word in noise)], lines
+
+
+def test_a_full_disk_on_the_server_is_refused_before_the_generation_slot(tiny_pipe, tmp_path):
+    gated = GatedPipe(tiny_pipe)
+    with faults.tmpfs(tmp_path / "disk", 256) as disk:
+        demo, url = serve(gated, disk / "outputs")
+        try:
+            client = Client(url, verbose=False, download_files=False)
+            with pytest.raises(ValidationError) as refused:
+                submit(client, steps=2).result(timeout=120)
+            # the video, its muxed copy and the streamed chunks: 3 x (25 frames of 64x64 + audio + 1 MiB)
+            assert str(refused.value) == ("1 parameter(s) failed validation:\n- image: not enough free space in "
+                                          "'outputs' for the video: about 3.5 MB needed, 0.3 MB free")
+            assert gated.runs == 0 and list((disk / "outputs").iterdir()) == []
+        finally:
+            demo.close()
