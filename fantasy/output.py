@@ -17,8 +17,9 @@ from pathlib import Path
 
 from fantasy.errors import OutputError
 
-# Room a video needs, as an upper bound: H.264 at CRF 18 stays far below 0.75 byte per pixel even for the tiny
-# preset's noise (measured 0.13-0.25 byte/px, see README "Reliability"); AAC at 192 kbit/s; plus a fixed slack.
+# Room a video needs, as an upper bound: H.264 at CRF 18 takes 0.63-0.66 byte per pixel for uniform random noise
+# (the worst case; the tiny preset's output takes 0.1, faces far less; see README "Reliability"); AAC at
+# 192 kbit/s; plus a fixed slack.
 BYTES_PER_PIXEL = 0.75
 AUDIO_BYTES_PER_S = 192_000 // 8
 SLACK_BYTES = 1 << 20
