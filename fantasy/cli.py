@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     from fantasy import quiet  # noqa: F401  (drops known third-party import noise before those imports run)
     from fantasy.stop import StopRequested, stop_on_signals
 
+    args = None
     try:
         with stop_on_signals():
             args = build_parser().parse_args(argv)  # builds the generate parser: imports torch and diffusers
@@ -312,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except StopRequested as stop:
-        done = f"{stop.written} was already complete" if stop.written else "nothing written"
-        print(f"stopped ({stop}), {done}", file=sys.stderr)
+        if stop.written:
+            print(f"stopped ({stop}), {stop.written} was already complete", file=sys.stderr)
+        elif args is None or args.run is _run_generate:  # generate writes its video only once it is complete
+            print(f"stopped ({stop}), nothing written", file=sys.stderr)
+        else:
+            print(f"stopped ({stop})", file=sys.stderr)
         return stop.exit_status
