@@ -232,7 +232,9 @@ def test_cancelling_stops_the_generation_and_frees_the_device(tiny_pipe, tmp_pat
 
 @pytest.mark.slow
 def test_python_app_py_starts_in_tiny_demo_mode_with_a_banner(tmp_path):
+    """...and SIGTERM stops it, with its running generation: exit 143, one line, the job's files removed."""
     import os
+    import signal
     import socket
     import subprocess
     import sys
@@ -241,7 +243,7 @@ def test_python_app_py_starts_in_tiny_demo_mode_with_a_banner(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = tmp_path / "app.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)}
     env.pop("SPACE_ID", None)
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
@@ -261,9 +263,23 @@ def test_python_app_py_starts_in_tiny_demo_mode_with_a_banner(tmp_path):
         assert "The output is noise from a random model" in config.text  # the banner is on the page
         assert "[app] preset tiny" in log.read_text()
         assert config.json()["max_file_size"] == 20 * 1024 * 1024
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+        job = client.submit(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH), steps=50,
+                            resolution=128, max_duration=10, api_name="/generate")  # 2 windows x 50 steps
+        _wait_for(job, {Status.PROGRESS}, timeout=240)  # denoising has begun
+        outputs = tmp_path / "fantasy-studio"
+        assert len([p for p in outputs.iterdir() if p.is_dir()]) == 1  # the running job's folder
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    lines = log.read_text().splitlines()
+    assert lines[-1] == "[app] stopped (SIGTERM); 1 running generation stopped, its files removed"
+    assert list(outputs.iterdir()) == []
+    noise = ("Traceback", "torchao", "_pytree", "torchvision", "it/s]")  # a quiet console, also on errors
+    assert not [line for line in lines if any(word in line for word in noise)], lines
 
 
 def test_on_a_space_the_app_is_built_at_import_time(monkeypatch):
