@@ -23,6 +23,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--audio", required=True, help="speech (wav/mp3/flac/ogg/m4a/aac, or a video's audio track)")
     p.add_argument("--out", required=True, help="output .mp4 path")
     p.add_argument("--preset", default="tiny", choices=["tiny", "real"], help="tiny: random demo models (CPU)")
+    p.add_argument("--preview", default=None, metavar="PATH",
+                   help="keep PATH (.webp or .gif) holding a looping clip of the video forming while denoising "
+                        "(a fast estimate without the VAE, updated every few steps; see README, Live preview)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--negative-prompt", default=None, help="default: Wan's negative prompt + 'motionless'")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
@@ -42,7 +45,7 @@ def _add_generate(sub) -> None:
                    help="expression intensity 0-1 (the app's slider; trained motion module or training-free mapping)")
     p.add_argument("--body", type=float, default=None, help="body-motion intensity 0-1 (the app's slider)")
     p.add_argument("--face", default=None,
-                   help="identity module: the portrait's square face crop (default: found with face-alignment)")
+                   help="identity module: the portrait's square face crop (default: found with the face backend, dlib)")
     p.add_argument("--device", default=None)
     p.add_argument("--dit", default="q8_0", choices=list(DIT_MODES), help="real preset: how the 14B DiT is stored")
     p.add_argument("--vram", default="resident", choices=list(VRAM_MODES), help="real preset: offloading")
@@ -111,6 +114,7 @@ def _run_generate(args) -> int:
 
     if Path(args.out).suffix.lower() != ".mp4":
         raise FantasyError(f"--out must end in .mp4, got {args.out}")
+    preview = _preview_file(args.preview, args.fps)
     preset = get_preset(args.preset)
     speed = speed_options(args)
     if speed.distilled_lora and not Path(speed.distilled_lora).is_file():
@@ -157,7 +161,7 @@ def _run_generate(args) -> int:
             last["stage"] = stage
 
     result = generate(pipe, args.image, args.audio, args.out, settings, preset, progress=progress, face_image=face,
-                      inputs=inputs)
+                      inputs=inputs, preview=preview)
     if result.speech_cut:
         print(f"note: the speech ({result.speech_seconds:.1f} s) was cut at the maximum duration "
               f"({settings.max_duration:g} s); raise --max-duration to animate more", file=sys.stderr)
@@ -168,6 +172,20 @@ def _run_generate(args) -> int:
         f"{settings.resolved(preset).steps} steps x {result.passes_per_step} passes; motion: {result.motion_mode}"
     )
     return 0
+
+
+def _preview_file(path: str | None, fps: int):
+    """`--preview PATH` -> a `LivePreview` writing the latest estimate there; checked before any model loads."""
+    if path is None:
+        return None
+    from fantasy.preview import PREVIEW_SUFFIXES, LivePreview, PreviewFile
+
+    target = Path(path)
+    if target.suffix.lower() not in PREVIEW_SUFFIXES:
+        raise InvalidSetting(f"--preview must end in .webp or .gif, got {path}")
+    if not target.parent.is_dir():
+        raise InvalidSetting(f"--preview: folder {target.parent} does not exist")
+    return LivePreview(PreviewFile(target, fps))
 
 
 def _add_convert(sub) -> None:
@@ -192,7 +210,7 @@ def _add_download(sub) -> None:
     p.add_argument("--dir", default=None, help="weights dir (default weights/ or $FANTASY_WEIGHTS)")
     p.add_argument("--dry-run", action="store_true", help="print the files and sizes, download nothing")
     p.add_argument("--keep-ckpt", action="store_true", help="keep the adapter's .ckpt after converting it")
-    p.add_argument("--face", action="store_true", help="also the face-alignment weights used by `eval`")
+    p.add_argument("--face", action="store_true", help="also the weights of the optional face-alignment backend (--face-backend face-alignment)")
     p.set_defaults(run=_run_download)
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from fantasy.generate import PreparedInputs, Result, Settings
     from fantasy.pipeline import FantasyTalkingPipeline
     from fantasy.presets import Preset
+    from fantasy.preview import Preview
 
 MIN_CHUNK_SECONDS = 1.0
 
@@ -167,12 +168,19 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class PreviewReady:
+    """The denoising estimate of the window being denoised (`fantasy.preview.Preview`), latent resolution."""
+
+    preview: Preview
+
+
+@dataclass(frozen=True)
 class Idle:
     """Nothing new for `heartbeat_s`: gives a consumer (a Gradio generator) a turn, so that a cancelled request
     or a closed page is noticed while a long step runs, not only at the next real event."""
 
 
-StreamEvent = StageProgress | ChunkReady | Finished | Idle
+StreamEvent = StageProgress | PreviewReady | ChunkReady | Finished | Idle
 
 
 @dataclass(frozen=True)
@@ -193,6 +201,8 @@ def stream_generate(
     min_chunk_seconds: float = MIN_CHUNK_SECONDS,
     cancel: threading.Event | None = None,
     lock: threading.Lock | None = None,
+    preview: bool = False,
+    preview_budget: float | None = None,
     inputs: PreparedInputs | None = None,
     heartbeat_s: float | None = None,
 ) -> Iterator[StreamEvent]:
@@ -201,10 +211,13 @@ def stream_generate(
     Stopping early (closing this iterator, or setting `cancel`) stops the worker at its next denoising
     step or decoded latent frame and leaves no final file. `lock`, when given, is held for the whole
     generation, so a stopped run still finishing its step never overlaps the next one on the device.
-    Errors raised in the worker are re-raised here, in the consumer. `inputs`: the already prepared inputs
-    (the speech is then not decoded again). `heartbeat_s`: yield `Idle` when nothing happened for that long.
+    Errors raised in the worker are re-raised here, in the consumer. With `preview`, denoising estimates
+    arrive as `PreviewReady` events (throttled to `preview_budget`, default 2 %, of the step time; the
+    consumer encodes them, off the denoising thread). `inputs`: the already prepared inputs (the speech is
+    then not decoded again). `heartbeat_s`: yield `Idle` when nothing happened for that long.
     """
     from fantasy.generate import generate, prepare_inputs
+    from fantasy.preview import BUDGET, LivePreview
 
     cancel = cancel if cancel is not None else threading.Event()
     events: queue.Queue = queue.Queue()
@@ -236,8 +249,13 @@ def stream_generate(
                     for chunk in writer.add(frames):
                         events.put(ChunkReady(chunk))
 
+                def on_preview(estimate: Preview) -> None:
+                    check_cancel()
+                    events.put(PreviewReady(estimate))
+
+                live = LivePreview(on_preview, preview_budget or BUDGET) if preview else None
                 result = generate(pipe, image, audio, out_path, settings, preset, on_progress, on_frames,
-                                  inputs=prepared)
+                                  preview=live, inputs=prepared)
                 chunks = writer.finish()
             events.put(Finished(result, chunks, steps_run))
         except BaseException as exc:  # handed to the consumer, which re-raises it
