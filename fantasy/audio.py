@@ -83,13 +83,6 @@ def _read_any(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int, f
         return _decode_with_ffmpeg(path, max_seconds)
 
 
-def resample(mono: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """What librosa.load(sr=...) does after mixing: soxr "HQ" resampling, float32."""
-    if rate == sample_rate:
-        return mono
-    return soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32)
-
-
 @dataclass(frozen=True)
 class Speech:
     """Decoded speech: mono float32 samples, and how long the whole file is."""
@@ -114,7 +107,7 @@ def load_speech(path: str | Path, max_seconds: float | None = None, sample_rate:
     data, rate, stated = _read_any(path, bound)
     if data.size == 0:
         raise AudioTooShort(f"'{path.name}' contains no audio samples.")
-    mono = resample(data.mean(axis=1, dtype=np.float32), rate, sample_rate)
+    mono = resample_like_librosa(data.mean(axis=1, dtype=np.float32), rate, sample_rate)
     check_speech(mono, sample_rate, name=path.name)
     decoded = len(mono) / sample_rate
     stopped_early = bound is not None and len(data) >= (bound - 0.05) * rate
@@ -125,6 +118,21 @@ def load_speech(path: str | Path, max_seconds: float | None = None, sample_rate:
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """The whole track as float32 mono at `sample_rate` (see `load_speech`, which can stop at a limit)."""
     return load_speech(path, None, sample_rate).samples
+
+
+def resample_like_librosa(samples: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """`librosa.resample(res_type="soxr_hq", fix=True)`: soxr HQ, then exactly `ceil(n * sr_out / sr_in)` samples.
+
+    soxr alone can return a sample fewer (44,101 samples at 44.1 kHz -> 16,000, librosa 16,001); librosa
+    zero-pads or trims to its length (`fix_length`), computed with its float ratio as here.
+    """
+    if rate == sample_rate:
+        return samples.astype(np.float32, copy=False)
+    length = int(np.ceil(samples.shape[-1] * (float(sample_rate) / rate)))
+    out = soxr.resample(samples, rate, sample_rate, quality="HQ").astype(np.float32)
+    if len(out) >= length:
+        return out[:length]
+    return np.pad(out, (0, length - len(out)))
 
 
 def check_speech(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, name: str = "the speech") -> None:
