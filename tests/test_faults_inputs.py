@@ -40,6 +40,28 @@ def test_a_two_hour_file_is_decoded_only_up_to_the_limit(long_opus, tmp_path):
     assert np.array_equal(load_speech(EXAMPLE_SPEECH, 2.0).samples, full[: 3 * 16_000])
 
 
+@pytest.mark.parametrize("suffix", [".wav", ".m4a"])  # libsndfile streams the wav; ffmpeg `-t` decodes the m4a
+def test_cut_decoding_resamples_exactly_as_the_whole_file(tmp_path, suffix):
+    """44.1 kHz speech, resampled: the samples a video uses (limit + the frame rule's 5/8 s) and release mode's
+    one clip are those of the whole decode (`resample_like_librosa`), though only limit + 1 s is decoded."""
+    from fantasy.audio import clip_samples, ffmpeg_executable, load_audio
+    from fantasy.presets import PRESETS
+
+    wav = tmp_path / "speech.wav"
+    soundfile.write(wav, speech_like(8.0, 44_100), 44_100)
+    path = tmp_path / f"speech{suffix}"
+    if suffix != ".wav":
+        subprocess.run([ffmpeg_executable(), "-v", "error", "-i", str(wav), "-c:a", "aac", str(path)], check=True)
+    whole = load_audio(path)
+    for limit in (1.0, 2.3):
+        used = int((limit + 5 / 8) * 16_000)
+        cut = load_speech(path, limit).samples
+        assert len(cut) < len(whole) and np.array_equal(cut[:used], whole[:used])
+    release = prepare_inputs(EXAMPLE_IMAGE, path, Settings(release=True, longest_edge=64).resolved(PRESETS["tiny"]))
+    assert (release.num_frames, release.speech_cut) == (81, True) and len(release.speech) < len(whole)
+    assert np.array_equal(clip_samples(release.speech, 81, 23), clip_samples(whole, 81, 23))
+
+
 def run_measured(cmd: list[str], folder: Path) -> tuple[int, str, float]:
     """(exit status, stderr, peak RSS in MB) of one process: its own rusage, not the other children's."""
     with (folder / "stdout").open("w") as out, (folder / "stderr").open("w") as err:
