@@ -22,8 +22,8 @@ PACKAGE = "fantasy"
 # from its own layer and the ones below it.
 # LAYERS-BEGIN (tests/test_layers.py's map; the README's layer diagram shows the same)
 LAYERS: list[tuple[str, list[str]]] = [
-    ("base", ["fantasy.errors"]),
-    ("media, faces", ["fantasy.audio", "fantasy.image", "fantasy.video", "fantasy.face"]),
+    ("base", ["fantasy.errors", "fantasy.stop", "fantasy.quiet"]),
+    ("media, faces", ["fantasy.audio", "fantasy.image", "fantasy.video", "fantasy.output", "fantasy.face"]),
     ("algorithm, metrics", [
         "fantasy.adapter", "fantasy.identity", "fantasy.motion", "fantasy.windows", "fantasy.sampling",
         "fantasy.pipeline", "fantasy.decode", "fantasy.prompts", "fantasy.precision", "fantasy.preview",
