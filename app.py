@@ -22,7 +22,7 @@ from typing import Any
 import gradio as gr
 from PIL import UnidentifiedImageError
 
-from fantasy.cli import add_speed_flags, speed_options
+from fantasy.cli import add_parallel_flags, add_speed_flags, parallel_option, speed_options
 from fantasy.distill import FEW_STEP_AUDIO_GUIDANCE, FEW_STEP_TEXT_GUIDANCE, FEW_STEPS
 from fantasy.errors import FantasyError, GenerationCancelled, WeightsMissing
 from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED
@@ -100,12 +100,15 @@ def slider_defaults(pipe, preset: Preset) -> dict[str, float]:
 
 def build_demo(
     pipe, preset: Preset, *, face_checker: FaceChecker | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
-    max_queue: int = MAX_QUEUE, output_root: str | Path | None = None, min_chunk_seconds: float = 1.0,
+    max_queue: int = MAX_QUEUE, output_root: str | Path | None = None, min_chunk_seconds: float = 1.0, channel=None,
 ) -> gr.Blocks:
-    """The whole page around a resident pipeline. Tests call this with the tiny pipeline and a fake face check."""
+    """The whole page around a resident pipeline. Tests call this with the tiny pipeline and a fake face check.
+
+    `channel`: the page runs on rank 0 of a context-parallel group, whose other ranks follow each job.
+    """
     studio = Studio(
         pipe, preset, face_checker or default_face_check(), output_root or Path(tempfile.gettempdir()) / "fantasy-studio",
-        max_upload_bytes=int(max_upload_mb * 1024 * 1024), min_chunk_seconds=min_chunk_seconds,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024), min_chunk_seconds=min_chunk_seconds, channel=channel,
     )
     cancels: dict[str, threading.Event] = {}  # session -> its running generation's stop flag
     defaults = slider_defaults(pipe, preset)
@@ -256,6 +259,7 @@ def build_demo(
         api_trigger.click(api_generate, inputs, [final, status], concurrency_id="gpu", concurrency_limit=1,
                           api_name="generate")
     demo.queue(max_size=max_queue, default_concurrency_limit=1)
+    demo.fantasy_channel = channel  # `main` closes the group when the page stops
     return demo
 
 
@@ -305,24 +309,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=None, help="port (default: first free from 7860)")
     parser.add_argument("--share", action="store_true", help="public gradio.live link (needs internet access)")
     add_speed_flags(parser)
+    add_parallel_flags(parser)
     parser.add_argument("--adapter", default=os.environ.get("FANTASY_ADAPTER") or None,
                         help="adapter or training checkpoint (modules.safetensors from `python -m fantasy train`); "
                              "default $FANTASY_ADAPTER, else the preset's")
     return parser.parse_args(argv)
 
 
-def create_demo(args: argparse.Namespace) -> gr.Blocks:
-    """Load the models once (they stay resident) and build the page."""
+def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
+    """Load the models once (they stay resident) and build the page.
+
+    Under `torchrun ... app.py --context-parallel N` every rank loads the models; rank 0 builds the page and
+    the others follow its jobs until it shuts the group down (then this returns None).
+    """
     preset = get_preset(args.preset or default_preset())
-    print(f"[app] preset {preset.name}: {preset.summary}", flush=True)
     options = speed_options(args)  # spelling errors before the models load
-    pipe = load_pipeline(preset.name, adapter=args.adapter)
-    for line in apply_speed(pipe, options):
-        print(f"[app] speed: {line}", flush=True)
+    parallel = parallel_option(args)
+    channel, device = None, None
+    if parallel is not None:
+        from fantasy.parallel import control_group, init_processes
+        from fantasy.parallel_jobs import JobChannel
+
+        device = init_processes()
+        channel = JobChannel(control_group())
+    say = print if channel is None or channel.leader else (lambda *a, **k: None)
+    say(f"[app] preset {preset.name}: {preset.summary}", flush=True)
+    pipe = load_pipeline(preset.name, adapter=args.adapter, device=device)
+    for line in apply_speed(pipe, options, parallel):
+        say(f"[app] speed: {line}", flush=True)
+    if channel is not None and not channel.leader:
+        pipe.set_progress_bar_config(disable=True)
+        log = channel.follow(pipe, preset)
+        print(f"[app] rank {channel.rank}: followed {len(log.jobs)} jobs; rank 0 closed the group", flush=True)
+        return None
     # On ZeroGPU the main process has no real GPU: the face check runs on the CPU there.
     faces = default_face_check(device="cpu" if space.on_zero_gpu() else None,
                                allow_download=None if space.on_spaces() else False)  # None: unless HF_HUB_OFFLINE
-    return build_demo(pipe, preset, face_checker=faces)
+    return build_demo(pipe, preset, face_checker=faces, channel=channel)
 
 
 # Spaces import the app and need the models ready at import time (ZeroGPU packs them before serving).
@@ -333,11 +356,18 @@ def main(argv: list[str] | None = None) -> None:
     global demo
     args = parse_args(argv)
     try:
-        if demo is None or args.preset is not None:
+        if demo is None or args.preset is not None or args.context_parallel is not None:
             demo = create_demo(args)
     except FantasyError as exc:  # e.g. weights missing, an unusable speed flag: one line, no traceback
         raise SystemExit(f"error: {exc}") from None
-    demo.launch(**launch_options(args.host, args.port, args.share))
+    if demo is None:  # a follower of a context-parallel group: rank 0 has closed it
+        return
+    try:
+        demo.launch(**launch_options(args.host, args.port, args.share))
+    finally:
+        channel = getattr(demo, "fantasy_channel", None)
+        if channel is not None:
+            channel.shutdown()
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--vram", default="resident", choices=list(VRAM_MODES), help="real preset: offloading")
     p.add_argument("--weights", default=None, help="real preset: weights dir (default weights/ or $FANTASY_WEIGHTS)")
     add_speed_flags(p)
+    add_parallel_flags(p)
     p.set_defaults(run=_run_generate)
 
 
@@ -73,6 +74,29 @@ def add_speed_flags(p) -> None:
     g.add_argument("--lora-scale", type=float, default=1.0, help="--fast: the LoRA's strength (default 1)")
     g.add_argument("--no-fuse-lora", action="store_true",
                    help="--fast: keep the LoRA as separate layers instead of folding it into the weights")
+
+
+def add_parallel_flags(p) -> None:
+    from fantasy.parallel import KINDS
+
+    g = p.add_argument_group("several GPUs", "one video split over N processes (see README, Several GPUs)")
+    g.add_argument("--context-parallel", type=int, default=None, metavar="N",
+                   help="split the DiT's video tokens over N processes; launch with `torchrun --nproc_per_node N`")
+    g.add_argument("--context-parallel-kind", default="ulysses", choices=list(KINDS),
+                   help="ulysses (all-to-all, any backend) or ring (needs --attention flash/cudnn/sage on GPUs)")
+
+
+def parallel_option(args, vram: str = "resident"):
+    """`ContextParallel` from the flags (None without them), every refusal checked before any model loads."""
+    from fantasy.parallel import ContextParallel, check_context_parallel
+    from fantasy.speed import attention_backend_name
+
+    if args.context_parallel is None:
+        return None
+    parallel = ContextParallel(args.context_parallel, args.context_parallel_kind)
+    backend = attention_backend_name(args.attention) if args.attention else None
+    check_context_parallel(parallel, attention=backend, vram=vram, device=getattr(args, "device", None))
+    return parallel
 
 
 def speed_options(args):
@@ -121,15 +145,25 @@ def _run_generate(args) -> int:
         max_duration=args.max_duration, longest_edge=args.size,
     )
     settings.resolved(preset)  # reject bad settings before loading any model
+    parallel = parallel_option(args, vram=args.vram if preset.name == "real" else "resident")
+    device = args.device
+    if parallel is not None:
+        from fantasy.parallel import init_processes
+
+        device = init_processes(args.device)
+    from fantasy.parallel import is_leader
+
+    leader = is_leader()  # under context parallelism only rank 0 prints and writes
+    say = (lambda text: print(text, file=sys.stderr)) if leader else (lambda text: None)
     if preset.demo:
-        print(f"[{preset.name}] {preset.summary}", file=sys.stderr)
+        say(f"[{preset.name}] {preset.summary}")
     started = time.perf_counter()
     real = {"dit": args.dit, "vram": args.vram, "weights": args.weights} if preset.name == "real" else {}
-    pipe = load_pipeline(preset.name, device=args.device, adapter=args.adapter, **real)
+    pipe = load_pipeline(preset.name, device=device, adapter=args.adapter, **real)
     from fantasy.speed import apply_speed
 
-    for line in apply_speed(pipe, speed):
-        print(f"  speed: {line}", file=sys.stderr)
+    for line in apply_speed(pipe, speed, parallel):
+        say(f"  speed: {line}")
     if args.expression is not None or args.body is not None:
         from fantasy.motion import motion_controls
 
@@ -141,7 +175,7 @@ def _run_generate(args) -> int:
 
     def progress(stage: str, fraction: float) -> None:
         if stage != last["stage"] or fraction >= 1.0:
-            print(f"  {stage}: {fraction:.0%}", file=sys.stderr)
+            say(f"  {stage}: {fraction:.0%}")
             last["stage"] = stage
 
     face = None
@@ -149,7 +183,10 @@ def _run_generate(args) -> int:
         from fantasy.image import load_portrait
 
         face = load_portrait(args.face)
-    result = generate(pipe, args.image, args.audio, args.out, settings, preset, progress=progress, face_image=face)
+    out = args.out if leader else None
+    result = generate(pipe, args.image, args.audio, out, settings, preset, progress=progress, face_image=face)
+    if not leader:
+        return 0
     if result.speech_cut:
         print(f"note: the speech ({result.speech_seconds:.1f} s) was cut at the maximum duration "
               f"({settings.max_duration:g} s); raise --max-duration to animate more", file=sys.stderr)
@@ -295,5 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except FantasyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        parallel = sys.modules.get("fantasy.parallel")  # imported only when a command uses processes
+        if parallel is None or parallel.is_leader():  # a group's processes fail alike: one message
+            print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if "fantasy.parallel" in sys.modules:
+            sys.modules["fantasy.parallel"].leave_processes()

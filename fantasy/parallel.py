@@ -123,6 +123,12 @@ def control_group():
     return dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
 
 
+def leave_processes() -> None:
+    """Leave the process group, if this process joined one (a clean exit for torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def is_leader() -> bool:
     """Rank 0 (or no process group): the process that prints and writes files."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

@@ -25,6 +25,7 @@ from fantasy.video import Mp4Writer, mux_audio
 
 if TYPE_CHECKING:
     from fantasy.generate import Result, Settings
+    from fantasy.parallel_jobs import JobChannel
     from fantasy.pipeline import FantasyTalkingPipeline
     from fantasy.presets import Preset
 
@@ -187,21 +188,25 @@ def stream_generate(
     min_chunk_seconds: float = MIN_CHUNK_SECONDS,
     cancel: threading.Event | None = None,
     lock: threading.Lock | None = None,
+    channel: JobChannel | None = None,
 ) -> Iterator[StreamEvent]:
     """Run `generate` in a worker thread; yield progress, each chunk as it is ready, then `Finished`.
 
     Stopping early (closing this iterator, or setting `cancel`) stops the worker at its next denoising
     step or decoded latent frame and leaves no final file. `lock`, when given, is held for the whole
     generation, so a stopped run still finishing its step never overlaps the next one on the device.
-    Errors raised in the worker are re-raised here, in the consumer.
+    Errors raised in the worker are re-raised here, in the consumer. `channel`: this is rank 0 of a
+    context-parallel group; the other ranks follow the job, and every stop is agreed with them
+    (`fantasy.parallel_jobs`).
     """
     from fantasy.generate import generate, prepare_inputs
 
     cancel = cancel if cancel is not None else threading.Event()
     events: queue.Queue = queue.Queue()
+    agree = [lambda stop: stop]  # one process decides alone; a group replaces this with its agreement
 
     def check_cancel() -> None:
-        if cancel.is_set():
+        if agree[0](cancel.is_set()):
             raise GenerationCancelled("Generation stopped.")
 
     steps_run = 0
@@ -216,7 +221,8 @@ def stream_generate(
         writer: ChunkWriter | None = None
         try:
             with lock if lock is not None else contextlib.nullcontext():
-                check_cancel()
+                if cancel.is_set():  # before the job is announced to any other process
+                    raise GenerationCancelled("Generation stopped.")
                 resolved = settings.resolved(preset)
                 total = num_frames or prepare_inputs(image, audio, resolved).num_frames
                 writer = ChunkWriter(chunk_dir, total, resolved.fps, audio, min_chunk_seconds)
@@ -226,7 +232,16 @@ def stream_generate(
                     for chunk in writer.add(frames):
                         events.put(ChunkReady(chunk))
 
-                result = generate(pipe, image, audio, out_path, settings, preset, on_progress, on_frames)
+                def run(agreement=agree[0]):
+                    agree[0] = agreement
+                    return generate(pipe, image, audio, out_path, settings, preset, on_progress, on_frames)
+
+                if channel is None:
+                    result = run()
+                else:
+                    from fantasy.parallel_jobs import job_spec
+
+                    result = channel.lead(job_spec(image, audio, settings), run)
                 chunks = writer.finish()
             events.put(Finished(result, chunks, steps_run))
         except BaseException as exc:  # handed to the consumer, which re-raises it

@@ -90,13 +90,17 @@ class Job:
 
 
 class Studio:
-    """The resident pipeline plus the app's limits; one generation at a time (`lock`)."""
+    """The resident pipeline plus the app's limits; one generation at a time (`lock`).
+
+    `channel`: this process is rank 0 of a context-parallel group (`fantasy.parallel_jobs.JobChannel`);
+    the other ranks follow every job, and Stop is agreed with them.
+    """
 
     def __init__(
         self, pipe, preset: Preset, face_checker: FaceChecker, output_root: str | Path,
-        max_upload_bytes: int = MAX_UPLOAD_BYTES, min_chunk_seconds: float = MIN_CHUNK_SECONDS,
+        max_upload_bytes: int = MAX_UPLOAD_BYTES, min_chunk_seconds: float = MIN_CHUNK_SECONDS, channel=None,
     ):
-        self.pipe, self.preset, self.face_checker = pipe, preset, face_checker
+        self.pipe, self.preset, self.face_checker, self.channel = pipe, preset, face_checker, channel
         self.output_root = Path(output_root)
         self.max_upload_bytes = max_upload_bytes
         self.min_chunk_seconds = min_chunk_seconds
@@ -123,7 +127,7 @@ class Studio:
         return stream_generate(
             self.pipe, job.image, job.audio, job.out_path, job.settings, self.preset, job.chunk_dir,
             num_frames=job.checked.num_frames, min_chunk_seconds=self.min_chunk_seconds, cancel=cancel,
-            lock=self.lock,
+            lock=self.lock, channel=self.channel,
         )
 
     def status(self, job: Job, result: Result | None = None, state: str = "Done", steps_run: int | None = None) -> str:
