@@ -1,0 +1,115 @@
+"""Two CPU processes (gloo) under context parallelism, for `tests/test_parallel.py`.
+
+Run as `torchrun --nproc_per_node 2 -m tests.parallel_worker OUT` from the repository root, with OUT/inputs
+holding portrait.png and the speech files. What each section leaves in OUT (rank 0 unless said):
+  latents-NAME.pt        final latents of every `tests.parallel_cases.CASES` entry
+  blocks-NAME-rankR.json blocks that ran on each rank (the step-cache case)
+  gen-1.mp4, gen-2.mp4   `generate` of one window and of two windows (rank 1 passes out_path=None)
+  studio.json            the app's three jobs on rank 0 (done, stopped, done) with their mp4 md5s
+  follow-rank1.json      what rank 1 did for those jobs (`JobChannel.follow`)
+  compile-rankR.txt      the error compiled blocks give for an uneven token split, on each rank
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import threading
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from fantasy.errors import GenerationCancelled, InvalidSetting
+from fantasy.generate import Settings, generate
+from fantasy.parallel import ContextParallel, control_group, init_processes
+from fantasy.parallel_jobs import JobChannel
+from fantasy.presets import get_preset
+from fantasy.streaming import Finished, StageProgress
+from fantasy.studio import Controls, Studio
+from fantasy.validation import FaceChecker
+from tests.parallel_cases import CASES, BlockCounter, build, call
+
+GEN_SETTINGS = {1: Settings(steps=2, longest_edge=64, max_duration=10.0),
+                2: Settings(steps=2, longest_edge=64, max_frames=21, max_duration=10.0)}
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def latents(out: Path, rank: int, parallel: ContextParallel) -> None:
+    for name, case in CASES.items():
+        pipe = build(case, parallel)
+        counter = BlockCounter(pipe)
+        result = call(pipe, case)
+        if rank == 0:
+            torch.save(result, out / f"latents-{name}.pt")
+        if case["speed"].get("step_cache"):
+            (out / f"blocks-{name}-rank{rank}.json").write_text(json.dumps(counter.count))
+
+
+def compile_refusal(out: Path, rank: int, parallel: ContextParallel) -> None:
+    case = dict(CASES["uneven"], speed={"compile": True})
+    try:
+        call(build(case, parallel), case)
+        message = "no error"
+    except InvalidSetting as exc:
+        message = str(exc)
+    (out / f"compile-rank{rank}.txt").write_text(message)
+
+
+def generations(out: Path, rank: int, pipe) -> None:
+    inputs = out / "inputs"
+    for windows, speech in ((1, "speech-1s.wav"), (2, "speech-1.5s.wav")):
+        target = out / f"gen-{windows}.mp4" if rank == 0 else None
+        result = generate(pipe, inputs / "portrait.png", inputs / speech, target, GEN_SETTINGS[windows],
+                          get_preset("tiny"))
+        assert result.windows == windows, result
+
+
+def studio_jobs(out: Path, channel: JobChannel, pipe) -> None:
+    inputs = out / "inputs"
+    if not channel.leader:
+        log = channel.follow(pipe, get_preset("tiny"))
+        (out / f"follow-rank{channel.rank}.json").write_text(json.dumps(log.jobs))
+        return
+    studio = Studio(pipe, get_preset("tiny"), FaceChecker(None, "skipped"), out / "studio", min_chunk_seconds=0.5,
+                    channel=channel)
+    controls = Controls(steps=3, longest_edge=64, max_duration_s=1.0, seed=3)
+    report = []
+    for stop in (False, True, False):
+        job = studio.check(inputs / "portrait.png", inputs / "speech-1s.wav", controls)
+        cancel = threading.Event()
+        outcome, seen = "done", 0
+        try:
+            for event in studio.run(job, cancel=cancel):
+                if isinstance(event, StageProgress) and event.stage == "denoise":
+                    seen += 1
+                    if stop:  # what the Stop button does: set the job's flag
+                        cancel.set()
+                if isinstance(event, Finished):
+                    outcome = md5(event.result.path)
+        except GenerationCancelled:
+            outcome = "stopped"
+        report.append({"outcome": outcome, "denoise_events": seen, "final_exists": job.out_path.exists()})
+    channel.shutdown()
+    (out / "studio.json").write_text(json.dumps(report))
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    init_processes("cpu")
+    rank = dist.get_rank()
+    parallel = ContextParallel(dist.get_world_size())
+    latents(out, rank, parallel)
+    compile_refusal(out, rank, parallel)
+    pipe = build(CASES["even"], parallel)
+    generations(out, rank, pipe)
+    studio_jobs(out, JobChannel(control_group()), pipe)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
