@@ -101,15 +101,23 @@ def slider_defaults(pipe, preset: Preset) -> dict[str, float]:
 def build_demo(
     pipe, preset: Preset, *, face_checker: FaceChecker | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
     max_queue: int = MAX_QUEUE, output_root: str | Path | None = None, min_chunk_seconds: float = 1.0, channel=None,
+    serve_url: str | None = None,
 ) -> gr.Blocks:
     """The whole page around a resident pipeline. Tests call this with the tiny pipeline and a fake face check.
 
     `channel`: the page runs on rank 0 of a context-parallel group, whose other ranks follow each job.
+    `serve_url`: a thin front end; generations run on that Ray Serve deployment (`pipe` is its
+    `fantasy.serve_client.RemoteInfo`), as many at once as it has replicas.
     """
-    studio = Studio(
-        pipe, preset, face_checker or default_face_check(), output_root or Path(tempfile.gettempdir()) / "fantasy-studio",
-        max_upload_bytes=int(max_upload_mb * 1024 * 1024), min_chunk_seconds=min_chunk_seconds, channel=channel,
-    )
+    limits = dict(max_upload_bytes=int(max_upload_mb * 1024 * 1024), min_chunk_seconds=min_chunk_seconds)
+    faces, root = face_checker or default_face_check(), output_root or Path(tempfile.gettempdir()) / "fantasy-studio"
+    if serve_url is None:
+        studio = Studio(pipe, preset, faces, root, channel=channel, **limits)
+    else:
+        from fantasy.serve_client import RemoteStudio
+
+        studio = RemoteStudio(pipe, preset, faces, root, **limits)
+    generations_at_once = pipe.info["replicas"] if serve_url is not None else 1
     cancels: dict[str, threading.Event] = {}  # session -> its running generation's stop flag
     defaults = slider_defaults(pipe, preset)
 
@@ -251,13 +259,14 @@ def build_demo(
         checked = generate_btn.click(check_step, inputs, status, concurrency_id="checks", concurrency_limit=4,
                                      api_visibility="private")
         streaming = checked.success(stream_step, inputs, [live, final, status], concurrency_id="gpu",
-                                    concurrency_limit=1, show_progress_on=[final], api_name="generate_stream",
+                                    concurrency_limit=generations_at_once, show_progress_on=[final],
+                                    api_name="generate_stream",
                                     api_visibility="undocumented")
         stop_btn.click(stop_step, None, status, cancels=[streaming], queue=False, api_visibility="private")
         dice.click(lambda: random.randrange(2**31), None, seed, queue=False, api_visibility="private")
         api_trigger = gr.Button(visible=False)
-        api_trigger.click(api_generate, inputs, [final, status], concurrency_id="gpu", concurrency_limit=1,
-                          api_name="generate")
+        api_trigger.click(api_generate, inputs, [final, status], concurrency_id="gpu",
+                          concurrency_limit=generations_at_once, api_name="generate")
     demo.queue(max_size=max_queue, default_concurrency_limit=1)
     demo.fantasy_channel = channel  # `main` closes the group when the page stops
     return demo
@@ -310,6 +319,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true", help="public gradio.live link (needs internet access)")
     add_speed_flags(parser)
     add_parallel_flags(parser)
+    parser.add_argument("--serve", default=None, metavar="URL",
+                        help="thin front end: run generations on a `python -m fantasy serve` deployment at URL "
+                             "(e.g. http://127.0.0.1:8000); no model is loaded here")
     parser.add_argument("--adapter", default=os.environ.get("FANTASY_ADAPTER") or None,
                         help="adapter or training checkpoint (modules.safetensors from `python -m fantasy train`); "
                              "default $FANTASY_ADAPTER, else the preset's")
@@ -322,6 +334,8 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
     Under `torchrun ... app.py --context-parallel N` every rank loads the models; rank 0 builds the page and
     the others follow its jobs until it shuts the group down (then this returns None).
     """
+    if args.serve:
+        return create_front_end(args.serve)
     preset = get_preset(args.preset or default_preset())
     options = speed_options(args)  # spelling errors before the models load
     parallel = parallel_option(args)
@@ -348,6 +362,16 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
     return build_demo(pipe, preset, face_checker=faces, channel=channel)
 
 
+def create_front_end(url: str) -> gr.Blocks:
+    """The page over a Ray Serve deployment: the models live there, the checks and the streaming here."""
+    from fantasy.serve_client import fetch_info
+
+    remote = fetch_info(url)
+    preset = get_preset(remote.info["preset"])
+    print(f"[app] front end for {remote.device}: preset {preset.name}", flush=True)
+    return build_demo(remote, preset, face_checker=default_face_check(allow_download=False), serve_url=remote.url)
+
+
 # Spaces import the app and need the models ready at import time (ZeroGPU packs them before serving).
 demo: gr.Blocks | None = create_demo(parse_args([])) if space.on_spaces() else None
 
@@ -356,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     global demo
     args = parse_args(argv)
     try:
-        if demo is None or args.preset is not None or args.context_parallel is not None:
+        if demo is None or args.preset is not None or args.context_parallel is not None or args.serve:
             demo = create_demo(args)
     except FantasyError as exc:  # e.g. weights missing, an unusable speed flag: one line, no traceback
         raise SystemExit(f"error: {exc}") from None

@@ -320,10 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_download(sub)
     _add_bench(sub)
     from fantasy.metrics.command import add_parser as add_eval
+    from fantasy.serve import add_parser as add_serve
     from fantasy.train.command import add_parser as add_train
 
     add_eval(sub)
     add_train(sub)
+    add_serve(sub)
     return parser
 
 
