@@ -8,6 +8,10 @@ progress, each mp4 chunk as it is encoded, and the finished mp4 stream back as e
 client that goes away) stops the generation at its next step and leaves no file. `FantasyGateway` is the
 HTTP entry: `GET /info` and `POST /generate` (multipart: image, audio, controls JSON -> NDJSON events).
 
+With `context_parallel` N, a replica is a context-parallel group (`fantasy.parallel`) on N GPUs: it starts
+N-1 follower processes itself (`python -m fantasy.serve`, joined through a local TCP rendezvous) that follow
+each job as torchrun's ranks do for the app (`fantasy.parallel_jobs`).
+
 Ray is optional: `pip install -r requirements-serve.txt`. Nothing here is imported by the rest of the
 package; the app's thin front end (`app.py --serve URL`) talks HTTP through `fantasy.serve_client`.
 """
@@ -17,9 +21,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import pickle
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -47,6 +57,7 @@ class ServeConfig:
     speed: SpeedOptions = field(default_factory=SpeedOptions)
     min_chunk_seconds: float = 1.0
     face_check: bool = False  # face-alignment on the replicas (the front end usually checks already)
+    context_parallel: int = 1  # processes (GPUs) per replica, one video split over them
 
 
 def check_config(config: ServeConfig) -> None:
@@ -58,6 +69,14 @@ def check_config(config: ServeConfig) -> None:
         raise InvalidSetting(f"--max-queued must be 0 or more, got {config.max_queued}")
     if config.gpus_per_replica < 0 or config.cpus_per_replica < 0:
         raise InvalidSetting("GPUs and CPUs per replica must not be negative")
+    if config.context_parallel < 1:
+        raise InvalidSetting(f"--context-parallel must be at least 1, got {config.context_parallel}")
+    if config.context_parallel > 1:
+        from fantasy.parallel import ContextParallel, check_context_parallel
+        from fantasy.speed import attention_backend_name
+
+        attention = attention_backend_name(config.speed.attention) if config.speed.attention else None
+        check_context_parallel(ContextParallel(config.context_parallel), attention, world_size=config.context_parallel)
 
 
 # ---- the model replica ---------------------------------------------------------------------------------
@@ -67,25 +86,33 @@ class Replica:
     """One resident pipeline; one generation at a time; events out as it runs."""
 
     def __init__(self, config: ServeConfig):
-        from fantasy.presets import get_preset, load_pipeline
-        from fantasy.speed import apply_speed
+        from fantasy.presets import get_preset
         from fantasy.studio import Studio
         from fantasy.validation import FaceChecker, default_face_check
 
         self.config = config
         self.preset = get_preset(config.preset)
-        pipe = load_pipeline(self.preset.name, adapter=config.adapter)
-        pipe.set_progress_bar_config(disable=True)
-        self.speed = apply_speed(pipe, config.speed)
+        self.followers = _start_followers(config) if config.context_parallel > 1 else []
+        pipe, self.speed, self.channel = _load(config)
         faces = default_face_check() if config.face_check else FaceChecker(None, "face check skipped: done by the front end")
         self.root = Path(tempfile.mkdtemp(prefix="fantasy-replica-"))
-        self.studio = Studio(pipe, self.preset, faces, self.root, min_chunk_seconds=config.min_chunk_seconds)
+        self.studio = Studio(pipe, self.preset, faces, self.root, min_chunk_seconds=config.min_chunk_seconds,
+                             channel=self.channel)
         self.id = uuid.uuid4().hex[:8]
+
+    def __del__(self):
+        """Serve stops the replica: release its followers (they also leave if this process dies)."""
+        if getattr(self, "channel", None) is not None:
+            self.channel.shutdown()
+            for follower in self.followers:
+                follower.wait(timeout=60)
 
     def info(self) -> dict:
         pipe = self.studio.pipe
+        device = self.studio.device + (f" × {self.config.context_parallel} (context parallel)"
+                                       if self.config.context_parallel > 1 else "")
         return {"preset": self.preset.name, "demo": self.preset.demo, "longest_edge": self.preset.longest_edge,
-                "steps": self.preset.steps, "device": self.studio.device, "motion_mode": pipe.motion_mode,
+                "steps": self.preset.steps, "device": device, "motion_mode": pipe.motion_mode,
                 "trained_motion": pipe.motion_context is not None, "few_step_mode": pipe.few_step_mode,
                 "speed": self.speed, "replica": self.id}
 
@@ -96,6 +123,7 @@ class Replica:
         folder = self.root / f"request-{uuid.uuid4().hex[:12]}"
         folder.mkdir()
         cancel = threading.Event()
+        stream, pending, ended = None, None, False
         try:
             image = _save_upload(folder, "portrait", request["image_name"], request["image"])
             audio = _save_upload(folder, "speech", request["audio_name"], request["audio"])
@@ -109,17 +137,86 @@ class Replica:
                    "notices": job.notices, "status": self.studio.status(job, state="Generating…")}
             stream = self.studio.run(job, cancel=cancel)
             while True:
-                try:  # the generation runs in the stream's worker thread; wait for its events off the loop
-                    event = await asyncio.to_thread(next, stream, None)
+                # The generation runs in the stream's worker thread; its events are awaited off the event loop,
+                # shielded so that a cancelled request can still follow the stream to its end (below).
+                pending = asyncio.ensure_future(asyncio.to_thread(next, stream, None))
+                try:
+                    event = await asyncio.shield(pending)
                 except FantasyError as exc:
+                    ended = True
                     yield {"event": "error", "kind": type(exc).__name__, "message": str(exc)}
                     return
                 if event is None:
+                    ended = True
                     return
                 yield _wire(event, job, self.studio)
-        finally:  # also on cancellation (asyncio.CancelledError): stop the worker at its next step
+        finally:  # also on cancellation: stop the worker at its next step, let it clean up, then remove the files
             cancel.set()
-            await asyncio.to_thread(_remove_when_stopped, self.studio.lock, folder)
+            if stream is not None and not ended:
+                await _drain(pending, stream)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _drain(pending, stream) -> None:
+    """Follow a stopped stream to its end: then its worker has stopped and removed what it was writing."""
+    try:
+        event = True if pending is None else await pending  # a finished future gives its result again
+        while event is not None:
+            event = await asyncio.to_thread(next, stream, None)
+    except FantasyError:  # GenerationCancelled, raised once the worker has cleaned up
+        pass
+
+
+def _load(config: ServeConfig):
+    """(pipeline, speed log, job channel or None), the same in a replica and in its followers."""
+    from fantasy.presets import load_pipeline
+    from fantasy.speed import apply_speed
+
+    parallel, channel, device = None, None, None
+    if config.context_parallel > 1:
+        from fantasy.parallel import ContextParallel, control_group, init_processes
+        from fantasy.parallel_jobs import JobChannel
+
+        parallel = ContextParallel(config.context_parallel)
+        device = init_processes()
+        channel = JobChannel(control_group())
+    pipe = load_pipeline(config.preset, device=device, adapter=config.adapter)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, apply_speed(pipe, config.speed, parallel), channel
+
+
+def _start_followers(config: ServeConfig) -> list[subprocess.Popen]:
+    """Ranks 1..N-1 of this replica's group, on the GPUs Ray gave it; this process becomes rank 0."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    group = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(config.context_parallel)}
+    os.environ.update(group, RANK="0", LOCAL_RANK="0")
+    blob = base64.b64encode(pickle.dumps(config)).decode()
+    return [
+        subprocess.Popen([sys.executable, "-m", "fantasy.serve"],
+                         env=dict(os.environ, **group, RANK=str(rank), LOCAL_RANK=str(rank),
+                                  FANTASY_SERVE_CONFIG=blob, FANTASY_SERVE_PARENT=str(os.getpid())))
+        for rank in range(1, config.context_parallel)
+    ]
+
+
+def _follow() -> None:
+    """A follower process of a context-parallel replica: load, then run rank 0's jobs until it shuts down."""
+    from fantasy.presets import get_preset
+
+    config: ServeConfig = pickle.loads(base64.b64decode(os.environ["FANTASY_SERVE_CONFIG"]))
+    parent = int(os.environ["FANTASY_SERVE_PARENT"])
+
+    def leave_with_parent() -> None:  # a replica killed outright cannot shut its group down
+        while True:
+            time.sleep(2)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=leave_with_parent, daemon=True).start()
+    pipe, _, channel = _load(config)
+    channel.follow(pipe, get_preset(config.preset))
 
 
 def _save_upload(folder: Path, stem: str, name: str, data: bytes) -> Path:
@@ -127,12 +224,6 @@ def _save_upload(folder: Path, stem: str, name: str, data: bytes) -> Path:
     path = folder / f"{stem}{suffix}"
     path.write_bytes(data)
     return path
-
-
-def _remove_when_stopped(lock: threading.Lock, folder: Path) -> None:
-    """Delete a request's files once its generation has let go of the device (no file is left behind)."""
-    with lock:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _wire(event, job, studio) -> dict:
@@ -269,6 +360,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--address", default=None, help="an existing Ray cluster (default: start one on this machine)")
     p.add_argument("--face-check", action="store_true", help="run the face check on the replicas too")
+    p.add_argument("--context-parallel", type=int, default=1, metavar="N",
+                   help="one replica per N GPUs, each video split over them (see generate --context-parallel)")
     add_speed_flags(p)
     p.set_defaults(run=run)
 
@@ -281,12 +374,13 @@ def run(args) -> int:
     from fantasy.presets import get_preset
 
     get_preset(args.preset)
-    gpus = torch.cuda.device_count()
+    gpus, cp = torch.cuda.device_count(), args.context_parallel
     config = ServeConfig(
-        preset=args.preset, adapter=args.adapter, replicas=max(1, gpus) if args.replicas is None else args.replicas,
-        gpus_per_replica=(1.0 if gpus else 0.0) if args.gpus_per_replica is None else args.gpus_per_replica,
+        preset=args.preset, adapter=args.adapter,
+        replicas=max(1, gpus // max(cp, 1)) if args.replicas is None else args.replicas,
+        gpus_per_replica=(float(cp) if gpus else 0.0) if args.gpus_per_replica is None else args.gpus_per_replica,
         cpus_per_replica=args.cpus_per_replica, max_queued=args.max_queued, speed=speed_options(args),
-        face_check=args.face_check,
+        face_check=args.face_check, context_parallel=cp,
     )
     check_config(config)
     try:
@@ -302,3 +396,6 @@ def run(args) -> int:
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=True)
     return 0
 
+
+if __name__ == "__main__":  # a follower of a context-parallel replica (`_start_followers`)
+    _follow()

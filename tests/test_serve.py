@@ -123,9 +123,13 @@ def test_a_full_queue_answers_503_and_a_client_that_leaves_frees_its_replica(ser
     def send(name: str) -> None:
         try:
             with post(server, speech, QUICK) as reply:
-                answers[name] = (reply.status_code, json.loads(next(reply.iter_lines())))
+                lines = reply.iter_lines()
+                answers[name] = (reply.status_code, json.loads(next(lines)))
+                finished[name] = [json.loads(line)["event"] for line in lines]
         except BaseException as exc:  # reported by the assertions below
             answers[name] = (None, repr(exc))
+
+    finished: dict[str, list[str]] = {}
 
     threads = [threading.Thread(target=send, args=(name,), daemon=True) for name in ("a", "b")]
     for t in threads:
@@ -143,11 +147,34 @@ def test_a_full_queue_answers_503_and_a_client_that_leaves_frees_its_replica(ser
 
     first.__exit__(None, None, None)  # the client goes away: its generation stops and its replica is free
     for t in threads:
-        t.join(60)
-    waited = next(v for v in answers.values() if v[0] == 200)
+        t.join(120)
+    name, waited = next((k, v) for k, v in answers.items() if v[0] == 200)
     assert waited[1]["event"] == "accepted" and waited[1]["replica"] == accepted1["replica"]
-    assert not Path(accepted1["request"]).exists()  # the stopped request left no file (its folder is gone)
+    # it ran to the end on that replica, which runs one generation at a time: the 100-step one had stopped
+    assert finished[name][-1] == "done"
+    left = Path(accepted1["request"])
+    for _ in range(300):  # the stopped request's files go once its worker has cleaned up (a moment later)
+        if not left.exists():
+            break
+        threading.Event().wait(0.1)
+    assert not left.exists()
     second.__exit__(None, None, None)
+
+
+@pytest.mark.slow
+def test_a_replica_can_be_a_context_parallel_group(server, speech, tmp_path):
+    """One replica = 2 processes splitting each video (its follower started by the replica): the same mp4."""
+    serve.run(build_app(ServeConfig(replicas=1, context_parallel=2, min_chunk_seconds=0.5)), name="fantasy-cp",
+              route_prefix="/cp")
+    try:
+        assert httpx.get(f"{server}/cp/info").json()["device"] == "cpu × 2 (context parallel)"
+        with post(f"{server}/cp", speech, QUICK) as reply:
+            events = [json.loads(line) for line in reply.iter_lines()]
+    finally:
+        serve.delete("fantasy-cp")
+    assert [e["event"] for e in events].count("chunk") == 2 and events[-1]["event"] == "done"
+    video = base64.b64decode(events[-1]["video"])
+    assert hashlib.md5(video).digest() == hashlib.md5(in_process_video(tmp_path, speech, QUICK)).digest()
 
 
 @pytest.mark.slow
