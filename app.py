@@ -353,7 +353,10 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
         say(f"[app] speed: {line}", flush=True)
     if channel is not None and not channel.leader:
         pipe.set_progress_bar_config(disable=True)
-        log = channel.follow(pipe, preset)
+        try:
+            log = channel.follow(pipe, preset)
+        except KeyboardInterrupt:  # Ctrl-C reaches every rank under torchrun
+            return None
         print(f"[app] rank {channel.rank}: followed {len(log.jobs)} jobs; rank 0 closed the group", flush=True)
         return None
     # On ZeroGPU the main process has no real GPU: the face check runs on the CPU there.
@@ -391,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         channel = getattr(demo, "fantasy_channel", None)
         if channel is not None:
-            channel.shutdown()
+            channel.shutdown()  # the followers return (if they are still there: Ctrl-C may have ended them)
 
 
 if __name__ == "__main__":

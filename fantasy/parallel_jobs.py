@@ -13,6 +13,7 @@ one closing word. Followers that fail on their own (a device fault) exit, and to
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,8 +82,12 @@ class JobChannel:
         return result
 
     def shutdown(self) -> None:
-        """Tell the followers to return from `follow` (rank 0, when the app or replica stops)."""
-        self._announce(None)
+        """Tell the followers to return from `follow` (rank 0, when the app or replica stops).
+
+        Followers already gone (Ctrl-C under torchrun reaches every rank) are not an error at this point.
+        """
+        with contextlib.suppress(RuntimeError):  # gloo/NCCL: "connection closed by peer"
+            self._announce(None)
 
     # ---- the other ranks -----------------------------------------------------------------------------
 
