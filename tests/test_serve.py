@@ -16,9 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-import ray
 import torch
-from ray import serve
 
 from fantasy.cli import main as cli_main
 from fantasy.serve import APP_NAME, ServeConfig, build_app, package_root
@@ -28,6 +26,9 @@ from fantasy.studio import Controls, Studio
 from fantasy.validation import FaceChecker
 from fantasy.video import probe
 from tests.conftest import EXAMPLE_IMAGE, speech_like
+
+ray = pytest.importorskip("ray", reason="Ray Serve is optional: pip install -r requirements-serve.txt (CI does)")
+from ray import serve  # noqa: E402
 
 QUICK = {"steps": 3, "longest_edge": 64, "seed": 3}
 SLOW = {"steps": 100, "longest_edge": 256, "seed": 3}  # ~1 s a step here: busy until the test cancels it
