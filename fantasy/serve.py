@@ -227,10 +227,14 @@ def _save_upload(folder: Path, stem: str, name: str, data: bytes) -> Path:
 
 
 def _wire(event, job, studio) -> dict:
-    from fantasy.streaming import ChunkReady, Finished, StageProgress
+    from fantasy.streaming import ChunkReady, Finished, PreviewReady, StageProgress
 
     if isinstance(event, StageProgress):
         return {"event": "progress", "stage": event.stage, "fraction": event.fraction}
+    if isinstance(event, PreviewReady):  # the live preview at latent resolution (uint8 frames, tiny)
+        p = event.preview
+        return {"event": "preview", "frames": p.frames.tobytes(), "shape": list(p.frames.shape), "step": p.step,
+                "steps": p.steps, "window": p.window, "windows": p.windows}
     if isinstance(event, ChunkReady):
         c = event.chunk
         return {"event": "chunk", "index": c.index, "first_frame": c.first_frame, "num_frames": c.num_frames,

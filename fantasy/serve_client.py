@@ -20,7 +20,7 @@ import httpx
 
 from fantasy.errors import FantasyError, GenerationCancelled
 from fantasy.generate import Result
-from fantasy.streaming import Chunk, ChunkReady, Finished, StageProgress, StreamEvent
+from fantasy.streaming import Chunk, ChunkReady, Finished, PreviewReady, StageProgress, StreamEvent
 from fantasy.studio import Controls, Job, Studio
 
 CONNECT_TIMEOUT_S = 10.0
@@ -108,6 +108,8 @@ class RemoteStudio(Studio):
                             event["message"])
                     if kind == "progress":
                         yield StageProgress(event["stage"], event["fraction"])
+                    elif kind == "preview":
+                        yield PreviewReady(_preview(event))
                     elif kind == "chunk":
                         chunk = _save_chunk(job.chunk_dir, event)
                         chunks.append(chunk)
@@ -122,6 +124,15 @@ class RemoteStudio(Studio):
         if cancel.is_set():
             raise GenerationCancelled("Generation stopped.")
         raise FantasyError("the server ended the stream without a video")
+
+
+def _preview(event: dict):
+    import numpy as np
+
+    from fantasy.preview import Preview
+
+    frames = np.frombuffer(base64.b64decode(event["frames"]), dtype=np.uint8).reshape(event["shape"])
+    return Preview(frames, event["step"], event["steps"], event["window"], event["windows"])
 
 
 def _save_chunk(folder: Path, event: dict) -> Chunk:
