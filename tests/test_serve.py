@@ -21,7 +21,7 @@ import torch
 from fantasy.cli import main as cli_main
 from fantasy.serve import APP_NAME, ServeConfig, build_app, package_root
 from fantasy.serve_client import RemoteStudio, ServerUnreachable, fetch_info
-from fantasy.streaming import ChunkReady, Finished, StageProgress
+from fantasy.streaming import ChunkReady, Finished, PreviewReady, StageProgress
 from fantasy.studio import Controls, Studio
 from fantasy.validation import FaceChecker
 from fantasy.video import probe
@@ -94,6 +94,9 @@ def test_progress_chunks_and_the_video_stream_back(server, speech, tmp_path):
     kinds = [e["event"] for e in events]
     assert kinds[0] == "accepted" and kinds[-1] == "done" and kinds.count("done") == 1
     assert [e["fraction"] for e in events if e.get("stage") == "denoise"] == [1 / 3, 2 / 3, 1.0]
+    previews = [e for e in events if e["event"] == "preview"]  # the live preview: the first step's at least
+    assert previews and previews[0]["step"] == 1 and previews[0]["shape"] == [7, 8, 8, 3]  # latent frames, h/8, w/8
+    assert len(base64.b64decode(previews[0]["frames"])) == 7 * 8 * 8 * 3
     chunks = [e for e in events if e["event"] == "chunk"]
     assert [c["index"] for c in chunks] == [0, 1] and sum(c["num_frames"] for c in chunks) == 25
     last_decode = max(i for i, e in enumerate(events) if e.get("stage") == "decode")
@@ -187,6 +190,8 @@ def test_the_app_as_a_thin_front_end(server, speech, tmp_path):
     job = studio.check(EXAMPLE_IMAGE, speech, Controls(**QUICK))
     events = list(studio.run(job))
     assert sum(isinstance(e, StageProgress) and e.stage == "denoise" for e in events) == 3
+    previews = [e.preview for e in events if isinstance(e, PreviewReady)]
+    assert previews and previews[0].frames.shape == (7, 8, 8, 3) and previews[0].steps == 3
     chunks = [e.chunk for e in events if isinstance(e, ChunkReady)]
     assert [c.path.is_file() for c in chunks] == [True, True]
     done = events[-1]
