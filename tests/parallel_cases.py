@@ -1,6 +1,10 @@
 """The context-parallel cases, shared by the 2-process worker (`tests/parallel_worker.py`) and the reference
 runs in `tests/test_parallel.py`: the same pipelines and calls, built the same way in every process.
 
+The DiT's precision policy (`fantasy.precision`) is in the matrix: the fp32 cases run the default `mixed`
+policy (there it only changes the timestep sinusoid), and two bf16 DiTs run `mixed` (fp32 residual stream and
+head around bf16 attention/FFN) and `stock` (all bf16), where the policies really differ.
+
 One CPU thread everywhere: torchrun starts its processes with OMP_NUM_THREADS=1, and the number of threads a
 matmul uses changes its float rounding, so the one-process reference must use one thread too.
 """
@@ -19,7 +23,7 @@ from fantasy.speed import SpeedOptions
 from tests.conftest import speech_like
 
 FACE = Image.new("RGB", (32, 32), (190, 140, 120))
-# name -> (width, height), frames, steps, speed options, trained motion/identity modules
+# name -> (width, height), frames, steps, speed options, trained motion/identity modules, DiT dtype (fp32 if absent)
 CASES: dict[str, dict] = {
     # 5 latent frames x 5 x 7 = 175 tokens: 88 + 87 (diffusers' uneven split), the cut inside frame 2
     "uneven": dict(size=(112, 80), frames=17, steps=2, speed={}, modules=False),
@@ -30,6 +34,11 @@ CASES: dict[str, dict] = {
                           speed=dict(batch_guidance=True, step_cache="fbc", cache_threshold=0.3), modules=False),
     # trained (random) motion and identity modules, with motion coefficients and a face crop
     "modules": dict(size=(64, 64), frames=9, steps=2, speed={}, modules=True),
+    # a bf16 DiT under each precision policy, on the uneven split
+    "bf16-mixed": dict(size=(112, 80), frames=17, steps=2, speed=dict(precision="mixed"), modules=False,
+                       dtype=torch.bfloat16),
+    "bf16-stock": dict(size=(112, 80), frames=17, steps=2, speed=dict(precision="stock"), modules=False,
+                       dtype=torch.bfloat16),
 }
 
 
@@ -38,7 +47,7 @@ def build(case: dict, parallel=None):
     from fantasy.presets import load_pipeline
     from fantasy.speed import apply_speed
 
-    pipe = load_pipeline("tiny")
+    pipe = load_pipeline("tiny", dtype=case.get("dtype", torch.float32))
     pipe.set_progress_bar_config(disable=True)
     if case["modules"]:
         with_trained_modules(pipe)

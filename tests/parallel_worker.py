@@ -5,6 +5,7 @@ holding portrait.png and the speech files. What each section leaves in OUT (rank
   latents-NAME.pt        final latents of every `tests.parallel_cases.CASES` entry
   blocks-NAME-rankR.json blocks that ran on each rank (the step-cache case)
   gen-1.mp4, gen-2.mp4   `generate` of one window and of two windows (rank 1 passes out_path=None)
+  gen-release.mp4        `generate` in release mode (`fantasy.release`) on a bf16 DiT, mixed precision
   studio.json            the app's three jobs on rank 0 (done, stopped, done) with their mp4 md5s
   follow-rank1.json      what rank 1 did for those jobs (`JobChannel.follow`)
   compile-rankR.txt      the error compiled blocks give for an uneven token split, on each rank
@@ -33,6 +34,18 @@ from tests.parallel_cases import CASES, BlockCounter, build, call
 
 GEN_SETTINGS = {1: Settings(steps=2, longest_edge=64, max_duration=10.0),
                 2: Settings(steps=2, longest_edge=64, max_frames=21, max_duration=10.0)}
+RELEASE_SETTINGS = Settings(release=True, longest_edge=64)  # 30 steps, its prompts and decode: 25 frames of 1 s
+
+
+def release_pipe(parallel: ContextParallel | None = None):
+    """The tiny pipeline with a bf16 DiT (as the release's), the default mixed precision policy."""
+    from fantasy.presets import load_pipeline
+    from fantasy.speed import SpeedOptions, apply_speed
+
+    pipe = load_pipeline("tiny", dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    apply_speed(pipe, SpeedOptions(), parallel)
+    return pipe
 
 
 def md5(path: Path) -> str:
@@ -67,6 +80,14 @@ def generations(out: Path, rank: int, pipe) -> None:
         result = generate(pipe, inputs / "portrait.png", inputs / speech, target, GEN_SETTINGS[windows],
                           get_preset("tiny"))
         assert result.windows == windows, result
+
+
+def release_generation(out: Path, rank: int, parallel: ContextParallel) -> None:
+    inputs = out / "inputs"
+    target = out / "gen-release.mp4" if rank == 0 else None
+    result = generate(release_pipe(parallel), inputs / "portrait.png", inputs / "speech-1s.wav", target,
+                      RELEASE_SETTINGS, get_preset("tiny"))
+    assert result.release and result.num_frames == 25, result
 
 
 def studio_jobs(out: Path, channel: JobChannel, pipe) -> None:
@@ -107,6 +128,7 @@ def main(out: Path) -> None:
     compile_refusal(out, rank, parallel)
     pipe = build(CASES["even"], parallel)
     generations(out, rank, pipe)
+    release_generation(out, rank, parallel)
     studio_jobs(out, JobChannel(control_group()), pipe)
     dist.destroy_process_group()
 

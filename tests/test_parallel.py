@@ -178,6 +178,13 @@ def test_two_processes_give_the_one_process_latents(two_processes, one_thread, n
 
 
 @pytest.mark.slow
+def test_the_bf16_cases_really_differ_between_precision_policies(one_thread):
+    """Else the mixed/stock pair above would not test the policies under context parallelism."""
+    mixed, stock = (call(build(CASES[name]), CASES[name]) for name in ("bf16-mixed", "bf16-stock"))
+    assert mixed.dtype == stock.dtype == torch.float32 and (mixed - stock).abs().max() > 1e-2
+
+
+@pytest.mark.slow
 def test_the_step_cache_skips_the_same_blocks_on_both_ranks(two_processes, one_thread):
     case = CASES["batched+cache"]
     pipe = build(case)
@@ -213,6 +220,20 @@ def test_two_processes_write_the_one_process_mp4(two_processes, one_thread, tmp_
 
 
 @pytest.mark.slow
+def test_release_mode_on_two_processes_writes_the_one_process_mp4(two_processes, one_thread, tmp_path):
+    """`--release` (bf16 DiT, mixed precision, 30 steps, the release's decode) is exact under context parallelism."""
+    from fantasy.generate import generate
+    from fantasy.presets import get_preset
+    from tests.parallel_worker import RELEASE_SETTINGS, release_pipe
+
+    inputs = two_processes / "inputs"
+    result = generate(release_pipe(), inputs / "portrait.png", inputs / "speech-1s.wav", tmp_path / "one.mp4",
+                      RELEASE_SETTINGS, get_preset("tiny"))
+    assert result.release and result.num_frames == 25
+    assert md5(two_processes / "gen-release.mp4") == md5(tmp_path / "one.mp4")
+
+
+@pytest.mark.slow
 def test_app_jobs_run_on_every_rank_and_stop_together(two_processes, one_thread, tmp_path):
     """Rank 0 runs three app jobs (the second stopped, as by the Stop button); rank 1 follows each one."""
     from fantasy.presets import get_preset
@@ -237,14 +258,14 @@ def test_app_jobs_run_on_every_rank_and_stop_together(two_processes, one_thread,
     assert 1 <= follower[1][1] < checkpoints
     # rank 1 wrote no video: the run's folder holds rank 0's outputs and the harness's reports, nothing else
     reports = {f"blocks-batched+cache-rank{r}.json" for r in (0, 1)} | {f"compile-rank{r}.txt" for r in (0, 1)}
-    outputs = {f"latents-{name}.pt" for name in CASES} | {"gen-1.mp4", "gen-2.mp4", "studio", "studio.json"}
+    outputs = {f"latents-{name}.pt" for name in CASES} | {"gen-1.mp4", "gen-2.mp4", "gen-release.mp4", "studio", "studio.json"}
     assert {p.name for p in two_processes.iterdir()} == reports | outputs | {"inputs", "follow-rank1.json"}
     jobs = sorted((two_processes / "studio").iterdir())
     assert len(jobs) == 3 and sorted((j / "talking.mp4").exists() for j in jobs) == [False, True, True]
 
 
 @pytest.mark.slow
-def test_generate_under_torchrun_writes_one_mp4_equal_to_one_process(tmp_path, one_thread):
+def test_generate_under_torchrun_writes_one_mp4_equal_to_one_process_in_stock_precision(tmp_path, one_thread):
     from fantasy.generate import generate
     from fantasy.presets import get_preset
     from tests.parallel_worker import GEN_SETTINGS
@@ -253,9 +274,11 @@ def test_generate_under_torchrun_writes_one_mp4_equal_to_one_process(tmp_path, o
     work = tmp_path / "run"
     work.mkdir()
     done = run_torchrun(["-m", "fantasy", "generate", "--image", str(portrait), "--audio", str(speech), "--out",
-                         "cp.mp4", "--steps", "2", "--size", "64", "--max-frames", "21", "--context-parallel", "2"],
-                        cwd=work)
+                         "cp.mp4", "--steps", "2", "--size", "64", "--max-frames", "21", "--context-parallel", "2",
+                         "--precision", "stock"], cwd=work)
     assert sorted(p.name for p in work.iterdir()) == ["cp.mp4"]  # rank 1 wrote nothing
     assert done.stdout.count("wrote cp.mp4") == 1 and "2 windows" in done.stdout  # only rank 0 prints
-    generate(build(CASES["even"]), portrait, speech, tmp_path / "one.mp4", GEN_SETTINGS[2], get_preset("tiny"))
+    assert done.stderr.count("speed: DiT precision: stock") == 1
+    stock = dict(CASES["even"], speed={"precision": "stock"})
+    generate(build(stock), portrait, speech, tmp_path / "one.mp4", GEN_SETTINGS[2], get_preset("tiny"))
     assert md5(work / "cp.mp4") == md5(tmp_path / "one.mp4")
