@@ -24,7 +24,7 @@ from PIL import UnidentifiedImageError
 
 from fantasy.cli import add_parallel_flags, add_real_flags, add_speed_flags, parallel_option, speed_options
 from fantasy.distill import FEW_STEP_AUDIO_GUIDANCE, FEW_STEP_TEXT_GUIDANCE, FEW_STEPS
-from fantasy.errors import FantasyError, GenerationCancelled, WeightsMissing
+from fantasy.errors import FantasyError, GenerationCancelled, InvalidSetting, WeightsMissing
 from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED
 from fantasy.image import MIN_SIDE, SIDE_MULTIPLE
 from fantasy.presets import Preset, get_preset, load_pipeline
@@ -366,6 +366,9 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
     the others follow its jobs until it shuts the group down (then this returns None).
     """
     if args.serve:
+        if args.context_parallel is not None:
+            raise InvalidSetting("--serve runs every generation on the deployment: drop --context-parallel here and "
+                                 "start the deployment with `python -m fantasy serve --context-parallel N`")
         return create_front_end(args.serve)
     preset = get_preset(args.preset or default_preset(args.adapter))
     options = speed_options(args)  # spelling errors before the models load

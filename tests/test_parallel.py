@@ -166,6 +166,17 @@ def test_cli_without_torchrun_says_how_to_launch_and_loads_nothing(tmp_path, spe
     assert list(tmp_path.iterdir()) == [speech_wav]
 
 
+def test_app_as_a_front_end_refuses_context_parallel_before_contacting_the_server(monkeypatch):
+    import app
+    import fantasy.serve_client
+
+    monkeypatch.setattr(fantasy.serve_client, "fetch_info", lambda *a: pytest.fail("the server was contacted"))
+    with pytest.raises(SystemExit) as stopped:
+        app.main(["--serve", "http://127.0.0.1:9", "--context-parallel", "2"])
+    assert str(stopped.value) == ("error: --serve runs every generation on the deployment: drop --context-parallel "
+                                  "here and start the deployment with `python -m fantasy serve --context-parallel N`")
+
+
 # ---- 2 processes equal 1 -------------------------------------------------------------------------------------
 
 
