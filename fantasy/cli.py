@@ -146,7 +146,9 @@ def _guidance_defaults(args) -> tuple[int | None, float, float]:
 
 
 def _run_generate(args) -> int:
-    from fantasy.generate import Settings, generate
+    """Every check first (settings, inputs, the output path and its free space), then the models, then the video."""
+    from fantasy.generate import Settings, generate, prepare_inputs
+    from fantasy.output import check_target
     from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT
     from fantasy.presets import get_preset, load_pipeline
     from fantasy.release import RELEASE_DIT
@@ -167,17 +169,27 @@ def _run_generate(args) -> int:
         audio_weight=args.audio_weight, fps=args.fps, max_frames=args.max_frames,
         max_duration=args.max_duration, longest_edge=args.size, release=args.release,
     )
-    settings = settings.resolved(preset)  # reject bad settings before loading any model
+    settings = settings.resolved(preset)  # reject bad settings before reading anything
     parallel = parallel_option(args, vram=args.vram if preset.name == "real" else "resident")
+    inputs = prepare_inputs(args.image, args.audio, settings)  # the speech is decoded once, up to the limit
+    face = None
+    if args.face is not None:
+        from fantasy.image import load_portrait
+
+        face = load_portrait(args.face)
     device = args.device
     if parallel is not None:
         from fantasy.parallel import init_processes
 
         device = init_processes(args.device)
-    from fantasy.parallel import is_leader
+    from fantasy.parallel import is_leader, leader_check
 
     leader = is_leader()  # under context parallelism only rank 0 prints and writes
     say = (lambda text: print(text, file=sys.stderr)) if leader else (lambda text: None)
+    # only rank 0 writes: it checks the target, and every process stops alike when that fails
+    leader_check(lambda: check_target(args.out, 2 * inputs.output_bytes(settings.fps)))
+    for notice in inputs.notices:
+        say(f"note: {notice}")
     if preset.demo:
         say(f"[{preset.name}] {preset.summary}")
     started = time.perf_counter()
@@ -185,6 +197,7 @@ def _run_generate(args) -> int:
     real = {"dit": dit, "vram": args.vram, "weights": args.weights, "fit_size": settings.resolved(preset).longest_edge,
             "fit_frames": settings.max_frames, "fit_batch": 3 if speed.batch_guidance else 1}
     pipe = load_pipeline(preset.name, device=device, adapter=args.adapter, **(real if preset.name == "real" else {}))
+    pipe.set_progress_bar_config(disable=True)  # our own progress lines below
     from fantasy.speed import apply_speed
 
     for line in apply_speed(pipe, speed, parallel):
@@ -203,14 +216,9 @@ def _run_generate(args) -> int:
             say(f"  {stage}: {fraction:.0%}")
             last["stage"] = stage
 
-    face = None
-    if args.face is not None:
-        from fantasy.image import load_portrait
-
-        face = load_portrait(args.face)
     out = args.out if leader else None
     result = generate(pipe, args.image, args.audio, out, settings, preset, progress=progress, face_image=face,
-                      preview=preview if leader else None)
+                      inputs=inputs, preview=preview if leader else None)
     if not leader:
         return 0
     if result.speech_cut and result.release:
@@ -394,14 +402,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command. A user error prints `error: ...` (status 2); SIGINT, SIGTERM or SIGHUP stop the command,
+    remove its temporary files and print one line (status 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM)."""
+    from fantasy import quiet  # noqa: F401  (drops known third-party import noise before those imports run)
+    from fantasy.stop import StopRequested, stop_on_signals
+
+    args = None
     try:
-        return args.run(args)
+        with stop_on_signals():
+            args = build_parser().parse_args(argv)  # builds the generate parser: imports torch and diffusers
+            return args.run(args)
     except FantasyError as exc:
         parallel = sys.modules.get("fantasy.parallel")  # imported only when a command uses processes
         if parallel is None or parallel.is_leader():  # a group's processes fail alike: one message
             print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StopRequested as stop:
+        parallel = sys.modules.get("fantasy.parallel")
+        if parallel is not None and not parallel.is_leader():  # the group stops alike: rank 0 says it
+            return stop.exit_status
+        if stop.written:
+            print(f"stopped ({stop}), {stop.written} was already complete", file=sys.stderr)
+        elif args is None or args.run is _run_generate:  # generate writes its video only once it is complete
+            print(f"stopped ({stop}), nothing written", file=sys.stderr)
+        else:
+            print(f"stopped ({stop})", file=sys.stderr)
+        return stop.exit_status
     finally:
         if "fantasy.parallel" in sys.modules:
             sys.modules["fantasy.parallel"].leave_processes()

@@ -24,6 +24,7 @@ do not depend on where a token sits, so they are exact on a slice as they are.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,7 +32,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from fantasy.errors import InvalidSetting
+from fantasy.errors import FantasyError, InvalidSetting
 from fantasy.frame_shards import shard_bounds
 
 KINDS = {
@@ -130,8 +131,29 @@ def leave_processes() -> None:
 
 
 def is_leader() -> bool:
-    """Rank 0 (or no process group): the process that prints and writes files."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    """The process that prints and writes files: rank 0 of the process group, or before it is joined, of the
+    launch (torchrun's RANK), so that errors found before joining are also said once; a plain run leads."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
+
+
+def leader_check(check: Callable[[], object]) -> None:
+    """Run `check` on the leader only (e.g. of the output path, which only rank 0 writes) and raise its
+    `FantasyError` in every process of the group, so that they stop together instead of waiting for rank 0
+    in their next collective."""
+    if not (dist.is_available() and dist.is_initialized()):
+        check()
+        return
+    box: list[FantasyError | None] = [None]
+    if dist.get_rank() == 0:
+        try:
+            check()
+        except FantasyError as exc:
+            box = [exc]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise box[0]
 
 
 # ---- diffusers' context parallelism on our pipeline ------------------------------------------------------

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from PIL import Image
 
 from fantasy.errors import FantasyError, GenerationCancelled
-from fantasy.generate import Settings, generate
+from fantasy.generate import PreparedInputs, Settings, generate
 
 CONTINUE, STOP = 0, 1
 T = TypeVar("T")
@@ -33,12 +33,15 @@ Agree = Callable[[bool], bool]  # rank 0's wish to stop -> what the whole group 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What every rank needs to run the same generation (paths are on storage all ranks share)."""
+    """What every rank needs to run the same generation: rank 0's prepared inputs (the resized portrait and
+    the decoded speech, so the followers compute on exactly what rank 0 does and need not read the uploads),
+    else paths on storage all ranks share."""
 
     image: str | Image.Image
     audio: str
     settings: Settings
     face_image: Image.Image | None = None
+    inputs: PreparedInputs | None = None
 
 
 @dataclass
@@ -105,7 +108,7 @@ class JobChannel:
 
             try:
                 generate(pipe, spec.image, spec.audio, None, spec.settings, preset, progress=checkpoint,
-                         on_frames=checkpoint, face_image=spec.face_image)
+                         on_frames=checkpoint, face_image=spec.face_image, inputs=spec.inputs)
             except GenerationCancelled:
                 log.jobs.append((spec.audio, passed, "stopped"))
                 continue
@@ -130,7 +133,8 @@ class JobChannel:
         return int(value.item())
 
 
-def job_spec(image, audio, settings: Settings, face_image: Image.Image | None = None) -> JobSpec:
+def job_spec(image, audio, settings: Settings, face_image: Image.Image | None = None,
+             inputs: PreparedInputs | None = None) -> JobSpec:
     """A `JobSpec` with absolute paths (the followers may run from another directory)."""
     image = image if isinstance(image, Image.Image) else str(Path(image).resolve())
-    return JobSpec(image, str(Path(audio).resolve()), settings, face_image)
+    return JobSpec(image, str(Path(audio).resolve()), settings, face_image, inputs)

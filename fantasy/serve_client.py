@@ -20,6 +20,7 @@ import httpx
 
 from fantasy.errors import FantasyError, GenerationCancelled
 from fantasy.generate import Result
+from fantasy.output import publish, remove_quietly, temp_path
 from fantasy.streaming import Chunk, ChunkReady, Finished, PreviewReady, StageProgress, StreamEvent
 from fantasy.studio import Controls, Job, Studio
 
@@ -83,9 +84,14 @@ class RemoteStudio(Studio):
         job = super().check(image, audio, controls)
         return RemoteJob(**{f.name: getattr(job, f.name) for f in fields(Job)}, controls=controls)
 
-    def run(self, job: RemoteJob, cancel: threading.Event | None = None) -> Iterator[StreamEvent]:
+    def run(self, job: RemoteJob, cancel: threading.Event | None = None,
+            heartbeat_s: float | None = None) -> Iterator[StreamEvent]:
+        """Stream the job from the server; tracked like a local run, so `shutdown` stops it and removes its
+        files (the server gets no heartbeat from here: it sends an event every step)."""
         job.folder.mkdir(parents=True, exist_ok=True)
-        return self._stream(job, cancel if cancel is not None else threading.Event())
+        cancel = cancel if cancel is not None else threading.Event()
+        self._running[job.folder] = cancel
+        return self._tracked(job.folder, self._stream(job, cancel))
 
     def _stream(self, job: RemoteJob, cancel: threading.Event) -> Iterator[StreamEvent]:
         files = {"image": (job.image.name, job.image.read_bytes()), "audio": (job.audio.name, job.audio.read_bytes())}
@@ -114,8 +120,13 @@ class RemoteStudio(Studio):
                         chunk = _save_chunk(job.chunk_dir, event)
                         chunks.append(chunk)
                         yield ChunkReady(chunk)
-                    elif kind == "done":
-                        job.out_path.write_bytes(base64.b64decode(event["video"]))
+                    elif kind == "done":  # the server verified it; here it appears whole or not at all
+                        partial = temp_path(job.out_path, "download")
+                        try:
+                            partial.write_bytes(base64.b64decode(event["video"]))
+                            publish(partial, job.out_path)
+                        finally:
+                            remove_quietly(partial)
                         result = Result(path=job.out_path, **event["result"])
                         yield Finished(result, chunks, event["steps_run"])
                         return
