@@ -24,6 +24,7 @@ do not depend on where a token sits, so they are exact on a slice as they are.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import torch.distributed as dist
 
 from fantasy.errors import FantasyError, InvalidSetting
 from fantasy.frame_shards import shard_bounds
+from fantasy.quiet import drop_known
 
 KINDS = {
     "ulysses": "all-to-all of heads and tokens (any attention backend diffusers parallelises; best on NVLink)",
@@ -46,6 +48,15 @@ PARALLEL_BACKENDS = {"native", "_native_cudnn", "_native_flash", "_native_npu", 
 RING_BACKENDS = PARALLEL_BACKENDS - {"native", "_native_npu"}
 DEFAULT_BACKEND = "native"  # diffusers' default (torch SDPA), the one that runs on CPUs
 CONTROL_TIMEOUT = timedelta(days=30)  # the job channel waits for the next request this long
+# What diffusers 0.42.1's context parallelism says on every rank that concerns nothing a user can act on: that
+# the API is experimental, that Wan's plan entry for a per-token timestep (Wan 2.2) does not apply to our 1-D
+# timestep (correct: it is not split), and torch's deprecation of the collective diffusers calls.
+CP_NOISE = (
+    ("diffusers.models.modeling_utils", r"^`enable_parallelism` is an experimental feature"),
+    ("diffusers.hooks.context_parallel",
+     r"^Expected input tensor to have 2 dimensions, but got 1 dimensions, split will not be applied"),
+)
+CP_DEPRECATION = r"`torch\.distributed\._functional_collectives\.all_gather_tensor` is deprecated"
 
 
 @dataclass(frozen=True)
@@ -287,6 +298,8 @@ def enable_context_parallel(pipe, options: ContextParallel) -> list[str]:
     backend = AttentionBackendName(backend) if backend else _AttentionBackendRegistry.get_active_backend()[0]
     check_context_parallel(options, attention=backend.value, world_size=dist.get_world_size())
     degree = {"ulysses_degree": options.degree} if options.kind == "ulysses" else {"ring_degree": options.degree}
+    drop_known(CP_NOISE)
+    warnings.filterwarnings("ignore", message=CP_DEPRECATION, category=FutureWarning)
     with _cpu_only_device_count():
         transformer.enable_parallelism(config=ContextParallelConfig(**degree))
     cp_config = transformer._parallel_config.context_parallel_config

@@ -6,9 +6,11 @@ holding portrait.png and the speech files. What each section leaves in OUT (rank
   blocks-NAME-rankR.json blocks that ran on each rank (the step-cache case)
   gen-1.mp4, gen-2.mp4   `generate` of one window and of two windows (rank 1 passes out_path=None)
   gen-release.mp4        `generate` in release mode (`fantasy.release`) on a bf16 DiT, mixed precision
-  studio.json            the app's three jobs on rank 0 (done, stopped, done) with their mp4 md5s
+  studio.json            the app's four jobs on rank 0 (done, stopped by Stop, done, stopped by the app's
+                         shutdown as on a signal) with their mp4 md5s
   follow-rank1.json      what rank 1 did for those jobs (`JobChannel.follow`)
   compile-rankR.txt      the error compiled blocks give for an uneven token split, on each rank
+  target-rankR.json      whether each rank checked an unusable output path (only rank 0) and the error it raised
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from fantasy.errors import GenerationCancelled, InvalidSetting
+from fantasy.errors import FantasyError, GenerationCancelled, InvalidSetting
 from fantasy.generate import Settings, generate
-from fantasy.parallel import ContextParallel, control_group, init_processes
+from fantasy.output import check_target
+from fantasy.parallel import ContextParallel, control_group, init_processes, leader_check
 from fantasy.parallel_jobs import JobChannel
 from fantasy.presets import get_preset
 from fantasy.streaming import Finished, StageProgress
@@ -82,6 +85,23 @@ def generations(out: Path, rank: int, pipe) -> None:
         assert result.windows == windows, result
 
 
+def target_check(out: Path, rank: int) -> None:
+    """`generate`'s check of the output path under a group: a directory as the target."""
+    checked = []
+    (out / "inputs" / "taken.mp4").mkdir(exist_ok=True)
+
+    def check():
+        checked.append(True)
+        check_target(out / "inputs" / "taken.mp4")
+
+    try:
+        leader_check(check)
+        error = None
+    except FantasyError as exc:
+        error = str(exc)
+    (out / f"target-rank{rank}.json").write_text(json.dumps({"checked": bool(checked), "error": error}))
+
+
 def release_generation(out: Path, rank: int, parallel: ContextParallel) -> None:
     inputs = out / "inputs"
     target = out / "gen-release.mp4" if rank == 0 else None
@@ -100,21 +120,24 @@ def studio_jobs(out: Path, channel: JobChannel, pipe) -> None:
                     channel=channel)
     controls = Controls(steps=3, longest_edge=64, max_duration_s=1.0, seed=3)
     report = []
-    for stop in (False, True, False):
+    for stop in (None, "button", None, "shutdown"):
         job = studio.check(inputs / "portrait.png", inputs / "speech-1s.wav", controls)
         cancel = threading.Event()
-        outcome, seen = "done", 0
+        outcome, seen, stopped = "done", 0, None
         try:
             for event in studio.run(job, cancel=cancel):
                 if isinstance(event, StageProgress) and event.stage == "denoise":
                     seen += 1
-                    if stop:  # what the Stop button does: set the job's flag
+                    if stop == "button":  # what the Stop button does: set the job's flag
                         cancel.set()
+                    elif stop == "shutdown" and stopped is None:  # what the app does on SIGTERM/SIGINT
+                        stopped = studio.shutdown()
                 if isinstance(event, Finished):
                     outcome = md5(event.result.path)
         except GenerationCancelled:
             outcome = "stopped"
-        report.append({"outcome": outcome, "denoise_events": seen, "final_exists": job.out_path.exists()})
+        report.append({"outcome": outcome, "denoise_events": seen, "final_exists": job.out_path.exists(),
+                       "folder_exists": job.folder.exists(), "shutdown_stopped": stopped})
     channel.shutdown()
     (out / "studio.json").write_text(json.dumps(report))
 
@@ -126,6 +149,7 @@ def main(out: Path) -> None:
     parallel = ContextParallel(dist.get_world_size())
     latents(out, rank, parallel)
     compile_refusal(out, rank, parallel)
+    target_check(out, rank)
     pipe = build(CASES["even"], parallel)
     generations(out, rank, pipe)
     release_generation(out, rank, parallel)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,11 +34,14 @@ def md5(path: Path) -> str:
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
-def run_torchrun(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args]
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+TORCHRUN_ENV = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+
+
+def run_torchrun(args: list[str], cwd: Path, timeout: int = 600, ok: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([*TORCHRUN, *args], cwd=cwd, env=TORCHRUN_ENV, capture_output=True, text=True,
+                          timeout=timeout)
+    assert (done.returncode == 0) == ok, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
 
@@ -231,6 +236,16 @@ def test_two_processes_write_the_one_process_mp4(two_processes, one_thread, tmp_
 
 
 @pytest.mark.slow
+def test_an_unusable_output_stops_every_rank_with_rank_0s_verdict(two_processes):
+    """Only rank 0 writes, so only it checks the target (`generate --context-parallel` does this before any
+    model loads); every rank raises its error, so none waits for rank 0 in a collective."""
+    target = two_processes / "inputs" / "taken.mp4"
+    reports = [json.loads((two_processes / f"target-rank{r}.json").read_text()) for r in (0, 1)]
+    message = f"the output '{target}' is a directory: give a file name ending in .mp4"
+    assert reports == [{"checked": True, "error": message}, {"checked": False, "error": message}]
+
+
+@pytest.mark.slow
 def test_release_mode_on_two_processes_writes_the_one_process_mp4(two_processes, one_thread, tmp_path):
     """`--release` (bf16 DiT, mixed precision, 30 steps, the release's decode) is exact under context parallelism."""
     from fantasy.generate import generate
@@ -246,7 +261,8 @@ def test_release_mode_on_two_processes_writes_the_one_process_mp4(two_processes,
 
 @pytest.mark.slow
 def test_app_jobs_run_on_every_rank_and_stop_together(two_processes, one_thread, tmp_path):
-    """Rank 0 runs three app jobs (the second stopped, as by the Stop button); rank 1 follows each one."""
+    """Rank 0 runs four app jobs (the second stopped by the Stop button, the fourth by the app's shutdown as on
+    a signal); rank 1 follows each one and ends with the group."""
     from fantasy.presets import get_preset
     from fantasy.streaming import Finished
     from fantasy.studio import Controls, Studio
@@ -258,20 +274,25 @@ def test_app_jobs_run_on_every_rank_and_stop_together(two_processes, one_thread,
                        Controls(steps=3, longest_edge=64, max_duration_s=1.0, seed=3))
     reference = md5(next(e for e in studio.run(job) if isinstance(e, Finished)).result.path)
 
-    done, stopped, again = json.loads((two_processes / "studio.json").read_text())
-    assert done == again == {"outcome": reference, "denoise_events": 3, "final_exists": True}
+    done, stopped, again, shut = json.loads((two_processes / "studio.json").read_text())
+    finished = {"outcome": reference, "denoise_events": 3, "final_exists": True, "folder_exists": True,
+                "shutdown_stopped": None}
+    assert done == again == finished
     assert stopped["outcome"] == "stopped" and not stopped["final_exists"] and stopped["denoise_events"] < 3
+    # the app's shutdown (on SIGTERM/SIGINT) stops the running job with the followers and removes its folder
+    assert shut["outcome"] == "stopped" and shut["shutdown_stopped"] == 1 and not shut["folder_exists"]
     follower = json.loads((two_processes / "follow-rank1.json").read_text())
     speech = str(inputs / "speech-1s.wav")
     checkpoints = follower[0][1]
     assert follower == [[speech, checkpoints, "done"], [speech, follower[1][1], "stopped"],
-                        [speech, checkpoints, "done"]]
-    assert 1 <= follower[1][1] < checkpoints
+                        [speech, checkpoints, "done"], [speech, follower[3][1], "stopped"]]
+    assert 1 <= follower[1][1] < checkpoints and 1 <= follower[3][1] < checkpoints
     # rank 1 wrote no video: the run's folder holds rank 0's outputs and the harness's reports, nothing else
-    reports = {f"blocks-batched+cache-rank{r}.json" for r in (0, 1)} | {f"compile-rank{r}.txt" for r in (0, 1)}
+    reports = {f"{name}-rank{r}.{ext}" for r in (0, 1)
+               for name, ext in (("blocks-batched+cache", "json"), ("compile", "txt"), ("target", "json"))}
     outputs = {f"latents-{name}.pt" for name in CASES} | {"gen-1.mp4", "gen-2.mp4", "gen-release.mp4", "studio", "studio.json"}
     assert {p.name for p in two_processes.iterdir()} == reports | outputs | {"inputs", "follow-rank1.json"}
-    jobs = sorted((two_processes / "studio").iterdir())
+    jobs = sorted((two_processes / "studio").iterdir())  # the shut-down job's folder is gone
     assert len(jobs) == 3 and sorted((j / "talking.mp4").exists() for j in jobs) == [False, True, True]
 
 
@@ -290,6 +311,33 @@ def test_generate_under_torchrun_writes_one_mp4_equal_to_one_process_in_stock_pr
     assert sorted(p.name for p in work.iterdir()) == ["cp.mp4"]  # rank 1 wrote nothing
     assert done.stdout.count("wrote cp.mp4") == 1 and "2 windows" in done.stdout  # only rank 0 prints
     assert done.stderr.count("speed: DiT precision: stock") == 1
+    for noise in ("experimental feature", "split will not be applied", "all_gather_tensor"):  # diffusers' CP notes
+        assert noise not in done.stderr, done.stderr
     stock = dict(CASES["even"], speed={"precision": "stock"})
     generate(build(stock), portrait, speech, tmp_path / "one.mp4", GEN_SETTINGS[2], get_preset("tiny"))
     assert md5(work / "cp.mp4") == md5(tmp_path / "one.mp4")
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_torchrun_stops_every_rank_and_leaves_nothing(tmp_path):
+    """Ctrl-C reaches the launcher and both ranks (one process group); each rank is held after its first step
+    by `tests.stage_hooks`, so the signal comes mid-denoising on both."""
+    speech, portrait = speech_file(tmp_path, 1.0), portrait_file(tmp_path)
+    work = tmp_path / "run"
+    work.mkdir()
+    command = [*TORCHRUN, "-m", "tests.stage_hooks", "denoise", "generate", "--image", str(portrait), "--audio",
+               str(speech), "--out", "cp.mp4", "--steps", "3", "--size", "64", "--context-parallel", "2"]
+    proc = subprocess.Popen(command, cwd=work, env=TORCHRUN_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if sum(seen.startswith("STAGE denoise") for seen in lines) == 2:  # both ranks wait there
+            break
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    lines.append(proc.stderr.read())
+    proc.wait(timeout=120)
+    err = "".join(lines)
+    assert err.count("stopped (SIGINT), nothing written") == 1, err[-3000:]  # rank 0 says it, rank 1 is silent
+    assert not re.search(r'File ".*/(fantasy|tests)/', err), err  # (torchrun prints its own SignalException)
+    assert list(work.iterdir()) == [], err[-3000:]  # no video, no temporary file
