@@ -135,7 +135,7 @@ class Replica:
             job.folder = folder / "job"
             yield {"event": "accepted", "replica": self.id, "request": str(folder), "frames": job.checked.num_frames,
                    "notices": job.notices, "status": self.studio.status(job, state="Generating…")}
-            stream = self.studio.run(job, cancel=cancel)
+            stream = self.studio.run(job, cancel=cancel, heartbeat_s=None)  # Ray cancels at each await: no Idle
             while True:
                 # The generation runs in the stream's worker thread; its events are awaited off the event loop,
                 # shielded so that a cancelled request can still follow the stream to its end (below).
