@@ -149,6 +149,7 @@ def _run_generate(args) -> int:
     """Every check first (settings, inputs, the output path and its free space), then the models, then the video."""
     from fantasy.generate import Settings, generate, prepare_inputs
     from fantasy.output import check_target
+    from fantasy.parallel import is_leader, leader_check  # now: errors are said by rank 0 only (main)
     from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT
     from fantasy.presets import get_preset, load_pipeline
     from fantasy.release import RELEASE_DIT
@@ -182,8 +183,6 @@ def _run_generate(args) -> int:
         from fantasy.parallel import init_processes
 
         device = init_processes(args.device)
-    from fantasy.parallel import is_leader, leader_check
-
     leader = is_leader()  # under context parallelism only rank 0 prints and writes
     say = (lambda text: print(text, file=sys.stderr)) if leader else (lambda text: None)
     # only rank 0 writes: it checks the target, and every process stops alike when that fails

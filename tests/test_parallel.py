@@ -171,6 +171,17 @@ def test_cli_without_torchrun_says_how_to_launch_and_loads_nothing(tmp_path, spe
     assert list(tmp_path.iterdir()) == [speech_wav]
 
 
+@pytest.mark.parametrize("rank,said", [("0", True), ("1", False)])
+def test_errors_before_the_group_is_joined_are_said_by_the_launchs_rank_0(rank, said, tmp_path, speech_wav, capsys,
+                                                                         monkeypatch):
+    """Every rank of a launch finds the same bad setting: only torchrun's RANK 0 says it (all exit with 2)."""
+    monkeypatch.setenv("RANK", rank)
+    code = cli_main(["generate", "--image", str(EXAMPLE_IMAGE), "--audio", str(speech_wav), "--out",
+                     str(tmp_path / "x.mp4"), "--steps", "0", "--context-parallel", "2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == ("error: steps must be between 1 and 100, got 0" if said else "")
+
+
 def test_app_as_a_front_end_refuses_context_parallel_before_contacting_the_server(monkeypatch):
     import app
     import fantasy.serve_client
