@@ -88,7 +88,7 @@ class Settings:
 class Result:
     """What one generation made (`fantasy.generate.generate`)."""
 
-    path: Path
+    path: Path | None  # None: this process does not write (a context-parallel process other than rank 0)
     num_frames: int
     fps: int
     width: int
