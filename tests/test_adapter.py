@@ -134,6 +134,49 @@ def test_padded_positions_are_masked(models):
     assert not torch.equal(run(ours, ctx, noisy, lengths), base)
 
 
+def textbook_sdpa(q, k, v, attn_mask=None):
+    """softmax(q k^T / sqrt(d) + mask) v as written: NaN on a fully masked row, as torch's SDPA gave before 2.5
+    (pytorch/pytorch#103963). torch 2.13's kernels return 0 there, so with them alone the guard is invisible."""
+    scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+@pytest.mark.parametrize("sdpa", ["torch", "textbook"])
+def test_an_all_padding_window_adds_nothing(models, monkeypatch, sdpa):
+    """A latent frame whose window holds no speech token (length 0) gets exactly the audio-off output.
+
+    Every key of that frame is masked; whatever the attention kernel gives for such a row (0, or NaN from
+    the plain softmax), the processor must add nothing.
+    """
+    import types
+
+    import fantasy.adapter as adapter_module
+
+    if sdpa == "textbook":
+        monkeypatch.setattr(adapter_module, "F", types.SimpleNamespace(scaled_dot_product_attention=textbook_sdpa))
+    _, ours, _ = models
+    randomise(ours)
+    single, single_ctx = one_block(ours)
+    windows, lengths = audio()
+    lengths = torch.tensor([3, 0, 4])
+    windows[0, 1] = 0.0  # padding slots are zeros, as `split_into_windows` leaves them
+    off = run(single, single_ctx, windows, lengths, scale=0.0)
+    out = run(single, single_ctx, windows, lengths)
+    assert torch.isfinite(out).all()
+    before, after = frame_tokens(off), frame_tokens(out)
+    assert torch.equal(after[1], before[1])
+    assert not torch.allclose(after[0], before[0]) and not torch.allclose(after[2], before[2])
+    # No window with speech at all: the whole two-block model is the audio-off one, bit for bit.
+    silent = run(ours, ctx_of(ours), windows, torch.zeros(LATENT_FRAMES, dtype=torch.long))
+    assert torch.isfinite(silent).all() and torch.equal(silent, run(ours, ctx_of(ours)))
+
+
+def ctx_of(model):
+    return model.blocks[0].attn2.processor.audio
+
+
 def test_audio_term_grows_with_the_audio_weight(models):
     _, ours, _ = models
     randomise(ours)

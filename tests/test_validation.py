@@ -75,9 +75,22 @@ def test_missing_inputs():
         check_inputs(EXAMPLE_IMAGE, None, Settings(), TINY)
 
 
-def test_size_limit_applies_to_both_uploads():
+def test_portrait_over_the_limit_is_refused():
     with pytest.raises(FileTooLarge, match="portrait file 'portrait.png'"):
         check_inputs(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Settings(), TINY, max_upload_bytes=100_000)
+
+
+def test_speech_over_the_limit_is_refused_on_its_own(tmp_path):
+    """The portrait is well under the limit, so only the speech check can refuse this pair."""
+    portrait = tmp_path / "face.jpg"
+    Image.open(EXAMPLE_IMAGE).convert("RGB").resize((256, 256)).save(portrait, quality=90)
+    speech = tmp_path / "long.wav"
+    soundfile.write(speech, speech_like(10.0), 16_000)  # 16-bit PCM: 320,044 bytes
+    limit = 200 * 1024
+    assert portrait.stat().st_size < limit // 4 and speech.stat().st_size == 320_044
+    with pytest.raises(FileTooLarge, match=r"^The speech file 'long.wav' is 312.5 KB; the limit is 200 KB\. "):
+        check_inputs(portrait, speech, Settings(), TINY, max_upload_bytes=limit)
+    assert check_inputs(portrait, speech, Settings(), TINY, max_upload_bytes=320_044).num_frames == 233
 
 
 def test_bad_speech_is_refused_with_its_reason(tmp_path):
