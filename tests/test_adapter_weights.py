@@ -68,7 +68,7 @@ def test_extra_blocks_and_wrong_shapes_are_named(tmp_path, pipe):
     ckpt = official_layout(num_blocks=3)  # a 3-block checkpoint into a 2-block model
     ckpt["proj_model"]["proj.weight"] = torch.zeros(CONTEXT_DIM, AUDIO_DIM + 1)
     torch.save(ckpt, tmp_path / "bad.ckpt")
-    with pytest.raises(CheckpointMismatch) as info:
+    with pytest.raises(CheckpointMismatch, match=r"^bad\.ckpt: expected exactly 7 adapter tensors, 7 matched\. ") as info:
         load_adapter_weights(pipe.transformer, pipe.audio_proj, tmp_path / "bad.ckpt")
     message = str(info.value)
     assert "Unexpected 2: blocks.2.attn2.processor.k_proj.weight, blocks.2.attn2.processor.v_proj.weight" in message

@@ -17,7 +17,7 @@ import app
 from fantasy.presets import get_preset
 from fantasy.validation import FaceChecker
 from fantasy.video import probe
-from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, bad_speech_files, speech_like
+from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, NO_CUDA, bad_speech_files, speech_like
 from tests.test_validation import no_face_on_flat_images
 
 FAKE_FACES = FaceChecker(no_face_on_flat_images, "face check: passed (test detector)")
@@ -53,6 +53,7 @@ def video_path(value) -> Path:
     return Path(value["video"] if isinstance(value, dict) else value)
 
 
+@NO_CUDA
 def test_default_preset_on_this_machine_is_tiny():
     assert app.default_preset() == "tiny"  # no CUDA here
 

@@ -92,5 +92,5 @@ def test_subject_box_grows_from_the_face_and_stays_in_frame() -> None:
 
 
 def test_a_single_frame_is_rejected() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^Motion needs at least two frames\.$"):
         motion_dynamics([np.zeros((8, 8, 3), np.uint8)], [None])

@@ -189,7 +189,7 @@ def test_cancel_stops_at_the_next_step_and_leaves_no_video(tiny_pipe, speech_wav
     stream = stream_generate(tiny_pipe, EXAMPLE_IMAGE, speech_wav, out, small_settings(steps=5), get_preset("tiny"),
                              tmp_path / "chunks", cancel=cancel)
     seen = []
-    with pytest.raises(GenerationCancelled):
+    with pytest.raises(GenerationCancelled, match=r"^Generation stopped\.$"):
         for event in stream:
             seen.append(event)
             if isinstance(event, StageProgress) and event.stage == "denoise":
