@@ -10,11 +10,13 @@ def test_schedule_matches_the_release():
     scheduler = make_scheduler()
     timesteps = set_official_timesteps(scheduler, 30)
     assert len(timesteps) == 30
-    # Reference §3.4: 1000.0, 993.15, 985.92, ..., 357.14, 263.16, 147.06
-    torch.testing.assert_close(timesteps[:3], torch.tensor([1000.0, 993.1507, 985.9155]), atol=1e-3, rtol=0)
-    torch.testing.assert_close(timesteps[-3:], torch.tensor([357.1429, 263.1579, 147.0588]), atol=1e-3, rtol=0)
+    # Reference §3.4: 1000.0, 993.15, 985.92, ..., 357.14, 263.16, 147.06 (fp32 timesteps against the 4-decimal
+    # table: measured 1.2e-4 off at most)
+    torch.testing.assert_close(timesteps[:3], torch.tensor([1000.0, 993.1507, 985.9155]), atol=2.5e-4, rtol=0)
+    torch.testing.assert_close(timesteps[-3:], torch.tensor([357.1429, 263.1579, 147.0588]), atol=2.5e-4, rtol=0)
     s = torch.linspace(1, 0, 31)[:-1].double()
-    torch.testing.assert_close(scheduler.sigmas[:-1].double(), 5 * s / (1 + 4 * s), atol=1e-6, rtol=0)
+    # fp32 sigmas against the float64 formula: measured 1.1e-7
+    torch.testing.assert_close(scheduler.sigmas[:-1].double(), 5 * s / (1 + 4 * s), atol=2.2e-7, rtol=0)
     assert scheduler.sigmas[-1] == 0
 
 
