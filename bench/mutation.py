@@ -1,0 +1,118 @@
+"""Mutation testing of the core modules with mutmut: does the suite fail when the product breaks?
+
+    python -m bench.mutation                       # every core module, one after the other
+    python -m bench.mutation windows sampling      # some of them
+    python -m bench.mutation --scores              # only print the scores of the last runs
+
+mutmut (configured in pyproject.toml, `[tool.mutmut]`) copies `fantasy/` and `tests/` into `mutants/`, plants
+one small change at a time in a function (an operator, a constant, a dropped argument...) and runs the tests
+that call that function; a mutant that no test notices "survived". Results are kept in `mutants/`, so a
+rerun only tries the mutants of functions that changed. This is a bench command, not CI: on the 2-core CI
+machine the core modules take hours (see README, Test quality).
+
+mutmut runs from a virtual environment of its own (`.venv-mutmut`, made on first use, seeing the shared
+packages): mutmut 3.8 needs libcst >= 1.9, and the shared environment must keep its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv-mutmut"
+MUTMUT_VERSION = "3.8.1"
+# The core modules (issue 20): name -> source file. Their tests are `[tool.mutmut]`'s test selection.
+MODULES = {
+    "windows": "fantasy/windows.py",
+    "sampling": "fantasy/sampling.py",
+    "adapter": "fantasy/adapter.py",
+    "long_video": "fantasy/long_video.py",
+    "video": "fantasy/video.py",
+    "validation": "fantasy/validation.py",
+    "generate": "fantasy/generate.py",
+    "wan_keys": "fantasy/wan_keys.py",
+    "adapter_weights": "fantasy/adapter_weights.py",
+}
+# mutmut's exit codes -> status (mutmut/stats.py); killed and timeout both mean a test noticed.
+DETECTED = {"killed", "timeout", "caught by type check"}
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
+          36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
+
+
+def mutmut() -> Path:
+    """The mutmut executable, installed into `.venv-mutmut` on first use."""
+    exe = VENV / "bin" / "mutmut"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(VENV)], check=True)
+        subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", f"mutmut=={MUTMUT_VERSION}"], check=True)
+    return exe
+
+
+def scores(module: str) -> Counter:
+    """Status counts of one module's mutants from mutmut's record (`mutants/<file>.meta`)."""
+    meta = ROOT / "mutants" / (MODULES[module] + ".meta")
+    if not meta.exists():
+        return Counter()
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    return Counter(STATUS.get(code, "suspicious") for code in codes.values())
+
+
+def survivors(module: str) -> list[str]:
+    meta = ROOT / "mutants" / (MODULES[module] + ".meta")
+    if not meta.exists():
+        return []
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    return sorted(name for name, code in codes.items() if STATUS.get(code, "suspicious") not in DETECTED)
+
+
+def score_line(module: str) -> str:
+    counts = scores(module)
+    total = sum(counts.values())
+    detected = sum(counts[s] for s in DETECTED)
+    rest = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s not in DETECTED)
+    percent = f"{100 * detected / total:.1f} %" if total else "-"
+    return f"| {MODULES[module]} | {detected}/{total} | {percent} | {rest or '-'} |"
+
+
+def run(modules: list[str], max_children: int) -> int:
+    exe = mutmut()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    for module in modules:
+        name = MODULES[module][:-3].replace("/", ".")
+        print(f"== mutmut: {MODULES[module]}", flush=True)
+        code = subprocess.run([str(exe), "run", "--max-children", str(max_children), f"{name}.*"],
+                              cwd=ROOT, env=env).returncode
+        if code != 0:
+            print(f"mutmut stopped with status {code} on {MODULES[module]}", file=sys.stderr)
+            return code
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.mutation", description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", metavar="MODULE", help=f"some of: {', '.join(MODULES)} (default: all)")
+    parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1)")
+    parser.add_argument("--scores", action="store_true", help="print the recorded scores, run nothing")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown module {', '.join(unknown)}; choose from {', '.join(MODULES)}")
+    modules = args.modules or list(MODULES)
+    code = 0 if args.scores else run(modules, args.max_children)
+    print("| module | killed/total | score | not detected |\n|---|---|---|---|")
+    for module in modules:
+        print(score_line(module))
+    for module in modules:
+        for name in survivors(module):
+            print(f"survived: {name}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
