@@ -28,10 +28,11 @@ from fantasy.errors import FantasyError, GenerationCancelled, WeightsMissing
 from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED
 from fantasy.image import MIN_SIDE, SIDE_MULTIPLE
 from fantasy.presets import Preset, get_preset, load_pipeline
+from fantasy.preview import BUDGET as PREVIEW_BUDGET
 from fantasy.sampling import passes_needed
 from fantasy.speed import apply_speed
-from fantasy.streaming import ChunkReady, Finished, StageProgress
-from fantasy.studio import Controls, Job, Studio
+from fantasy.streaming import ChunkReady, Finished, PreviewReady, StageProgress
+from fantasy.studio import Controls, Job, Studio, preview_caption
 from fantasy.validation import (
     DEFAULT_DURATION_S,
     MAX_DURATION_S,
@@ -101,11 +102,13 @@ def slider_defaults(pipe, preset: Preset) -> dict[str, float]:
 def build_demo(
     pipe, preset: Preset, *, face_checker: FaceChecker | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
     max_queue: int = MAX_QUEUE, output_root: str | Path | None = None, min_chunk_seconds: float = 1.0,
+    preview_budget: float = PREVIEW_BUDGET,
 ) -> gr.Blocks:
     """The whole page around a resident pipeline. Tests call this with the tiny pipeline and a fake face check."""
     studio = Studio(
         pipe, preset, face_checker or default_face_check(), output_root or Path(tempfile.gettempdir()) / "fantasy-studio",
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), min_chunk_seconds=min_chunk_seconds,
+        preview_budget=preview_budget,
     )
     cancels: dict[str, threading.Event] = {}  # session -> its running generation's stop flag
     defaults = slider_defaults(pipe, preset)
@@ -144,25 +147,34 @@ def build_demo(
 
     def stream_step(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
                     seed, resolution, max_duration, request: gr.Request, progress=gr.Progress()):  # noqa: B008
-        """The Generate button: stream chunks into the player, then the finished mp4 for download."""
+        """The Generate button: a preview clip while denoising, chunks into the player, then the mp4 for download."""
         job = check(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
                     seed, resolution, max_duration)
         session = request.session_hash or job.folder.name
         stop = cancels[session] = cancels[job.folder.name] = threading.Event()
-        yield gr.skip(), None, studio.status(job, state="Generating…")
+        hidden = gr.Image(value=None, visible=False)
+        previewing = False  # the preview is on the page (the streamed video replaces it)
+        yield gr.skip(), None, studio.status(job, state="Generating…"), hidden
         try:
             for event in run_on_gpu(job):
                 if isinstance(event, StageProgress):
                     # Yield first, then report progress: a yield after a progress update hides the bar.
                     # Yielding often also lets Gradio close this generator promptly when the event is cancelled.
-                    yield gr.skip(), gr.skip(), studio.status(job, state=_progress_text(event, job))
+                    yield gr.skip(), gr.skip(), studio.status(job, state=_progress_text(event, job)), gr.skip()
                     _show_progress(progress, event, job)
+                elif isinstance(event, PreviewReady):
+                    previewing = True
+                    clip = str(job.preview_clip(event.preview))  # encoded here, off the denoising thread
+                    yield gr.skip(), gr.skip(), gr.skip(), gr.Image(clip, visible=True,
+                                                                    label=preview_caption(event.preview))
                 elif isinstance(event, ChunkReady):
-                    yield str(event.chunk.path), gr.skip(), gr.skip()
+                    yield str(event.chunk.path), gr.skip(), gr.skip(), hidden if previewing else gr.skip()
+                    previewing = False
                 elif isinstance(event, Finished):
-                    yield gr.skip(), str(event.result.path), studio.status(job, event.result, steps_run=event.steps_run)
+                    yield (gr.skip(), str(event.result.path),
+                           studio.status(job, event.result, steps_run=event.steps_run), gr.skip())
         except GenerationCancelled:
-            yield gr.skip(), gr.skip(), studio.status(job, state="Stopped")
+            yield gr.skip(), gr.skip(), studio.status(job, state="Stopped"), hidden
         except FantasyError as exc:
             raise gr.Error(str(exc), title="Generation failed") from None
         finally:
@@ -236,6 +248,9 @@ def build_demo(
                         seed = gr.Number(value=DEFAULT_SEED, precision=0, minimum=0, label="Seed", scale=3)
                         dice = gr.Button("🎲 Random seed", scale=1, elem_id="random-seed")
             with gr.Column():
+                preview = gr.Image(label="Preview while denoising", visible=False, interactive=False, height=256,
+                                   buttons=["fullscreen"],
+                                   elem_id="preview")
                 live = gr.Video(label="Live (streams while decoding)", streaming=True, autoplay=True,
                                 elem_id="live")
                 status = gr.Markdown(f"preset **{preset.name}** · device {studio.device} · "
@@ -247,7 +262,7 @@ def build_demo(
                   seed, edge, duration]
         checked = generate_btn.click(check_step, inputs, status, concurrency_id="checks", concurrency_limit=4,
                                      api_visibility="private")
-        streaming = checked.success(stream_step, inputs, [live, final, status], concurrency_id="gpu",
+        streaming = checked.success(stream_step, inputs, [live, final, status, preview], concurrency_id="gpu",
                                     concurrency_limit=1, show_progress_on=[final], api_name="generate_stream",
                                     api_visibility="undocumented")
         stop_btn.click(stop_step, None, status, cancels=[streaming], queue=False, api_visibility="private")

@@ -65,8 +65,10 @@ class StageClock:
 
 
 def run_cpu_bench(config: CpuBenchConfig) -> dict:
+    from bench.preview_cost import LastPreview, run_figures, time_preview
     from fantasy.generate import Settings, generate
     from fantasy.presets import get_preset, load_pipeline
+    from fantasy.preview import LivePreview
     from fantasy.speed import apply_speed
 
     preset = get_preset("tiny")
@@ -79,9 +81,11 @@ def run_cpu_bench(config: CpuBenchConfig) -> dict:
     applied = apply_speed(pipe, config.speed)
     load_s = time.perf_counter() - started
     clock = StageClock()
+    latest = LastPreview()  # the live preview as the app runs it: frames handed off, encoded elsewhere
+    live = LivePreview(latest)
     with tempfile.TemporaryDirectory() as tmp:
         result = generate(pipe, config.image, config.audio, Path(tmp) / "bench.mp4", settings, preset,
-                          progress=clock)
+                          progress=clock, preview=live)
     stages = clock.split(time.perf_counter())
     steps = settings.resolved(preset).steps
     per_pass = stages["s_per_step"] / result.passes_per_step if stages["s_per_step"] else None
@@ -90,6 +94,8 @@ def run_cpu_bench(config: CpuBenchConfig) -> dict:
         "run": {"frames": result.num_frames, "size": f"{result.width}x{result.height}", "windows": result.windows,
                 "steps": steps, "passes_per_step": result.passes_per_step},
         "load_s": load_s, "total_s": result.seconds_taken, "s_per_pass": per_pass, **stages,
+        "preview": run_figures(live.figures(), stages["s_per_step"], latest.last),
+        "preview_512x512x81": time_preview(torch.device("cpu")),
     }
 
 
@@ -100,5 +106,17 @@ def format_cpu_report(report: dict) -> str:
               f"threads, torch {report['torch']}, {report['date']}; switches: {report['switches']}")
     rows = [[report["load_s"], report["total_s"], report["s_per_step"], report["s_per_pass"],
              report["conditioning_s"], report["decode_write_s"]]]
+    preview, real = report["preview"], report["preview_512x512x81"]
+    previews = table(["clip", "previews / steps", "every k steps", "ms (denoising thread)", "vs one step",
+                      "added to denoising", "clip file ms (256 px WebP)"],
+                     [[run["size"], f"{preview['previews']} / {preview['steps']}", preview["every_k_steps"],
+                       preview["preview_ms"], _percent(preview["cost_vs_step"]), _percent(preview["overhead"]),
+                       preview["encode_ms"]],
+                      [f"{real['latent']} latent (512x512x81)", "", "", real["map_ms"], "", "", real["encode_ms"]]])
     return "\n".join([header, "", table(["load s", "generate s", "s/step", "s/pass", "conditioning s",
-                                         "decode + write s"], rows)])
+                                         "decode + write s"], rows), "", "live preview (budget 2 % of the step time):",
+                      previews])
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f} %"

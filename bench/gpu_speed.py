@@ -152,6 +152,7 @@ def time_pieces(spec: dict, device: torch.device, dtype: torch.dtype, width: int
         ("audio", "wav2vec2 + audio projection", lambda: pipe.project_audio(samples)),
         ("vae_encode", f"VAE encode (condition, {frames} frames)", lambda: pipe.prepare_condition(first_frame, frames)),
         ("vae_decode", f"VAE decode ({frames} frames)", lambda: sum(len(f) for f in pipe.decode_frames(latents))),
+        ("preview", "live preview: x0 -> RGB frames on the host (per preview)", _preview_fn(latents, device)),
     ]
     rows = []
     with torch.no_grad():
@@ -165,6 +166,14 @@ def time_pieces(spec: dict, device: torch.device, dtype: torch.dtype, width: int
                 row.error = _error(exc)
             rows.append(row)
     return rows  # the models go with this frame; the caller frees the memory
+
+
+def _preview_fn(latents: torch.Tensor, device: torch.device) -> Callable[[], object]:
+    """One live preview as the denoising thread makes it (`fantasy.preview`), on latents already on the GPU."""
+    from fantasy.preview import LatentRGB, clean_estimate
+
+    on_device, velocity, rgb = latents.to(device), torch.randn_like(latents).to(device), LatentRGB()
+    return lambda: rgb(clean_estimate(on_device, velocity, 0.5))
 
 
 # ---- the DiT ----------------------------------------------------------------------------------------

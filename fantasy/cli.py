@@ -23,6 +23,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--audio", required=True, help="speech (wav/mp3/flac/ogg/m4a/aac, or a video's audio track)")
     p.add_argument("--out", required=True, help="output .mp4 path")
     p.add_argument("--preset", default="tiny", choices=["tiny", "real"], help="tiny: random demo models (CPU)")
+    p.add_argument("--preview", default=None, metavar="PATH",
+                   help="keep PATH (.webp or .gif) holding a looping clip of the video forming while denoising "
+                        "(a fast estimate without the VAE, updated every few steps; see README, Live preview)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--negative-prompt", default=None, help="default: Wan's negative prompt + 'motionless'")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
@@ -109,6 +112,7 @@ def _run_generate(args) -> int:
 
     if Path(args.out).suffix.lower() != ".mp4":
         raise FantasyError(f"--out must end in .mp4, got {args.out}")
+    preview = _preview_file(args.preview, args.fps)
     preset = get_preset(args.preset)
     speed = speed_options(args)
     if speed.distilled_lora and not Path(speed.distilled_lora).is_file():
@@ -149,7 +153,8 @@ def _run_generate(args) -> int:
         from fantasy.image import load_portrait
 
         face = load_portrait(args.face)
-    result = generate(pipe, args.image, args.audio, args.out, settings, preset, progress=progress, face_image=face)
+    result = generate(pipe, args.image, args.audio, args.out, settings, preset, progress=progress, face_image=face,
+                      preview=preview)
     if result.speech_cut:
         print(f"note: the speech ({result.speech_seconds:.1f} s) was cut at the maximum duration "
               f"({settings.max_duration:g} s); raise --max-duration to animate more", file=sys.stderr)
@@ -160,6 +165,20 @@ def _run_generate(args) -> int:
         f"{settings.resolved(preset).steps} steps x {result.passes_per_step} passes; motion: {result.motion_mode}"
     )
     return 0
+
+
+def _preview_file(path: str | None, fps: int):
+    """`--preview PATH` -> a `LivePreview` writing the latest estimate there; checked before any model loads."""
+    if path is None:
+        return None
+    from fantasy.preview import PREVIEW_SUFFIXES, LivePreview, PreviewFile
+
+    target = Path(path)
+    if target.suffix.lower() not in PREVIEW_SUFFIXES:
+        raise InvalidSetting(f"--preview must end in .webp or .gif, got {path}")
+    if not target.parent.is_dir():
+        raise InvalidSetting(f"--preview: folder {target.parent} does not exist")
+    return LivePreview(PreviewFile(target, fps))
 
 
 def _add_convert(sub) -> None:

@@ -22,6 +22,7 @@ from fantasy.image import load_portrait, resize_portrait
 from fantasy.long_video import MOTION_FRAMES, ColourMatch, plan_windows, total_frame_count
 from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT, FantasyTalkingPipeline
 from fantasy.presets import Preset
+from fantasy.preview import LivePreview
 from fantasy.sampling import passes_needed
 from fantasy.video import Mp4Writer
 from fantasy.windows import split_into_windows
@@ -125,12 +126,14 @@ def generate(
     progress: ProgressFn | None = None,
     on_frames: Callable[[np.ndarray], None] | None = None,
     face_image: Image.Image | None = None,
+    preview: LivePreview | None = None,
 ) -> Result:
     """Generate a talking video into `out_path` (mp4 with the speech). `on_frames` sees frames as decoded.
 
     Up to `max_frames` frames this is the release's single clip; longer speech runs consecutive windows
     (see `fantasy.long_video`), each decoded and written as soon as it is denoised. With an identity
     module loaded, the face crop comes from `face_image` or else from face-alignment on the portrait.
+    `preview` gets each window's denoising estimate as a small clip (see `fantasy.preview`).
     """
     started = time.perf_counter()
     settings = settings.resolved(preset)
@@ -161,6 +164,7 @@ def generate(
                 generator=generator, step_callback=on_step,
                 motion_frames=None if tail is None else _to_pixels(tail[-window.overlap:]),
                 motion=settings.motion, face_image=face_image, identity_scale=settings.identity_scale,
+                preview_callback=None if preview is None else preview.for_window(index, len(windows)),
             )
             produced: list[np.ndarray] = []
             colour: ColourMatch | None = None

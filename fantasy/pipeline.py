@@ -22,6 +22,7 @@ from fantasy.audio import speech_features
 from fantasy.decode import decode_progressively
 from fantasy.image import clip_pixel_values
 from fantasy.motion import MOTION_MODULE_MODE, TRAINING_FREE_MODE
+from fantasy.preview import clean_estimate
 from fantasy.prompts import DEFAULT_NEGATIVE_PROMPT, MOTIONLESS_PREFIX, WAN_NEGATIVE_PROMPT  # noqa: F401 (re-exported)
 from fantasy.sampling import combine_guidance, passes_needed, set_official_timesteps
 from fantasy.windows import split_into_windows
@@ -31,6 +32,7 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 StepCallback = Callable[[int, int], None]
+PreviewCallback = Callable[[int, int, torch.Tensor], None]  # (step, steps, clean estimate x0) -> fantasy.preview
 
 
 class FantasyTalkingPipeline(WanImageToVideoPipeline):
@@ -180,6 +182,7 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
         motion: tuple[float, float] | None = None,
         face_image: Image.Image | None = None,
         identity_scale: float = 1.0,
+        preview_callback: PreviewCallback | None = None,
     ) -> torch.Tensor:
         """Denoise and return normalised latents [1, 16, T_lat, H/8, W/8]; decode with `decode_frames`.
 
@@ -188,6 +191,8 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
         the known leading frames of a continuation window. `motion` (expression, body in [0, 1]) feeds the
         motion module and `face_image` (a square face crop) the identity module; each needs its module
         installed (`fantasy.trained_modules`), and an installed identity module needs the face.
+        `preview_callback(step, steps, x0)` gets each step's clean-latent estimate `x_t - sigma_t * v` (fp32,
+        normalised like the result) after the scheduler step; `fantasy.preview.LivePreview` makes one.
         """
         if self.audio_context is None:
             raise RuntimeError("install the audio adapter first (fantasy.adapter.install_audio_adapter)")
@@ -235,9 +240,13 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
                     latent_input, t.expand(1), prompt_embeds, negative_embeds, image_tokens, windows, lengths,
                     text_guidance_scale, audio_guidance_scale, audio_weight,
                 )
+                # The same x0 both samplers compute: its preview costs one fused op here (fantasy.preview).
+                x0 = clean_estimate(latents, velocity, self.scheduler.sigmas[i]) if preview_callback else None
                 # The generator only matters to a stochastic sampler (the few-step mode's re-noising).
                 latents = self.scheduler.step(velocity, t, latents, generator=generator, return_dict=False)[0]
                 progress.update()
+                if preview_callback is not None:
+                    preview_callback(i + 1, len(timesteps), x0)
                 if step_callback is not None:
                     step_callback(i + 1, len(timesteps))
         self._current_timestep = None

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from fantasy.generate import Result, Settings
     from fantasy.pipeline import FantasyTalkingPipeline
     from fantasy.presets import Preset
+    from fantasy.preview import Preview
 
 MIN_CHUNK_SECONDS = 1.0
 
@@ -166,7 +167,14 @@ class Finished:
     steps_run: int = 0  # denoising steps the pipeline reported (all windows), counted, not taken from the settings
 
 
-StreamEvent = StageProgress | ChunkReady | Finished
+@dataclass(frozen=True)
+class PreviewReady:
+    """The denoising estimate of the window being denoised (`fantasy.preview.Preview`), latent resolution."""
+
+    preview: Preview
+
+
+StreamEvent = StageProgress | PreviewReady | ChunkReady | Finished
 
 
 @dataclass(frozen=True)
@@ -187,15 +195,20 @@ def stream_generate(
     min_chunk_seconds: float = MIN_CHUNK_SECONDS,
     cancel: threading.Event | None = None,
     lock: threading.Lock | None = None,
+    preview: bool = False,
+    preview_budget: float | None = None,
 ) -> Iterator[StreamEvent]:
     """Run `generate` in a worker thread; yield progress, each chunk as it is ready, then `Finished`.
 
     Stopping early (closing this iterator, or setting `cancel`) stops the worker at its next denoising
     step or decoded latent frame and leaves no final file. `lock`, when given, is held for the whole
     generation, so a stopped run still finishing its step never overlaps the next one on the device.
-    Errors raised in the worker are re-raised here, in the consumer.
+    Errors raised in the worker are re-raised here, in the consumer. With `preview`, denoising estimates
+    arrive as `PreviewReady` events (throttled to `preview_budget`, default 2 %, of the step time; the
+    consumer encodes them, off the denoising thread).
     """
     from fantasy.generate import generate, prepare_inputs
+    from fantasy.preview import BUDGET, LivePreview
 
     cancel = cancel if cancel is not None else threading.Event()
     events: queue.Queue = queue.Queue()
@@ -226,7 +239,13 @@ def stream_generate(
                     for chunk in writer.add(frames):
                         events.put(ChunkReady(chunk))
 
-                result = generate(pipe, image, audio, out_path, settings, preset, on_progress, on_frames)
+                def on_preview(estimate: Preview) -> None:
+                    check_cancel()
+                    events.put(PreviewReady(estimate))
+
+                live = LivePreview(on_preview, preview_budget or BUDGET) if preview else None
+                result = generate(pipe, image, audio, out_path, settings, preset, on_progress, on_frames,
+                                  preview=live)
                 chunks = writer.finish()
             events.put(Finished(result, chunks, steps_run))
         except BaseException as exc:  # handed to the consumer, which re-raises it

@@ -19,6 +19,8 @@ from pathlib import Path
 from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED, Result, Settings
 from fantasy.motion import motion_controls
 from fantasy.presets import Preset
+from fantasy.preview import BUDGET as PREVIEW_BUDGET
+from fantasy.preview import Preview, upscale, write_clip
 from fantasy.streaming import MIN_CHUNK_SECONDS, StreamEvent, stream_generate
 from fantasy.validation import MAX_UPLOAD_BYTES, CheckedInputs, FaceChecker, check_inputs
 
@@ -88,6 +90,21 @@ class Job:
     def chunk_dir(self) -> Path:
         return self.folder / "chunks"
 
+    def preview_clip(self, preview: Preview) -> Path:
+        """The estimate as a looping animated WebP in the job's folder; a new name each time, since a browser
+        keeps showing a cached image whose URL did not change."""
+        path = self.folder / "preview" / f"window{preview.window}-step{preview.step:03d}.webp"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_clip(upscale(preview.frames), path, self.settings.fps)
+
+
+def preview_caption(preview: Preview) -> str:
+    """The preview's label: what it is and where the denoising is."""
+    where = f"step {preview.step}/{preview.steps}"
+    if preview.windows > 1:
+        where += f", window {preview.window + 1} of {preview.windows}"
+    return f"Preview while denoising ({where}): an estimate, blurry at first"
+
 
 class Studio:
     """The resident pipeline plus the app's limits; one generation at a time (`lock`)."""
@@ -95,11 +112,13 @@ class Studio:
     def __init__(
         self, pipe, preset: Preset, face_checker: FaceChecker, output_root: str | Path,
         max_upload_bytes: int = MAX_UPLOAD_BYTES, min_chunk_seconds: float = MIN_CHUNK_SECONDS,
+        preview_budget: float = PREVIEW_BUDGET,
     ):
         self.pipe, self.preset, self.face_checker = pipe, preset, face_checker
         self.output_root = Path(output_root)
         self.max_upload_bytes = max_upload_bytes
         self.min_chunk_seconds = min_chunk_seconds
+        self.preview_budget = preview_budget  # share of the denoising time the live preview may take
         self.lock = threading.Lock()
 
     @property
@@ -123,7 +142,7 @@ class Studio:
         return stream_generate(
             self.pipe, job.image, job.audio, job.out_path, job.settings, self.preset, job.chunk_dir,
             num_frames=job.checked.num_frames, min_chunk_seconds=self.min_chunk_seconds, cancel=cancel,
-            lock=self.lock,
+            lock=self.lock, preview=True, preview_budget=self.preview_budget,
         )
 
     def status(self, job: Job, result: Result | None = None, state: str = "Done", steps_run: int | None = None) -> str:

@@ -119,6 +119,13 @@ def test_streaming_endpoint_plays_chunks_then_gives_the_mp4(url, tmp_path):
     info = probe(outputs[-1][1]["path"])
     assert info.frames == 49 and info.has_audio
     assert outputs[-1][2].startswith("**Done**")
+    # the live preview (a looping WebP, shown) came before the first chunk of video, which hid it
+    previews = [i for i, o in enumerate(outputs)
+                if o[3].get("visible") and str((o[3].get("value") or {}).get("url")).endswith(".webp")]
+    first_chunk = next(i for i, o in enumerate(outputs) if isinstance(o[0], dict) and o[0].get("url"))
+    assert previews and previews[-1] < first_chunk
+    assert outputs[previews[0]][3]["label"] == "Preview while denoising (step 1/2): an estimate, blurry at first"
+    assert outputs[first_chunk][3] == {"__type__": "update", "visible": False, "value": None}
 
 
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple]:

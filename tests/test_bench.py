@@ -93,7 +93,7 @@ def test_gpu_bench_tiny_dry_run_reports_steps_pieces_floor_and_estimates(tmp_pat
         assert row["error"] is None and row["step_s"] > 0 and row["pass_s"] > 0
         assert row["floor_fraction"] == pytest.approx(row["floor_step_s"] / row["step_s"])
     pieces = {p["key"]: p["seconds"] for p in report["pieces"]}
-    assert list(pieces) == ["text", "image", "audio", "vae_encode", "vae_decode"] and all(pieces.values())
+    assert list(pieces) == ["text", "image", "audio", "vae_encode", "vae_decode", "preview"] and all(pieces.values())
     est, first = report["estimates"], report["steps"][0]
     fixed = pieces["image"] + pieces["audio"] + pieces["vae_encode"] + pieces["vae_decode"]
     assert est["clip_s"] == pytest.approx(fixed + pieces["text"] + 30 * first["step_s"])
@@ -128,7 +128,18 @@ def test_cpu_bench_times_the_tiny_run_end_to_end(tmp_path, capsys):
     assert report["steps_timed"] == 2 and report["s_per_step"] > 0
     assert report["s_per_pass"] == pytest.approx(report["s_per_step"] / 3)
     assert report["total_s"] >= report["conditioning_s"] + report["decode_write_s"]
-    assert "| load s | generate s | s/step |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| load s | generate s | s/step |" in out
+    # the live preview ran as in the app: the first step always, later ones within 2 % of the step time
+    preview = report["preview"]
+    assert 1 <= preview["previews"] <= 2 and preview["steps"] == 2
+    assert preview["every_k_steps"] == 2 / preview["previews"] and preview["preview_ms"] > 0
+    assert preview["cost_vs_step"] == pytest.approx(preview["preview_ms"] / 1000 / report["s_per_step"])
+    assert preview["overhead"] == pytest.approx(preview["cost_vs_step"] * preview["previews"] / 2)
+    assert preview["encode_ms"] > 0
+    real = report["preview_512x512x81"]
+    assert real["latent"] == "1x16x21x64x64" and real["frames"] == 21 and real["map_ms"] > 0
+    assert "live preview (budget 2 % of the step time):" in out and "| 1x16x21x64x64 latent (512x512x81) |" in out
 
 
 def test_stage_clock_splits_steps_conditioning_and_decode():

@@ -2,13 +2,15 @@
 
 Loads the app (tiny preset), uploads the example portrait and speech, moves a slider, clicks Generate,
 waits until the streaming video element is actually playing, and saves a screenshot (to
-`$FANTASY_SCREENSHOT_DIR` when set, else the test's temp dir).
+`$FANTASY_SCREENSHOT_DIR` when set, else the test's temp dir). The live preview is checked mid-denoising,
+with the generation held at a step so the screenshot is taken while it denoises.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -142,3 +144,90 @@ def test_stop_ends_the_generation_without_a_video(served, tmp_path):
     finished = list((tmp_path / "outputs").glob("*/talking.mp4"))
     assert len(finished) == 1 and probe(finished[0]).frames == 25  # only the small one
     assert not errors, errors
+
+
+class HoldAtSteps:
+    """A forward pre-hook on the DiT that stops the generation at the first pass of each given step until the
+    test releases it, so the page can be inspected while denoising is under way (no sleeps, no timing)."""
+
+    def __init__(self, transformer, passes_per_step: int, steps: tuple[int, ...]):
+        self.steps = {passes_per_step * (step - 1) + 1: step for step in steps}  # transformer call -> step
+        self.calls = 0
+        self.reached = {step: threading.Event() for step in steps}
+        self.release = {step: threading.Event() for step in steps}
+        self.handle = transformer.register_forward_pre_hook(self)
+
+    def __call__(self, module, args) -> None:
+        self.calls += 1
+        step = self.steps.get(self.calls)
+        if step is not None:
+            self.reached[step].set()
+            assert self.release[step].wait(timeout=300), "the test never released the held generation"
+
+    def remove(self) -> None:
+        for event in self.release.values():
+            event.set()
+        self.handle.remove()
+
+
+PREVIEW_OF_STEP = """(step) => {
+    const img = document.querySelector('#preview img');
+    return img !== null && img.complete && img.naturalWidth > 0 && img.checkVisibility()
+        && document.querySelector('#preview').innerText.includes(`step ${step}/3`);
+}"""
+
+
+@pytest.fixture
+def served_preview_every_step(tiny_pipe, tmp_path):
+    """The page with a preview at every step (the tiny model's steps are too quick for the 2 % budget to allow
+    that, and the test must know which steps show one)."""
+    demo = app.build_demo(tiny_pipe, get_preset("tiny"), output_root=tmp_path / "outputs", preview_budget=float("inf"))
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_options(host="127.0.0.1"))
+    yield url
+    demo.close()
+
+
+def test_the_preview_updates_on_the_page_while_denoising(tiny_pipe, served_preview_every_step, tmp_path):
+    shots = Path(os.environ.get("FANTASY_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    hold = HoldAtSteps(tiny_pipe.transformer, passes_per_step=3, steps=(2, 3))
+    errors: list[str] = []
+    seen = []
+    try:
+        with sync_api.sync_playwright() as p:
+            browser, page = open_page(p, served_preview_every_step, errors)
+            try:
+                upload_examples(page)
+                for slider, value in (("#steps", "3"), ("#resolution", "64"), ("#duration", "1.5")):
+                    set_number(page, slider, value)
+                assert page.locator("#preview").is_hidden()  # nothing to preview yet
+                page.click("#generate")
+                for step in (2, 3):  # held inside step 2, then inside step 3: the preview of the step before
+                    assert hold.reached[step].wait(timeout=180)
+                    page.wait_for_function(PREVIEW_OF_STEP, arg=step - 1, timeout=60_000)
+                    assert f"Denoising… {step - 1}/3 steps" in page.locator("#status").inner_text()
+                    assert page.locator("#live video").count() == 0  # no frame is decoded yet
+                    seen.append((page.locator("#preview").inner_text(),
+                                 page.eval_on_selector("#preview img", "i => [i.src, i.naturalWidth, i.naturalHeight]")))
+                    if step == 3:
+                        box = page.locator("#preview img").bounding_box()
+                        page.screenshot(path=str(shots / "browser-preview.png"), full_page=True)
+                    hold.release[step].set()
+                page.wait_for_function("() => document.querySelector('#status').innerText.includes('Done')",
+                                       timeout=120_000)
+                page.wait_for_function("() => document.querySelector('#preview img') === null || "
+                                       "!document.querySelector('#preview img').checkVisibility()", timeout=30_000)
+                assert page.locator("#live video").count() == 1  # the streamed video replaced the preview
+            finally:
+                browser.close()
+    finally:
+        hold.remove()
+    (first_caption, (first_url, *first_size)), (caption, (url, *size)) = seen
+    assert "step 1/3" in first_caption and "step 2/3" in caption and "an estimate" in caption
+    assert first_url != url and url.endswith(".webp")  # a new clip at each step
+    assert first_size == size == [256, 256]  # 8x8 latents of a 64 px video, upscaled
+    assert not errors, errors
+    with Image.open(shots / "browser-preview.png") as shot:
+        inside = shot.convert("L").crop((int(box["x"]), int(box["y"]), int(box["x"] + box["width"]),
+                                         int(box["y"] + box["height"])))
+        assert ImageStat.Stat(inside).stddev[0] > 20  # a picture (noise from the random model), not a blank box
