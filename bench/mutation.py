@@ -2,6 +2,7 @@
 
     python -m bench.mutation                       # every core module, one after the other
     python -m bench.mutation windows sampling      # some of them
+    python -m bench.mutation --survivors windows   # retry only what survived last time (after adding tests)
     python -m bench.mutation --scores              # only print the scores of the last runs
 
 mutmut (configured in pyproject.toml, `[tool.mutmut]`) copies `fantasy/` and `tests/` into `mutants/`, plants
@@ -80,13 +81,15 @@ def score_line(module: str) -> str:
     return f"| {MODULES[module]} | {detected}/{total} | {percent} | {rest or '-'} |"
 
 
-def run(modules: list[str], max_children: int) -> int:
+def run(modules: list[str], max_children: int, only_survivors: bool = False) -> int:
     exe = mutmut()
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
     for module in modules:
-        name = MODULES[module][:-3].replace("/", ".")
-        print(f"== mutmut: {MODULES[module]}", flush=True)
-        code = subprocess.run([str(exe), "run", "--max-children", str(max_children), f"{name}.*"],
+        names = survivors(module) if only_survivors else [MODULES[module][:-3].replace("/", ".") + ".*"]
+        print(f"== mutmut: {MODULES[module]} ({len(names) if only_survivors else 'all'} mutants)", flush=True)
+        if not names:
+            continue
+        code = subprocess.run([str(exe), "run", "--max-children", str(max_children), *names],
                               cwd=ROOT, env=env).returncode
         if code != 0:
             print(f"mutmut stopped with status {code} on {MODULES[module]}", file=sys.stderr)
@@ -98,13 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.mutation", description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", metavar="MODULE", help=f"some of: {', '.join(MODULES)} (default: all)")
     parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1)")
+    parser.add_argument("--survivors", action="store_true", help="retry only the mutants no test detected last time")
     parser.add_argument("--scores", action="store_true", help="print the recorded scores, run nothing")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         parser.error(f"unknown module {', '.join(unknown)}; choose from {', '.join(MODULES)}")
     modules = args.modules or list(MODULES)
-    code = 0 if args.scores else run(modules, args.max_children)
+    code = 0 if args.scores else run(modules, args.max_children, args.survivors)
     print("| module | killed/total | score | not detected |\n|---|---|---|---|")
     for module in modules:
         print(score_line(module))

@@ -121,6 +121,21 @@ def test_colour_match_undoes_a_gain_and_an_offset():
     assert error.max() <= 3 and error.mean() < 0.85
 
 
+def test_colour_match_gain_is_the_ratio_of_spreads_plus_one_grey_level_within_half_to_double():
+    """gain = (std(ref) + 1) / (std(gen) + 1), clipped to [0.5, 2]; offset maps the means onto each other."""
+    def stripes(low, high):  # half the pixels at each level: std = (high - low) / 2
+        frame = np.empty((1, 4, 4, 3), np.uint8)
+        frame[:, ::2], frame[:, 1::2] = low, high
+        return frame
+
+    match = ColourMatch.fit(stripes(100, 106), stripes(90, 100))  # stds 3 and 5: (5 + 1) / (3 + 1)
+    assert match.gain.tolist() == [1.5] * 3 and match.offset.tolist() == [95 - 1.5 * 103] * 3
+    assert match.apply(stripes(100, 106)).tolist() == stripes(90, 100).tolist()
+    assert ColourMatch.fit(stripes(100, 100), stripes(0, 200)).gain.tolist() == [2.0] * 3  # 101 / 1, clipped
+    assert ColourMatch.fit(stripes(0, 200), stripes(100, 100)).gain.tolist() == [0.5] * 3  # 1 / 101, clipped
+    assert match.apply(np.array([[[0, 255, 129]]], np.uint8)).tolist() == [[[0, 255, 134]]]  # clipped to 0..255
+
+
 class DarkerWindowsPipe:
     """Every window after the first comes out darker and flatter (gain 0.75, offset -12) than the portrait's
     colours, as a drifting model would; the content itself is one still, textured frame."""
