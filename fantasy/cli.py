@@ -45,7 +45,7 @@ def _add_generate(sub) -> None:
                    help="expression intensity 0-1 (the app's slider; trained motion module or training-free mapping)")
     p.add_argument("--body", type=float, default=None, help="body-motion intensity 0-1 (the app's slider)")
     p.add_argument("--face", default=None,
-                   help="identity module: the portrait's square face crop (default: found with face-alignment)")
+                   help="identity module: the portrait's square face crop (default: found with the face backend, dlib)")
     p.add_argument("--device", default=None)
     p.add_argument("--dit", default="q8_0", choices=list(DIT_MODES), help="real preset: how the 14B DiT is stored")
     p.add_argument("--vram", default="resident", choices=list(VRAM_MODES), help="real preset: offloading")
@@ -203,7 +203,7 @@ def _add_download(sub) -> None:
     p.add_argument("--dir", default=None, help="weights dir (default weights/ or $FANTASY_WEIGHTS)")
     p.add_argument("--dry-run", action="store_true", help="print the files and sizes, download nothing")
     p.add_argument("--keep-ckpt", action="store_true", help="keep the adapter's .ckpt after converting it")
-    p.add_argument("--face", action="store_true", help="also the face-alignment weights used by `eval`")
+    p.add_argument("--face", action="store_true", help="also the weights of the optional face-alignment backend (--face-backend face-alignment)")
     p.set_defaults(run=_run_download)
 
 

@@ -195,8 +195,8 @@ def report_offline(dit: str, root: Path, out: Printer) -> None:
 
 
 def fetch_face_weights(dry_run: bool, out: Printer) -> None:
-    """face-alignment's landmark + detector files (used by `eval`, not by generation), via `fantasy.face`."""
-    from fantasy.face import WEIGHT_URLS, checkpoints_dir, ensure_weights, required_weight_files
+    """face-alignment's landmark + detector files (the optional face backend; dlib's ship with the requirements)."""
+    from fantasy.face.fan_backend import WEIGHT_URLS, checkpoints_dir, ensure_weights, required_weight_files
 
     names = required_weight_files()
     if dry_run:
@@ -212,7 +212,7 @@ def download(
 ) -> list[PartPlan]:
     """Fetch what the real preset needs for `dit` into `root`; print sizes first. Returns the plan.
 
-    `face`: also the face-alignment files the `eval` metrics use (torch hub cache, not `root`).
+    `face`: also the optional face-alignment backend's files (torch hub cache, not `root`).
     """
     root = weights_dir(root)
     if hub_offline():

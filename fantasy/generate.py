@@ -132,7 +132,7 @@ def generate(
 
     Up to `max_frames` frames this is the release's single clip; longer speech runs consecutive windows
     (see `fantasy.long_video`), each decoded and written as soon as it is denoised. With an identity
-    module loaded, the face crop comes from `face_image` or else from face-alignment on the portrait.
+    module loaded, the face crop comes from `face_image` or else from the face backend (dlib) on the portrait.
     `preview` gets each window's denoising estimate as a small clip (see `fantasy.preview`).
     """
     started = time.perf_counter()

@@ -1,12 +1,12 @@
 """Facial-focused identity cross-attention: the paper's replacement for a reference network.
 
-The portrait's face (face-alignment box, expanded, square) goes through the pipeline's own CLIP
-vision encoder; its penultimate tokens are the identity context. In every block's cross-attention
-an `IdentityBranch` lets the video tokens (the block's own normalised query, as the audio branch
-does) attend to those face tokens through zero-initialised K/V projections, and the result is added
-before `to_out`, beside text, image and audio. Zero K/V give exactly zero, so an installed,
-untrained branch leaves the model stock. The official release has no such weights; `python -m
-fantasy train` learns them.
+The portrait's face (its landmark box from the face backend, dlib by default, grown to a square) goes
+through the pipeline's own CLIP vision encoder; its penultimate tokens are the identity context. In
+every block's cross-attention an `IdentityBranch` lets the video tokens (the block's own normalised
+query, as the audio branch does) attend to those face tokens through zero-initialised K/V projections,
+and the result is added before `to_out`, beside text, image and audio. Zero K/V give exactly zero, so
+an installed, untrained branch leaves the model stock. The official release has no such weights;
+`python -m fantasy train` learns them.
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def face_crop(portrait: Image.Image, box) -> Image.Image:
 def portrait_face_crop(portrait: Image.Image, analyzer=None) -> Image.Image:
     """The portrait's face crop, around its landmark box as in training (`fantasy.train.cache`).
 
-    `NoFaceFound` / `WeightsMissing` (face-alignment weights absent) are the user's errors.
+    The most confident face; `NoFaceFound` is the user's error. `analyzer` defaults to the process's
+    shared one (dlib, or `$FANTASY_FACE_BACKEND`), whose models ship with `requirements.txt`.
     """
     from fantasy.face import FaceBox, shared_analyzer
 

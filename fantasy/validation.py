@@ -1,8 +1,8 @@
 """Checks a person's inputs before any model work: sizes, formats, speech length, a face in the portrait.
 
 Every failure is a `FantasyError` whose message says what is wrong and what to do, so a UI can show it
-as is. The face check is pluggable: `default_face_check()` uses `fantasy.face` (face-alignment) when it
-is importable and its weights are on disk, and otherwise says that it is skipped, never silently.
+as is. The face check is pluggable: `default_face_check()` runs the default face backend (dlib, whose
+models ship with `requirements.txt`), so the app always checks; a test may plug in its own.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fantasy.errors import FileTooLarge, MissingInput, WeightsMissing
+from fantasy.errors import FileTooLarge, MissingInput
 from fantasy.generate import PreparedInputs, Settings, prepare_inputs
 from fantasy.image import load_portrait
 from fantasy.presets import Preset
@@ -30,8 +30,9 @@ DEFAULT_DURATION_S = Settings().max_duration  # the core's default (10 s)
 MIN_DURATION_S = 1.0
 FACE_CHECK_EDGE = 1024  # detect on a copy at most this big: faster, and detectors are trained on such sizes
 
-# image (H, W, 3) RGB uint8 -> None, or raises NoFaceFound with a message for the user
-FaceCheck = Callable[[np.ndarray], None]
+# image (H, W, 3) RGB uint8 -> the status line's words for this image (None: the checker's note), or
+# raises NoFaceFound with a message for the user
+FaceCheck = Callable[[np.ndarray], str | None]
 
 
 def duration_limit(requested_s: float | None) -> float:
@@ -62,36 +63,30 @@ def check_file_size(path: str | Path, what: str, limit_bytes: int = MAX_UPLOAD_B
 
 @dataclass(frozen=True)
 class FaceChecker:
-    """A face check and the words the status line uses for it (`check` None: skipped, `note` says why)."""
+    """A face check and the words the status line uses for it before any image is checked."""
 
     check: FaceCheck | None
     note: str
 
 
-def default_face_check(device: str | None = None, allow_download: bool | None = False) -> FaceChecker:
-    """face-alignment through `fantasy.face` when installed with its weights; otherwise a stated skip.
+def default_face_check(device: str | None = None, allow_download: bool | None = False,
+                       backend: str | None = None) -> FaceChecker:
+    """The face check of the app: the default backend (dlib), or `backend` when named; always on.
 
-    Weights are only looked for, not fetched, unless `allow_download` (None: fetch unless HF_HUB_OFFLINE;
-    what a Space does at start-up).
+    Built now, so a broken install fails at start-up (a `WeightsMissing` naming the package), not on the
+    first click. No face: `NoFaceFound`. Several: the most confident is the subject, and the status line
+    says so. `device` and `allow_download` (None: fetch unless HF_HUB_OFFLINE) only matter to face-alignment.
     """
-    try:
-        from fantasy import face
-    except ImportError:
-        return FaceChecker(None, "face check skipped: face detector not installed (fantasy.face / face-alignment)")
-    try:
-        face.ensure_weights(allow_download=allow_download)
-    except WeightsMissing:
-        return FaceChecker(None, "face check skipped: face-alignment weights not installed")
-    except Exception as exc:  # an incompatible fantasy.face must not take the app down
-        return FaceChecker(None, f"face check skipped: {type(exc).__name__}: {exc}")
-    analyzer = face.FaceAnalyzer(device=device)
-    lock = threading.Lock()  # the model is built on first use and shared by concurrent checks
+    from fantasy.face import FaceAnalyzer, make_backend
 
-    def check(image_rgb: np.ndarray) -> None:
+    analyzer = FaceAnalyzer(make_backend(backend, device=device, allow_download=allow_download))
+    lock = threading.Lock()  # one check at a time: the backend's models are shared by concurrent requests
+
+    def check(image_rgb: np.ndarray) -> str:
         with lock:
-            analyzer.require_face(image_rgb)
+            return f"face check: {analyzer.find(image_rgb).note()}"
 
-    return FaceChecker(check, "face check: passed (face-alignment)")
+    return FaceChecker(check, f"face check: on ({analyzer.name})")
 
 
 def _face_input(image: Image.Image) -> np.ndarray:
@@ -144,12 +139,13 @@ def check_inputs(
     settings = replace(settings, max_duration=limit_s).resolved(preset)
     portrait = load_portrait(image)
     checker = face_checker or FaceChecker(None, "face check skipped")
+    face_note = checker.note
     if checker.check is not None:
-        checker.check(_face_input(portrait))
+        face_note = checker.check(_face_input(portrait)) or checker.note
     inputs = prepare_inputs(portrait, audio, settings)
     notices = []
     if inputs.speech_cut:
         notices.append(
             f"The speech is {inputs.speech_seconds:.1f} s long; it was cut to the maximum duration of {limit_s:.1f} s."
         )
-    return CheckedInputs(settings, inputs, notices, checker.note)
+    return CheckedInputs(settings, inputs, notices, face_note)

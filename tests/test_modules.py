@@ -227,8 +227,7 @@ def test_incomplete_modules_file_is_refused(tmp_path):
 
 
 def test_generate_reports_the_motion_mode_and_needs_a_face_for_identity(tmp_path, speech_wav, monkeypatch):
-    from fantasy.errors import WeightsMissing
-    from fantasy.face import shared_analyzer
+    from fantasy.errors import NoFaceFound
     from fantasy.generate import generate
     from fantasy.presets import get_preset, load_pipeline
 
@@ -247,16 +246,17 @@ def test_generate_reports_the_motion_mode_and_needs_a_face_for_identity(tmp_path
     result = generate(pipe, EXAMPLE_IMAGE, speech_wav, tmp_path / "m.mp4", small, get_preset("tiny"), face_image=face)
     assert result.motion_mode == MOTION_MODULE_MODE and result.path.is_file()
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))  # nothing cached: dlib ships its models
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    out = tmp_path / "no-face-weights.mp4"
-    shared_analyzer.cache_clear()  # generate() finds the face with the process-wide analyzer
-    try:
-        with pytest.raises(WeightsMissing, match="python -m fantasy download"):
-            generate(pipe, EXAMPLE_IMAGE, speech_wav, out, small, get_preset("tiny"))
-    finally:
-        shared_analyzer.cache_clear()
+    found = generate(pipe, EXAMPLE_IMAGE, speech_wav, tmp_path / "found.mp4", small, get_preset("tiny"))
+    assert found.path.is_file(), "the face crop was found in the portrait, offline"
+    wall = tmp_path / "wall.png"
+    Image.new("RGB", (128, 128), (120, 120, 120)).save(wall)
+    out = tmp_path / "no-face.mp4"
+    with pytest.raises(NoFaceFound, match="No face found in the portrait"):
+        generate(pipe, wall, speech_wav, out, small, get_preset("tiny"))
     assert not out.exists()
+    assert not (tmp_path / "empty-torch-home").exists(), "nothing was downloaded"
 
 
 def test_inference_face_crop_uses_the_landmark_box_like_training():

@@ -179,10 +179,12 @@ def test_train_command_then_generate_with_its_checkpoint(dataset_dir, tmp_path, 
     shutil.copytree(dataset_dir, data, ignore=shutil.ignore_patterns(".cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-face-weights"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("FANTASY_FACE_BACKEND", "face-alignment")  # the optional backend, without its weights
     args = ["train", "--data", str(data), "--stage", "1", "--out", str(tmp_path / "run"), "--steps", "2",
             "--frames", "9", "--fps", "25"]
     assert main(args) == 2  # no landmarks file and no face-alignment weights: a clear error, not a crash
     assert "2DFAN4" in capsys.readouterr().err
+    monkeypatch.delenv("FANTASY_FACE_BACKEND")
 
     for video in data.glob("*.mp4"):  # precomputed landmarks, as the README describes
         np.save(data / f"{video.stem}.landmarks.npy", np.stack([measured_landmarks(f) for f in read_video(video).frames]))

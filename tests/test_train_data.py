@@ -212,10 +212,11 @@ def test_frames_without_a_face_are_interpolated_from_their_neighbours(tmp_path) 
     np.testing.assert_allclose(filled[2], (points[1] + points[3]) / 2)
 
 
-def test_default_landmarks_need_the_face_alignment_weights(tmp_path, monkeypatch) -> None:
+def test_landmarks_from_the_chosen_face_alignment_backend_need_its_weights(tmp_path, monkeypatch) -> None:
     _talking_clip(tmp_path, "plain")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("FANTASY_FACE_BACKEND", "face-alignment")  # the default, dlib, ships its models
     shared_analyzer.cache_clear()
     try:
         with pytest.raises(WeightsMissing, match="2DFAN4"):

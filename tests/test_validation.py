@@ -1,16 +1,14 @@
-"""Input checks before any model work: limits, messages, the duration cut, and the pluggable face check."""
+"""Input checks before any model work: limits, messages, the duration cut, and the face check (pluggable, dlib by default)."""
 
 from __future__ import annotations
 
-import sys
-import types
+import importlib.util
 
 import numpy as np
 import pytest
 import soundfile
 from PIL import Image
 
-import fantasy
 from fantasy.errors import (
     AudioTooShort,
     FileTooLarge,
@@ -160,57 +158,38 @@ def test_short_speech_needs_no_notice(speech_wav):
     assert checked.notices == [] and checked.num_frames == 49
 
 
-def _fake_face_module(weights_present: bool, calls: list):
-    module = types.ModuleType("fantasy.face")
+def test_default_face_check_runs_dlib_on_real_photos_before_any_model_work(tmp_path, monkeypatch):
+    import fantasy.validation as validation
+    from tests.real_faces import non_face_photos
 
-    def ensure_weights(detector="sfd", allow_download=None):
-        calls.append(("ensure_weights", allow_download))
-        if not weights_present:
-            raise WeightsMissing("Face-alignment weight file '2DFAN4' is missing")
-
-    class FaceAnalyzer:
-        def __init__(self, device=None):
-            calls.append(("analyzer", device))
-
-        def require_face(self, image_rgb):
-            calls.append(("require_face", image_rgb.shape))
-            raise NoFaceFound("No face found (fake analyzer).")
-
-    module.ensure_weights, module.FaceAnalyzer = ensure_weights, FaceAnalyzer
-    return module
-
-
-@pytest.fixture
-def face_module(monkeypatch):
-    def install(weights_present: bool) -> list:
-        calls: list = []
-        module = _fake_face_module(weights_present, calls)
-        monkeypatch.setitem(sys.modules, "fantasy.face", module)
-        monkeypatch.setattr(fantasy, "face", module, raising=False)
-        return calls
-
-    return install
-
-
-def test_default_face_check_says_when_weights_are_missing(face_module):
-    calls = face_module(weights_present=False)
+    prepared = []
+    real_prepare = validation.prepare_inputs
+    monkeypatch.setattr(validation, "prepare_inputs", lambda *a, **k: prepared.append(a) or real_prepare(*a, **k))
     checker = default_face_check()
-    assert checker.check is None
-    assert checker.note == "face check skipped: face-alignment weights not installed"
-    assert calls == [("ensure_weights", False)]  # never downloads at start-up
+    assert checker.check is not None and checker.note == "face check: on (dlib)"
+    checked = check_inputs(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Settings(), TINY, face_checker=checker)
+    assert checked.face_note == "face check: 1 face (dlib HOG)" and len(prepared) == 1
+    landscape = tmp_path / "coffee.jpg"
+    Image.fromarray(non_face_photos()["coffee"]).save(landscape)
+    with pytest.raises(NoFaceFound, match=r"^No face found in the portrait: use a photo where one face is clearly"):
+        check_inputs(landscape, EXAMPLE_SPEECH, Settings(), TINY, face_checker=checker)
+    assert len(prepared) == 1, "refused before the speech is even read"
 
 
-def test_default_face_check_uses_face_alignment_when_ready(face_module, tmp_path):
-    calls = face_module(weights_present=True)
-    checker = default_face_check(device="cpu")
-    assert checker.check is not None and checker.note == "face check: passed (face-alignment)"
-    with pytest.raises(NoFaceFound, match="fake analyzer"):
+def test_default_face_check_takes_the_most_confident_of_several_faces(tmp_path):
+    two = tmp_path / "two.png"
+    photo = np.asarray(Image.open(EXAMPLE_IMAGE).convert("RGB"))
+    Image.fromarray(np.hstack([photo, photo[:, ::-1]])).save(two)  # 1024 x 512: the check sees it whole
+    checked = check_inputs(two, EXAMPLE_SPEECH, Settings(), TINY, face_checker=default_face_check())
+    assert checked.face_note == "face check: 2 faces found; using the most confident, top left (dlib HOG score 1.46)"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("face_alignment") is None,
+                    reason="face-alignment (optional backend) not installed; CI installs it")
+def test_default_face_check_with_face_alignment_chosen_needs_its_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    checker = default_face_check(device="cpu", backend="face-alignment")
+    assert checker.note == "face check: on (face-alignment)"
+    with pytest.raises(WeightsMissing, match=r"2DFAN4-11f355bf06\.pth\.tar' is missing"):
         check_inputs(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Settings(), TINY, face_checker=checker)
-    assert calls[-1] == ("require_face", (512, 512, 3))
-
-
-def test_default_face_check_without_the_module(monkeypatch):
-    monkeypatch.setitem(sys.modules, "fantasy.face", None)  # import fails as if not installed
-    monkeypatch.delattr(fantasy, "face", raising=False)
-    checker = default_face_check()
-    assert checker.check is None and checker.note.startswith("face check skipped: face detector not installed")

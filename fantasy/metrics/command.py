@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from fantasy.errors import FantasyError
+from fantasy.face.analyzer import BACKENDS, DEFAULT_BACKEND
 from fantasy.metrics.sync import DEFAULT_MAX_LAG
 
 
@@ -31,7 +32,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-lag", type=int, default=DEFAULT_MAX_LAG,
                    help=f"lip-sync lag window in frames, both ways (default {DEFAULT_MAX_LAG})")
     p.add_argument("--identity-samples", type=int, default=16, help="frames compared with the portrait (default 16)")
-    p.add_argument("--device", default=None, help="face-alignment device (default: cuda if available, else cpu)")
+    p.add_argument("--face-backend", default=None, choices=BACKENDS,
+                   help=f"landmarks from this face backend (default {DEFAULT_BACKEND}, or $FANTASY_FACE_BACKEND); "
+                        "identity always from dlib's face embedding")
+    p.add_argument("--device", default=None,
+                   help="face-alignment's device (default: cuda if available, else cpu); dlib runs on the CPU")
     p.set_defaults(run=run)
     return p
 
@@ -53,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             raise FantasyError(f"--identity-samples must be 1 or more, got {args.identity_samples}")
         report = evaluate(
             args.video, args.audio, args.image, max_lag=args.max_lag, identity_samples=args.identity_samples,
-            device=args.device, progress=lambda message: print(f"  {message}...", file=sys.stderr),
+            face_backend=args.face_backend, device=args.device, progress=lambda message: print(f"  {message}...", file=sys.stderr),
         )
     except FantasyError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,8 +1,9 @@
-"""Landmarks for every frame of a clip without running the face detector on every frame.
+"""Landmarks for every frame of a clip, running the face detector as often as the backend can afford.
 
-S3FD costs more than FAN itself on CPU (~0.7 s vs ~0.45 s a frame at 512 px). In a talking-portrait
-clip the face barely moves between frames, so we detect every `redetect_every` frames and in
-between move the last detector box with the landmarks' centre (FAN re-fits the points each frame).
+dlib's HOG detector is cheap (~15 ms a 512² frame), so it runs on every frame. face-alignment's S3FD
+costs more than FAN itself on CPU (~0.7 s vs ~0.45 s a frame at 512 px); in a talking-portrait clip the
+face barely moves between frames, so it runs every `redetect_every` frames (the backend's choice) and
+in between the last detector box follows the landmarks' centre (the landmark model re-fits each frame).
 """
 
 from __future__ import annotations
@@ -11,17 +12,17 @@ import numpy as np
 
 from fantasy.face import FaceAnalyzer, FaceBox
 
-REDETECT_EVERY = 8
-
 
 class TrackedLandmarks:
     """A `LandmarkProvider` for consecutive frames of one clip (stateful: one instance per clip).
 
-    FAN always returns 68 points for a box, face or not, so a face that leaves the picture between
+    Landmark models return 68 points for any box, face or not, so a face that leaves the picture between
     two detections is only noticed at the next detection (at most `redetect_every - 1` frames late).
+    `redetect_every` defaults to the backend's (dlib: 1, face-alignment: 8).
     """
 
-    def __init__(self, analyzer: FaceAnalyzer, redetect_every: int = REDETECT_EVERY) -> None:
+    def __init__(self, analyzer: FaceAnalyzer, redetect_every: int | None = None) -> None:
+        redetect_every = analyzer.redetect_every if redetect_every is None else redetect_every
         if redetect_every < 1:
             raise ValueError("redetect_every must be >= 1")
         self.analyzer = analyzer
@@ -50,6 +51,6 @@ class TrackedLandmarks:
         else:  # follow the head: shift the detector box by how far the landmarks moved since detection
             dx, dy = centre - self._anchor
             b = self._box
-            self._box = FaceBox(b.x1 + dx, b.y1 + dy, b.x2 + dx, b.y2 + dy, b.score)
+            self._box = FaceBox(b.x1 + dx, b.y1 + dy, b.x2 + dx, b.y2 + dy, b.score, b.detector)
             self._anchor = centre
         return points

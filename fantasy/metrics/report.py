@@ -1,7 +1,7 @@
 """Run every metric on one generated clip and present the result: a table, a JSON dict, a PNG plot.
 
-The landmark pass is shared: one provider call per frame feeds the mouth track (sync), the face
-crops (identity) and the face boxes (subject vs. background motion).
+The landmark pass is shared: one provider call per frame feeds the mouth track (sync), the identity
+embeddings (aligned on those landmarks) and the face boxes (subject vs. background motion).
 """
 
 from __future__ import annotations
@@ -17,10 +17,17 @@ import numpy as np
 
 from fantasy.audio import SAMPLE_RATE, load_audio
 from fantasy.errors import UnsupportedAudio
-from fantasy.face import FaceAnalyzer, FaceBox, LandmarkProvider
+from fantasy.face import FaceAnalyzer, FaceBox, LandmarkProvider, shared_analyzer
 from fantasy.metrics.dynamics import DynamicsResult, motion_dynamics
 from fantasy.metrics.frames import read_video
-from fantasy.metrics.identity import FaceEmbedder, IdentityResult, identity_similarity, sample_indices
+from fantasy.metrics.identity import (
+    EUCLIDEAN,
+    BackendEmbedder,
+    FaceEmbedder,
+    IdentityResult,
+    identity_similarity,
+    sample_indices,
+)
 from fantasy.metrics.landmarks import TrackedLandmarks
 from fantasy.metrics.sync import DEFAULT_MAX_LAG, SyncResult, mouth_track, speech_envelope, sync_score
 
@@ -59,6 +66,7 @@ class EvalReport:
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, dict[str, float]] = field(default_factory=dict)  # plugged-in ClipMetrics, by name
     seconds: float = 0.0
+    face_backend: str = ""  # where the landmarks came from: "dlib", "face-alignment" or "custom"
 
     def to_dict(self) -> dict:
         """JSON-ready: NaN becomes null, the sync curve is kept for later plots."""
@@ -80,10 +88,20 @@ def _json_safe(value):
     return value
 
 
-def default_landmark_providers(device: str | None = None) -> tuple[LandmarkProvider, LandmarkProvider]:
-    """face-alignment for (clip frames, portrait): tracked across frames, detected afresh on the portrait."""
-    analyzer = FaceAnalyzer(device=device)
-    return TrackedLandmarks(analyzer), analyzer.landmarks
+@dataclass(frozen=True)
+class FaceTools:
+    """What the metrics ask of a face backend: landmarks on the clip's frames and the portrait, and identity."""
+
+    frames: LandmarkProvider  # stateful across one clip's frames (see `TrackedLandmarks`)
+    portrait: LandmarkProvider
+    embedder: FaceEmbedder
+    backend: str
+
+
+def default_face_tools(backend: str | None = None, device: str | None = None) -> FaceTools:
+    """The default backend (dlib) or the one named: tracked on the frames, detected afresh on the portrait."""
+    analyzer = FaceAnalyzer(backend, device=device)
+    return FaceTools(TrackedLandmarks(analyzer), analyzer.landmarks, BackendEmbedder(analyzer), analyzer.name)
 
 
 def _box(points: np.ndarray | None) -> FaceBox | None:
@@ -108,6 +126,7 @@ def evaluate(
     embedder: FaceEmbedder | None = None,
     max_lag: int = DEFAULT_MAX_LAG,
     identity_samples: int = IDENTITY_SAMPLES,
+    face_backend: str | None = None,
     device: str | None = None,
     progress: Callable[[str], None] | None = None,
     extra_metrics: Sequence[ClipMetric] = (),
@@ -115,8 +134,9 @@ def evaluate(
     """Lip-sync proxy, identity similarity, subject/background dynamics and flicker for one clip.
 
     `audio` defaults to the video's own track; `image` (the portrait) to the first frame with a face.
-    `landmarks_provider` defaults to face-alignment (detector every few frames, FAN on every frame).
-    `embedder` replaces the identity proxy (ArcFace, dlib...); `extra_metrics` add whole-clip metrics.
+    Landmarks and identity come from `face_backend` (default dlib; `device` is face-alignment's);
+    `landmarks_provider` replaces the landmarks, `embedder` the identity embedding (default dlib's ResNet),
+    `extra_metrics` add whole-clip metrics.
     """
     started = time.perf_counter()
     say = progress or (lambda message: None)
@@ -130,9 +150,13 @@ def evaluate(
         portrait = np.asarray(load_portrait(image))
 
     if landmarks_provider is None:
-        frame_provider, portrait_provider = default_landmark_providers(device)
+        tools = default_face_tools(face_backend, device)
+        frame_provider, portrait_provider, backend = tools.frames, tools.portrait, tools.backend
+        embedder = embedder or tools.embedder
     else:
         frame_provider = portrait_provider = landmarks_provider
+        backend = "custom"
+        embedder = embedder or BackendEmbedder(shared_analyzer("dlib"))
 
     say(f"landmarks on {clip.num_frames} frames")
     landmarks = [frame_provider(frame) for frame in clip.frames]
@@ -177,7 +201,7 @@ def evaluate(
         frames=clip.num_frames, fps=clip.fps, width=width, height=height, speech_seconds=speech_seconds,
         frames_with_face=found, sync=sync, identity=identity, identity_reference=reference_note,
         dynamics=dynamics, mouth=mouth.tolist(), envelope=envelope.tolist(), warnings=warnings,
-        extra=extra, seconds=time.perf_counter() - started,
+        extra=extra, seconds=time.perf_counter() - started, face_backend=backend,
     )
 
 
@@ -186,7 +210,7 @@ def _identity(
     landmarks: list[np.ndarray | None],
     portrait: np.ndarray | None,
     provider: LandmarkProvider,
-    embedder: FaceEmbedder | None,
+    embedder: FaceEmbedder,
     samples: int,
     warnings: list[str],
 ) -> tuple[IdentityResult | None, str]:
@@ -214,6 +238,16 @@ def lag_text(lag: int) -> str:
     return f"{lag:+d} frames" if lag else "0 frames"
 
 
+def _identity_text(i: IdentityResult, reference: str) -> str:
+    """'worst 0.21 over 16 frames vs. portrait; 16/16 same person (< 0.6); lower = closer'."""
+    worst = "max" if i.lower_is_better else "min"
+    text = f"{worst} {_fmt(i.worst)} over {len(i.per_frame)} frames vs. {reference}"
+    if i.threshold is not None:
+        side = "<" if i.lower_is_better else ">"
+        text += f"; {i.same_person}/{len(i.per_frame)} same person ({side} {i.threshold:g})"
+    return text + ("; lower = closer" if i.lower_is_better else "; higher = closer")
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
@@ -229,16 +263,18 @@ def format_table(report: EvalReport) -> str:
     else:
         rows.append(("lip sync (peak xcorr)", "n/a", "no face in the video"))
     i = report.identity
+    label = "identity (distance)" if i is None or i.metric == EUCLIDEAN else f"identity ({i.metric})"
     if i is not None:
-        rows.append(("identity (cosine)", _fmt(i.mean), f"min {_fmt(i.minimum)} over {len(i.per_frame)} frames vs. {report.identity_reference}"))
+        rows.append((label, _fmt(i.mean), _identity_text(i, report.identity_reference)))
     else:
-        rows.append(("identity (cosine)", "n/a", report.identity_reference))
+        rows.append((label, "n/a", report.identity_reference))
     d = report.dynamics
     rows.append(("subject dynamics", _fmt(d.subject, 2), "px/frame at 512 px, body box"))
     rows.append(("background dynamics", _fmt(d.background, 2), "px/frame at 512 px, outside the body box"))
     rows.append(("overall motion", _fmt(d.overall, 2), "px/frame at 512 px"))
     rows.append(("flicker", _fmt(d.flicker, 2), "mean |Δ luma| after motion compensation (0-255)"))
-    rows.append(("faces found", f"{report.frames_with_face}/{report.frames}", "frames with 68 landmarks"))
+    rows.append(("faces found", f"{report.frames_with_face}/{report.frames}",
+                 "frames with 68 landmarks" + (f" ({report.face_backend})" if report.face_backend else "")))
     for name, values in report.extra.items():
         rows += [(key, _fmt(value), name) for key, value in values.items()]
     head = (f"{Path(report.video).name}: {report.frames} frames, {report.width}x{report.height} @ "

@@ -43,7 +43,7 @@ from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT
 from fantasy.train.clips import SampleSpec, TrainingSample, discover_clips, load_sample
 from fantasy.train.fingerprint import CACHE_FORMAT, TEXT_LENGTH, cache_fingerprint, source_signature
 from fantasy.train.labels import body_score, expression_score, lip_token_mask
-from fantasy.train.tracks import ProviderFactory
+from fantasy.train.tracks import BackendLandmarks, ProviderFactory, provider_fingerprint
 
 CACHE_DIRNAME = ".cache"
 DATASET_FILE = "_dataset.safetensors"
@@ -232,14 +232,16 @@ def cache_dataset(
 ) -> CacheSummary:
     """Encode every clip of `data_dir` not yet cached with the current settings; write the dataset file.
 
-    `landmarks` makes one `LandmarkProvider` per clip (default: FAN, `TrackedLandmarks`). Any unusable
+    `landmarks` makes one `LandmarkProvider` per clip (default: `BackendLandmarks`, dlib). Any unusable
     clip raises (see `load_sample`) after the clips before it are cached, so a re-run resumes there.
     Open the result with `TrainingSet.from_cache_dir(summary.cache_dir)`.
     """
     clips = discover_clips(data_dir)
     target = Path(cache_dir) if cache_dir is not None else Path(data_dir) / CACHE_DIRNAME
     target.mkdir(parents=True, exist_ok=True)
-    fingerprint = cache_fingerprint(pipe, spec, dtype)
+    factory = landmarks if landmarks is not None else BackendLandmarks()
+    measured = any(clip.landmarks_file is None for clip in clips)  # else the provider decides nothing
+    fingerprint = cache_fingerprint(pipe, spec, dtype, provider_fingerprint(factory) if measured else None)
     summary = CacheSummary(cache_dir=target, fingerprint=fingerprint)
     prompts: dict[str, torch.Tensor] = {}
     for done, clip in enumerate(clips, start=1):
@@ -249,7 +251,7 @@ def cache_dataset(
             summary.reused.append(clip.name)
             status = "reused"
         else:
-            sample = load_sample(clip, spec, landmarks() if landmarks is not None else None)
+            sample = load_sample(clip, spec, factory() if clip.landmarks_file is None else None)
             if sample.prompt not in prompts:
                 prompts[sample.prompt] = encode_text(pipe, sample.prompt)
             encoded = encode_sample(pipe, sample, dtype, prompt_embeds=prompts[sample.prompt])

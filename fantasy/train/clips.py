@@ -171,8 +171,9 @@ def load_sample(
 
     Raises `ClipTooShort` when the video lasts less than `spec.seconds` (the trainer gets an error,
     not a skipped clip: cut or drop the file), `TrainingDataError` without speech, `NoFaceFound` when
-    no frame shows a face. `landmarks` (default: FAN via `TrackedLandmarks`) is only used without a
-    `.landmarks.npy`, runs on the sample's frames in order, and must not carry state from another clip.
+    no frame shows a face. `landmarks` (default: the face backend, dlib, via `TrackedLandmarks`) is only
+    used without a `.landmarks.npy`, runs on the sample's frames in order, and must not carry state from
+    another clip.
     """
     video = read_video(clip.video, max_seconds=spec.seconds)
     needed = frames_needed(video.fps, spec.fps, spec.num_frames)

@@ -4,7 +4,9 @@ The cache fingerprint covers everything that shapes the cached numbers: the enco
 dtypes and a probe of their weights), the sample spec, the label/mask constants, the storage dtype
 and the cache format. The source signature covers the clip's files (names, sizes, modification
 times). Either changing means the clip is encoded again, never that a stale entry is reused.
-Not covered: the landmark provider's identity (a `.landmarks.npy` file is part of the source).
+Landmarks: when a clip has no `.landmarks.npy` (a file is part of the source), the landmark provider's
+own fingerprint joins the cache fingerprint: the face backend and its model files with their SHA-256
+(`fantasy.train.tracks.BackendLandmarks.fingerprint`).
 """
 
 from __future__ import annotations
@@ -68,8 +70,12 @@ def pipeline_fingerprint(pipe) -> str:
     return _digest(parts)
 
 
-def cache_fingerprint(pipe, spec: SampleSpec, dtype: torch.dtype) -> str:
-    """Everything that shapes a cached clip's tensors, apart from the clip's own files."""
+def cache_fingerprint(pipe, spec: SampleSpec, dtype: torch.dtype, landmarks: dict[str, Any] | None = None) -> str:
+    """Everything that shapes a cached clip's tensors, apart from the clip's own files.
+
+    `landmarks`: the landmark provider's fingerprint, when some clip's landmarks are measured (None: all
+    come from `.landmarks.npy` files).
+    """
     return _digest({
         "format": CACHE_FORMAT,
         "pipeline": pipeline_fingerprint(pipe),
@@ -81,6 +87,7 @@ def cache_fingerprint(pipe, spec: SampleSpec, dtype: torch.dtype) -> str:
             "face_margin": labels.FACE_MARGIN, "lip_dilate": labels.LIP_DILATE,
             "analysis_side": labels.ANALYSIS_SIDE, "inner_face": [labels.INNER_FACE.start, labels.INNER_FACE.stop],
         },
+        "landmarks": landmarks,
     })
 
 

@@ -9,24 +9,49 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fantasy.errors import NoFaceFound, TrainingDataError
-from fantasy.face import LandmarkProvider, shared_analyzer
+from fantasy.face import LandmarkProvider, backend_name, shared_analyzer
 from fantasy.metrics.landmarks import TrackedLandmarks
 
 NUM_POINTS = 68
 # Called once per clip: providers may keep state across one clip's frames (as TrackedLandmarks does).
+# A factory with a `fingerprint()` method says what decides its landmarks (see `provider_fingerprint`).
 ProviderFactory = Callable[[], LandmarkProvider]
 
 
-def default_provider() -> LandmarkProvider:
-    """FAN through `TrackedLandmarks` (detector every few frames); a fresh tracker for each clip.
+class BackendLandmarks:
+    """A `ProviderFactory` on a face backend (default dlib, or `$FANTASY_FACE_BACKEND`): one tracker per clip."""
 
-    Raises `WeightsMissing` on first use when the face-alignment weights are not on disk.
+    def __init__(self, backend: str | None = None) -> None:
+        self.backend = backend_name(backend)
+
+    def __call__(self) -> LandmarkProvider:
+        return TrackedLandmarks(shared_analyzer(self.backend))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The backend, its model files (with SHA-256) and how often the tracker detects."""
+        analyzer = shared_analyzer(self.backend)
+        return {**analyzer.describe(), "redetect_every": analyzer.redetect_every}
+
+
+def default_provider() -> LandmarkProvider:
+    """The face backend through `TrackedLandmarks`; a fresh tracker for each clip.
+
+    dlib by default, whose models ship with `requirements.txt`; with face-alignment chosen, raises
+    `WeightsMissing` on first use when its weights are not on disk.
     """
-    return TrackedLandmarks(shared_analyzer())
+    return BackendLandmarks()()
+
+
+def provider_fingerprint(factory: ProviderFactory) -> dict[str, Any]:
+    """What decides a factory's landmarks: its own `fingerprint()`; a factory without one (a test's stand-in,
+    a caller's own detector) counts as one fixed provider, whose changes are the caller's to track."""
+    describe = getattr(factory, "fingerprint", None)
+    return describe() if callable(describe) else {"provider": "custom"}
 
 
 def read_landmark_file(path: Path, needed: int) -> np.ndarray:
