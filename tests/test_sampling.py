@@ -29,6 +29,28 @@ def test_euler_step_is_x_plus_v_times_dsigma():
     torch.testing.assert_close(out, x + v * (scheduler.sigmas[1] - scheduler.sigmas[0]))
 
 
+def test_stochastic_step_renoises_the_clean_estimate():
+    """The few-step models' sampler: x0 = x - sigma v, then (1 - sigma_next) x0 + sigma_next * fresh noise."""
+    scheduler = make_scheduler(stochastic=True)
+    timesteps = set_official_timesteps(scheduler, 4)
+    x = torch.randn(1, 16, 2, 4, 4)
+    v = torch.randn_like(x)
+    out = scheduler.step(v, timesteps[0], x, generator=torch.Generator().manual_seed(7), return_dict=False)[0]
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+    sigma, following = scheduler.sigmas[0], scheduler.sigmas[1]
+    # the same expression in the same order as diffusers: bit for bit
+    torch.testing.assert_close(out, (1 - following) * (x - sigma * v) + following * noise, rtol=0, atol=0)
+    assert not make_scheduler().config.stochastic_sampling
+
+
+def test_timesteps_on_the_device_asked_for_and_at_least_one_step():
+    scheduler = make_scheduler()
+    assert set_official_timesteps(scheduler, 3, device="meta").device.type == "meta"  # no GPU needed to see it
+    assert scheduler.sigmas.device.type == "meta"
+    with pytest.raises(ValueError, match="^steps must be at least 1, got 0$"):
+        set_official_timesteps(scheduler, 0)
+
+
 @pytest.mark.parametrize("text, audio, passes", [
     (5.0, 5.0, ("full", "text", "uncond")),
     (1.0, 5.0, ("full", "text")),
