@@ -3,6 +3,7 @@
     python -m bench.mutation                       # every core module, one after the other
     python -m bench.mutation windows sampling      # some of them
     python -m bench.mutation --survivors windows   # retry only what survived last time (after adding tests)
+    python -m bench.mutation --changed             # only mutants without a result: functions changed since
     python -m bench.mutation --scores              # only print the scores of the last runs
 
 mutmut (configured in pyproject.toml, `[tool.mutmut]`) copies `fantasy/` and `tests/` into `mutants/`, plants
@@ -69,7 +70,8 @@ def survivors(module: str) -> list[str]:
     if not meta.exists():
         return []
     codes = json.loads(meta.read_text())["exit_code_by_key"]
-    return sorted(name for name, code in codes.items() if STATUS.get(code, "suspicious") not in DETECTED)
+    return sorted(name for name, code in codes.items()
+                  if STATUS.get(code, "suspicious") not in DETECTED | {"not checked"})
 
 
 def score_line(module: str) -> str:
@@ -81,9 +83,11 @@ def score_line(module: str) -> str:
     return f"| {MODULES[module]} | {detected}/{total} | {percent} | {rest or '-'} |"
 
 
-def run(modules: list[str], max_children: int, only_survivors: bool = False) -> int:
+def run(modules: list[str], max_children: int, only_survivors: bool = False, changed: bool = False) -> int:
     exe = mutmut()
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    if changed:  # no names: mutmut keeps every recorded result and tries the mutants that have none
+        return subprocess.run([str(exe), "run", "--max-children", str(max_children)], cwd=ROOT, env=env).returncode
     for module in modules:
         names = survivors(module) if only_survivors else [MODULES[module][:-3].replace("/", ".") + ".*"]
         print(f"== mutmut: {MODULES[module]} ({len(names) if only_survivors else 'all'} mutants)", flush=True)
@@ -102,13 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", metavar="MODULE", help=f"some of: {', '.join(MODULES)} (default: all)")
     parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1)")
     parser.add_argument("--survivors", action="store_true", help="retry only the mutants no test detected last time")
+    parser.add_argument("--changed", action="store_true",
+                        help="try only the mutants with no result yet (new or changed functions, every module)")
     parser.add_argument("--scores", action="store_true", help="print the recorded scores, run nothing")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         parser.error(f"unknown module {', '.join(unknown)}; choose from {', '.join(MODULES)}")
     modules = args.modules or list(MODULES)
-    code = 0 if args.scores else run(modules, args.max_children, args.survivors)
+    code = 0 if args.scores else run(modules, args.max_children, args.survivors, args.changed)
     print("| module | killed/total | score | not detected |\n|---|---|---|---|")
     for module in modules:
         print(score_line(module))
