@@ -47,6 +47,7 @@ def test_timesteps_on_the_device_asked_for_and_at_least_one_step():
     scheduler = make_scheduler()
     assert set_official_timesteps(scheduler, 3, device="meta").device.type == "meta"  # no GPU needed to see it
     assert scheduler.sigmas.device.type == "meta"
+    assert set_official_timesteps(scheduler, 1).tolist() == [1000.0]  # one step: from pure noise straight to 0
     with pytest.raises(ValueError, match="^steps must be at least 1, got 0$"):
         set_official_timesteps(scheduler, 0)
 
@@ -62,9 +63,9 @@ def test_passes_needed(text, audio, passes):
 
 
 def test_combination_formula_by_hand():
-    f, t, u = torch.tensor([3.0]), torch.tensor([2.0]), torch.tensor([0.5])
-    # v = u + cfg_text (t - u) + cfg_audio (f - t) = 0.5 + 5*1.5 + 4.5*1 = 12.5
-    assert combine_guidance({"full": f, "text": t, "uncond": u}, 5.0, 4.5).item() == 12.5
-    # cfg_text = 1: v = t + cfg_audio (f - t) = 2 + 4.5 = 6.5
-    assert combine_guidance({"full": f, "text": t}, 1.0, 4.5).item() == 6.5
-    assert combine_guidance({"full": f}, 1.0, 1.0).item() == 3.0
+    f, t, u = torch.tensor([4.0]), torch.tensor([2.0]), torch.tensor([0.5])
+    # v = u + cfg_text (t - u) + cfg_audio (f - t) = 0.5 + 5*1.5 + 4.5*2 = 17
+    assert combine_guidance({"full": f, "text": t, "uncond": u}, 5.0, 4.5).item() == 17.0
+    # cfg_text = 1: v = t + cfg_audio (f - t) = 2 + 4.5*2 = 11
+    assert combine_guidance({"full": f, "text": t}, 1.0, 4.5).item() == 11.0
+    assert combine_guidance({"full": f}, 1.0, 1.0).item() == 4.0
