@@ -36,6 +36,14 @@ def test_window_plan_covers_every_frame_once():
     assert last == Window(76, 9, 5) and (last.length - 1) % 4 == 0
 
 
+@pytest.mark.parametrize("total, clip, motion", [(232, 81, 5), (233, 76, 5), (233, 81, 4), (233, 81, 81)])
+def test_window_plan_refuses_what_the_vae_cannot_chain(total, clip, motion):
+    """Each condition alone: a total, a window or a motion length that is not 4k+1, or motion filling the window."""
+    message = f"^frames must be 4k\\+1 with motion < clip: total={total} clip={clip} motion={motion}$"
+    with pytest.raises(ValueError, match=message):
+        plan_windows(total, clip, motion)
+
+
 def test_each_window_gets_the_audio_at_its_absolute_time():
     total = 233
     tokens = torch.randn(1, 507, 8)
