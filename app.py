@@ -22,7 +22,7 @@ from typing import Any
 import gradio as gr
 from PIL import UnidentifiedImageError
 
-from fantasy.cli import add_speed_flags, speed_options
+from fantasy.cli import add_real_flags, add_speed_flags, speed_options
 from fantasy.distill import FEW_STEP_AUDIO_GUIDANCE, FEW_STEP_TEXT_GUIDANCE, FEW_STEPS
 from fantasy.errors import FantasyError, GenerationCancelled, WeightsMissing
 from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED
@@ -77,19 +77,27 @@ def report_unreadable_images(component: gr.Image) -> gr.Image:
     return component
 
 
-def default_preset() -> str:
-    """`real` when a CUDA GPU and the real weights (under `weights/` or in the Hub cache) are there, else `tiny`."""
+def default_preset(adapter: str | None = None) -> str:
+    """`real` when a CUDA GPU, the base weights (under `weights/` or in the Hub cache) and the adapter are there.
+
+    The adapter is `adapter` (--adapter / FANTASY_ADAPTER) when given, else the released one; a given
+    adapter that does not exist is an error (`InputFileNotFound`), never a silent switch to `tiny`.
+    """
     import torch
 
-    from fantasy.weights import check_real_weights, weights_dir
+    from fantasy.weights import check_real_weights, given_adapter, weights_dir
 
+    if adapter is not None:
+        given_adapter(adapter)
     if not torch.cuda.is_available():
         return "tiny"
-    try:
-        check_real_weights(weights_dir())
-    except WeightsMissing:
-        return "tiny"
-    return "real"
+    for dit in ("q8_0", "bf16"):  # either DiT file will do: `--dit` auto picks among what is on disk
+        try:
+            check_real_weights(weights_dir(), dit, adapter)
+            return "real"
+        except WeightsMissing:
+            continue
+    return "tiny"
 
 
 def slider_defaults(pipe, preset: Preset) -> dict[str, float]:
@@ -323,15 +331,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--adapter", default=os.environ.get("FANTASY_ADAPTER") or None,
                         help="adapter or training checkpoint (modules.safetensors from `python -m fantasy train`); "
                              "default $FANTASY_ADAPTER, else the preset's")
+    add_real_flags(parser)
     return parser.parse_args(argv)
+
+
+APP_MAX_EDGE = 1024  # the resolution slider's maximum: the automatic DiT choice must fit it
+
+
+def real_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`load_pipeline` options of the real preset: DiT storage (auto: fits the largest resolution), VRAM mode."""
+    return {"dit": args.dit, "vram": args.vram, "fit_size": APP_MAX_EDGE, "fit_batch": 3 if args.batch_guidance else 1}
 
 
 def create_demo(args: argparse.Namespace) -> gr.Blocks:
     """Load the models once (they stay resident) and build the page."""
-    preset = get_preset(args.preset or default_preset())
+    preset = get_preset(args.preset or default_preset(args.adapter))
     print(f"[app] preset {preset.name}: {preset.summary}", flush=True)
     options = speed_options(args)  # spelling errors before the models load
-    pipe = load_pipeline(preset.name, adapter=args.adapter)
+    pipe = load_pipeline(preset.name, adapter=args.adapter, **(real_options(args) if preset.name == "real" else {}))
+    if getattr(pipe, "dit_choice", None) is not None:
+        print(f"[app] DiT: {pipe.dit_choice.describe()}", flush=True)
     for line in apply_speed(pipe, options):
         print(f"[app] speed: {line}", flush=True)
     # On ZeroGPU the main process has no real GPU: the face check runs on the CPU there.

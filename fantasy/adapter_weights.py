@@ -59,9 +59,19 @@ def read_adapter_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return renamed
 
 
+def _load_pickle(path: Path):
+    """`torch.load(weights_only=True)`, memory-mapped: the fp32 tensors stay in the page cache, not in RAM."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):  # only the legacy (non-zip) format cannot be mapped
+            raise
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
 def _read_official_pickle(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = _load_pickle(path)
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as exc:
         raise CheckpointMismatch(
             f"{path.name} is not a readable tensor checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
@@ -152,6 +162,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype = to
     for key in expected_keys(num_blocks)[3:]:
         shapes[key] = (inner_dim, context_dim)
     check_adapter_keys(state, shapes, Path(src).name)
+    # One tensor at a time from the mapped pickle: only the bf16 copies are ever in RAM.
     _atomic_save({k: v.to(dtype).contiguous() for k, v in state.items()}, Path(dst))
     return len(state)
 

@@ -15,8 +15,6 @@ from fantasy.errors import FantasyError, InputFileNotFound, InvalidSetting
 
 def _add_generate(sub) -> None:
     from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED
-    from fantasy.offload import VRAM_MODES
-    from fantasy.quantize import DIT_MODES
 
     p = sub.add_parser("generate", help="portrait + speech -> talking-video mp4")
     p.add_argument("--image", required=True, help="portrait (png/jpg/webp)")
@@ -47,11 +45,21 @@ def _add_generate(sub) -> None:
     p.add_argument("--face", default=None,
                    help="identity module: the portrait's square face crop (default: found with the face backend, dlib)")
     p.add_argument("--device", default=None)
-    p.add_argument("--dit", default="q8_0", choices=list(DIT_MODES), help="real preset: how the 14B DiT is stored")
-    p.add_argument("--vram", default="resident", choices=list(VRAM_MODES), help="real preset: offloading")
+    add_real_flags(p)
     p.add_argument("--weights", default=None, help="real preset: weights dir (default weights/ or $FANTASY_WEIGHTS)")
     add_speed_flags(p)
     p.set_defaults(run=_run_generate)
+
+
+def add_real_flags(p) -> None:
+    """--dit and --vram: how the real preset stores the DiT and where its models live."""
+    from fantasy.offload import VRAM_MODES
+    from fantasy.quantize import DIT_MODES
+
+    p.add_argument("--dit", default=None, choices=list(DIT_MODES),
+                   help="real preset: how the 14B DiT is stored (default: bf16 if it fits in free GPU memory at the "
+                        "requested size, else q8_0; see README, Weights)")
+    p.add_argument("--vram", default="resident", choices=list(VRAM_MODES), help="real preset: offloading")
 
 
 def add_speed_flags(p) -> None:
@@ -128,8 +136,9 @@ def _run_generate(args) -> int:
     if preset.demo:
         print(f"[{preset.name}] {preset.summary}", file=sys.stderr)
     started = time.perf_counter()
-    real = {"dit": args.dit, "vram": args.vram, "weights": args.weights} if preset.name == "real" else {}
-    pipe = load_pipeline(preset.name, device=args.device, adapter=args.adapter, **real)
+    real = {"dit": args.dit, "vram": args.vram, "weights": args.weights, "fit_size": settings.resolved(preset).longest_edge,
+            "fit_frames": settings.max_frames, "fit_batch": 3 if speed.batch_guidance else 1}
+    pipe = load_pipeline(preset.name, device=args.device, adapter=args.adapter, **(real if preset.name == "real" else {}))
     from fantasy.speed import apply_speed
 
     for line in apply_speed(pipe, speed):
@@ -163,6 +172,7 @@ def _run_generate(args) -> int:
         f"{result.num_frames / result.fps:.2f} s, {result.windows} window{'s' * (result.windows > 1)}) "
         f"in {result.seconds_taken:.1f} s (+{loaded:.1f} s loading), "
         f"{settings.resolved(preset).steps} steps x {result.passes_per_step} passes; motion: {result.motion_mode}"
+        + (f"; DiT: {pipe.dit_choice.describe()}" if getattr(pipe, "dit_choice", None) is not None else "")
     )
     return 0
 

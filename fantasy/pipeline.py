@@ -8,6 +8,10 @@ tokens (squash, as the original Wan), the audio path (wav2vec2 -> projection -> 
 
 from __future__ import annotations
 
+from fantasy import checkpoints  # noqa: F401  (first: diffusers' Wan pipeline looks up CLIP's processor; see there)
+
+# isort: split
+
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 

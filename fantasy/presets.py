@@ -46,15 +46,15 @@ def clip_token_count(image_encoder_config) -> int:
     return (image_encoder_config.image_size // image_encoder_config.patch_size) ** 2 + 1
 
 
-def assemble(components: dict, device: str | torch.device = "cpu") -> FantasyTalkingPipeline:
-    """Build the pipeline and install the (zero) audio adapter on every cross-attention."""
+def assemble(components: dict, device: str | torch.device | None = "cpu") -> FantasyTalkingPipeline:
+    """Build the pipeline and install the (zero) audio adapter on every cross-attention; `None`: move nothing."""
     pipe = FantasyTalkingPipeline(**components)
     pipe.audio_context = install_audio_adapter(
         pipe.transformer,
         context_dim=pipe.audio_proj.config.context_dim,
         num_image_tokens=clip_token_count(pipe.image_encoder.config),
     )
-    return pipe.to(device)
+    return pipe if device is None else pipe.to(device)
 
 
 def load_pipeline(

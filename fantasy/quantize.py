@@ -75,17 +75,26 @@ def load_single_file_transformer(
 
     `config_dir` holds the transformer's `config.json`; passing it stops diffusers from downloading
     a config from the Hub (it would otherwise fetch the 480P repo's). GGUF weights stay quantized
-    (`GGUFParameter`, dequantized per forward in `compute_dtype`).
+    (`GGUFParameter`, dequantized per forward in `compute_dtype`); a GGUF path is read as views of its
+    memory map (`fantasy.checkpoints.gguf_state_dict`), so nothing is copied on the way to `device`.
     """
     from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
 
     kwargs = {"config": str(config_dir), "dtype": compute_dtype, "local_files_only": True}
     if gguf:
         kwargs["quantization_config"] = GGUFQuantizationConfig(compute_dtype=compute_dtype)
+        if not isinstance(checkpoint, dict):
+            from fantasy.checkpoints import gguf_state_dict
+
+            checkpoint = gguf_state_dict(checkpoint)
     if device is not None:
         kwargs["device"] = torch.device(device)
     source = checkpoint if isinstance(checkpoint, dict) else str(checkpoint)
-    model = WanTransformer3DModel.from_single_file(source, **kwargs).eval()
+    from fantasy.checkpoints import dropped_log_messages
+
+    # from_single_file ends with its own `model.to(dtype)` and then warns about it; we undo that cast below.
+    with dropped_log_messages("diffusers.models.modeling_utils", "There are modules in"):
+        model = WanTransformer3DModel.from_single_file(source, **kwargs).eval()
     if not gguf:
         keep_fp32_modules_in_fp32(model)
     return model

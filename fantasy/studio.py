@@ -152,8 +152,10 @@ class Studio:
         """
         s = job.settings
         preset = f"preset **{self.preset.name}**" + (" (random weights: output is noise)" if self.preset.demo else "")
+        choice = getattr(self.pipe, "dit_choice", None)
         parts = [f"**{state}**" + (f" in {result.seconds_taken:.1f} s" if result else ""), preset,
-                 f"device {self.device}", f"motion: {job.motion_mode}"]
+                 f"device {self.device}", f"DiT {choice.describe()}" if choice is not None else "",
+                 f"motion: {job.motion_mode}"]
         if result is not None:
             windows = max(1, result.windows)
             parts.append(f"{result.num_frames} frames {result.width}×{result.height} @ {result.fps} fps "

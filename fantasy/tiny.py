@@ -12,7 +12,6 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
-    CLIPImageProcessor,
     CLIPVisionConfig,
     CLIPVisionModel,
     PreTrainedTokenizerFast,
@@ -24,6 +23,7 @@ from transformers import (
 )
 
 from fantasy.adapter import AudioProjModel
+from fantasy.checkpoints import clip_image_processor_class
 from fantasy.sampling import make_scheduler
 
 TEXT_DIM = 32
@@ -93,7 +93,7 @@ def tiny_components(seed: int = 0) -> dict:
         "vae": _seeded(seed + 2, tiny_vae),
         "scheduler": make_scheduler(),
         "image_encoder": _seeded(seed + 3, tiny_image_encoder),
-        "image_processor": CLIPImageProcessor(crop_size=CLIP_IMAGE, size=CLIP_IMAGE),
+        "image_processor": clip_image_processor_class()(crop_size=CLIP_IMAGE, size=CLIP_IMAGE),
         "transformer": _seeded(seed + 4, tiny_transformer),
         "audio_encoder": _seeded(seed + 5, tiny_speech_encoder),
         "feature_extractor": Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,

@@ -1,18 +1,23 @@
 """Real weights: what the `real` preset needs, where it lives on disk, and loading the pipeline from it.
 
 Layout under the weights directory (default `weights/`, or `$FANTASY_WEIGHTS`); each Hub repo gets
-a folder named after it, holding the repo's own paths:
+a folder named after it, holding the repo's own paths — exactly the files the loader reads
+(`RepoPart.files_read`), nothing more:
 
-    Wan2.1-I2V-14B-720P-Diffusers/   tokenizer/ text_encoder/ image_encoder/ image_processor/ vae/
-                                     scheduler/ transformer/config.json (diffusers layout; no DiT weights)
+    Wan2.1-I2V-14B-720P-Diffusers/   tokenizer/{tokenizer.json,tokenizer_config.json,special_tokens_map.json}
+                                     text_encoder/{config.json,model.safetensors.index.json,model-0000N-of-00005...}
+                                     image_encoder/{config.json,model.safetensors} image_processor/preprocessor_config.json
+                                     vae/{config.json,diffusion_pytorch_model.safetensors} transformer/config.json
     Wan2.1-I2V-14B-720P-gguf/        wan2.1-i2v-14b-720p-Q8_0.gguf and/or -Q4_K_M.gguf   (--dit q8_0|q4_k_m)
     Wan_2.1_ComfyUI_repackaged/      split_files/diffusion_models/wan2.1_i2v_720p_14B_bf16.safetensors (--dit bf16)
     wav2vec2-base-960h/              config.json preprocessor_config.json model.safetensors
     fantasytalking_model.safetensors the adapter, converted once from acvlab/FantasyTalking's .ckpt
+                                     (not needed, and never converted, when --adapter names another file)
 
 A component missing from that folder is looked up in the Hugging Face cache without network access
 (`local_files_only`), so files fetched by other tools work too, offline included. Nothing here
 downloads: a missing file raises `WeightsMissing` naming the file, its repo and the fetch command.
+Host RAM while loading stays near what the loaded models hold (`fantasy.checkpoints`).
 """
 
 from __future__ import annotations
@@ -25,12 +30,12 @@ from pathlib import Path
 import torch
 
 from fantasy.adapter_weights import OFFICIAL_FILE, OFFICIAL_REPO, convert_checkpoint
-from fantasy.errors import FantasyError, WeightsMissing
+from fantasy.errors import FantasyError, InputFileNotFound, WeightsMissing
 
 WAN_REPO = "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"
 WAV2VEC_REPO = "facebook/wav2vec2-base-960h"
 ADAPTER_SAFETENSORS = "fantasytalking_model.safetensors"
-DEFAULT_DIT = "q8_0"
+DEFAULT_DIT = "q8_0"  # what `download` fetches; generation picks bf16 when it fits (`fantasy.dit_choice`)
 DEFAULT_VRAM = "resident"
 VAE_TILE = 512  # px; frames up to this size decode untiled
 
@@ -39,9 +44,10 @@ VAE_TILE = 512  # px; frames up to this size decode untiled
 class RepoPart:
     """The files of one Hub repo that the real preset reads, and how to tell they are on disk.
 
-    `patterns` are `allow_patterns` for `snapshot_download`; `required` are paths (globs allowed;
-    `a|b` means either) that must exist under the folder for loading; `fallbacks` swap a pattern that
-    matches nothing on the Hub for another (e.g. a repo with only a `.bin`).
+    `patterns` are `allow_patterns` for `snapshot_download`; `required` are the paths the loader reads
+    (`a|b` means either; a `*.index.json` also requires every shard its weight map names);
+    `fallbacks` swap a pattern that matches nothing on the Hub for another (e.g. a repo with only a
+    `.bin`); `hub_shards` are the shard names the Hub repo has (for the Space's preload list).
     """
 
     repo: str
@@ -50,28 +56,57 @@ class RepoPart:
     required: tuple[str, ...]
     purpose: str
     fallbacks: tuple[tuple[str, str], ...] = ()
+    hub_shards: tuple[str, ...] = ()
 
     def first_missing(self, folder: Path) -> str | None:
-        for entry in self.required:
-            if not any(_exists(folder, alternative) for alternative in entry.split("|")):
-                return entry
+        try:
+            self.files_read(folder)
+        except _Missing as missing:
+            return missing.entry
         return None
 
+    def files_read(self, folder: Path) -> list[str]:
+        """The paths (relative to `folder`) the loader reads; `_Missing` for the first one absent."""
+        files = []
+        for entry in self.required:
+            found = next((alt for alt in entry.split("|") if (folder / alt).is_file()), None)
+            if found is None:
+                raise _Missing(entry)
+            files.append(found)
+            if found.endswith(".index.json"):
+                from fantasy.checkpoints import index_shards
 
-def _exists(folder: Path, pattern: str) -> bool:
-    if any(c in pattern for c in "*?["):
-        return any(p.is_file() for p in folder.glob(pattern))
-    return (folder / pattern).is_file()
+                parent = str(Path(found).parent)
+                for shard in index_shards(folder / found):
+                    path = shard if parent == "." else f"{parent}/{shard}"
+                    if not (folder / path).is_file():
+                        raise _Missing(path)
+                    files.append(path)
+        return files
+
+    def hub_files(self) -> list[str]:
+        """Every file the loader reads from this repo as the Hub lays it out."""
+        return [entry.split("|")[0] for entry in self.required] + list(self.hub_shards)
 
 
+class _Missing(Exception):
+    def __init__(self, entry: str):
+        super().__init__(entry)
+        self.entry = entry
+
+
+WAN_FILES = (
+    "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json",
+    "text_encoder/config.json", "text_encoder/model.safetensors.index.json|text_encoder/model.safetensors",
+    "image_encoder/config.json", "image_encoder/model.safetensors", "image_processor/preprocessor_config.json",
+    "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "transformer/config.json",
+)
 WAN_PART = RepoPart(
     WAN_REPO, "Wan2.1-I2V-14B-720P-Diffusers",
-    patterns=("model_index.json", "tokenizer/*", "text_encoder/*", "image_encoder/*", "image_processor/*",
-              "vae/*", "scheduler/*", "transformer/config.json"),
-    required=("tokenizer/tokenizer_config.json", "text_encoder/config.json", "text_encoder/*.safetensors",
-              "image_encoder/config.json", "image_encoder/*.safetensors", "vae/config.json", "vae/*.safetensors",
-              "transformer/config.json"),
-    purpose="umT5 text encoder + tokenizer, CLIP image encoder + processor, VAE, scheduler and DiT configs",
+    patterns=tuple(alt for entry in WAN_FILES for alt in entry.split("|")) + ("text_encoder/model-*-of-*.safetensors",),
+    required=WAN_FILES,
+    purpose="umT5 text encoder + tokenizer, CLIP image encoder + processor, VAE and DiT configs",
+    hub_shards=tuple(f"text_encoder/model-{i:05d}-of-00005.safetensors" for i in range(1, 6)),
 )
 _GGUF_REPO = "city96/Wan2.1-I2V-14B-720P-gguf"
 DIT_FILES: dict[str, RepoPart] = {
@@ -190,13 +225,32 @@ def _convert_once(ckpt: Path, converted: Path) -> Path:
     return converted
 
 
-def check_real_weights(root: Path, dit: str = DEFAULT_DIT) -> dict[str, Path]:
-    """Paths of everything the real preset reads, or `WeightsMissing` for the first thing absent."""
+def given_adapter(adapter: str | Path) -> Path:
+    """An adapter the user named (--adapter / FANTASY_ADAPTER): it must exist; the released one is then never needed."""
+    path = Path(adapter)
+    if not path.is_file():
+        raise InputFileNotFound(f"Adapter file not found: {path} (given with --adapter or FANTASY_ADAPTER)")
+    return path
+
+
+def check_real_weights(root: Path, dit: str = DEFAULT_DIT, adapter: str | Path | None = None) -> dict[str, Path]:
+    """Paths of everything the real preset reads, or `WeightsMissing` for the first thing absent.
+
+    With `adapter` given, that file is the adapter: the released one is neither required nor converted.
+    """
     wan = require(WAN_PART, root, dit)
     dit_part = DIT_FILES[dit_file_key(dit)]
     dit_file = require(dit_part, root, dit) / dit_part.required[0]
     wav2vec = require(WAV2VEC_PART, root, dit)
-    return {"wan": wan, "dit": dit_file, "wav2vec": wav2vec, "adapter": adapter_file(root, dit)}
+    chosen = given_adapter(adapter) if adapter is not None else adapter_file(root, dit)
+    return {"wan": wan, "dit": dit_file, "wav2vec": wav2vec, "adapter": chosen}
+
+
+def files_read(paths: dict[str, Path]) -> list[Path]:
+    """Every file `load_real_pipeline` reads for these resolved paths (what a Space must preload)."""
+    files = [paths["wan"] / name for name in WAN_PART.files_read(paths["wan"])]
+    files += [paths["wav2vec"] / name for name in WAV2VEC_PART.files_read(paths["wav2vec"])]
+    return files + [paths["dit"], paths["adapter"]]
 
 
 def resolve_device(device: str | torch.device | None, allow_cpu: bool = False) -> torch.device:
@@ -245,70 +299,95 @@ def enable_vae_tiling(vae):
     return vae
 
 
+def _auto_dit(root: Path, device: torch.device, vram: str, fit_size: int, fit_frames: int, fit_batch: int):
+    from fantasy.dit_choice import choose_dit, free_vram_bytes
+
+    bf16_on_disk = locate(DIT_FILES["bf16"], root) is not None
+    return choose_dit(free_vram_bytes(device), vram, fit_size, fit_frames, fit_batch, bf16_on_disk)
+
+
 def load_real_pipeline(
     device: str | torch.device | None = None, adapter: str | Path | None = None, weights: str | Path | None = None,
-    dit: str = DEFAULT_DIT, vram: str = DEFAULT_VRAM, dtype: torch.dtype = torch.bfloat16, allow_cpu: bool = False,
+    dit: str | None = None, vram: str = DEFAULT_VRAM, dtype: torch.dtype = torch.bfloat16, allow_cpu: bool = False,
+    fit_size: int = 512, fit_frames: int = 81, fit_batch: int = 1,
 ):
     """The 14B pipeline with the FantasyTalking adapter, its DiT stored as `dit`, placed for `vram`.
 
-    Order matters: load the DiT (GGUF stays quantized), install the adapter (cast to `dtype`), load
-    its weights, then torchao quantization or fp8 layerwise casting if asked (both skip the adapter by
-    name), and only then offloading, so the adapter moves with its block. VAE, CLIP and wav2vec2 run
-    in fp32; the VAE decodes in tiles above 512 px.
-    `allow_cpu` exists for tests that push tiny checkpoints through this exact path.
+    `dit=None` picks bf16 or Q8_0 from the free GPU memory at `fit_size` px x `fit_frames` frames with
+    `fit_batch` passes in a batch (`fantasy.dit_choice`); `pipe.dit_choice` says what was picked and why.
+    Order matters: load the DiT (GGUF stays quantized; straight onto the GPU when it stays there),
+    install the adapter (cast to `dtype`), load its weights, then torchao quantization or fp8 layerwise
+    casting if asked (both skip the adapter by name), and only then offloading, so the adapter moves
+    with its block. VAE, CLIP and wav2vec2 run in fp32; the VAE decodes in tiles above 512 px.
+    `allow_cpu` exists for tests that push checkpoints through this exact path on a CPU.
     """
+    from fantasy.checkpoints import quiet_loading
+    from fantasy.dit_choice import DitChoice
+    from fantasy.offload import check_vram_mode
+    from fantasy.quantize import get_dit_mode
+
+    if dit is not None:
+        get_dit_mode(dit)
+    check_vram_mode(vram)
+    device = resolve_device(device, allow_cpu)
+    root = weights_dir(weights)
+    choice = DitChoice(dit, False, "--dit") if dit is not None else _auto_dit(
+        root, device, vram, fit_size, fit_frames, fit_batch)
+    mode = get_dit_mode(choice.mode)
+    if mode.torchao == "fp8":
+        _check_fp8_support(device)
+    paths = check_real_weights(root, choice.mode, adapter)
+    with quiet_loading():
+        pipe = _load_components(paths, mode, vram, device, dtype)
+    pipe.dit_choice = choice
+    return pipe
+
+
+def _load_components(paths: dict[str, Path], mode, vram: str, device: torch.device, dtype: torch.dtype):
     from diffusers import AutoencoderKLWan
     from transformers import (
         AutoTokenizer,
-        CLIPImageProcessor,
         CLIPVisionModel,
-        UMT5EncoderModel,
+        CLIPVisionModelWithProjection,
         Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
         Wav2Vec2Model,
     )
 
     from fantasy.adapter import AudioProjModel, audio_processors
-    from fantasy.offload import apply_vram_mode, check_vram_mode
+    from fantasy.checkpoints import pretrained_class
+    from fantasy.offload import apply_vram_mode
     from fantasy.presets import assemble
-    from fantasy.quantize import (
-        enable_fp8_storage,
-        get_dit_mode,
-        load_single_file_transformer,
-        quantize_weight_only,
-    )
+    from fantasy.quantize import enable_fp8_storage, load_single_file_transformer, quantize_weight_only
     from fantasy.sampling import make_scheduler
     from fantasy.trained_modules import load_modules
 
-    mode = get_dit_mode(dit)
-    check_vram_mode(vram)
-    device = resolve_device(device, allow_cpu)
-    if mode.torchao == "fp8":
-        _check_fp8_support(device)
-    root = weights_dir(weights)
-    paths = check_real_weights(root, dit)
-    wan, wav2vec = paths["wan"], paths["wav2vec"]
-    adapter_path = Path(adapter) if adapter is not None else paths["adapter"]
-
-    transformer = load_single_file_transformer(
-        paths["dit"], wan / "transformer", compute_dtype=dtype, gguf=paths["dit"].suffix == ".gguf"
-    )
+    wan, wav2vec, adapter_path = paths["wan"], paths["wav2vec"], paths["adapter"]
+    # Straight onto the GPU when the DiT stays there as loaded; torchao and fp8 storage shrink it first.
+    direct = vram == "resident" and not mode.torchao and not mode.fp8_storage
+    transformer = load_single_file_transformer(paths["dit"], wan / "transformer", compute_dtype=dtype,
+                                               gguf=paths["dit"].suffix == ".gguf", device=device if direct else None)
     vae = enable_vae_tiling(AutoencoderKLWan.from_pretrained(wan / "vae", dtype=torch.float32))
-    audio_encoder = Wav2Vec2Model.from_pretrained(wav2vec, dtype=torch.float32)
+    # The released wav2vec2-base-960h is a CTC checkpoint: load it as one (no "unexpected lm_head"), keep the encoder.
+    speech_class = pretrained_class(wav2vec, {"Wav2Vec2ForCTC": Wav2Vec2ForCTC}, Wav2Vec2Model)
+    audio_encoder = speech_class.from_pretrained(wav2vec, dtype=torch.float32)
+    audio_encoder = getattr(audio_encoder, "wav2vec2", audio_encoder).eval()
+    clip_class = pretrained_class(wan / "image_encoder", {"CLIPVisionModelWithProjection": CLIPVisionModelWithProjection},
+                                  CLIPVisionModel)
     audio_dim, context_dim = _adapter_dims(adapter_path, audio_encoder.config.hidden_size)
     components = {
         "tokenizer": AutoTokenizer.from_pretrained(wan / "tokenizer"),
-        "text_encoder": UMT5EncoderModel.from_pretrained(wan / "text_encoder", dtype=dtype),
+        "text_encoder": load_text_encoder(wan / "text_encoder", dtype),
         "vae": vae,
         "scheduler": make_scheduler(),
-        "image_encoder": CLIPVisionModel.from_pretrained(wan / "image_encoder", dtype=torch.float32),
-        "image_processor": CLIPImageProcessor.from_pretrained(wan / "image_processor")
-        if (wan / "image_processor").is_dir() else None,
+        "image_encoder": clip_class.from_pretrained(wan / "image_encoder", dtype=torch.float32).eval(),
+        "image_processor": _image_processor(wan / "image_processor"),
         "transformer": transformer,
         "audio_encoder": audio_encoder,
         "feature_extractor": Wav2Vec2FeatureExtractor.from_pretrained(wav2vec),
         "audio_proj": AudioProjModel(audio_dim=audio_dim, context_dim=context_dim),
     }
-    pipe = assemble(components, "cpu")
+    pipe = assemble(components, None)  # no move: the DiT may already be on the GPU
     for processor in audio_processors(pipe.transformer):
         processor.to(dtype)  # the DiT's first parameter may be GGUF/fp32; the adapter computes in `dtype`
     load_modules(pipe, adapter_path)  # a training checkpoint also installs its motion / identity modules
@@ -318,3 +397,19 @@ def load_real_pipeline(
         enable_fp8_storage(pipe.transformer, dtype)
     apply_vram_mode(pipe, vram, device)
     return pipe
+
+
+def load_text_encoder(folder: str | Path, dtype: torch.dtype = torch.bfloat16):
+    """umT5 from Wan-AI's `text_encoder/` (fp32 shards) in `dtype`, one shard at a time (`fantasy.checkpoints`)."""
+    from transformers import UMT5EncoderModel
+
+    from fantasy.checkpoints import load_sharded
+
+    return load_sharded(UMT5EncoderModel, folder, dtype)
+
+
+def _image_processor(folder: Path):
+    """CLIP's processor config (only its mean and std are used: the portrait is squashed as the release does)."""
+    from fantasy.checkpoints import clip_image_processor_class
+
+    return clip_image_processor_class().from_pretrained(folder)

@@ -9,6 +9,7 @@ names, wav2vec2, and the converted adapter. The DiT is a little wider than `tiny
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gguf
@@ -75,6 +76,8 @@ def build_weights_dir(root: Path, with_gguf: bool = True, with_bf16: bool = True
     root.mkdir(parents=True, exist_ok=True)
     wan = root / WAN_PART.folder
     tiny.tiny_tokenizer().save_pretrained(wan / "tokenizer")
+    (wan / "tokenizer" / "special_tokens_map.json").write_text(
+        json.dumps({"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}))
     tiny.tiny_text_encoder().save_pretrained(wan / "text_encoder")
     tiny.tiny_image_encoder().save_pretrained(wan / "image_encoder")
     CLIPImageProcessor(crop_size=tiny.CLIP_IMAGE, size=tiny.CLIP_IMAGE).save_pretrained(wan / "image_processor")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import io
+import json
 from collections import namedtuple
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +22,14 @@ from safetensors.torch import load_file
 from fantasy.cli import main
 from fantasy.download import download, human_size
 from fantasy.errors import FantasyError, WeightsMissing
-from fantasy.weights import ADAPTER_SAFETENSORS, DIT_FILES, WAN_PART, WAV2VEC_PART, check_real_weights
+from fantasy.weights import (
+    ADAPTER_SAFETENSORS,
+    DIT_FILES,
+    WAN_PART,
+    WAV2VEC_PART,
+    check_real_weights,
+    files_read,
+)
 
 from .test_adapter_weights import official_layout
 
@@ -44,8 +52,11 @@ def fake_repos() -> dict[str, dict[str, bytes]]:
         WAN: {
             "model_index.json": b"{}", "README.md": b"readme", "examples/i2v_input.JPG": b"jpg" * 50,
             "tokenizer/tokenizer_config.json": b"{}", "tokenizer/spiece.model": b"s" * 40,
+            "tokenizer/tokenizer.json": b"{}", "tokenizer/special_tokens_map.json": b"{}",
             "text_encoder/config.json": b"{}", "text_encoder/model-00001-of-00002.safetensors": blob,
-            "text_encoder/model-00002-of-00002.safetensors": blob, "text_encoder/model.safetensors.index.json": b"{}",
+            "text_encoder/model-00002-of-00002.safetensors": blob,
+            "text_encoder/model.safetensors.index.json": json.dumps({"weight_map": {
+                "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}).encode(),
             "image_encoder/config.json": b"{}", "image_encoder/model.safetensors": blob,
             "image_processor/preprocessor_config.json": b"{}", "vae/config.json": b"{}",
             "vae/diffusion_pytorch_model.safetensors": blob, "scheduler/scheduler_config.json": b"{}",
@@ -121,6 +132,9 @@ def test_fetches_exactly_the_files_the_real_preset_reads(hub, tmp_path):
     ]
     on_disk = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
     assert "Wan2.1-I2V-14B-720P-Diffusers/transformer/config.json" in on_disk
+    # Exactly what the loader reads, nothing else (no spiece.model, scheduler, model_index, README).
+    read = files_read(check_real_weights(root, "q8_0"))
+    assert on_disk == {str(p.relative_to(root)) for p in read}
     assert not any("diffusion_pytorch_model-0000" in p or "README" in p or "examples/" in p for p in on_disk)
     assert not any("Q4_K_M" in p or "Q3_K_S" in p or "tf_model" in p or "pytorch_model.bin" in p for p in on_disk)
     # The adapter pickle was converted once and removed; every path the loader checks is there.
@@ -136,8 +150,9 @@ def test_sizes_are_printed_before_anything_is_downloaded(hub, tmp_path):
     assert f"{human_size(3000)}  wan2.1-i2v-14b-720p-Q8_0.gguf" in printed
     assert "900 B  model.safetensors" in printed and "tf_model.h5" not in printed
     repos = fake_repos()
+    unread = {"model_index.json", "tokenizer/spiece.model", "scheduler/scheduler_config.json"}  # the loader reads none
     expected = (sum(len(v) for k, v in repos[WAN].items() if k.split("/")[0] in {
-        "model_index.json", "tokenizer", "text_encoder", "image_encoder", "image_processor", "vae", "scheduler"})
+        "tokenizer", "text_encoder", "image_encoder", "image_processor", "vae"} and k not in unread)
         + len(b"{}") + 3000 + len(repos[ADAPTER]["fantasytalking_model.ckpt"]) + 2 + 2 + 900)
     assert f"To download: {human_size(expected)}" in printed
 

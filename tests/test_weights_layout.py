@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -34,11 +36,20 @@ def empty_hf_cache(tmp_path, monkeypatch):
     return cache
 
 
+SHARDS = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+
+
 def touch_required(folder, part) -> None:
+    """Placeholders for every file `part` requires; an index names two shards, which are written too."""
     for entry in part.required:
-        path = folder / entry.split("|")[0].replace("*", "model")
+        path = folder / entry.split("|")[0]
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"x")
+        if path.name.endswith(".index.json"):
+            path.write_text(json.dumps({"weight_map": {"a.weight": SHARDS[0], "b.weight": SHARDS[1]}}))
+            for shard in SHARDS:
+                (path.parent / shard).write_bytes(b"x")
+        else:
+            path.write_bytes(b"x")
 
 
 @pytest.fixture
@@ -65,8 +76,8 @@ REQUIRED = [(part, entry) for part in (WAN_PART, DIT_FILES["q8_0"], WAV2VEC_PART
 @pytest.mark.parametrize(("part", "entry"), REQUIRED, ids=[f"{p.folder}/{e}" for p, e in REQUIRED])
 def test_each_missing_file_names_file_repo_and_command(complete, monkeypatch, part, entry):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    for path in (complete / part.folder).glob(entry.split("|")[0].replace("*", "model")):
-        path.unlink()
+    for alternative in entry.split("|"):
+        (complete / part.folder / alternative).unlink(missing_ok=True)
     with pytest.raises(WeightsMissing, match=r"^Missing weight file ") as info:
         check_real_weights(complete, "q8_0")
     message = str(info.value)
