@@ -227,3 +227,34 @@ def test_context_is_restored_after_use():
     with ctx.use(w, torch.tensor([3, 3]), 1.0):
         assert ctx.active
     assert ctx.windows is None and not ctx.active
+
+
+def test_audio_projection_is_a_linear_map_then_layer_norm():
+    from fantasy.adapter import AudioProjModel
+
+    torch.manual_seed(0)
+    proj = AudioProjModel(audio_dim=8, context_dim=6)
+    features = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        expected = torch.nn.functional.layer_norm(features @ proj.proj.weight.T, (6,), proj.norm.weight, proj.norm.bias)
+        torch.testing.assert_close(proj(features), expected, atol=0, rtol=0)
+    assert proj.proj.bias is None
+
+
+def test_the_adapter_takes_the_transformer_dtype_device_and_attention_backend():
+    """Installed after the transformer moved (bf16, another device) and after a backend was chosen: it follows."""
+    torch.manual_seed(0)
+    transformer = tiny_transformer().to(device="meta", dtype=torch.bfloat16)
+    for block in transformer.blocks:
+        block.attn2.processor._attention_backend = "_native_math"
+    install_audio_adapter(transformer, CONTEXT_DIM, IMAGE_TOKENS)
+    for p in audio_processors(transformer):
+        assert (p.k_proj.weight.device.type, p.k_proj.weight.dtype) == ("meta", torch.bfloat16)
+        assert (p.v_proj.weight.device.type, p.v_proj.weight.dtype) == ("meta", torch.bfloat16)
+        assert p._attention_backend == "_native_math"
+        assert p.k_proj.bias is None and p.v_proj.bias is None
+
+
+def test_processors_of_a_transformer_without_the_adapter_are_refused():
+    with pytest.raises(RuntimeError, match="^the audio adapter is not installed on this transformer$"):
+        audio_processors(tiny_transformer())
