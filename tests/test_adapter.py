@@ -258,3 +258,36 @@ def test_the_adapter_takes_the_transformer_dtype_device_and_attention_backend():
 def test_processors_of_a_transformer_without_the_adapter_are_refused():
     with pytest.raises(RuntimeError, match="^the audio adapter is not installed on this transformer$"):
         audio_processors(tiny_transformer())
+
+
+def test_a_batch_as_large_as_the_latent_frame_count_shares_the_windows(models):
+    """One clip's windows ([1, T, W, C]) serve every pass of a batch, here of B = T = 3 passes."""
+    _, ours, ctx = models
+    randomise(ours)
+    windows, lengths = audio()
+    separate = [run(ours, ctx, windows, lengths, scale=s) for s in (1.0, 0.0, 2.0)]
+    batch = {k: (torch.cat([v] * 3) if isinstance(v, torch.Tensor) else v) for k, v in inputs().items()}
+    with torch.no_grad(), ctx.use(windows, lengths, torch.tensor([1.0, 0.0, 2.0])):
+        out = ours(**batch)[0]
+    for i in range(3):  # batched matmuls against single ones: measured 4.0e-6 at most (outputs up to 1.8)
+        torch.testing.assert_close(out[i:i + 1], separate[i], rtol=0, atol=8e-6)
+
+
+def test_a_bf16_transformer_takes_fp32_windows_and_a_tensor_scale(models):
+    """The audio arrives in fp32 (wav2vec2 and the projection run in fp32); the adapter casts it to its own dtype."""
+    _, ours, _ = models
+    randomise(ours)
+    half = copy.deepcopy(ours).to(torch.bfloat16)
+    ctx = ctx_of(half)
+    windows, lengths = audio()
+    args = {k: (v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() and k != "timestep"
+                else v) for k, v in inputs().items()}
+    with torch.no_grad():
+        with ctx.use(windows, lengths, torch.tensor([2.0])):
+            batched = half(**args)[0]
+        with ctx.use(windows, lengths, 2.0):
+            plain = half(**args)[0]
+        with ctx.use(windows, lengths, 0.0):
+            off = half(**args)[0]
+    assert batched.dtype == torch.bfloat16
+    assert torch.equal(batched, plain) and not torch.equal(batched, off)
