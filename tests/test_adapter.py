@@ -291,3 +291,16 @@ def test_a_bf16_transformer_takes_fp32_windows_and_a_tensor_scale(models):
             off = half(**args)[0]
     assert batched.dtype == torch.bfloat16
     assert torch.equal(batched, plain) and not torch.equal(batched, off)
+
+
+def test_audio_made_on_the_cpu_reaches_a_transformer_on_another_device():
+    """The audio windows, lengths and batched scale are made on the CPU; the transformer may be elsewhere (a GPU;
+    here PyTorch's shape-only "meta" device, so the test needs none): the adapter moves them to it."""
+    torch.manual_seed(0)
+    transformer = tiny_transformer().to("meta")
+    ctx = install_audio_adapter(transformer, CONTEXT_DIM, IMAGE_TOKENS)
+    windows, lengths = audio()  # with padding: the key mask is built and moved too
+    args = {k: (v.to("meta") if isinstance(v, torch.Tensor) else v) for k, v in inputs().items()}
+    with torch.no_grad(), ctx.use(windows, lengths, torch.tensor([2.0])):
+        out = transformer(**args)[0]
+    assert (out.device.type, tuple(out.shape)) == ("meta", (1, 16, LATENT_FRAMES, H, W))
