@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.models import FULL, TINY, build_random_bf16, dit_inputs, memory_gib, sync  # noqa: E402
 from fantasy.adapter import AudioContext, install_audio_adapter  # noqa: E402
 from fantasy.offload import group_offload  # noqa: E402
+from fantasy.precision import DEFAULT_PRECISION, apply_precision  # noqa: E402
 from fantasy.quantize import (  # noqa: E402
     DIT_MODES,
     enable_fp8_storage,
@@ -117,6 +118,7 @@ def build(mode: str, spec: dict, device: torch.device, dtype: torch.dtype, vram:
     install_audio_adapter(model, spec["context_dim"], spec["image_tokens"], audio)
     for block in model.blocks:
         block.attn2.processor.to(device=param.device if on_gpu else "cpu", dtype=dtype)
+    apply_precision(model, DEFAULT_PRECISION, dtype)  # the app's default DiT numerics, before casting/offloading
     if dit.fp8_storage:
         enable_fp8_storage(model, dtype)
     if not on_gpu:

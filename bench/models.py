@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from fantasy.adapter import AudioContext, install_audio_adapter
+from fantasy.precision import DEFAULT_PRECISION, apply_precision
 from fantasy.windows import split_into_windows
 
 FULL = {
@@ -80,6 +81,7 @@ def build_dit(spec: dict, device: torch.device, dtype: torch.dtype) -> tuple[tor
     audio = install_audio_adapter(model, spec["context_dim"], spec["image_tokens"])
     for block in model.blocks:
         block.attn2.processor.to(device=device, dtype=dtype)
+    apply_precision(model, DEFAULT_PRECISION, dtype)  # as `fantasy.presets.assemble` leaves every pipeline's DiT
     return model, audio
 
 

@@ -4,7 +4,9 @@ The released `fantasytalking_model.ckpt` is an fp32 pickle of two dicts: `proj_m
 `audio_processor` (`blocks.{i}.cross_attn.processor.{k,v}_proj.weight`, 2 per block). We read it with
 `weights_only=True`, rename to our module paths and refuse to go on unless every expected tensor
 lands with the right shape (the release's own `strict=False` load would silently ignore a mismatch).
-Conversion to safetensors (bf16) lets the app start without unpickling anything.
+Conversion to safetensors (bf16) lets the app start without unpickling anything. The audio projection
+(3 tensors, 6 MB) stays fp32 there, as the release keeps and runs it; only the per-block K/V go bf16,
+as the release casts them to the DiT's dtype.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from fantasy.errors import CheckpointMismatch, WeightsMissing
 OFFICIAL_REPO = "acvlab/FantasyTalking"
 OFFICIAL_FILE = "fantasytalking_model.ckpt"
 PROJ_KEYS = ("audio_proj.proj.weight", "audio_proj.norm.weight", "audio_proj.norm.bias")
+PROJ_DTYPE = torch.float32  # the release runs its `proj_model` in fp32 (infer.py: never cast)
 
 _RENAMES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^audio_processor\."), ""),  # official safetensors branch: flat with a prefix
@@ -143,13 +146,34 @@ def load_adapter_weights(transformer, audio_proj, path: str | Path) -> int:
     return copy_checked(read_adapter_weights(path), adapter_modules(transformer, audio_proj), Path(path).name)
 
 
+def storage_dtype(key: str, dtype: torch.dtype) -> torch.dtype:
+    """`dtype` for the per-block K/V; the audio projection is always stored in fp32."""
+    return PROJ_DTYPE if key.startswith("audio_proj.") else dtype
+
+
+def has_low_precision_projection(path: str | Path) -> bool:
+    """True for a converted file whose audio projection is not fp32 (converted before it stayed fp32)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            key = PROJ_KEYS[0]
+            return key in f.keys() and f.get_slice(key).get_dtype() != "F32"  # noqa: SIM118 (no __contains__)
+    except (SafetensorError, OSError):  # not readable as safetensors: loading it says what is wrong
+        return False
+
+
 def save_adapter_weights(transformer, audio_proj, path: str | Path, dtype: torch.dtype = torch.bfloat16) -> None:
-    tensors = {k: p.detach().to("cpu", dtype).contiguous() for k, p in adapter_modules(transformer, audio_proj).items()}
+    tensors = {k: p.detach().to("cpu", storage_dtype(k, dtype)).contiguous()
+               for k, p in adapter_modules(transformer, audio_proj).items()}
     _atomic_save(tensors, Path(path))
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.bfloat16) -> int:
-    """Official `.ckpt` -> safetensors under our key names, after checking the layout is complete."""
+    """Official `.ckpt` -> safetensors under our key names, after checking the layout is complete.
+
+    The K/V go to `dtype` (bf16 by default); the projection keeps fp32 (`storage_dtype`).
+    """
     state = read_adapter_weights(src)
     blocks = sorted({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
     num_blocks = len(blocks)
@@ -164,8 +188,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype = to
     for key in expected_keys(num_blocks)[3:]:
         shapes[key] = (inner_dim, context_dim)
     check_adapter_keys(state, shapes, Path(src).name)
-    # One tensor at a time from the mapped pickle: only the bf16 copies are ever in RAM.
-    _atomic_save({k: v.to(dtype).contiguous() for k, v in state.items()}, Path(dst))
+    # One tensor at a time from the mapped pickle: only the converted copies are ever in RAM.
+    _atomic_save({k: v.to(storage_dtype(k, dtype)).contiguous() for k, v in state.items()}, Path(dst))
     return len(state)
 
 

@@ -77,11 +77,24 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     data, rate = _read_any(path)
     if data.size == 0:
         raise AudioTooShort(f"'{path.name}' contains no audio samples.")
-    mono = data.mean(axis=1, dtype=np.float32)
-    if rate != sample_rate:
-        mono = soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32)
+    mono = resample_like_librosa(data.mean(axis=1, dtype=np.float32), rate, sample_rate)
     check_speech(mono, sample_rate, name=path.name)
     return mono
+
+
+def resample_like_librosa(samples: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """`librosa.resample(res_type="soxr_hq", fix=True)`: soxr HQ, then exactly `ceil(n * sr_out / sr_in)` samples.
+
+    soxr alone can return a sample fewer (44,101 samples at 44.1 kHz -> 16,000, librosa 16,001); librosa
+    zero-pads or trims to its length (`fix_length`), computed with its float ratio as here.
+    """
+    if rate == sample_rate:
+        return samples.astype(np.float32, copy=False)
+    length = int(np.ceil(samples.shape[-1] * (float(sample_rate) / rate)))
+    out = soxr.resample(samples, rate, sample_rate, quality="HQ").astype(np.float32)
+    if len(out) >= length:
+        return out[:length]
+    return np.pad(out, (0, length - len(out)))
 
 
 def check_speech(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, name: str = "the speech") -> None:

@@ -15,6 +15,7 @@ from fantasy.errors import FantasyError, InputFileNotFound, InvalidSetting
 
 def _add_generate(sub) -> None:
     from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED
+    from fantasy.release import RELEASE_PROMPT
 
     p = sub.add_parser("generate", help="portrait + speech -> talking-video mp4")
     p.add_argument("--image", required=True, help="portrait (png/jpg/webp)")
@@ -24,7 +25,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--preview", default=None, metavar="PATH",
                    help="keep PATH (.webp or .gif) holding a looping clip of the video forming while denoising "
                         "(a fast estimate without the VAE, updated every few steps; see README, Live preview)")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument("--prompt", default=None, help=f"default: '{DEFAULT_PROMPT}' ('{RELEASE_PROMPT}' with --release)")
     p.add_argument("--negative-prompt", default=None, help="default: Wan's negative prompt + 'motionless'")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--steps", type=int, default=None, help="denoising steps (preset default: 30; --fast: 4)")
@@ -47,6 +48,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--device", default=None)
     add_real_flags(p)
     p.add_argument("--weights", default=None, help="real preset: weights dir (default weights/ or $FANTASY_WEIGHTS)")
+    p.add_argument("--release", action="store_true",
+                   help="exactly the official infer.py's clip: at most 81 frames from the start of the speech, the "
+                        "bf16 DiT, its prompt, its tiled decode and uint8 truncation (see README, Numerics)")
     add_speed_flags(p)
     p.set_defaults(run=_run_generate)
 
@@ -63,9 +67,13 @@ def add_real_flags(p) -> None:
 
 
 def add_speed_flags(p) -> None:
+    from fantasy.precision import DEFAULT_PRECISION, PRECISIONS
     from fantasy.speed import ATTENTION_ALIASES, DEFAULT_CACHE_THRESHOLD
 
     g = p.add_argument_group("speed", "fast paths (see README, Speed); all off is the release's path")
+    g.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
+                   help="DiT numerics: mixed = the release's (fp32 timestep embedding, residual stream and head); "
+                        "stock = diffusers' all-bf16 (less activation memory; see README, Numerics)")
     g.add_argument("--batch-guidance", action="store_true",
                    help="run the 3 guidance passes as one batch (same result, faster on a GPU with memory to spare)")
     g.add_argument("--attention", default=None, metavar="NAME",
@@ -96,7 +104,7 @@ def speed_options(args):
     return SpeedOptions(
         batch_guidance=args.batch_guidance, attention=args.attention, compile=args.compile,
         fp8_linears=args.fp8_linears, step_cache=kind, cache_threshold=threshold, distilled_lora=args.fast,
-        lora_scale=args.lora_scale, fuse_lora=not args.no_fuse_lora,
+        lora_scale=args.lora_scale, fuse_lora=not args.no_fuse_lora, precision=args.precision,
     )
 
 
@@ -117,6 +125,7 @@ def _run_generate(args) -> int:
     from fantasy.generate import Settings, generate
     from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT
     from fantasy.presets import get_preset, load_pipeline
+    from fantasy.release import RELEASE_DIT
 
     if Path(args.out).suffix.lower() != ".mp4":
         raise FantasyError(f"--out must end in .mp4, got {args.out}")
@@ -126,17 +135,20 @@ def _run_generate(args) -> int:
     if speed.distilled_lora and not Path(speed.distilled_lora).is_file():
         raise InputFileNotFound(f"LoRA file not found: {speed.distilled_lora}")
     steps, text_guidance, audio_guidance = _guidance_defaults(args)
+    if args.release:
+        _check_release_flags(args, speed)
     settings = Settings(
         prompt=args.prompt, negative_prompt=args.negative_prompt or DEFAULT_NEGATIVE_PROMPT, seed=args.seed,
         steps=steps, text_guidance=text_guidance, audio_guidance=audio_guidance,
         audio_weight=args.audio_weight, fps=args.fps, max_frames=args.max_frames,
-        max_duration=args.max_duration, longest_edge=args.size,
+        max_duration=args.max_duration, longest_edge=args.size, release=args.release,
     )
-    settings.resolved(preset)  # reject bad settings before loading any model
+    settings = settings.resolved(preset)  # reject bad settings before loading any model
     if preset.demo:
         print(f"[{preset.name}] {preset.summary}", file=sys.stderr)
     started = time.perf_counter()
-    real = {"dit": args.dit, "vram": args.vram, "weights": args.weights, "fit_size": settings.resolved(preset).longest_edge,
+    dit = args.dit or (RELEASE_DIT if args.release else None)  # None: picked from free VRAM (README, Weights)
+    real = {"dit": dit, "vram": args.vram, "weights": args.weights, "fit_size": settings.resolved(preset).longest_edge,
             "fit_frames": settings.max_frames, "fit_batch": 3 if speed.batch_guidance else 1}
     pipe = load_pipeline(preset.name, device=args.device, adapter=args.adapter, **(real if preset.name == "real" else {}))
     from fantasy.speed import apply_speed
@@ -164,7 +176,10 @@ def _run_generate(args) -> int:
         face = load_portrait(args.face)
     result = generate(pipe, args.image, args.audio, args.out, settings, preset, progress=progress, face_image=face,
                       preview=preview)
-    if result.speech_cut:
+    if result.speech_cut and result.release:
+        print(f"note: --release animates one clip, the first {result.num_frames / result.fps:.2f} s of the speech "
+              f"({result.speech_seconds:.1f} s), as the release does", file=sys.stderr)
+    elif result.speech_cut:
         print(f"note: the speech ({result.speech_seconds:.1f} s) was cut at the maximum duration "
               f"({settings.max_duration:g} s); raise --max-duration to animate more", file=sys.stderr)
     print(
@@ -173,8 +188,28 @@ def _run_generate(args) -> int:
         f"in {result.seconds_taken:.1f} s (+{loaded:.1f} s loading), "
         f"{settings.resolved(preset).steps} steps x {result.passes_per_step} passes; motion: {result.motion_mode}"
         + (f"; DiT: {pipe.dit_choice.describe()}" if getattr(pipe, "dit_choice", None) is not None else "")
+        + ("; release mode" if result.release else "")
     )
     return 0
+
+
+def _check_release_flags(args, speed) -> None:
+    """Options `--release` cannot honour, refused before any model loads (`fantasy.release`)."""
+    from fantasy.release import RELEASE_DIT
+
+    refused = [
+        (args.dit not in (None, RELEASE_DIT), f"--release runs the release's bf16 DiT; drop --dit {args.dit}"),
+        (speed.precision != "mixed", "--release computes the DiT in the release's mixed precision; drop --precision"),
+        (speed.step_cache is not None, "--release computes every block at every step; drop --step-cache"),
+        (speed.distilled_lora is not None, "--release runs the release's 30-step sampler; drop --fast"),
+        (speed.fp8_linears, "--release runs the DiT's matmuls in bf16; drop --fp8-linears"),
+        (args.expression is not None or args.body is not None,
+         "--release runs the released adapter only; drop --expression/--body"),
+        (args.face is not None, "--release runs the released adapter only (no identity module); drop --face"),
+    ]
+    for bad, message in refused:
+        if bad:
+            raise InvalidSetting(message)
 
 
 def _preview_file(path: str | None, fps: int):

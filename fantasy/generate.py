@@ -23,19 +23,24 @@ from fantasy.long_video import MOTION_FRAMES, ColourMatch, plan_windows, total_f
 from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT, FantasyTalkingPipeline
 from fantasy.presets import Preset
 from fantasy.preview import LivePreview
+from fantasy.prompts import DEFAULT_PROMPT, default_prompt  # noqa: F401 (DEFAULT_PROMPT re-exported)
+from fantasy.release import (
+    check_release_pipeline,
+    release_frame_count,
+    release_setting_problems,
+)
 from fantasy.sampling import passes_needed
 from fantasy.video import Mp4Writer
 from fantasy.windows import split_into_windows
 
-DEFAULT_PROMPT = "A person is talking."
 DEFAULT_SEED = 1111  # the release's CLI default
 
 
 @dataclass
 class Settings:
-    """What a user can set. Defaults are the release's (infer.py)."""
+    """What a user can set. Defaults are the release's (infer.py), except the prompt (see `release`)."""
 
-    prompt: str = DEFAULT_PROMPT
+    prompt: str | None = None  # None: DEFAULT_PROMPT, or with `release` the release's "A woman is talking."
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     seed: int = DEFAULT_SEED
     steps: int | None = None  # None: the preset's default (30)
@@ -48,12 +53,15 @@ class Settings:
     longest_edge: int | None = None  # None: the preset's default
     motion: tuple[float, float] | None = None  # (expression, body) for a trained motion module (fantasy.motion)
     identity_scale: float = 1.0  # strength of a trained identity module (fantasy.identity)
+    release: bool = False  # exactly the official infer.py's clip (fantasy.release): one clip, its decode
 
     def resolved(self, preset: Preset) -> Settings:
         """Fill preset defaults and reject out-of-range values with a message naming the setting."""
         s = Settings(**asdict(self))
         s.steps = preset.steps if s.steps is None else s.steps
         s.longest_edge = preset.longest_edge if s.longest_edge is None else s.longest_edge
+        if s.prompt is None:
+            s.prompt = default_prompt(s.release)
         checks = [
             (1 <= s.steps <= 100, f"steps must be between 1 and 100, got {s.steps}"),
             (1.0 <= s.text_guidance <= 20.0, f"text guidance must be between 1 and 20, got {s.text_guidance}"),
@@ -75,6 +83,9 @@ class Settings:
         for ok, message in checks:
             if not ok:
                 raise InvalidSetting(message)
+        if s.release:
+            for message in release_setting_problems(s.steps, s.negative_prompt, s.motion):
+                raise InvalidSetting(message)
         return s
 
 
@@ -86,7 +97,7 @@ class PreparedInputs:
     speech: np.ndarray  # the whole track, mono 16 kHz
     num_frames: int  # the whole video
     speech_seconds: float
-    speech_cut: bool  # the speech is longer than the maximum duration
+    speech_cut: bool  # the speech is longer than the maximum duration (release mode: than the one clip)
 
 
 def prepare_inputs(image: str | Path | Image.Image, audio: str | Path, settings: Settings) -> PreparedInputs:
@@ -94,7 +105,10 @@ def prepare_inputs(image: str | Path | Image.Image, audio: str | Path, settings:
     portrait = resize_portrait(load_portrait(image), settings.longest_edge)
     speech = load_audio(audio)
     seconds = len(speech) / SAMPLE_RATE
-    num_frames, cut = total_frame_count(seconds, settings.fps, settings.max_duration)
+    if settings.release:
+        num_frames, cut = release_frame_count(seconds, settings.fps, settings.max_frames)
+    else:
+        num_frames, cut = total_frame_count(seconds, settings.fps, settings.max_duration)
     return PreparedInputs(portrait, speech, num_frames, seconds, cut)
 
 
@@ -111,6 +125,7 @@ class Result:
     windows: int
     speech_cut: bool
     motion_mode: str  # how the motion sliders acted (`FantasyTalkingPipeline.motion_mode`)
+    release: bool = False  # made in release mode (`fantasy.release`)
 
 
 ProgressFn = Callable[[str, float], None]  # (stage, fraction of that stage done)
@@ -133,10 +148,13 @@ def generate(
     Up to `max_frames` frames this is the release's single clip; longer speech runs consecutive windows
     (see `fantasy.long_video`), each decoded and written as soon as it is denoised. With an identity
     module loaded, the face crop comes from `face_image` or else from the face backend (dlib) on the portrait.
+    `settings.release`: only the release's clip, decoded as the release decodes (`fantasy.release`).
     `preview` gets each window's denoising estimate as a small clip (see `fantasy.preview`).
     """
     started = time.perf_counter()
     settings = settings.resolved(preset)
+    if settings.release:
+        check_release_pipeline(pipe, demo=preset.demo)
     if settings.motion is not None and pipe.motion_context is None:
         raise InvalidSetting("motion coefficients need trained motion-module weights (see README, Training)")
     inputs = prepare_inputs(image, audio, settings)
@@ -168,7 +186,8 @@ def generate(
             )
             produced: list[np.ndarray] = []
             colour: ColourMatch | None = None
-            for frames in pipe.decode_frames(latents):
+            decoded = pipe.decode_frames(latents, release=True) if settings.release else pipe.decode_frames(latents)
+            for frames in decoded:
                 produced.append(frames)
                 done = sum(len(f) for f in produced)
                 if done <= window.overlap:
@@ -186,7 +205,7 @@ def generate(
         path=Path(out_path), num_frames=writer.frames_written, fps=settings.fps, width=width, height=height,
         seconds_taken=time.perf_counter() - started, speech_seconds=inputs.speech_seconds,
         passes_per_step=len(passes_needed(settings.text_guidance, settings.audio_guidance)),
-        windows=len(windows), speech_cut=inputs.speech_cut, motion_mode=pipe.motion_mode,
+        windows=len(windows), speech_cut=inputs.speech_cut, motion_mode=pipe.motion_mode, release=settings.release,
     )
 
 

@@ -39,7 +39,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from fantasy.errors import InvalidSetting
-from fantasy.prompts import MOTIONLESS_PREFIX
+from fantasy.prompts import MOTIONLESS_PREFIX, default_prompt
 
 if TYPE_CHECKING:
     from fantasy.generate import Settings
@@ -118,7 +118,7 @@ def training_free_controls(expression: float, body: float, base: Settings) -> tu
         base,
         audio_weight=_clamp(base.audio_weight * scale, AUDIO_WEIGHT_RANGE),
         audio_guidance=_clamp(base.audio_guidance * scale, AUDIO_GUIDANCE_RANGE),
-        prompt=_with_suffix(base.prompt, suffix),
+        prompt=_with_suffix(base.prompt if base.prompt is not None else default_prompt(base.release), suffix),
         negative_prompt=_negative_with_motionless(base.negative_prompt, repeats),
     )
     return settings, TRAINING_FREE_MODE

@@ -23,7 +23,7 @@ from PIL import Image
 
 from fantasy.adapter import AudioContext, AudioProjModel
 from fantasy.audio import speech_features
-from fantasy.decode import decode_progressively
+from fantasy.decode import decode_progressively, decode_release_tiles
 from fantasy.image import clip_pixel_values
 from fantasy.motion import MOTION_MODULE_MODE, TRAINING_FREE_MODE
 from fantasy.preview import clean_estimate
@@ -37,6 +37,13 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 StepCallback = Callable[[int, int], None]
 PreviewCallback = Callable[[int, int, torch.Tensor], None]  # (step, steps, clean estimate x0) -> fantasy.preview
+
+
+def portrait_pixels(image: Image.Image) -> torch.Tensor:
+    """[1, 3, H, W] in [-1, 1], as the release computes them: `x * (2/255) - 1` in fp32 (diffusers'
+    `(x / 255) * 2 - 1` differs from it in the last bit for 111 of the 256 grey levels)."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) * (2 / 255) - 1
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None]
 
 
 class FantasyTalkingPipeline(WanImageToVideoPipeline):
@@ -138,7 +145,7 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
             return self.transformer(
                 hidden_states=latent_input, timestep=timestep, encoder_hidden_states=text,
                 encoder_hidden_states_image=image_tokens, return_dict=False,
-            )[0]
+            )[0].float()
 
     def guided_velocity(
         self, latent_input, timestep, prompt_embeds, negative_embeds, image_tokens, windows, lengths,
@@ -148,6 +155,8 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
 
         With `batch_guidance` on, the passes run as one batch (per-sample audio weight [w, 0, 0]): the
         same arithmetic with fewer, larger kernels, which pays off on a GPU with memory to spare.
+        The passes are combined in fp32 whatever the DiT returns (the release combines fp32 outputs; a
+        bf16 combination would round `cfg * (t - u)` to bf16), and the result is fp32.
         """
         names = passes_needed(text_guidance_scale, audio_guidance_scale)
         texts = [negative_embeds if name == "uncond" else prompt_embeds for name in names]
@@ -159,7 +168,7 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
                     timestep=timestep.expand(len(names)), encoder_hidden_states=torch.cat(texts),
                     encoder_hidden_states_image=image_tokens.expand(len(names), -1, -1), return_dict=False,
                 )[0]
-            preds = dict(zip(names, out.split(1), strict=True))
+            preds = dict(zip(names, out.float().split(1), strict=True))
         else:
             preds = {
                 name: self._predict(name, latent_input, timestep, text, image_tokens, windows, lengths, audio_weight)
@@ -221,7 +230,7 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
         lengths = audio_lengths.to(device)
 
         if motion_frames is None:
-            motion_frames = self.video_processor.preprocess(image, height=height, width=width)[:, :, None]
+            motion_frames = portrait_pixels(image)[:, :, None]
         condition = self.prepare_condition(motion_frames.float(), num_frames).to(device)
         shape = (1, self.vae.config.z_dim, condition.shape[2], height // self.vae_scale_factor_spatial,
                  width // self.vae_scale_factor_spatial)
@@ -244,6 +253,7 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
                     latent_input, t.expand(1), prompt_embeds, negative_embeds, image_tokens, windows, lengths,
                     text_guidance_scale, audio_guidance_scale, audio_weight,
                 )
+                # fp32 velocity -> fp32 latents (diffusers' step casts its result to the velocity's dtype).
                 # The same x0 both samplers compute: its preview costs one fused op here (fantasy.preview).
                 x0 = clean_estimate(latents, velocity, self.scheduler.sigmas[i]) if preview_callback else None
                 # The generator only matters to a stochastic sampler (the few-step mode's re-noising).
@@ -263,9 +273,12 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
 
             HookRegistry.check_if_exists_or_initialize(self.transformer).reset_stateful_hooks()
 
-    def decode_frames(self, latents: torch.Tensor) -> Iterator[np.ndarray]:
-        """uint8 frames, a latent frame's worth at a time (1 then 4 each), as the causal VAE produces them."""
+    def decode_frames(self, latents: torch.Tensor, release: bool = False) -> Iterator[np.ndarray]:
+        """uint8 frames, a latent frame's worth at a time (1 then 4 each), as the causal VAE produces them.
+
+        `release`: the release's tiled decode and truncation (`fantasy.decode.decode_release_tiles`).
+        """
         try:
-            yield from decode_progressively(self.vae, latents)
+            yield from (decode_release_tiles if release else decode_progressively)(self.vae, latents)
         finally:
             self.maybe_free_model_hooks()

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from fantasy.adapter import install_audio_adapter
+from fantasy.adapter import audio_processors, install_audio_adapter
 from fantasy.pipeline import FantasyTalkingPipeline
+from fantasy.precision import DEFAULT_PRECISION, apply_precision, compute_dtype_of
 from fantasy.trained_modules import load_modules
 
 
@@ -46,14 +47,22 @@ def clip_token_count(image_encoder_config) -> int:
     return (image_encoder_config.image_size // image_encoder_config.patch_size) ** 2 + 1
 
 
-def assemble(components: dict, device: str | torch.device | None = "cpu") -> FantasyTalkingPipeline:
-    """Build the pipeline and install the (zero) audio adapter on every cross-attention; `None`: move nothing."""
+def assemble(
+    components: dict, device: str | torch.device | None = "cpu", precision: str = DEFAULT_PRECISION
+) -> FantasyTalkingPipeline:
+    """Build the pipeline, install the (zero) audio adapter on every cross-attention, and set the DiT's
+    precision policy (`fantasy.precision`) before anything else hooks the transformer; `device` None:
+    move nothing."""
     pipe = FantasyTalkingPipeline(**components)
     pipe.audio_context = install_audio_adapter(
         pipe.transformer,
         context_dim=pipe.audio_proj.config.context_dim,
         num_image_tokens=clip_token_count(pipe.image_encoder.config),
     )
+    compute_dtype = compute_dtype_of(pipe.transformer)
+    for processor in audio_processors(pipe.transformer):  # the adapter computes in the blocks' dtype
+        processor.to(compute_dtype)
+    apply_precision(pipe.transformer, precision, compute_dtype)
     return pipe if device is None else pipe.to(device)
 
 
@@ -61,12 +70,13 @@ def load_pipeline(
     preset: str, device: str | None = None, adapter: str | Path | None = None, **real_options
 ) -> FantasyTalkingPipeline:
     """Ready-to-run pipeline for a preset. `adapter`: an adapter or training checkpoint instead of the default
-    (a training checkpoint also installs the motion / identity modules it holds, `fantasy.trained_modules`)."""
+    (a training checkpoint also installs the motion / identity modules it holds, `fantasy.trained_modules`).
+    `dtype` (tiny: fp32 unless given; real: bf16) is the DiT's and umT5's compute dtype."""
     get_preset(preset)
     if preset == "tiny":
         from fantasy.tiny import random_adapter_weights, tiny_components
 
-        pipe = assemble(tiny_components(), device or "cpu")
+        pipe = assemble(tiny_components(dtype=real_options.pop("dtype", torch.float32)), device or "cpu")
         if adapter is None:
             random_adapter_weights(pipe)
         else:

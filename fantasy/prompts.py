@@ -1,7 +1,16 @@
-"""The release's prompts: Wan's negative prompt with FantasyTalking's "motionless" prefix.
+"""The release's prompts: Wan's negative prompt with FantasyTalking's "motionless" prefix, and the prompts.
 
 Their own module because the pipeline (defaults) and the motion sliders (which rewrite them) both need them.
 """
+
+DEFAULT_PROMPT = "A person is talking."
+RELEASE_PROMPT = "A woman is talking."  # infer.py's --prompt default (`--release` uses it)
+
+
+def default_prompt(release: bool) -> str:
+    """The prompt when none is given: ours, or in release mode the release's."""
+    return RELEASE_PROMPT if release else DEFAULT_PROMPT
+
 
 # Wan's default negative prompt, prefixed (as the release does) with "person motionless, still".
 WAN_NEGATIVE_PROMPT = (

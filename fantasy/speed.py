@@ -2,6 +2,7 @@
 
 | switch | what | result vs the plain path |
 |---|---|---|
+| `precision` | `stock`: diffusers' all-bf16 DiT instead of the release's mixed precision (`fantasy.precision`) | bf16 rounding |
 | `batch_guidance` | the 3 guidance passes as one batch | same (float rounding) |
 | `attention` | diffusers' attention dispatcher: sdpa, cudnn, flash, flash3, sage, ... | kernel rounding |
 | `compile` | `compile_repeated_blocks`: the 40 identical blocks compile once | float rounding |
@@ -9,7 +10,8 @@
 | `step_cache` | FirstBlockCache: skip blocks 2..40 when block 1's residual barely moved | approximate |
 | `distilled_lora` | the few-step mode (`fantasy.distill`): 4 steps, 1 pass | a different model |
 
-Order matters and is fixed here: the adapter is installed at load time; the LoRA is loaded (and
+Order matters and is fixed here: the adapter and the precision policy are installed at load time (a
+`precision` switch only removes or re-adds the policy's hooks, before any other); the LoRA is loaded (and
 fused) before quantizing and compiling, so both see the final weights; the step cache goes last,
 its hooks wrapping the compiled blocks. Every choice is checked before anything is changed.
 
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 
 from fantasy.errors import InvalidSetting
+from fantasy.precision import DEFAULT_PRECISION, apply_precision, check_precision, precision_of
 
 # Short names for the CLI; any `diffusers.models.attention_dispatch.AttentionBackendName` value works too.
 ATTENTION_ALIASES = {
@@ -58,9 +61,12 @@ class SpeedOptions:
     distilled_lora: str | Path | None = None  # few-step mode
     lora_scale: float = 1.0
     fuse_lora: bool = True
+    precision: str = DEFAULT_PRECISION  # "stock": diffusers' all-bf16 DiT (fantasy.precision)
 
     def describe(self) -> str:
         parts = []
+        if self.precision != DEFAULT_PRECISION:
+            parts.append(f"{self.precision} precision")
         if self.batch_guidance:
             parts.append("batched guidance")
         if self.attention:
@@ -180,6 +186,7 @@ def check_options(pipe, options: SpeedOptions) -> None:
         check_attention(options.attention, pipe._execution_device)
     if options.step_cache:
         parse_step_cache(f"{options.step_cache}:{options.cache_threshold}")
+    check_precision(options.precision)
     if options.fp8_linears:
         check_fp8_matmuls(pipe.transformer)
         if options.distilled_lora and not options.fuse_lora:
@@ -200,6 +207,9 @@ def apply_speed(pipe, options: SpeedOptions) -> list[str]:
     check_options(pipe, options)
     done: list[str] = []
     transformer = pipe.transformer
+    if precision_of(transformer) != options.precision:
+        apply_precision(transformer, options.precision)
+        done.append(f"DiT precision: {options.precision}")
     if options.distilled_lora:
         fused = load_distilled_lora(pipe, options.distilled_lora, options.lora_scale, options.fuse_lora)
         use_distilled_sampler(pipe)

@@ -85,16 +85,26 @@ def tiny_speech_encoder() -> Wav2Vec2Model:
     return Wav2Vec2Model(config).eval()
 
 
-def tiny_components(seed: int = 0) -> dict:
-    """Keyword arguments for `FantasyTalkingPipeline`, every model seeded on its own."""
+def tiny_components(seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
+    """Keyword arguments for `FantasyTalkingPipeline`, every model seeded on its own.
+
+    `dtype`: the DiT's and umT5's compute dtype, as the real preset's `dtype` (bf16 there): the DiT is
+    cast with diffusers' fp32 modules (time embedder, modulation tables, norms) kept in fp32, as
+    `from_pretrained` and the single-file loader leave them. The same seed gives the same values.
+    """
+    from fantasy.quantize import keep_fp32_modules_in_fp32
+
+    transformer = _seeded(seed + 4, tiny_transformer)
+    if dtype != torch.float32:
+        keep_fp32_modules_in_fp32(transformer.to(dtype))
     return {
         "tokenizer": tiny_tokenizer(),
-        "text_encoder": _seeded(seed + 1, tiny_text_encoder),
+        "text_encoder": _seeded(seed + 1, tiny_text_encoder).to(dtype),
         "vae": _seeded(seed + 2, tiny_vae),
         "scheduler": make_scheduler(),
         "image_encoder": _seeded(seed + 3, tiny_image_encoder),
         "image_processor": clip_image_processor_class()(crop_size=CLIP_IMAGE, size=CLIP_IMAGE),
-        "transformer": _seeded(seed + 4, tiny_transformer),
+        "transformer": transformer,
         "audio_encoder": _seeded(seed + 5, tiny_speech_encoder),
         "feature_extractor": Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
                                                       do_normalize=True, return_attention_mask=False),

@@ -29,7 +29,12 @@ from pathlib import Path
 
 import torch
 
-from fantasy.adapter_weights import OFFICIAL_FILE, OFFICIAL_REPO, convert_checkpoint
+from fantasy.adapter_weights import (
+    OFFICIAL_FILE,
+    OFFICIAL_REPO,
+    convert_checkpoint,
+    has_low_precision_projection,
+)
 from fantasy.errors import FantasyError, InputFileNotFound, WeightsMissing
 
 WAN_REPO = "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"
@@ -199,9 +204,10 @@ def require(part: RepoPart, root: Path, dit: str) -> Path:
 
 
 def adapter_file(root: Path, dit: str = DEFAULT_DIT) -> Path:
-    """The converted adapter; converts the released `.ckpt` once if only that is present."""
+    """The converted adapter; converts the released `.ckpt` once if only that is present (or again, when
+    the converted file predates the fp32 projection and the `.ckpt` is still there)."""
     converted = root / ADAPTER_SAFETENSORS
-    if converted.is_file():
+    if converted.is_file() and not has_low_precision_projection(converted):
         return converted
     for candidate in (root / ADAPTER_PART.folder / OFFICIAL_FILE, root / OFFICIAL_FILE):
         if candidate.is_file():
@@ -209,6 +215,10 @@ def adapter_file(root: Path, dit: str = DEFAULT_DIT) -> Path:
     cached = _hf_cache_folder(ADAPTER_PART)
     if cached is not None and (cached / OFFICIAL_FILE).is_file():
         return _convert_once(cached / OFFICIAL_FILE, converted)
+    if converted.is_file():  # an older conversion, and no .ckpt left to redo it from
+        print(f"note: {converted} holds the audio projection in bf16 (converted by an older version; the release "
+              f"runs it in fp32); re-download to convert it again: {fetch_command(dit, root)}", file=sys.stderr)
+        return converted
     raise WeightsMissing(
         f"Missing weight file {converted} (converted from '{OFFICIAL_FILE}' of the Hugging Face repo "
         f"'{OFFICIAL_REPO}': {ADAPTER_PART.purpose}). Fetch it with: {fetch_command(dit, root)}{_offline_hint()}"

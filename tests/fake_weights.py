@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from transformers import CLIPImageProcessor, Wav2Vec2FeatureExtractor
 
 from fantasy import tiny
-from fantasy.adapter_weights import expected_keys
+from fantasy.adapter_weights import expected_keys, storage_dtype
 from fantasy.wan_keys import to_original_state_dict
 from fantasy.weights import ADAPTER_SAFETENSORS, DIT_FILES, WAN_PART, WAV2VEC_PART
 
@@ -68,7 +68,8 @@ def adapter_state(num_blocks: int, seed: int = 3) -> dict[str, torch.Tensor]:
               "audio_proj.norm.bias": (tiny.CONTEXT_DIM,)}
     for key in expected_keys(num_blocks)[3:]:
         shapes[key] = (INNER, tiny.CONTEXT_DIM)
-    return {k: (torch.randn(s, generator=gen) * 0.3).to(torch.bfloat16) for k, s in shapes.items()}
+    # As `convert_checkpoint` writes them: K/V in bf16, the projection in fp32.
+    return {k: (torch.randn(s, generator=gen) * 0.3).to(storage_dtype(k, torch.bfloat16)) for k, s in shapes.items()}
 
 
 def build_weights_dir(root: Path, with_gguf: bool = True, with_bf16: bool = True) -> dict:

@@ -11,9 +11,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from fantasy.adapter_weights import (
+    PROJ_KEYS,
     check_adapter_keys,
     convert_checkpoint,
     expected_keys,
+    has_low_precision_projection,
     load_adapter_weights,
     read_adapter_weights,
     save_adapter_weights,
@@ -119,11 +121,47 @@ def test_convert_then_load_round_trip(tmp_path, pipe):
     assert convert_checkpoint(tmp_path / "model.ckpt", tmp_path / "model.safetensors") == 7
     converted = load_file(tmp_path / "model.safetensors")
     assert sorted(converted) == sorted(expected_keys(2))
-    assert all(t.dtype == torch.bfloat16 for t in converted.values())
+    # The K/V in bf16 (the release casts them to the DiT's dtype); the projection stays fp32, as the release runs it.
+    assert {k for k, t in converted.items() if t.dtype == torch.float32} == set(PROJ_KEYS)
+    assert all(t.dtype == torch.bfloat16 for k, t in converted.items() if k not in PROJ_KEYS)
     load_adapter_weights(pipe.transformer, pipe.audio_proj, tmp_path / "model.safetensors")
     expected = ckpt["audio_processor"]["blocks.0.cross_attn.processor.k_proj.weight"].to(torch.bfloat16).float()
     assert torch.equal(pipe.transformer.blocks[0].attn2.processor.k_proj.weight, expected)
+    for name, param in pipe.audio_proj.named_parameters():  # bit for bit the checkpoint's fp32 values
+        assert param.dtype == torch.float32 and torch.equal(param, ckpt["proj_model"][name])
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_saved_adapter_keeps_the_projection_in_fp32(tmp_path, pipe):
+    torch.save(official_layout(seed=2), tmp_path / "a.ckpt")
+    load_adapter_weights(pipe.transformer, pipe.audio_proj, tmp_path / "a.ckpt")
+    save_adapter_weights(pipe.transformer, pipe.audio_proj, tmp_path / "bf16.safetensors")  # default bf16
+    saved = load_file(tmp_path / "bf16.safetensors")
+    assert {k for k, t in saved.items() if t.dtype == torch.float32} == set(PROJ_KEYS)
+    assert torch.equal(saved["audio_proj.proj.weight"], pipe.audio_proj.proj.weight)
+    assert not has_low_precision_projection(tmp_path / "bf16.safetensors")
+
+
+def test_an_old_conversion_is_redone_from_the_checkpoint_or_reported(tmp_path, capsys):
+    from fantasy.weights import ADAPTER_SAFETENSORS, adapter_file
+
+    ckpt = official_layout(seed=4)
+    old = {k: v.to(torch.bfloat16) for k, v in read_official(ckpt, tmp_path).items()}
+    save_file(old, tmp_path / ADAPTER_SAFETENSORS)  # what the previous version wrote: everything bf16
+    assert has_low_precision_projection(tmp_path / ADAPTER_SAFETENSORS)
+    assert adapter_file(tmp_path) == tmp_path / ADAPTER_SAFETENSORS  # no .ckpt: used as is, and said so
+    assert "holds the audio projection in bf16" in capsys.readouterr().err
+    torch.save(ckpt, tmp_path / "fantasytalking_model.ckpt")
+    assert adapter_file(tmp_path) == tmp_path / ADAPTER_SAFETENSORS
+    redone = load_file(tmp_path / ADAPTER_SAFETENSORS)
+    assert torch.equal(redone["audio_proj.proj.weight"], ckpt["proj_model"]["proj.weight"])
+
+
+def read_official(ckpt, tmp_path):
+    torch.save(ckpt, tmp_path / "read.ckpt")
+    state = read_adapter_weights(tmp_path / "read.ckpt")
+    (tmp_path / "read.ckpt").unlink()
+    return state
 
 
 def test_convert_rejects_an_incomplete_checkpoint(tmp_path):
@@ -306,10 +344,12 @@ def test_a_failed_write_leaves_no_partial_file_and_the_old_target(tmp_path, monk
     assert target.read_bytes() == b"previous version"
 
 
-def test_saved_adapter_is_bf16_by_default(tmp_path, pipe):
+def test_saved_adapter_is_bf16_by_default_but_the_projection_stays_fp32(tmp_path, pipe):
     torch.save(official_layout(seed=3), tmp_path / "a.ckpt")
     load_adapter_weights(pipe.transformer, pipe.audio_proj, tmp_path / "a.ckpt")
     save_adapter_weights(pipe.transformer, pipe.audio_proj, tmp_path / "ours.safetensors")
     saved = load_file(tmp_path / "ours.safetensors")
-    assert {t.dtype for t in saved.values()} == {torch.bfloat16}
-    assert torch.equal(saved["audio_proj.norm.bias"], pipe.audio_proj.norm.bias.detach().to(torch.bfloat16))
+    assert {k: t.dtype for k, t in saved.items()} == {k: torch.float32 if k in PROJ_KEYS else torch.bfloat16
+                                                      for k in expected_keys(2)}
+    assert torch.equal(saved["blocks.1.attn2.processor.v_proj.weight"],
+                       pipe.transformer.blocks[1].attn2.processor.v_proj.weight.detach().to(torch.bfloat16))

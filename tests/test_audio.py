@@ -144,3 +144,26 @@ def test_81_frames_at_23_fps_give_175_wav2vec_tokens():
 
     fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True)
     assert speech_features(model, fe, speech_like(56_347 / SAMPLE_RATE)).shape == (1, 175, model.config.hidden_size)
+
+
+@pytest.mark.parametrize("count, rate", [(44_101, 44_100), (144_007, 48_000), (12_345, 22_050), (999, 11_025),
+                                         (8_000, 8_000), (16_000, 16_000)])
+def test_resampled_length_is_librosas(count, rate):
+    """librosa.resample(fix=True): `ceil(n * sr_out / sr_in)` samples, soxr's output zero-padded or trimmed."""
+    from fantasy.audio import resample_like_librosa
+
+    x = np.random.default_rng(count).standard_normal(count).astype(np.float32)
+    out = resample_like_librosa(x, rate)
+    assert out.dtype == np.float32 and len(out) == int(np.ceil(count * (16_000 / rate)))
+    plain = soxr.resample(x, rate, 16_000, quality="HQ") if rate != 16_000 else x
+    shared = min(len(out), len(plain))
+    np.testing.assert_array_equal(out[:shared], plain[:shared])  # the same samples: only the length is fixed
+    assert not out[shared:].any()
+
+
+def test_load_audio_pads_soxrs_short_output_to_librosas_length(tmp_path):
+    path = tmp_path / "odd.wav"
+    soundfile.write(path, speech_like(44_101 / 44_100, 44_100)[:44_101], 44_100, subtype="FLOAT")
+    assert len(soxr.resample(soundfile.read(path, dtype="float32")[0], 44_100, 16_000, quality="HQ")) == 16_000
+    samples = load_audio(path)
+    assert len(samples) == 16_001 and samples[-1] == 0.0

@@ -1,0 +1,363 @@
+"""The DiT's precision policy (`fantasy.precision`) with a bf16 DiT: where fp32 is kept, that it is the
+release's arithmetic, and that it works with every storage mode, offloading, compile, the step cache,
+outer hooks (context parallelism's kind), deep copies and the trained modules. Plus fp32 latents."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+from diffusers.hooks import HookRegistry, ModelHook
+from PIL import Image
+
+from fantasy.precision import apply_precision, precision_of
+from fantasy.presets import load_pipeline
+from fantasy.quantize import is_quantized_weight
+from fantasy.tiny import tiny_transformer
+
+from .fake_weights import build_weights_dir
+
+BF16 = torch.bfloat16
+
+
+def bf16_transformer(layers: int = 2, precision: str = "mixed", dtype: torch.dtype = BF16) -> WanTransformer3DModel:
+    """The tiny DiT (same weights for the same `layers`) with the audio adapter, in `dtype` with diffusers'
+    fp32 modules kept fp32, as the real loader leaves a bf16 DiT."""
+    from fantasy.adapter import install_audio_adapter
+    from fantasy.quantize import keep_fp32_modules_in_fp32
+
+    config = {k: v for k, v in tiny_transformer().config.items() if not k.startswith("_")}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = WanTransformer3DModel(**(config | {"num_layers": layers})).eval()
+    if dtype != torch.float32:
+        keep_fp32_modules_in_fp32(model.to(dtype))
+    install_audio_adapter(model, 16, 17)
+    for block in model.blocks:
+        block.attn2.processor.to(dtype)
+    apply_precision(model, precision)
+    return model
+
+
+def inputs(dtype=BF16, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "hidden_states": torch.randn(1, 36, 3, 8, 8, generator=g).to(dtype), "timestep": torch.tensor([937.5]),
+        "encoder_hidden_states": torch.randn(1, 512, 32, generator=g).to(dtype),
+        "encoder_hidden_states_image": torch.randn(1, 17, 16, generator=g).to(dtype),
+    }
+
+
+def forward(model, x=None) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**(x or inputs()), return_dict=False)[0]
+
+
+class Dtypes:
+    """Records the dtype of what each watched module receives (after the policy's casts) and returns."""
+
+    def __init__(self, model):
+        self.seen: dict[str, list[torch.dtype]] = {}
+        watched = {"block": [b for b in model.blocks], "attn1": [b.attn1 for b in model.blocks],
+                   "attn2": [b.attn2 for b in model.blocks], "ffn": [b.ffn for b in model.blocks]}
+        self.handles = [m.register_forward_pre_hook(self._input(name)) for name, ms in watched.items() for m in ms]
+        self.handles.append(model.condition_embedder.register_forward_hook(self._embedder))
+        self.handles.append(model.proj_out.register_forward_hook(lambda m, a, out: self._add("proj_out", out)))
+
+    def _add(self, name, tensor):
+        self.seen.setdefault(name, []).append(tensor.dtype)
+
+    def _input(self, name):
+        return lambda module, args: self._add(name, args[0])
+
+    def _embedder(self, module, args, outputs):
+        for name, tensor in zip(("temb", "timestep_proj", "text", "image"), outputs, strict=True):
+            self._add(name, tensor)
+
+    def close(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def test_mixed_keeps_embedding_stream_and_head_fp32_and_matmuls_bf16():
+    model = bf16_transformer()
+    watch = Dtypes(model)
+    out = forward(model)
+    watch.close()
+    assert out.dtype == torch.float32
+    assert set(watch.seen["block"]) == {torch.float32}  # block 0 receives the bf16 patch embedding, lifted
+    assert {name: set(watch.seen[name]) for name in ("attn1", "attn2", "ffn", "text", "image")} == {
+        name: {BF16} for name in ("attn1", "attn2", "ffn", "text", "image")}
+    assert set(watch.seen["temb"]) == set(watch.seen["timestep_proj"]) == set(watch.seen["proj_out"]) == {torch.float32}
+
+    apply_precision(model, "stock")
+    watch = Dtypes(model)
+    out = forward(model)
+    watch.close()
+    assert out.dtype == BF16 and set(watch.seen["block"]) == set(watch.seen["timestep_proj"]) == {BF16}
+
+
+def test_a_block_computes_the_release_residual_stream():
+    """With the policy, block output == the release's `x + y*e[2]`, `x + cross`, `x + ffn*e[5]` in fp32 around
+    bf16 attention/FFN calls (wan_video_dit.py WanAttentionBlock), bit for bit."""
+    model = bf16_transformer()
+    block = model.blocks[0]
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 48, 24, generator=g)  # the fp32 stream
+    context = torch.randn(1, 529, 24, generator=g).to(BF16)
+    temb = torch.randn(1, 6, 24, generator=g)  # fp32 timestep_proj
+    rotary = model.rope(torch.zeros(1, 36, 3, 8, 8))
+    with torch.no_grad():
+        ours = block(x, context, temb, rotary)
+        e = (block.scale_shift_table + temb).chunk(6, dim=1)
+        y = block.attn1((block.norm1(x) * (1 + e[1]) + e[0]).to(BF16), None, None, rotary)
+        x1 = x + y * e[2]
+        x2 = x1 + block.attn2(block.norm2(x1).to(BF16), context, None, None)
+        y = block.ffn((block.norm3(x2) * (1 + e[4]) + e[3]).to(BF16))
+        release = x2 + y * e[5]
+    assert ours.dtype == torch.float32 and torch.equal(ours, release)
+
+
+def test_switching_is_exact_both_ways():
+    mixed = forward(bf16_transformer())
+    model = bf16_transformer(precision="stock")
+    plain = copy.deepcopy(model)  # no policy hooks: a plain diffusers model
+    assert precision_of(model) == "stock" and torch.equal(forward(model), forward(plain))
+    apply_precision(model, "mixed")
+    apply_precision(model, "mixed")  # idempotent
+    assert precision_of(model) == "mixed" and torch.equal(forward(model), mixed)
+    apply_precision(model, "stock")
+    assert torch.equal(forward(model), forward(plain))
+
+
+def test_mixed_is_closer_to_fp32_than_stock_on_one_forward():
+    reference = forward(bf16_transformer(dtype=torch.float32), inputs(torch.float32))
+    err = {p: (forward(bf16_transformer(precision=p)).float() - reference).abs().mean().item() for p in ("mixed", "stock")}
+    assert err["mixed"] < err["stock"]
+
+
+def test_compiled_blocks_share_one_graph_with_the_policy():
+    """The casts are shared torch pre-hooks: 10 blocks trace to the same graph (a per-block wrapper would hit
+    dynamo's recompile limit of 8 with fullgraph=True); the eager backend keeps the output bit for bit."""
+    from torch._dynamo.utils import counters
+
+    model = bf16_transformer(layers=10)
+    eager = forward(model)
+    torch._dynamo.reset()
+    counters.clear()
+    model.compile_repeated_blocks(fullgraph=True, backend="eager")
+    try:
+        assert torch.equal(forward(model), eager)
+        assert counters["stats"]["unique_graphs"] <= 3  # block 0 (bf16 input), the others, maybe a guard variant
+    finally:
+        torch._dynamo.reset()
+
+
+def test_outer_hooks_wrap_the_policy_and_late_policy_is_refused():
+    """Context parallelism adds diffusers hooks after loading (split at blocks.0, gather at proj_out): they
+    must see the fp32 stream and the fp32 head output. Installing the policy under such hooks is refused."""
+    model = bf16_transformer()
+    expected = forward(model)
+    seen = {}
+
+    class Record(ModelHook):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def pre_forward(self, module, *args, **kwargs):
+            seen[self.name + " in"] = args[0].dtype
+            return args, kwargs
+
+        def post_forward(self, module, output):
+            seen[self.name + " out"] = output.dtype
+            return output * 2 if self.name == "proj_out" else output
+
+    HookRegistry.check_if_exists_or_initialize(model.blocks[0]).register_hook(Record("block0"), "record")
+    HookRegistry.check_if_exists_or_initialize(model.proj_out).register_hook(Record("proj_out"), "record")
+    assert torch.equal(forward(model), expected * 2)
+    assert seen == {"block0 in": torch.float32, "block0 out": torch.float32, "proj_out in": torch.float32,
+                    "proj_out out": torch.float32}
+    apply_precision(model, "stock")
+    with pytest.raises(RuntimeError, match=r"set the precision before other hooks are added \(record found\)"):
+        apply_precision(model, "mixed")
+
+
+def test_deep_copies_compute_with_their_own_weights():
+    model = bf16_transformer()
+    expected = forward(model)
+    twin = copy.deepcopy(model)
+    assert precision_of(twin) == "mixed" and torch.equal(forward(twin), expected)
+    with torch.no_grad():
+        twin.blocks[0].ffn.net[2].weight.mul_(0)
+        twin.proj_out.bias.add_(1.0)
+    changed = forward(twin)
+    assert torch.equal(forward(model), expected)  # the original is untouched and still hooked
+    assert not torch.allclose(changed, expected, atol=0.5)
+    model.enable_cache(__import__("diffusers").FirstBlockCacheConfig(threshold=0.05))
+    with pytest.raises(RuntimeError, match="cannot deep-copy a transformer with diffusers hooks"):
+        copy.deepcopy(model)
+
+
+def test_trained_modules_under_the_policy():
+    from fantasy.identity import install_identity_module
+    from fantasy.motion import install_motion_module
+
+    model = bf16_transformer()
+    expected = forward(model)
+    motion = install_motion_module(model)
+    identity = install_identity_module(model, 16)
+    face = torch.randn(1, 17, 16, generator=torch.Generator().manual_seed(4)).to(BF16)
+    with motion.use((0.9, 0.2)), identity.use(face, 1.0):
+        assert torch.equal(forward(model), expected)  # zero-initialised: inert, also in mixed precision
+        with torch.no_grad():
+            motion.model.mlp[-1].bias.fill_(0.01)
+        watch = Dtypes(model)
+        moved = forward(model)
+        watch.close()
+    assert set(watch.seen["timestep_proj"]) == {torch.float32} and not torch.equal(moved, expected)
+
+
+# ---- whole pipelines -------------------------------------------------------------------------------
+
+
+def conditioning(pipe):
+    g = torch.Generator().manual_seed(5)
+    return dict(image=Image.new("RGB", (32, 32), (180, 120, 90)), audio_windows=torch.randn(1, 2, 5, 16, generator=g),
+                audio_lengths=torch.tensor([3, 5]), prompt="a person is talking", num_frames=5,
+                num_inference_steps=2, generator=torch.Generator().manual_seed(3))
+
+
+def test_latents_and_guidance_are_fp32_with_a_stock_bf16_dit():
+    pipe = load_pipeline("tiny", dtype=BF16)
+    apply_precision(pipe.transformer, "stock")
+    pipe.set_progress_bar_config(disable=True)
+    outputs, velocities = [], []
+    original_forward, original_step = pipe.transformer.forward, pipe.scheduler.step
+
+    def recording_forward(*args, **kwargs):
+        out = original_forward(*args, **kwargs)
+        outputs.append(out[0])
+        return out
+
+    def recording_step(velocity, t, latents, **kwargs):
+        velocities.append((velocity, latents.dtype))
+        return original_step(velocity, t, latents, **kwargs)
+
+    pipe.transformer.forward, pipe.scheduler.step = recording_forward, recording_step
+    latents = pipe(**conditioning(pipe), text_guidance_scale=5.0, audio_guidance_scale=4.0)
+    assert latents.dtype == torch.float32
+    assert {o.dtype for o in outputs} == {BF16}  # stock precision: the DiT returns bf16
+    full, text, uncond = (o.float() for o in outputs[3:6])  # step 2's passes, combined in fp32
+    assert velocities[1][0].dtype == torch.float32 and velocities[1][1] == torch.float32
+    assert torch.equal(velocities[1][0], uncond + 5.0 * (text - uncond) + 4.0 * (full - text))
+    assert pipe.audio_proj.proj.weight.dtype == torch.float32  # the audio projection stays fp32
+
+
+def test_step_cache_with_the_policy_in_bf16():
+    from fantasy.speed import SpeedOptions, apply_speed
+
+    plain_pipe = load_pipeline("tiny", dtype=BF16)
+    plain_pipe.set_progress_bar_config(disable=True)
+    plain = plain_pipe(**conditioning(plain_pipe))
+    cached = load_pipeline("tiny", dtype=BF16)
+    cached.set_progress_bar_config(disable=True)
+    apply_speed(cached, SpeedOptions(step_cache="fbc", cache_threshold=0.0))
+    assert precision_of(cached.transformer) == "mixed"
+    assert torch.equal(cached(**conditioning(cached)), plain)  # threshold 0: every block computed
+
+
+@pytest.fixture(autouse=True)
+def empty_hf_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """Real-layout tiny weights loaded in bf16 (the real preset's dtype), by (dit, vram)."""
+    root = tmp_path_factory.mktemp("weights")
+    build_weights_dir(root)
+    cache = {}
+
+    def get(dit: str, vram: str = "resident"):
+        if (dit, vram) not in cache:
+            cache[dit, vram] = load_pipeline("real", device="cpu", weights=root, dit=dit, vram=vram,
+                                             allow_cpu=True, dtype=BF16)
+        return cache[dit, vram]
+
+    return get
+
+
+def dit_inputs() -> dict:
+    g = torch.Generator().manual_seed(11)
+    return {"hidden_states": torch.randn(1, 36, 3, 4, 4, generator=g).to(BF16), "timestep": torch.tensor([500.0]),
+            "encoder_hidden_states": torch.randn(1, 512, 32, generator=g).to(BF16),
+            "encoder_hidden_states_image": torch.randn(1, 17, 16, generator=g).to(BF16)}
+
+
+@pytest.mark.parametrize("dit, tolerance", [("bf16", 0.0), ("q8_0", 0.03), ("bf16-int8", 0.03), ("bf16-fp8", 0.1),
+                                            ("bf16-fp8-storage", 0.1)])
+def test_every_dit_mode_runs_in_mixed_precision(real, dit, tolerance):
+    """fp32 output from every storage; the fp32 linears read quantized weights (GGUF, torchao) themselves.
+    Tolerance: max |out - bf16 file| / max |bf16 file| (the storage's own rounding, as in test_real_loading)."""
+    transformer = real(dit).transformer
+    assert precision_of(transformer) == "mixed"
+    out = forward(transformer, dit_inputs())
+    reference = forward(real("bf16").transformer, dit_inputs())
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert ((out - reference).abs().max() / reference.abs().max()).item() <= tolerance
+    if dit in ("q8_0", "bf16-int8", "bf16-fp8"):
+        assert is_quantized_weight(transformer.condition_embedder.time_proj.weight)
+    assert real(dit).audio_proj.proj.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("vram", ["model-offload", "group-offload"])
+def test_offloading_gives_the_resident_result_in_mixed_precision(real, vram):
+    resident, offloaded = real("q8_0"), real("q8_0", vram)
+    a = resident(**conditioning(resident))
+    b = offloaded(**conditioning(offloaded))
+    assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
+def test_large_fp32_linears_are_upcast_in_row_chunks_with_the_same_result():
+    import torch.nn.functional as F
+
+    from fantasy.precision import CHUNK_ROWS, Fp32Linear
+
+    linear = torch.nn.Linear(64, 2 * CHUNK_ROWS + 7).to(BF16)
+    x = torch.randn(2, 64, generator=torch.Generator().manual_seed(0)).to(BF16)
+    expected = F.linear(x.float(), linear.weight.float(), linear.bias.float())
+    HookRegistry.check_if_exists_or_initialize(linear).register_hook(Fp32Linear(), "fp32")
+    seen = []
+    original = torch.Tensor.to
+
+    def watch(tensor, *args, **kwargs):
+        out = original(tensor, *args, **kwargs)
+        if out.dtype == torch.float32 and out.dim() == 2 and out.shape[1] == 64:
+            seen.append(out.shape[0])
+        return out
+
+    torch.Tensor.to = watch
+    try:
+        out = linear(x)
+    finally:
+        torch.Tensor.to = original
+    assert out.dtype == torch.float32 and torch.equal(out, expected)
+    assert seen == [CHUNK_ROWS, CHUNK_ROWS, 7]  # never the whole weight in fp32 at once
+
+
+def test_precision_bench_dry_run():
+    """bench/precision.py's measurement on the tiny config (the CPU figures in the README come from its real run)."""
+    from bench.models import TINY
+    from bench.precision import measure
+
+    rows = [measure(mode, TINY, torch.device("cpu"), (64, 64), 9, 1) for mode in ("mixed", "stock")]
+    assert [(r["mode"], r["output_dtype"], r["tokens"]) for r in rows] == [("mixed", "float32", 48),
+                                                                           ("stock", "bfloat16", 48)]
+    # In this (long-lived) process ru_maxrss is an old peak, so the memory figure only means something in the
+    # fresh process per policy that the bench's main starts; here only its presence is checked.
+    assert all(r["seconds"] > 0 and r["cpu_seconds"] > 0 and isinstance(r["activation_gib"], float) for r in rows)

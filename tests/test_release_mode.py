@@ -1,0 +1,205 @@
+"""`--release` (`fantasy.release`): the official infer.py's one clip, its decode tiling and truncation, and
+the options it refuses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fantasy.decode import blend_tiles, decode_release_tiles, tile_starts, to_uint8_frames, to_uint8_truncated
+from fantasy.errors import InvalidSetting
+from fantasy.generate import Settings, generate, prepare_inputs
+from fantasy.precision import apply_precision
+from fantasy.presets import PRESETS, load_pipeline
+from fantasy.prompts import DEFAULT_NEGATIVE_PROMPT
+from fantasy.release import RELEASE_PROMPT, check_release_pipeline
+
+from .conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
+from .release_oracle import (
+    release_frames,
+    release_tile_tasks,
+    release_tiled_decode,
+    release_vae_tile_decoder,
+)
+
+TINY = PRESETS["tiny"]
+OFFICIAL_NEGATIVE = (  # infer.py's negative_prompt, verbatim
+    "人物静止不动，静止，色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，"
+    "三条腿，背景人很多，倒着走"
+)
+
+
+# ---- settings -------------------------------------------------------------------------------------
+
+
+def test_release_settings_default_to_the_release_prompts():
+    settings = Settings(release=True).resolved(TINY)
+    assert settings.prompt == RELEASE_PROMPT == "A woman is talking."
+    assert settings.negative_prompt == DEFAULT_NEGATIVE_PROMPT == OFFICIAL_NEGATIVE
+    assert (settings.steps, settings.seed, settings.text_guidance, settings.audio_guidance, settings.fps) == (
+        30, 1111, 5.0, 5.0, 23)
+    assert Settings().resolved(TINY).prompt == "A person is talking."
+    assert Settings(release=True, prompt="A man is talking.").resolved(TINY).prompt == "A man is talking."
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"steps": 20}, "--release runs the release's 30 steps, got 20"),
+    ({"negative_prompt": "blurry"}, "--release uses the release's negative prompt; drop --negative-prompt"),
+    ({"motion": (0.5, 0.5)}, "--release runs the released adapter only: no motion coefficients"),
+])
+def test_release_settings_refuse_what_the_release_cannot_do(change, message):
+    with pytest.raises(InvalidSetting, match=message):
+        Settings(release=True, **change).resolved(TINY)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = load_pipeline("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_release_pipeline_checks(pipe):
+    from fantasy.motion import install_motion_module
+    from fantasy.quantize import enable_fp8_storage
+
+    check_release_pipeline(pipe, demo=True)  # the tiny pipeline as loaded is fine
+    with pytest.raises(InvalidSetting, match="--release runs the DiT in bf16; this one computes in torch.float32"):
+        check_release_pipeline(pipe, demo=False)
+    apply_precision(pipe.transformer, "stock")
+    try:
+        with pytest.raises(InvalidSetting, match="mixed precision; drop --precision stock"):
+            check_release_pipeline(pipe, demo=True)
+    finally:
+        apply_precision(pipe.transformer, "mixed")
+    pipe.few_step_mode = True
+    try:
+        with pytest.raises(InvalidSetting, match="drop --fast"):
+            check_release_pipeline(pipe, demo=True)
+    finally:
+        pipe.few_step_mode = False
+    other = load_pipeline("tiny")
+    other.transformer.enable_cache(__import__("diffusers").FirstBlockCacheConfig(threshold=0.05))
+    with pytest.raises(InvalidSetting, match="drop --step-cache"):
+        check_release_pipeline(other, demo=True)
+    other = load_pipeline("tiny")
+    other.motion_context = install_motion_module(other.transformer)
+    with pytest.raises(InvalidSetting, match="released adapter only; this one has trained motion/identity modules"):
+        check_release_pipeline(other, demo=True)
+    other = load_pipeline("tiny")
+    enable_fp8_storage(other.transformer, torch.float32)
+    with pytest.raises(InvalidSetting, match=r"runs the bf16 DiT \(--dit bf16, no --fp8-linears\); this DiT's weights"):
+        check_release_pipeline(other, demo=True)
+
+
+# ---- decode ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("height, width", [(64, 64), (60, 104), (90, 160), (8, 8), (30, 52), (31, 53), (46, 79)])
+def test_tiles_are_the_releases(height, width):
+    """512x512 -> rows [0, 15, 30, 45] x columns [0, 26]; 832x480 -> [0, 15, 30] x [0, 26, 52]; ..."""
+    ours = [(h, min(h + 30, height), w, min(w + 52, width)) for h in tile_starts(height, 30, 15)
+            for w in tile_starts(width, 52, 26)]
+    theirs = [(h, min(h_, height), w, min(w_, width)) for h, h_, w, w_ in release_tile_tasks(height, width)]
+    assert ours == theirs
+    assert tile_starts(64, 30, 15) == [0, 15, 30, 45] and tile_starts(64, 52, 26) == [0, 26]
+
+
+@pytest.mark.parametrize("height, width", [(64, 64), (60, 104), (31, 53)])
+def test_blending_is_the_releases(height, width):
+    """Any per-tile content (here: tile-dependent values) is blended exactly as the release blends it."""
+    latents = torch.randn(1, 16, 2, height, width, generator=torch.Generator().manual_seed(height))
+
+    def fake(tile):  # [1, 3, F, 8h, 8w], different for each tile (depends on its content and size)
+        rows, cols = tile.shape[3] * 8, tile.shape[4] * 8
+        base = tile.mean() + torch.linspace(-2, 2, rows)[:, None] * torch.linspace(-1, 1, cols)[None, :]
+        return base.expand(1, 3, 5, rows, cols)
+
+    ours = blend_tiles(height, width, lambda h0, h1, w0, w1: fake(latents[:, :, :, h0:h1, w0:w1]))
+    assert torch.equal(ours, release_tiled_decode(fake, latents))
+    np.testing.assert_array_equal(to_uint8_truncated(ours), release_frames(ours))
+
+
+def test_truncation_not_rounding():
+    video = torch.tensor([-1.0, -0.999, 0.0, 0.0039, 0.999, 1.0]).view(1, 1, 1, 1, 6).expand(1, 3, 1, 1, 6)
+    assert to_uint8_truncated(video)[0, 0, :, 0].tolist() == [0, 0, 127, 127, 254, 255]
+    assert to_uint8_frames(video)[0, 0, :, 0].tolist() == [0, 0, 128, 128, 255, 255]  # ours: rounded
+
+
+@pytest.mark.parametrize("tile, stride", [((30, 52), (15, 26)), ((4, 6), (2, 3))])
+def test_release_decode_on_the_tiny_vae(pipe, tile, stride):
+    """One tile (the release's size on a 64 px video) and many (small tiles): the release's tiled decode."""
+    latents = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = np.concatenate(list(decode_release_tiles(pipe.vae, latents, tile, stride)))
+        theirs = release_frames(release_tiled_decode(release_vae_tile_decoder(pipe.vae), latents, tile, stride))
+    assert ours.shape == (9, 64, 64, 3)
+    assert np.abs(ours.astype(int) - theirs).max() <= 1  # same decoder; conv rounding may flip a truncation
+    assert (ours != theirs).mean() < 0.001
+    chunks = [len(f) for f in decode_release_tiles(pipe.vae, latents, tile, stride)]
+    assert chunks == [1, 4, 4]
+
+
+# ---- generation -------------------------------------------------------------------------------------
+
+
+def test_release_generation_is_the_official_clip(pipe, tmp_path):
+    """6.4 s of speech, 9-frame clips: the long-video path would chain windows over the whole track; release
+    mode makes one clip from the speech's first 9/23 s, with that clip's own features, decoded the release's way."""
+    from fantasy.audio import clip_samples, load_audio
+    from fantasy.video import probe
+
+    calls, frames = [], []
+    original_call = type(pipe).__call__
+
+    def spy(self, *args, **kwargs):
+        latents = original_call(self, *args, **kwargs)
+        calls.append((kwargs, latents))
+        return latents
+
+    type(pipe).__call__ = spy
+    try:
+        result = generate(pipe, EXAMPLE_IMAGE, EXAMPLE_SPEECH, tmp_path / "r.mp4",
+                          Settings(release=True, max_frames=9, longest_edge=64), TINY, on_frames=frames.append)
+    finally:
+        type(pipe).__call__ = original_call
+    assert (result.release, result.num_frames, result.windows, result.speech_cut) == (True, 9, 1, True)
+    assert probe(tmp_path / "r.mp4").frames == 9
+    (kwargs, latents), = calls
+    assert kwargs["prompt"] == RELEASE_PROMPT and kwargs["negative_prompt"] == OFFICIAL_NEGATIVE
+    assert kwargs["num_inference_steps"] == 30 and kwargs["num_frames"] == 9
+    windows, lengths = pipe.encode_audio(clip_samples(load_audio(EXAMPLE_SPEECH), 9, 23), 9)
+    assert torch.equal(kwargs["audio_windows"], windows) and torch.equal(kwargs["audio_lengths"], lengths)
+    written = np.concatenate(frames)
+    with torch.no_grad():
+        np.testing.assert_array_equal(written, np.concatenate(list(decode_release_tiles(pipe.vae, latents))))
+        rounded = np.concatenate(list(pipe.decode_frames(latents)))
+    difference = rounded.astype(int) - written
+    assert set(np.unique(difference)) <= {0, 1} and difference.any()  # truncation, not rounding
+
+    plain = prepare_inputs(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Settings(max_frames=9, longest_edge=64).resolved(TINY))
+    assert plain.num_frames == 149  # without --release: the whole speech, in windows of 9 frames
+
+
+# ---- command line -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dit", "q8_0"], "--release runs the release's bf16 DiT; drop --dit q8_0"),
+    (["--precision", "stock"], "--release computes the DiT in the release's mixed precision; drop --precision"),
+    (["--step-cache", "fbc"], "--release computes every block at every step; drop --step-cache"),
+    (["--fp8-linears"], "--release runs the DiT's matmuls in bf16; drop --fp8-linears"),
+    (["--expression", "0.7"], "--release runs the released adapter only; drop --expression/--body"),
+    (["--steps", "20"], "--release runs the release's 30 steps, got 20"),
+])
+def test_cli_release_refusals_exit_2_before_loading(tmp_path, capsys, monkeypatch, flags, message):
+    from fantasy import cli, presets
+
+    monkeypatch.setattr(presets, "load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
+    code = cli.main(["generate", "--image", str(EXAMPLE_IMAGE), "--audio", str(EXAMPLE_SPEECH), "--out",
+                     str(tmp_path / "o.mp4"), "--release", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == f"error: {message}"
+    assert not (tmp_path / "o.mp4").exists()
