@@ -112,6 +112,17 @@ def check_speech(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, name: str 
         )
 
 
+def frame_count(duration_s: float, fps: float, max_frames: int) -> int:
+    """Official frame rule: `min(int(fps*duration // 4)*4 + 5, max_frames)`, always 4k+1.
+
+    It gives slightly more video than audio (the tail is silent); audio past `max_frames/fps` is not used.
+    `max_frames` itself must be 4k+1 so the min keeps the Wan VAE's 4k+1 frame structure.
+    """
+    if max_frames < 5 or (max_frames - 1) % 4 != 0:
+        raise ValueError(f"max_frames must be 4k+1 and at least 5, got {max_frames}")
+    return min(int(fps * duration_s // 4) * 4 + 5, max_frames)
+
+
 def clip_samples(samples: np.ndarray, num_frames: int, fps: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """The part of the speech that drives `num_frames` frames: `[0, int(num_frames/fps * sr))`, as released."""
     return samples[: int(num_frames / fps * sample_rate)]

@@ -12,6 +12,7 @@ from fantasy.audio import (
     clip_samples,
     feature_length,
     ffmpeg_executable,
+    frame_count,
     load_audio,
 )
 from fantasy.errors import AudioTooShort, InputFileNotFound, SilentAudio, UnsupportedAudio
@@ -120,13 +121,20 @@ def test_too_short_audio(tmp_path):
     (3.6, 23, 81),  # 82.8 // 4 = 20 -> 85, capped at 81
 ])
 def test_frame_count_rule(tmp_path, duration, fps, expected):
-    """The release's `min(int(fps*d // 4)*4 + 5, 81)` is the first clip generation makes from this speech:
-    the frame count `prepare_inputs` decides, cut into windows."""
+    """The release's `min(int(fps*d // 4)*4 + 5, 81)`: `frame_count` (release mode) and the first clip generation
+    makes from this speech (the frame count `prepare_inputs` decides, cut into windows)."""
+    assert frame_count(duration, fps, 81) == expected
     speech = tmp_path / "speech.wav"
     soundfile.write(speech, speech_like(duration), 16_000)
     inputs = prepare_inputs(EXAMPLE_IMAGE, speech, Settings(fps=fps, longest_edge=64))
     assert plan_windows(inputs.num_frames)[0].length == expected
     assert (inputs.num_frames - 1) % 4 == 0 and inputs.num_frames >= expected
+
+
+@pytest.mark.parametrize("max_frames", [80, 1])
+def test_frame_count_rejects_max_frames_that_break_4k_plus_1_or_are_below_5(max_frames):
+    with pytest.raises(ValueError, match=rf"^max_frames must be 4k\+1 and at least 5, got {max_frames}$"):
+        frame_count(3.0, 23, max_frames)
 
 
 def test_clip_length_must_keep_4k_plus_1():
