@@ -11,11 +11,17 @@ from fantasy import space  # first: on ZeroGPU `spaces` must be imported before 
 
 # isort: split
 
+from fantasy import quiet  # noqa: F401  (its filters drop known third-party import noise: import it early)
+
+# isort: split
+
 import argparse
 import os
 import random
+import re
 import tempfile
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +37,8 @@ from fantasy.presets import Preset, get_preset, load_pipeline
 from fantasy.preview import BUDGET as PREVIEW_BUDGET
 from fantasy.sampling import passes_needed
 from fantasy.speed import apply_speed
-from fantasy.streaming import ChunkReady, Finished, PreviewReady, StageProgress
+from fantasy.stop import StopRequested, stop_on_signals
+from fantasy.streaming import ChunkReady, Finished, Idle, PreviewReady, StageProgress
 from fantasy.studio import Controls, Job, Studio, preview_caption
 from fantasy.validation import (
     DEFAULT_DURATION_S,
@@ -45,36 +52,70 @@ from fantasy.validation import (
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = [[str(ROOT / "examples" / "portrait.png"), str(ROOT / "examples" / "speech.wav")]]
 MAX_QUEUE = 8  # waiting generations; more are turned away with a busy message
+BUSY = "The studio is busy: {waiting} waiting, the most it queues. Please try again in a few minutes."
 DEMO_BANNER = (
     "⚠️ <b>Demo mode: tiny random model.</b> No CUDA GPU with the real weights was found, so the app runs the "
     "<code>tiny</code> preset. <b>The output is noise from a random model</b>: it only shows that the whole path "
     "works (upload, checks, denoising, streaming, download). Run on a GPU with the weights for real talking videos."
 )
 BANNER_STYLE = "background:#fff4d6;border:2px solid #e0a800;border-radius:8px;padding:10px 14px;color:#5a4300"
+PLAYER_HEIGHT = 300  # px: both players, the status line and the download fit one screen whatever the video size
 STAGE_NAMES = {"audio": "Encoding speech", "denoise": "Denoising", "decode": "Decoding video"}
 
 
-def report_unreadable_images(component: gr.Image) -> gr.Image:
-    """Make an image input report an unreadable upload as a message a person understands.
+def pass_original_upload(component: gr.Image) -> gr.Image:
+    """Hand `fantasy.image.load_portrait` the uploaded file itself, as the CLI would.
 
-    Gradio opens the file with PIL before our function runs, so a HEIC photo or a renamed file would
-    otherwise fail inside Gradio with a bare PIL error. (The method is wrapped on the instance: a
-    subclass would make Gradio write a .pyi stub next to this file.)
+    Left to itself Gradio opens the upload with PIL before our function runs: converting to RGB turns
+    transparent pixels black and clips 16-bit greys, and a pixel bomb fails with PIL's own error. Our loader
+    checks the pixel limit from the header and converts every mode (transparency on white). Webcam captures
+    sent as data URLs still go through Gradio. (The method is wrapped on the instance: a subclass would make
+    Gradio write a .pyi stub next to this file.)
     """
     original = component.preprocess
 
     def preprocess(payload: Any) -> Any:
+        if payload is not None and payload.path and not str(payload.url or "").startswith("data:"):
+            return str(payload.path)
         try:
             return original(payload)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             name = getattr(payload, "orig_name", None) or "the portrait"
-            raise gr.Error(
-                f"Could not read '{name}' as an image ({type(exc).__name__}). Use a PNG, JPEG or WebP photo.",
-                title="Unsupported portrait",
-            ) from None
+            raise user_error(f"Could not read '{name}' as an image ({type(exc).__name__}). Use a PNG, JPEG or WebP "
+                             "photo.", "Unsupported portrait") from None
 
     component.preprocess = preprocess  # type: ignore[method-assign]
     return component
+
+
+_DIRECTORIES = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[^\s/\\'\"`]+[/\\])+(?=[^\s/\\'\"`])")
+
+
+def public(message: str) -> str:
+    """A message for a visitor: directories dropped from any path in it (the server's upload cache, its disks)."""
+    return _DIRECTORIES.sub("", message)
+
+
+def user_error(message: str, title: str) -> gr.Error:
+    """What the visitor reads (no server path); not a server fault, so no traceback in the server's console."""
+    return gr.Error(public(message), title=title, print_exception=False)
+
+
+def _request_key(values) -> tuple:
+    """One API request's inputs, as the join-time check and the run both see them (upload paths included)."""
+    return tuple(repr(v) for v in values)
+
+
+def waiting_generations(demo: gr.Blocks) -> int:
+    """Generations waiting in Gradio's queue for the GPU slot (not counting the running one).
+
+    Reads the queue's per-concurrency-group list (Gradio 6); 0 when that changes shape, and Gradio's own
+    `max_size` (set larger) then still bounds the queue.
+    """
+    try:
+        return len(demo._queue.event_queue_per_concurrency_id["gpu"].queue)
+    except (AttributeError, KeyError, TypeError):
+        return 0
 
 
 def default_preset(adapter: str | None = None) -> str:
@@ -113,6 +154,8 @@ def build_demo(
     preview_budget: float = PREVIEW_BUDGET,
 ) -> gr.Blocks:
     """The whole page around a resident pipeline. Tests call this with the tiny pipeline and a fake face check."""
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)  # the page and the API report progress; keep the console quiet
     studio = Studio(
         pipe, preset, face_checker or default_face_check(), output_root or Path(tempfile.gettempdir()) / "fantasy-studio",
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), min_chunk_seconds=min_chunk_seconds,
@@ -120,6 +163,19 @@ def build_demo(
     )
     cancels: dict[str, threading.Event] = {}  # session -> its running generation's stop flag
     defaults = slider_defaults(pipe, preset)
+    page: dict[str, gr.Blocks] = {}  # the Blocks, once built (for the queue length)
+
+    def busy_message() -> str | None:
+        waiting = waiting_generations(page["demo"]) if page else 0
+        return BUSY.format(waiting=f"{waiting} video{'s' * (waiting != 1)}") if waiting >= max_queue else None
+
+    def admit(*values) -> list[dict]:
+        """Runs when a generation asks to join the queue: turned away with our busy message when it is full.
+
+        (Gradio's own queue-full replies are fixed texts that differ between the page and the API client.)
+        """
+        busy = busy_message()
+        return [gr.validate(busy is None, busy or "")] + [gr.validate(True, "")] * (len(values) - 1)
 
     def gpu_seconds(job: Job) -> int:
         s = job.settings
@@ -132,21 +188,47 @@ def build_demo(
         # On ZeroGPU this runs in a forked worker: the stop flag stays behind, closing the stream stops it.
         yield from studio.run(job, cancel=cancels.get(job.folder.name))
 
-    def check(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps, seed,
-              resolution, max_duration) -> Job:
-        controls = Controls(
+    def controls_of(prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps, seed, resolution,
+                    max_duration) -> Controls:
+        return Controls(
             prompt=prompt, expression=expression, body=body, text_guidance=text_guidance,
             audio_guidance=audio_guidance, audio_weight=audio_weight, steps=steps,
             seed=DEFAULT_SEED if seed is None else seed, longest_edge=resolution, max_duration_s=max_duration,
         )
+
+    def check(image, audio, *controls) -> Job:
         try:
-            return studio.check(image, audio, controls)
+            return studio.check(image, audio, controls_of(*controls))
         except FantasyError as exc:
-            raise gr.Error(str(exc), title="Cannot generate") from None
+            raise user_error(str(exc), "Cannot generate") from None
+
+    checked_at_join: OrderedDict[tuple, Job] = OrderedDict()  # the API's checked jobs, waiting for their turn
+    join_lock = threading.Lock()
+
+    def admit_checked(*values) -> list[dict]:
+        """The API's /generate, as it asks to join the queue: busy, or every input check (before the request
+        waits for, or holds, the generation slot). The checked job is kept for the run, so nothing is decoded
+        twice; an error is shown on the input it concerns."""
+        busy = busy_message()
+        if busy is not None:
+            return [gr.validate(False, busy)] + [gr.validate(True, "")] * (len(values) - 1)
+        try:
+            job = studio.check(values[0], values[1], controls_of(*values[2:]))
+        except FantasyError as exc:
+            where = 1 if exc.concerns == "audio" else 0
+            return [gr.validate(i != where, public(str(exc)) if i == where else "") for i in range(len(values))]
+        with join_lock:
+            checked_at_join[_request_key(values)] = job
+            while len(checked_at_join) > 4 * max_queue + 16:  # runs that never came (a client gone while waiting)
+                checked_at_join.popitem(last=False)
+        return [gr.validate(True, "")] * len(values)
 
     def check_step(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
                    seed, resolution, max_duration) -> str:
         """Fast checks outside the GPU queue, so a bad upload is reported at once."""
+        busy = busy_message()
+        if busy:
+            raise user_error(busy, "Busy")
         job = check(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
                     seed, resolution, max_duration)
         for notice in job.notices:
@@ -165,7 +247,9 @@ def build_demo(
         yield gr.skip(), None, studio.status(job, state="Generating…"), hidden
         try:
             for event in run_on_gpu(job):
-                if isinstance(event, StageProgress):
+                if isinstance(event, Idle):  # a turn for Gradio: a closed page ends this generator here
+                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                elif isinstance(event, StageProgress):
                     # Yield first, then report progress: a yield after a progress update hides the bar.
                     # Yielding often also lets Gradio close this generator promptly when the event is cancelled.
                     yield gr.skip(), gr.skip(), studio.status(job, state=_progress_text(event, job)), gr.skip()
@@ -184,7 +268,7 @@ def build_demo(
         except GenerationCancelled:
             yield gr.skip(), gr.skip(), studio.status(job, state="Stopped"), hidden
         except FantasyError as exc:
-            raise gr.Error(str(exc), title="Generation failed") from None
+            raise user_error(str(exc), "Generation failed") from None
         finally:
             stop.set()
             cancels.pop(job.folder.name, None)
@@ -194,17 +278,26 @@ def build_demo(
     def api_generate(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
                      seed, resolution, max_duration, progress=gr.Progress()):  # noqa: B008
         """Portrait + speech -> the finished talking-video mp4 and a status line (same checks as the page)."""
-        job = check(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
-                    seed, resolution, max_duration)
+        # A generator, though it returns one result: Gradio stops a generator between two yields when the
+        # client cancels (`job.cancel()`) or goes away, whereas a plain function would run to its end.
+        # Closing it closes `run_on_gpu`, which stops the worker at its next step.
+        values = (image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps, seed,
+                  resolution, max_duration)
+        with join_lock:
+            job = checked_at_join.pop(_request_key(values), None)
+        job = job or check(*values)
         try:
             for event in run_on_gpu(job):
-                if isinstance(event, StageProgress):
-                    _show_progress(progress, event, job)
+                if isinstance(event, Idle | StageProgress):
+                    yield gr.skip(), gr.skip()
+                    if isinstance(event, StageProgress):
+                        _show_progress(progress, event, job)
                 elif isinstance(event, Finished):
-                    return str(event.result.path), studio.status(job, event.result, steps_run=event.steps_run)
+                    yield str(event.result.path), studio.status(job, event.result, steps_run=event.steps_run)
+                    return
         except FantasyError as exc:
-            raise gr.Error(str(exc), title="Generation failed") from None
-        raise gr.Error("The generation ended without a video.")
+            raise user_error(str(exc), "Generation failed") from None
+        raise user_error("The generation ended without a video.", "Generation failed")
 
     def stop_step(request: gr.Request) -> Any:
         """Stop: the running worker stops at its next step (Gradio also cancels the streaming event)."""
@@ -222,8 +315,9 @@ def build_demo(
         with gr.Row():
             with gr.Column():
                 with gr.Row():
-                    image = report_unreadable_images(gr.Image(label="Portrait", type="filepath", height=320,
-                                                              sources=["upload", "webcam"], elem_id="portrait"))
+                    image = pass_original_upload(gr.Image(label="Portrait", type="filepath", image_mode=None,
+                                                          height=320, sources=["upload", "webcam"],
+                                                          elem_id="portrait"))
                     with gr.Column():
                         audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"],
                                          elem_id="speech")
@@ -260,25 +354,28 @@ def build_demo(
                                    buttons=["fullscreen"],
                                    elem_id="preview")
                 live = gr.Video(label="Live (streams while decoding)", streaming=True, autoplay=True,
-                                elem_id="live")
+                                elem_id="live", height=PLAYER_HEIGHT)
                 status = gr.Markdown(f"preset **{preset.name}** · device {studio.device} · "
                                      f"{studio.face_checker.note}", label="Status", elem_id="status")
-                final = gr.Video(label="Finished video (download)", elem_id="final")
+                final = gr.Video(label="Finished video (download)", elem_id="final", height=PLAYER_HEIGHT)
         gr.Examples(EXAMPLES, inputs=[image, audio], cache_examples=False, label="Examples")
 
         inputs = [image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
                   seed, edge, duration]
         checked = generate_btn.click(check_step, inputs, status, concurrency_id="checks", concurrency_limit=4,
-                                     api_visibility="private")
+                                     api_visibility="private", show_progress="hidden")
         streaming = checked.success(stream_step, inputs, [live, final, status, preview], concurrency_id="gpu",
                                     concurrency_limit=1, show_progress_on=[final], api_name="generate_stream",
-                                    api_visibility="undocumented")
+                                    api_visibility="undocumented", validator=admit)
         stop_btn.click(stop_step, None, status, cancels=[streaming], queue=False, api_visibility="private")
         dice.click(lambda: random.randrange(2**31), None, seed, queue=False, api_visibility="private")
         api_trigger = gr.Button(visible=False)
         api_trigger.click(api_generate, inputs, [final, status], concurrency_id="gpu", concurrency_limit=1,
-                          api_name="generate")
-    demo.queue(max_size=max_queue, default_concurrency_limit=1)
+                          api_name="generate", validator=admit_checked)
+    # `admit` turns generations away at max_queue; Gradio's own bound (its fixed texts) only backs it up.
+    demo.queue(max_size=4 * max_queue + 16, default_concurrency_limit=1)
+    page["demo"] = demo
+    demo.fantasy_studio = studio  # for `main`: stop running jobs and remove their files on the way out
     return demo
 
 
@@ -364,14 +461,26 @@ demo: gr.Blocks | None = create_demo(parse_args([])) if space.on_spaces() else N
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Build (unless a Space already did) and serve. SIGINT, SIGTERM and SIGHUP stop the server, stop a running
+    generation and delete its unfinished files, then exit with 128 + the signal number."""
     global demo
     args = parse_args(argv)
     try:
-        if demo is None or args.preset is not None:
-            demo = create_demo(args)
-    except FantasyError as exc:  # e.g. weights missing, an unusable speed flag: one line, no traceback
-        raise SystemExit(f"error: {exc}") from None
-    demo.launch(**launch_options(args.host, args.port, args.share))
+        with stop_on_signals():
+            try:
+                if demo is None or args.preset is not None:
+                    demo = create_demo(args)
+            except FantasyError as exc:  # e.g. weights missing, an unusable speed flag: one line, no traceback
+                raise SystemExit(f"error: {exc}") from None
+            demo.launch(**launch_options(args.host, args.port, args.share))
+    except StopRequested as stop:
+        studio = getattr(demo, "fantasy_studio", None)
+        stopped = studio.shutdown() if studio is not None else 0  # first: closing the server forgets its runs
+        if demo is not None:
+            demo.close()
+        print(f"[app] stopped ({stop}); " + (f"{stopped} running generation stopped, its files removed"
+                                              if stopped else "no generation was running"), flush=True)
+        raise SystemExit(stop.exit_status) from None
 
 
 if __name__ == "__main__":

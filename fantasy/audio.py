@@ -8,9 +8,12 @@ format goes through the same mixing and resampling.
 
 from __future__ import annotations
 
+import math
+import re
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,9 @@ MIN_DURATION_S = 0.2
 SILENCE_PEAK = 1e-3
 AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".wma", ".aiff", ".aif")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+# Decoded past a duration limit: covers the frame rule's extra frames (5/fps, 0.625 s at 8 fps) and the
+# resampler's filter, so the samples that are used equal those of a whole decode.
+DECODE_MARGIN_S = 1.0
 
 
 def ffmpeg_executable() -> str:
@@ -38,15 +44,21 @@ def ffmpeg_executable() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
-    """Decode the first audio stream of any container to float32 PCM at its native rate and channels."""
+def _decode_with_ffmpeg(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int, float | None]:
+    """Decode the first audio stream of any container to float32 PCM at its native rate and channels.
+
+    With `max_seconds`, ffmpeg stops reading there (`-t`). Returns (samples, rate, the whole stream's
+    duration from the container when it states one).
+    """
     with tempfile.TemporaryDirectory(prefix="fantasy-audio-") as tmp:
         wav = Path(tmp) / "decoded.wav"
-        cmd = [ffmpeg_executable(), "-nostdin", "-v", "error", "-y", "-i", str(path),
-               "-map", "0:a:0", "-vn", "-acodec", "pcm_f32le", str(wav)]
+        limit = [] if max_seconds is None else ["-t", f"{max_seconds:.3f}"]
+        cmd = [ffmpeg_executable(), "-nostdin", "-hide_banner", "-nostats", "-v", "info", "-y", *limit,
+               "-i", str(path), "-map", "0:a:0", "-vn", "-acodec", "pcm_f32le", str(wav)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not wav.exists():
-            detail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "unknown decoder error"
+            lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+            detail = (lines[-1] if lines else "unknown decoder error").replace(str(path), path.name)
             if "matches no streams" in proc.stderr or "does not contain any stream" in proc.stderr:
                 raise UnsupportedAudio(f"'{path.name}' has no audio track: upload a speech recording.")
             raise UnsupportedAudio(
@@ -55,31 +67,57 @@ def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
                 "or a video with an audio track."
             )
         data, rate = soundfile.read(str(wav), dtype="float32", always_2d=True)
-    return data, rate
+    stated = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", proc.stderr)
+    duration = None if stated is None else int(stated[1]) * 3600 + int(stated[2]) * 60 + float(stated[3])
+    return data, rate, duration
 
 
-def _read_any(path: Path) -> tuple[np.ndarray, int]:
+def _read_any(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int, float | None]:
+    """(samples [n, channels], rate, whole duration if known): libsndfile streams, stopping at `max_seconds`."""
     try:
-        return soundfile.read(str(path), dtype="float32", always_2d=True)
+        with soundfile.SoundFile(str(path)) as sound:
+            frames = -1 if max_seconds is None else math.ceil(max_seconds * sound.samplerate)
+            data = sound.read(frames=frames, dtype="float32", always_2d=True)
+            return data, sound.samplerate, sound.frames / sound.samplerate if sound.frames > 0 else None
     except (soundfile.LibsndfileError, RuntimeError, TypeError):
-        return _decode_with_ffmpeg(path)
+        return _decode_with_ffmpeg(path, max_seconds)
 
 
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+@dataclass(frozen=True)
+class Speech:
+    """Decoded speech: mono float32 samples, and how long the whole file is."""
+
+    samples: np.ndarray
+    duration_s: float  # the whole track; longer than len(samples) when decoding stopped at the limit
+
+
+def load_speech(path: str | Path, max_seconds: float | None = None, sample_rate: int = SAMPLE_RATE) -> Speech:
     """Read speech from `path` as float32 mono at `sample_rate`, or raise a clear `FantasyError`.
 
-    Rejects missing files, undecodable files, speech shorter than 0.2 s and silent tracks, so that
-    nothing downstream ever animates noise without telling the user.
+    With `max_seconds`, at most that much plus `DECODE_MARGIN_S` is decoded, so memory and time grow
+    with the limit, not with the file (a 2-hour upload costs what a few seconds do); the samples up to
+    the limit are the ones a whole decode gives. Rejects missing files, undecodable files, speech
+    shorter than 0.2 s and silent tracks, so that nothing downstream ever animates noise without telling
+    the user.
     """
     path = Path(path)
     if not path.is_file():
         raise InputFileNotFound(f"Speech file not found: {path}")
-    data, rate = _read_any(path)
+    bound = None if max_seconds is None else max_seconds + DECODE_MARGIN_S
+    data, rate, stated = _read_any(path, bound)
     if data.size == 0:
         raise AudioTooShort(f"'{path.name}' contains no audio samples.")
     mono = resample_like_librosa(data.mean(axis=1, dtype=np.float32), rate, sample_rate)
     check_speech(mono, sample_rate, name=path.name)
-    return mono
+    decoded = len(mono) / sample_rate
+    stopped_early = bound is not None and len(data) >= (bound - 0.05) * rate
+    duration = max(decoded, stated or 0.0) if stopped_early else decoded
+    return Speech(mono, duration)
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The whole track as float32 mono at `sample_rate` (see `load_speech`, which can stop at a limit)."""
+    return load_speech(path, None, sample_rate).samples
 
 
 def resample_like_librosa(samples: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

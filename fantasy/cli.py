@@ -122,7 +122,9 @@ def _guidance_defaults(args) -> tuple[int | None, float, float]:
 
 
 def _run_generate(args) -> int:
-    from fantasy.generate import Settings, generate
+    """Every check first (settings, inputs, the output path and its free space), then the models, then the video."""
+    from fantasy.generate import Settings, generate, prepare_inputs
+    from fantasy.output import check_target
     from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT
     from fantasy.presets import get_preset, load_pipeline
     from fantasy.release import RELEASE_DIT
@@ -143,7 +145,16 @@ def _run_generate(args) -> int:
         audio_weight=args.audio_weight, fps=args.fps, max_frames=args.max_frames,
         max_duration=args.max_duration, longest_edge=args.size, release=args.release,
     )
-    settings = settings.resolved(preset)  # reject bad settings before loading any model
+    settings = settings.resolved(preset)  # reject bad settings before reading anything
+    inputs = prepare_inputs(args.image, args.audio, settings)  # the speech is decoded once, up to the limit
+    check_target(args.out, 2 * inputs.output_bytes(settings.fps))
+    face = None
+    if args.face is not None:
+        from fantasy.image import load_portrait
+
+        face = load_portrait(args.face)
+    for notice in inputs.notices:
+        print(f"note: {notice}", file=sys.stderr)
     if preset.demo:
         print(f"[{preset.name}] {preset.summary}", file=sys.stderr)
     started = time.perf_counter()
@@ -151,6 +162,7 @@ def _run_generate(args) -> int:
     real = {"dit": dit, "vram": args.vram, "weights": args.weights, "fit_size": settings.resolved(preset).longest_edge,
             "fit_frames": settings.max_frames, "fit_batch": 3 if speed.batch_guidance else 1}
     pipe = load_pipeline(preset.name, device=args.device, adapter=args.adapter, **(real if preset.name == "real" else {}))
+    pipe.set_progress_bar_config(disable=True)  # our own progress lines below
     from fantasy.speed import apply_speed
 
     for line in apply_speed(pipe, speed):
@@ -169,13 +181,8 @@ def _run_generate(args) -> int:
             print(f"  {stage}: {fraction:.0%}", file=sys.stderr)
             last["stage"] = stage
 
-    face = None
-    if args.face is not None:
-        from fantasy.image import load_portrait
-
-        face = load_portrait(args.face)
     result = generate(pipe, args.image, args.audio, args.out, settings, preset, progress=progress, face_image=face,
-                      preview=preview)
+                      inputs=inputs, preview=preview)
     if result.speech_cut and result.release:
         print(f"note: --release animates one clip, the first {result.num_frames / result.fps:.2f} s of the speech "
               f"({result.speech_seconds:.1f} s), as the release does", file=sys.stderr)
@@ -355,9 +362,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command. A user error prints `error: ...` (status 2); SIGINT, SIGTERM or SIGHUP stop the command,
+    remove its temporary files and print one line (status 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM)."""
+    from fantasy import quiet  # noqa: F401  (drops known third-party import noise before those imports run)
+    from fantasy.stop import StopRequested, stop_on_signals
+
+    args = None
     try:
-        return args.run(args)
+        with stop_on_signals():
+            args = build_parser().parse_args(argv)  # builds the generate parser: imports torch and diffusers
+            return args.run(args)
     except FantasyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StopRequested as stop:
+        if stop.written:
+            print(f"stopped ({stop}), {stop.written} was already complete", file=sys.stderr)
+        elif args is None or args.run is _run_generate:  # generate writes its video only once it is complete
+            print(f"stopped ({stop}), nothing written", file=sys.stderr)
+        else:
+            print(f"stopped ({stop})", file=sys.stderr)
+        return stop.exit_status

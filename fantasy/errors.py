@@ -6,7 +6,13 @@ Anything that is not a `FantasyError` is a bug and keeps its traceback.
 
 
 class FantasyError(Exception):
-    """Base class for errors caused by the user's input, files or environment (not by a bug)."""
+    """Base class for errors caused by the user's input, files or environment (not by a bug).
+
+    `concerns`: which input the error is about ("image" or "audio"), so a UI can show it there; None when
+    it is about no single input.
+    """
+
+    concerns: str | None = None
 
 
 class InputFileNotFound(FantasyError):
@@ -16,17 +22,25 @@ class InputFileNotFound(FantasyError):
 class UnsupportedAudio(FantasyError):
     """The file could not be decoded as audio (or has no audio track)."""
 
+    concerns = "audio"
+
 
 class SilentAudio(FantasyError):
     """The speech track carries no signal, so there is nothing to lip-sync to."""
+
+    concerns = "audio"
 
 
 class AudioTooShort(FantasyError):
     """The speech track is shorter than the minimum we can animate."""
 
+    concerns = "audio"
+
 
 class UnsupportedImage(FantasyError):
     """The portrait file is not an image we can read."""
+
+    concerns = "image"
 
 
 class UnsupportedVideo(FantasyError):
@@ -36,9 +50,13 @@ class UnsupportedVideo(FantasyError):
 class ImageTooSmall(FantasyError):
     """The portrait is below the minimum side length."""
 
+    concerns = "image"
+
 
 class NoFaceFound(FantasyError):
     """The portrait shows no detectable face."""
+
+    concerns = "image"
 
 
 class WeightsMissing(FantasyError):
@@ -71,3 +89,19 @@ class TrainingDataError(FantasyError):
 
 class ClipTooShort(TrainingDataError):
     """A training clip lasts less than one training sample (F frames at the training frame rate)."""
+
+
+class ImageTooLarge(FantasyError):
+    """The portrait has more pixels than we decode (checked from its header, before decoding)."""
+
+    concerns = "image"
+
+
+class ImageShapeUnsupported(FantasyError):
+    """The portrait is too elongated (aspect ratio over the limit) to make a video of."""
+
+    concerns = "image"
+
+
+class OutputError(FantasyError):
+    """The video cannot be written where asked (a directory, read-only, disk full), or did not verify."""

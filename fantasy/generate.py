@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from fantasy.audio import SAMPLE_RATE, clip_samples, load_audio
+from fantasy.audio import SAMPLE_RATE, clip_samples, load_speech
 from fantasy.errors import InvalidSetting
 from fantasy.identity import portrait_face_crop
-from fantasy.image import load_portrait, resize_portrait
+from fantasy.image import load_portrait, resize_note, resize_portrait
 from fantasy.long_video import MOTION_FRAMES, ColourMatch, plan_windows, total_frame_count
+from fantasy.output import check_target, video_bytes
 from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT, FantasyTalkingPipeline
 from fantasy.presets import Preset
 from fantasy.preview import LivePreview
@@ -94,22 +95,34 @@ class PreparedInputs:
     """Validated inputs, ready for the models."""
 
     portrait: Image.Image  # resized, sides multiples of 16
-    speech: np.ndarray  # the whole track, mono 16 kHz
+    speech: np.ndarray  # mono 16 kHz: the whole track, or its start up to the maximum duration plus a margin
     num_frames: int  # the whole video
-    speech_seconds: float
+    speech_seconds: float  # the whole track's duration
     speech_cut: bool  # the speech is longer than the maximum duration (release mode: than the one clip)
+    notices: list[str] = field(default_factory=list)  # what the user should know (e.g. the shape changed)
+
+    def output_bytes(self, fps: float, audio: bool = True) -> int:
+        """Room one finished mp4 of these inputs needs at most (`fantasy.output.video_bytes`)."""
+        width, height = self.portrait.size
+        return video_bytes(self.num_frames, width, height, self.num_frames / fps, audio)
 
 
 def prepare_inputs(image: str | Path | Image.Image, audio: str | Path, settings: Settings) -> PreparedInputs:
-    """Read and check portrait and speech; decide the frame count. No model is touched."""
-    portrait = resize_portrait(load_portrait(image), settings.longest_edge)
-    speech = load_audio(audio)
-    seconds = len(speech) / SAMPLE_RATE
+    """Read and check portrait and speech; decide the frame count. No model is touched.
+
+    Speech is decoded only up to what the video can use (the maximum duration, or in release mode the one
+    clip), plus a margin: memory follows the setting, not the file.
+    """
+    original = load_portrait(image)
+    portrait = resize_portrait(original, settings.longest_edge)
+    speech = load_speech(audio, settings.max_frames / settings.fps if settings.release else settings.max_duration)
+    seconds = speech.duration_s
     if settings.release:
         num_frames, cut = release_frame_count(seconds, settings.fps, settings.max_frames)
     else:
         num_frames, cut = total_frame_count(seconds, settings.fps, settings.max_duration)
-    return PreparedInputs(portrait, speech, num_frames, seconds, cut)
+    note = resize_note(original.size, settings.longest_edge)
+    return PreparedInputs(portrait, speech.samples, num_frames, seconds, cut, [note] if note else [])
 
 
 @dataclass
@@ -142,6 +155,7 @@ def generate(
     on_frames: Callable[[np.ndarray], None] | None = None,
     face_image: Image.Image | None = None,
     preview: LivePreview | None = None,
+    inputs: PreparedInputs | None = None,
 ) -> Result:
     """Generate a talking video into `out_path` (mp4 with the speech). `on_frames` sees frames as decoded.
 
@@ -150,6 +164,11 @@ def generate(
     module loaded, the face crop comes from `face_image` or else from the face backend (dlib) on the portrait.
     `settings.release`: only the release's clip, decoded as the release decodes (`fantasy.release`).
     `preview` gets each window's denoising estimate as a small clip (see `fantasy.preview`).
+    `inputs`: what `prepare_inputs(image, audio, settings)` already returned (the app and the CLI check
+    their inputs before loading or queueing, and the speech is decoded once).
+
+    The output path is checked (writable, room for the video) before any model work; the video appears
+    there only complete and verified (`fantasy.video.Mp4Writer`).
     """
     started = time.perf_counter()
     settings = settings.resolved(preset)
@@ -157,7 +176,8 @@ def generate(
         check_release_pipeline(pipe, demo=preset.demo)
     if settings.motion is not None and pipe.motion_context is None:
         raise InvalidSetting("motion coefficients need trained motion-module weights (see README, Training)")
-    inputs = prepare_inputs(image, audio, settings)
+    inputs = inputs or prepare_inputs(image, audio, settings)
+    check_target(out_path, 2 * inputs.output_bytes(settings.fps))  # the encoded stream and the muxed copy
     if pipe.identity_context is not None and face_image is None:
         face_image = portrait_face_crop(inputs.portrait)
     report = progress or (lambda stage, fraction: None)

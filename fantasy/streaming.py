@@ -24,7 +24,7 @@ from fantasy.errors import GenerationCancelled
 from fantasy.video import Mp4Writer, mux_audio
 
 if TYPE_CHECKING:
-    from fantasy.generate import Result, Settings
+    from fantasy.generate import PreparedInputs, Result, Settings
     from fantasy.pipeline import FantasyTalkingPipeline
     from fantasy.presets import Preset
     from fantasy.preview import Preview
@@ -98,7 +98,7 @@ class ChunkWriter:
             index = len(self.chunks)
             if self._writer is None:
                 height, width = frames.shape[1:3]
-                self._writer = Mp4Writer(self._video_path(index), self.fps, width, height, audio_path=None)
+                self._writer = Mp4Writer(self._video_path(index), self.fps, width, height, audio_path=None, verify=False)
                 self._in_current = 0
             take = min(self.sizes[index] - self._in_current, len(frames))
             self._writer.write(frames[:take])
@@ -174,7 +174,13 @@ class PreviewReady:
     preview: Preview
 
 
-StreamEvent = StageProgress | PreviewReady | ChunkReady | Finished
+@dataclass(frozen=True)
+class Idle:
+    """Nothing new for `heartbeat_s`: gives a consumer (a Gradio generator) a turn, so that a cancelled request
+    or a closed page is noticed while a long step runs, not only at the next real event."""
+
+
+StreamEvent = StageProgress | PreviewReady | ChunkReady | Finished | Idle
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,8 @@ def stream_generate(
     lock: threading.Lock | None = None,
     preview: bool = False,
     preview_budget: float | None = None,
+    inputs: PreparedInputs | None = None,
+    heartbeat_s: float | None = None,
 ) -> Iterator[StreamEvent]:
     """Run `generate` in a worker thread; yield progress, each chunk as it is ready, then `Finished`.
 
@@ -205,7 +213,8 @@ def stream_generate(
     generation, so a stopped run still finishing its step never overlaps the next one on the device.
     Errors raised in the worker are re-raised here, in the consumer. With `preview`, denoising estimates
     arrive as `PreviewReady` events (throttled to `preview_budget`, default 2 %, of the step time; the
-    consumer encodes them, off the denoising thread).
+    consumer encodes them, off the denoising thread). `inputs`: the already prepared inputs (the speech is
+    then not decoded again). `heartbeat_s`: yield `Idle` when nothing happened for that long.
     """
     from fantasy.generate import generate, prepare_inputs
     from fantasy.preview import BUDGET, LivePreview
@@ -231,7 +240,8 @@ def stream_generate(
             with lock if lock is not None else contextlib.nullcontext():
                 check_cancel()
                 resolved = settings.resolved(preset)
-                total = num_frames or prepare_inputs(image, audio, resolved).num_frames
+                prepared = inputs or prepare_inputs(image, audio, resolved)
+                total = num_frames or prepared.num_frames
                 writer = ChunkWriter(chunk_dir, total, resolved.fps, audio, min_chunk_seconds)
 
                 def on_frames(frames: np.ndarray) -> None:
@@ -245,7 +255,7 @@ def stream_generate(
 
                 live = LivePreview(on_preview, preview_budget or BUDGET) if preview else None
                 result = generate(pipe, image, audio, out_path, settings, preset, on_progress, on_frames,
-                                  preview=live)
+                                  preview=live, inputs=prepared)
                 chunks = writer.finish()
             events.put(Finished(result, chunks, steps_run))
         except BaseException as exc:  # handed to the consumer, which re-raises it
@@ -258,7 +268,11 @@ def stream_generate(
     completed = False
     try:
         while True:
-            event = events.get()
+            try:
+                event = events.get(timeout=heartbeat_s)
+            except queue.Empty:
+                yield Idle()
+                continue
             if isinstance(event, _Failed):
                 completed = True
                 raise event.error

@@ -18,12 +18,15 @@ from pathlib import Path
 
 from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED, Result, Settings
 from fantasy.motion import motion_controls
+from fantasy.output import check_target
 from fantasy.presets import Preset
 from fantasy.preview import BUDGET as PREVIEW_BUDGET
 from fantasy.preview import Preview, upscale, write_clip
 from fantasy.streaming import MIN_CHUNK_SECONDS, StreamEvent, stream_generate
 from fantasy.validation import MAX_UPLOAD_BYTES, CheckedInputs, FaceChecker, check_inputs
 
+HEARTBEAT_S = 0.2  # a UI gets a turn at least this often while a step runs, to notice a stop or a closed page
+SHUTDOWN_WAIT_S = 5.0  # on SIGTERM, how long a running worker gets to stop before its folder is removed
 OUTPUT_MAX_AGE_S = 3600  # finished jobs' files are deleted an hour later (they are served from Gradio's cache)
 
 
@@ -120,6 +123,7 @@ class Studio:
         self.min_chunk_seconds = min_chunk_seconds
         self.preview_budget = preview_budget  # share of the denoising time the live preview may take
         self.lock = threading.Lock()
+        self._running: dict[Path, threading.Event] = {}  # job folder -> its stop flag, while it streams
 
     @property
     def device(self) -> str:
@@ -133,17 +137,43 @@ class Studio:
             face_checker=self.face_checker, max_upload_bytes=self.max_upload_bytes,
         )
         self._clean_old_outputs()
+        # Room for the video, its muxed copy and the streamed chunks, checked before the job takes a slot.
+        check_target(self.output_root / "talking.mp4", 3 * checked.inputs.output_bytes(checked.settings.fps))
         folder = self.output_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"  # made by `run`
         return Job(Path(image), Path(audio), checked, mode, folder, list(checked.notices))
 
-    def run(self, job: Job, cancel: threading.Event | None = None) -> Iterator[StreamEvent]:
-        """Stream the job's generation (see `fantasy.streaming.stream_generate`)."""
+    def run(self, job: Job, cancel: threading.Event | None = None,
+            heartbeat_s: float | None = HEARTBEAT_S) -> Iterator[StreamEvent]:
+        """Stream the job's generation (see `fantasy.streaming.stream_generate`), from the inputs `check` decoded."""
         job.folder.mkdir(parents=True, exist_ok=True)
-        return stream_generate(
+        cancel = cancel if cancel is not None else threading.Event()
+        self._running[job.folder] = cancel
+        return self._tracked(job.folder, stream_generate(
             self.pipe, job.image, job.audio, job.out_path, job.settings, self.preset, job.chunk_dir,
             num_frames=job.checked.num_frames, min_chunk_seconds=self.min_chunk_seconds, cancel=cancel,
-            lock=self.lock, preview=True, preview_budget=self.preview_budget,
-        )
+            lock=self.lock, preview=True, preview_budget=self.preview_budget, inputs=job.checked.inputs,
+            heartbeat_s=heartbeat_s,
+        ))
+
+    def _tracked(self, folder: Path, stream: Iterator[StreamEvent]) -> Iterator[StreamEvent]:
+        try:
+            yield from stream
+        finally:
+            self._running.pop(folder, None)
+
+    def shutdown(self, wait_s: float = SHUTDOWN_WAIT_S) -> int:
+        """Stop every running generation and delete its folder (nothing half-written stays behind).
+
+        Waits up to `wait_s` for a worker to reach its next step check; returns how many were stopped.
+        """
+        running = list(self._running.items())
+        for _, cancel in running:
+            cancel.set()
+        if running and self.lock.acquire(timeout=wait_s):
+            self.lock.release()
+        for folder, _ in running:
+            shutil.rmtree(folder, ignore_errors=True)
+        return len(running)
 
     def status(self, job: Job, result: Result | None = None, state: str = "Done", steps_run: int | None = None) -> str:
         """One line: what ran, where, how, how long, and anything the user must know (cut, face check).

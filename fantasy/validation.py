@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fantasy.errors import FileTooLarge, MissingInput
+from fantasy.errors import FantasyError, FileTooLarge, MissingInput
 from fantasy.generate import PreparedInputs, Settings, prepare_inputs
 from fantasy.image import load_portrait
 from fantasy.presets import Preset
@@ -59,6 +59,11 @@ def check_file_size(path: str | Path, what: str, limit_bytes: int = MAX_UPLOAD_B
             f"The {what} file '{Path(path).name}' is {human_size(size)}; the limit is {human_size(limit_bytes)}. "
             "Use a smaller file (a shorter clip, or a compressed photo)."
         )
+
+
+def _about(concerns: str, error: FantasyError) -> FantasyError:
+    error.concerns = concerns
+    return error
 
 
 @dataclass(frozen=True)
@@ -130,11 +135,14 @@ def check_inputs(
     an error: only its start is animated, and a notice says so.
     """
     if image is None or str(image) == "":
-        raise MissingInput("Add a portrait: upload a photo or take one with the webcam.")
+        raise _about("image", MissingInput("Add a portrait: upload a photo or take one with the webcam."))
     if audio is None or str(audio) == "":
-        raise MissingInput("Add speech: upload an audio file or record one with the microphone.")
-    check_file_size(image, "portrait", max_upload_bytes)
-    check_file_size(audio, "speech", max_upload_bytes)
+        raise _about("audio", MissingInput("Add speech: upload an audio file or record one with the microphone."))
+    for name, path, what in (("image", image, "portrait"), ("audio", audio, "speech")):
+        try:
+            check_file_size(path, what, max_upload_bytes)
+        except FantasyError as exc:
+            raise _about(name, exc) from None
     limit_s = duration_limit(max_duration_s)
     settings = replace(settings, max_duration=limit_s).resolved(preset)
     portrait = load_portrait(image)
@@ -143,7 +151,7 @@ def check_inputs(
     if checker.check is not None:
         face_note = checker.check(_face_input(portrait)) or checker.note
     inputs = prepare_inputs(portrait, audio, settings)
-    notices = []
+    notices = list(inputs.notices)
     if inputs.speech_cut:
         notices.append(
             f"The speech is {inputs.speech_seconds:.1f} s long; it was cut to the maximum duration of {limit_s:.1f} s."

@@ -9,8 +9,8 @@ import httpx
 import pytest
 import soundfile
 from gradio_client import Client, handle_file
-from gradio_client.exceptions import AppError
-from gradio_client.utils import QueueError, Status
+from gradio_client.exceptions import ValidationError
+from gradio_client.utils import Status
 from PIL import Image
 
 import app
@@ -151,7 +151,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple]:
 def test_each_bad_input_comes_back_as_an_error_with_its_message(client, tmp_path, case):
     image, audio, message = _bad_inputs(tmp_path)[case]
     started = time.perf_counter()
-    with pytest.raises(AppError, match=message):
+    concerns = "image" if case in ("no face", "image format", "no portrait") else "audio"
+    # checked as the request joins the queue (before it waits for the generation slot), shown on its input
+    with pytest.raises(ValidationError, match=rf"^1 parameter\(s\) failed validation:\n- {concerns}: {message}"):
         client.predict(image=handle_file(image) if image else None, audio=handle_file(audio) if audio else None,
                        api_name="/generate", **FAST)
     assert time.perf_counter() - started < 10  # refused before any model work
@@ -170,7 +172,8 @@ def test_our_own_size_check_when_the_server_has_no_limit(tiny_pipe, tmp_path):
     url = launch(demo, server_name="127.0.0.1")  # e.g. a host that ignores max_file_size
     try:
         client = Client(url, verbose=False, download_files=False)
-        with pytest.raises(AppError, match=r"The portrait file 'portrait.png' is 412.5 KB; the limit is 256 KB"):
+        with pytest.raises(ValidationError,
+                           match=r"- image: The portrait file 'portrait.png' is 412.5 KB; the limit is 256 KB"):
             client.predict(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH), api_name="/generate",
                            **FAST)
     finally:
@@ -196,8 +199,9 @@ def test_one_generation_at_a_time_and_a_bounded_queue(tiny_pipe, tmp_path):
         waiting = client.submit(**args)
         _wait_for(waiting, {Status.IN_QUEUE})  # the second waits: one generation at a time
         assert running.status().code != Status.FINISHED
-        with pytest.raises(QueueError, match="Queue is full"):
-            client.predict(**args)  # the third is turned away with a busy message
+        busy = r"The studio is busy: 1 video waiting, the most it queues\. Please try again in a few minutes\."
+        with pytest.raises(ValidationError, match=busy):
+            client.predict(**args)  # the third is turned away with our busy message (the page shows the same)
         assert probe(running.result()[0]["path"]).frames == 25
         assert probe(waiting.result()[0]["path"]).frames == 25  # and the queued one still runs afterwards
     finally:
@@ -236,7 +240,9 @@ def test_cancelling_stops_the_generation_and_frees_the_device(tiny_pipe, tmp_pat
 
 @pytest.mark.slow
 def test_python_app_py_starts_in_tiny_demo_mode_with_a_banner(tmp_path):
+    """...and SIGTERM stops it, with its running generation: exit 143, one line, the job's files removed."""
     import os
+    import signal
     import socket
     import subprocess
     import sys
@@ -245,7 +251,7 @@ def test_python_app_py_starts_in_tiny_demo_mode_with_a_banner(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = tmp_path / "app.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)}
     env.pop("SPACE_ID", None)
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
@@ -265,9 +271,23 @@ def test_python_app_py_starts_in_tiny_demo_mode_with_a_banner(tmp_path):
         assert "The output is noise from a random model" in config.text  # the banner is on the page
         assert "[app] preset tiny" in log.read_text()
         assert config.json()["max_file_size"] == 20 * 1024 * 1024
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+        job = client.submit(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH), steps=50,
+                            resolution=128, max_duration=10, api_name="/generate")  # 2 windows x 50 steps
+        _wait_for(job, {Status.PROGRESS}, timeout=240)  # denoising has begun
+        outputs = tmp_path / "fantasy-studio"
+        assert len([p for p in outputs.iterdir() if p.is_dir()]) == 1  # the running job's folder
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    lines = log.read_text().splitlines()
+    assert lines[-1] == "[app] stopped (SIGTERM); 1 running generation stopped, its files removed"
+    assert list(outputs.iterdir()) == []
+    noise = ("Traceback", "torchao", "_pytree", "torchvision", "it/s]")  # a quiet console, also on errors
+    assert not [line for line in lines if any(word in line for word in noise)], lines
 
 
 def test_on_a_space_the_app_is_built_at_import_time(monkeypatch):

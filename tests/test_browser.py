@@ -13,6 +13,7 @@ import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageStat
 
@@ -97,6 +98,7 @@ def test_generate_in_the_browser_streams_a_playing_video(served, tmp_path):
                                    timeout=60_000)
             status = page.locator("#status").inner_text()
             page.screenshot(path=str(shots / "browser-done.png"), full_page=True)
+            boxes = {name: page.locator(f"#{name}").bounding_box() for name in ("live", "final")}
         finally:
             browser.close()
     # the moved slider and the typed settings reached the generation
@@ -104,6 +106,9 @@ def test_generate_in_the_browser_streams_a_playing_video(served, tmp_path):
     assert "37 frames 64×64" in status and "2 steps × 3 passes" in status
     assert "it was cut to the maximum duration of 1.5 s" in status  # the 6.4 s example was cut, visibly
     assert not errors, errors
+    # both players keep their height whatever the video's size, so the finished video is on the first screen
+    assert boxes["live"]["height"] == boxes["final"]["height"] == app.PLAYER_HEIGHT
+    assert boxes["final"]["y"] + boxes["final"]["height"] <= 1100
     with Image.open(shots / "browser-playing.png") as shot:
         assert shot.width == 1400 and shot.height >= 1100
         # the live player shows frames (noise from the random model), not the empty white placeholder
@@ -144,6 +149,31 @@ def test_stop_ends_the_generation_without_a_video(served, tmp_path):
     finished = list((tmp_path / "outputs").glob("*/talking.mp4"))
     assert len(finished) == 1 and probe(finished[0]).frames == 25  # only the small one
     assert not errors, errors
+
+
+def test_an_error_leaves_the_status_line_readable(served, tmp_path):
+    notes = tmp_path / "notes.mp3"
+    notes.write_text("meeting notes, not audio")
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser, page = open_page(p, served, errors)
+        try:
+            page.locator("#portrait input[type=file]").set_input_files(str(EXAMPLE_IMAGE))
+            page.locator("#speech input[type=file]").set_input_files(str(notes))
+            page.wait_for_selector("#portrait img")
+            page.click("#generate")
+            page.get_by_text("Could not read 'notes.mp3' as audio").wait_for(timeout=60_000)  # the error toast
+            page.screenshot(path=str(tmp_path / "browser-error.png"), full_page=True)
+            box = page.locator("#status").bounding_box()
+        finally:
+            browser.close()
+    assert not errors, errors
+    # Gradio draws a red "Error" badge over an event's outputs; the status line must not get one
+    with Image.open(tmp_path / "browser-error.png") as shot:
+        line = np.asarray(shot.convert("RGB").crop((int(box["x"]), int(box["y"]), int(box["x"] + box["width"]),
+                                                    int(box["y"] + box["height"]))), dtype=int)
+    red = (line[..., 0] > 160) & (line[..., 1] < 110) & (line[..., 2] < 110)
+    assert red.sum() == 0
 
 
 class HoldAtSteps:

@@ -1,0 +1,138 @@
+"""Where a finished video goes: the target is checked before any work, temporary files get unique names
+beside it (so the final rename is atomic and two runs never share one), ffmpeg's failures are recognised
+even when it exits 0, and the finished file is verified before it is moved into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from fantasy.errors import OutputError
+
+# Room a video needs, as an upper bound: H.264 at CRF 18 takes 0.63-0.66 byte per pixel for uniform random noise
+# (the worst case; the tiny preset's output takes 0.1, faces far less; see README "Reliability"); AAC at
+# 192 kbit/s; plus a fixed slack.
+BYTES_PER_PIXEL = 0.75
+AUDIO_BYTES_PER_S = 192_000 // 8
+SLACK_BYTES = 1 << 20
+# Lines ffmpeg prints for a failed write; Debian's ffmpeg 5.1 can exit 0 after "Error writing trailer".
+FFMPEG_FAILURES = (
+    "No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied",
+    "Error writing trailer", "Error muxing", "Error closing file", "Error submitting", "Conversion failed",
+    "av_interleaved_write_frame", "Input/output error", "File too large",
+)
+
+
+def video_bytes(frames: int, width: int, height: int, seconds: float, audio: bool = True) -> int:
+    """An upper bound on one mp4 of this size (see BYTES_PER_PIXEL)."""
+    return int(frames * width * height * BYTES_PER_PIXEL + (AUDIO_BYTES_PER_S * seconds if audio else 0)) + SLACK_BYTES
+
+
+def check_target(path: str | Path, needed_bytes: int = 0) -> Path:
+    """Refuse an output path that cannot work, before any work: wrong suffix, a directory, a directory we
+    cannot write in (tried with a real file, so read-only mounts count, even for root), or too little room.
+
+    Creates missing parent directories. `needed_bytes`: room for everything written before the final rename.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise OutputError(f"the output must end in .mp4, got '{path.name or path}'")
+    if path.is_dir():
+        raise OutputError(f"the output '{path}' is a directory: give a file name ending in .mp4")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.stem}.", suffix=".check")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"cannot write in '{folder}': {exc.strerror or exc}") from None
+    free = shutil.disk_usage(folder).free
+    if needed_bytes > free:
+        raise OutputError(
+            f"not enough free space in '{folder}' for the video: about {_mb(needed_bytes)} needed, {_mb(free)} free"
+        )
+    return path
+
+
+def temp_path(target: Path, tag: str) -> Path:
+    """A hidden, unique name beside `target` (same directory, so `os.replace` onto the target is atomic)."""
+    return target.with_name(f".{target.stem}.{uuid.uuid4().hex[:12]}.{tag}.partial{target.suffix}")
+
+
+def ffmpeg_failure(returncode: int, stderr: str, paths: dict[Path, str] | None = None) -> str | None:
+    """Why an ffmpeg run failed (one line, temporary paths replaced by what they stand for), or None."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    known = next((line for line in lines for marker in FFMPEG_FAILURES if marker in line), None)
+    if returncode == 0 and known is None:
+        return None
+    reason = known or (lines[-1] if lines else f"ffmpeg exited with status {returncode}")
+    for path, name in (paths or {}).items():
+        reason = reason.replace(str(path), name)
+    return reason[:300]
+
+
+def publish(tmp: Path, target: Path) -> Path:
+    """Move the verified file into place in one step; an existing target is replaced only now."""
+    os.replace(tmp, target)
+    return target
+
+
+@dataclass(frozen=True)
+class StreamCheck:
+    """What ffmpeg can read back from one stream of a file: packets (= frames for video) and end time."""
+
+    packets: int
+    end_s: float
+
+
+def read_stream(ffmpeg: str, path: Path, stream: str) -> StreamCheck | None:
+    """Demux one stream (`v:0` or `a:0`) to nothing and count it; None when the file has no such stream.
+
+    ffmpeg rather than ffprobe, so this works with imageio-ffmpeg's bundled binary too. Raises
+    `OutputError` when the file cannot be read to its end (e.g. "moov atom not found", a truncated file).
+    """
+    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-map", f"0:{stream}", "-c", "copy", "-f", "null",
+           "-progress", "pipe:1", "-"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if "matches no streams" in proc.stderr:
+        return None
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+    if proc.returncode != 0 or lines:  # any error line about a file we just wrote means it is damaged
+        reason = (lines[-1] if lines else f"ffmpeg exited with status {proc.returncode}").replace(str(path), path.name)
+        raise OutputError(f"the finished video does not read back: {reason[:300]}")
+    values = dict(re.findall(r"^(\w+)=(.*)$", proc.stdout, flags=re.M))
+    return StreamCheck(int(values.get("frame", "0")), max(0.0, int(values.get("out_time_us", "0")) / 1e6))
+
+
+def verify_mp4(ffmpeg: str, path: Path, frames: int, fps: float, audio: bool) -> None:
+    """The file holds exactly `frames` video frames, lasts frames/fps, and has its audio track when expected."""
+    video = read_stream(ffmpeg, path, "v:0")
+    if video is None or video.packets != frames:
+        found = 0 if video is None else video.packets
+        raise OutputError(f"the finished video holds {found} of its {frames} frames")
+    if not audio:
+        return
+    sound = read_stream(ffmpeg, path, "a:0")
+    if sound is None:
+        raise OutputError("the finished video has no audio track")
+    if sound.end_s < frames / fps - 0.25:  # AAC ends on a 1024-sample frame; a real cut is far larger
+        raise OutputError(f"the finished video's audio stops at {sound.end_s:.2f} s of {frames / fps:.2f} s")
+
+
+def remove_quietly(*paths: Path) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
+def _mb(num_bytes: float) -> str:
+    return f"{num_bytes / 1e6:.1f} MB"

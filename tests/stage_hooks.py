@@ -1,0 +1,77 @@
+"""`python -m tests.stage_hooks STAGE generate ...`: the CLI, paused in one stage until a signal arrives.
+
+On reaching the stage it prints `STAGE <name>` on stderr and waits there; the fault-injection tests send
+the signal at that moment, so "a signal during stage X" is exact, not a matter of timing. Stages:
+load (loading the models), denoise (after the first step), decode (the encoder has a frame), mux (the muxed
+temporary file exists), verify (the muxed file was read back), publish (inside the final rename, where
+signals are held until the video is in place).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+from fantasy import quiet, stop  # noqa: F401  (quiet: as the CLI does, before the imports below)
+
+STAGES = ("load", "denoise", "decode", "mux", "verify", "publish")
+
+
+def reached(stage: str) -> None:
+    print(f"STAGE {stage}", file=sys.stderr, flush=True)
+    if stage == "publish":
+        while not stop._state["held"]:  # the rename's guard holds the signal; then the rename goes on
+            time.sleep(0.01)
+        return
+    while True:  # the signal handler raises StopRequested out of this sleep
+        time.sleep(0.05)
+
+
+def after(function, stage: str):
+    def wrapped(*args, **kwargs):
+        result = function(*args, **kwargs)
+        reached(stage)
+        return result
+    return wrapped
+
+
+def install(stage: str) -> None:
+    import fantasy.presets
+    import fantasy.video
+    from fantasy.pipeline import FantasyTalkingPipeline
+
+    if stage == "load":
+        load = fantasy.presets.load_pipeline
+        fantasy.presets.load_pipeline = lambda *a, **k: (reached(stage), load(*a, **k))[1]
+    elif stage == "denoise":
+        call = FantasyTalkingPipeline.__call__
+
+        def denoise(self, *args, step_callback=None, **kwargs):
+            def on_step(done: int, total: int) -> None:
+                if step_callback is not None:
+                    step_callback(done, total)
+                if done == 1:
+                    reached(stage)
+            return call(self, *args, step_callback=on_step, **kwargs)
+
+        FantasyTalkingPipeline.__call__ = denoise
+    elif stage == "decode":
+        fantasy.video.FrameEncoder.send = after(fantasy.video.FrameEncoder.send, stage)
+    elif stage == "mux":
+        fantasy.video.mux_audio = after(fantasy.video.mux_audio, stage)
+    elif stage == "verify":
+        fantasy.video.verify_mp4 = after(fantasy.video.verify_mp4, stage)
+    elif stage == "publish":
+        publish = fantasy.video.publish
+        fantasy.video.publish = lambda *a, **k: (reached(stage), publish(*a, **k))[1]
+    else:
+        raise SystemExit(f"unknown stage {stage}; one of {', '.join(STAGES)}")
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if the runner ignores Ctrl-C
+    install(sys.argv[1])
+    from fantasy.cli import main
+
+    raise SystemExit(main(sys.argv[2:]))
