@@ -46,3 +46,28 @@ def test_a_hanging_test_fails_with_its_name(tmp_path: Path, request):
     assert proc.returncode == 1, proc.stdout
     assert "FAILED test_hang.py::test_waits_forever - Failed: Timeout (>1.0s)" in proc.stdout
     assert "1 failed, 1 passed" in proc.stdout  # the run went on
+
+
+def test_the_mutation_bench_and_mutmut_mutate_the_same_files():
+    """`bench.mutation.MODULES` is the one list to update when files move; mutmut's `only_mutate` must follow."""
+    from bench.mutation import MODULES
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    assert sorted(MODULES.values()) == sorted(config["only_mutate"])
+    assert [p for p in MODULES.values() if not (ROOT / p).is_file()] == []
+
+
+def test_mutation_scores_count_only_checked_mutants(tmp_path, monkeypatch):
+    """A partial run gives its score over the mutants it checked, and says how many of all those were."""
+    import json
+
+    from bench import mutation
+
+    meta = tmp_path / "mutants" / "fantasy" / "windows.py.meta"
+    meta.parent.mkdir(parents=True)
+    codes = {"a": 1, "b": 1, "c": 0, "d": None, "e": 36, "f": 33}  # killed 2, survived, unchecked, timeout, no tests
+    meta.write_text(json.dumps({"exit_code_by_key": codes}))
+    monkeypatch.setattr(mutation, "ROOT", tmp_path)
+    assert mutation.score_line("windows") == "| fantasy/windows.py | 3/5 | 60.0 % | 5/6 | 1 no tests, 1 survived |"
+    assert mutation.survivors("windows") == ["c", "f"]
+    assert mutation.unchecked_sample("windows", 5) == ["d"]
