@@ -304,3 +304,83 @@ def test_audio_made_on_the_cpu_reaches_a_transformer_on_another_device():
     with torch.no_grad(), ctx.use(windows, lengths, torch.tensor([2.0])):
         out = transformer(**args)[0]
     assert (out.device.type, tuple(out.shape)) == ("meta", (1, 16, LATENT_FRAMES, H, W))
+
+
+def test_the_branch_is_on_unless_every_scale_is_zero_and_masks_only_with_padding():
+    ctx = AudioContext()
+    windows, full = torch.zeros(1, 2, 3, 4), torch.tensor([3, 3])
+    cases = [(1.0, True), (0.0, False), (torch.tensor([0.0, 0.0]), False), (torch.tensor([1.0, 1.0]), True),
+             (torch.tensor([0.0, 2.0]), True)]
+    for scale, active in cases:
+        with ctx.use(windows, full, scale):
+            assert (ctx.active, ctx.key_valid) == (active, None)  # no padding slot: no mask at all
+    with ctx.use(windows, torch.tensor([3, 1]), 1.0):
+        assert ctx.key_valid.tolist() == [[True, True, True], [True, False, False]]
+    with ctx.use(None, None, 1.0):
+        assert (ctx.active, ctx.key_valid) == (False, None)
+
+
+def reference_audio_attention(processor, query, windows, lengths):
+    """The branch as the paper writes it, one (pass, latent frame, head) at a time: softmax(q k^T / sqrt(d)) v over
+    that frame's valid window tokens; a frame without any gets 0."""
+    batch, seq, heads, head_dim = query.shape
+    frames = windows.shape[1]
+    per_frame = seq // frames
+    out = torch.zeros(batch, seq, heads * head_dim)
+    for b in range(batch):
+        for t in range(frames):
+            n = int(lengths[t])
+            if n == 0:
+                continue
+            a = windows[0, t, :n]
+            k = (a @ processor.k_proj.weight.T).view(n, heads, head_dim)
+            v = (a @ processor.v_proj.weight.T).view(n, heads, head_dim)
+            for h in range(heads):
+                q = query[b, t * per_frame:(t + 1) * per_frame, h]
+                weights = (q @ k[:, h].T / head_dim**0.5).softmax(-1)
+                out[b, t * per_frame:(t + 1) * per_frame, h * head_dim:(h + 1) * head_dim] = weights @ v[:, h]
+    return out
+
+
+@pytest.mark.parametrize("lengths", [[3, 5, 4], [5, 5, 5], [3, 0, 4]], ids=["padding", "full", "empty window"])
+def test_audio_attention_is_each_frames_tokens_against_its_own_window_per_head(lengths):
+    torch.manual_seed(0)
+    ctx = AudioContext()
+    processor = FantasyAudioAttnProcessor(CONTEXT_DIM, 24, IMAGE_TOKENS, ctx)
+    with torch.no_grad():
+        processor.k_proj.weight.normal_()
+        processor.v_proj.weight.normal_()
+    windows, _ = audio()
+    lengths = torch.tensor(lengths)
+    query = torch.randn(2, LATENT_FRAMES * 4, 2, 12)  # 2 passes, 4 tokens a frame, 2 heads of 12
+    with torch.no_grad(), ctx.use(windows, lengths, 1.0):
+        out = processor._audio_attention(query)
+    # SDPA against the loops: measured 3.3e-6 at most (outputs up to 12.7)
+    torch.testing.assert_close(out, reference_audio_attention(processor, query, windows, lengths), rtol=0, atol=7e-6)
+
+
+def test_video_tokens_that_do_not_split_into_the_latent_frames_are_refused():
+    ctx = AudioContext()
+    processor = FantasyAudioAttnProcessor(CONTEXT_DIM, 24, IMAGE_TOKENS, ctx)
+    windows, lengths = audio()
+    with ctx.use(windows, lengths, 1.0), pytest.raises(
+            ValueError, match="^10 video tokens do not split into 3 latent frames$"):
+        processor._audio_attention(torch.zeros(1, 10, 2, 12))
+
+
+def test_the_chosen_attention_backend_reaches_the_text_and_the_image_attention(models, monkeypatch):
+    import fantasy.adapter as adapter_module
+
+    _, ours, ctx = models
+    seen = []
+    dispatch = adapter_module.dispatch_attention_fn
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["backend"])
+        return dispatch(*args, **kwargs)
+
+    monkeypatch.setattr(adapter_module, "dispatch_attention_fn", recording)
+    for p in audio_processors(ours):
+        monkeypatch.setattr(p, "_attention_backend", "_native_math")
+    run(ours, ctx)
+    assert seen == ["_native_math"] * 4  # 2 blocks x (image, text)
