@@ -2,16 +2,17 @@
 
     python -m bench.mutation                       # every core module, one after the other
     python -m bench.mutation windows sampling      # some of them
-    python -m bench.mutation --survivors windows   # retry only what survived last time (after adding tests)
+    python -m bench.mutation --survivors windows   # only what no test detected yet: survived, no tests, not checked
     python -m bench.mutation --changed             # only mutants without a result: functions changed since
     python -m bench.mutation --sample 40 video     # 40 of its unchecked mutants, drawn with a fixed seed (an estimate)
     python -m bench.mutation --scores              # only print the scores of the last runs
 
 mutmut (configured in pyproject.toml, `[tool.mutmut]`) copies `fantasy/` and `tests/` into `mutants/`, plants
 one small change at a time in a function (an operator, a constant, a dropped argument...) and runs the tests
-that call that function; a mutant that no test notices "survived". Results are kept in `mutants/`, so a
-rerun only tries the mutants of functions that changed. This is a bench command, not CI: on the 2-core CI
-machine the core modules take hours (see README, Test quality).
+that call that function; a mutant that no test notices "survived". Results are kept in `mutants/`: naming a
+module tries all its mutants again; `--survivors` and `--changed` try only those without a detected result
+(mutmut resets the results of a function whose code changed). This is a bench command, not CI: on the 2-core
+CI machine the core modules take hours (see README, Test quality).
 
 mutmut runs from a virtual environment of its own (`.venv-mutmut`, made on first use, seeing the shared
 packages): mutmut 3.8 needs libcst >= 1.9, and the shared environment must keep its own.
@@ -79,6 +80,11 @@ def survivors(module: str) -> list[str]:
                   if STATUS.get(code, "suspicious") not in DETECTED | {"not checked"})
 
 
+def undetected(module: str) -> list[str]:
+    """Survivors and the mutants with no result (new, or of a function changed since its last run)."""
+    return sorted(name for name, code in _codes(module).items() if STATUS.get(code, "suspicious") not in DETECTED)
+
+
 def unchecked_sample(module: str, size: int) -> list[str]:
     """`size` of the module's mutants without a result, drawn with a fixed seed (the same draw every time)."""
     unchecked = sorted(name for name, code in _codes(module).items() if code is None)
@@ -117,7 +123,7 @@ def run(modules: list[str], max_children: int, only_survivors: bool = False, cha
         return subprocess.run([str(exe), "run", "--max-children", str(max_children)], cwd=ROOT, env=env).returncode
     for module in modules:
         if only_survivors or sample:
-            names = survivors(module) if only_survivors else unchecked_sample(module, sample)
+            names = undetected(module) if only_survivors else unchecked_sample(module, sample)
         else:
             names = [MODULES[module][:-3].replace("/", ".") + ".*"]
         print(f"== mutmut: {MODULES[module]} ({len(names) if only_survivors or sample else 'all'} mutants)", flush=True)
@@ -135,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.mutation", description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", metavar="MODULE", help=f"some of: {', '.join(MODULES)} (default: all)")
     parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1)")
-    parser.add_argument("--survivors", action="store_true", help="retry only the mutants no test detected last time")
+    parser.add_argument("--survivors", action="store_true",
+                        help="retry only the mutants no test detected yet (survived, no tests, not checked)")
     parser.add_argument("--changed", action="store_true",
                         help="try only the mutants with no result yet (new or changed functions, every module)")
     parser.add_argument("--sample", type=int, default=0, metavar="N",

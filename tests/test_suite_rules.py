@@ -70,4 +70,5 @@ def test_mutation_scores_count_only_checked_mutants(tmp_path, monkeypatch):
     monkeypatch.setattr(mutation, "ROOT", tmp_path)
     assert mutation.score_line("windows") == "| fantasy/windows.py | 3/5 | 60.0 % | 5/6 | 1 no tests, 1 survived |"
     assert mutation.survivors("windows") == ["c", "f"]
+    assert mutation.undetected("windows") == ["c", "d", "f"]
     assert mutation.unchecked_sample("windows", 5) == ["d"]
