@@ -138,6 +138,7 @@ def test_saved_adapter_keeps_the_projection_in_fp32(tmp_path, pipe):
     save_adapter_weights(pipe.transformer, pipe.audio_proj, tmp_path / "bf16.safetensors")  # default bf16
     saved = load_file(tmp_path / "bf16.safetensors")
     assert {k for k, t in saved.items() if t.dtype == torch.float32} == set(PROJ_KEYS)
+    assert {t.dtype for k, t in saved.items() if k not in PROJ_KEYS} == {torch.bfloat16}
     assert torch.equal(saved["audio_proj.proj.weight"], pipe.audio_proj.proj.weight)
     assert not has_low_precision_projection(tmp_path / "bf16.safetensors")
 
@@ -344,12 +345,34 @@ def test_a_failed_write_leaves_no_partial_file_and_the_old_target(tmp_path, monk
     assert target.read_bytes() == b"previous version"
 
 
-def test_saved_adapter_is_bf16_by_default_but_the_projection_stays_fp32(tmp_path, pipe):
-    torch.save(official_layout(seed=3), tmp_path / "a.ckpt")
-    load_adapter_weights(pipe.transformer, pipe.audio_proj, tmp_path / "a.ckpt")
-    save_adapter_weights(pipe.transformer, pipe.audio_proj, tmp_path / "ours.safetensors")
-    saved = load_file(tmp_path / "ours.safetensors")
-    assert {k: t.dtype for k, t in saved.items()} == {k: torch.float32 if k in PROJ_KEYS else torch.bfloat16
-                                                      for k in expected_keys(2)}
-    assert torch.equal(saved["blocks.1.attn2.processor.v_proj.weight"],
-                       pipe.transformer.blocks[1].attn2.processor.v_proj.weight.detach().to(torch.bfloat16))
+class LeavesAMark:
+    """Unpickling this runs code: it creates the file `path`."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.path!r}, 'w').close()",))
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_code_in_a_checkpoint_never_runs_even_where_torch_defaults_to_full_unpickling(tmp_path, monkeypatch,
+                                                                                     zip_format):
+    """weights_only=True is passed explicitly: torch's TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD only flips its default."""
+    mark = tmp_path / "code-ran"
+    torch.save({"proj_model": LeavesAMark(mark), "audio_processor": {}}, tmp_path / "evil.ckpt",
+               _use_new_zipfile_serialization=zip_format)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(CheckpointMismatch, match=r"^evil\.ckpt is not a readable tensor checkpoint \(UnpicklingError: "):
+        read_adapter_weights(tmp_path / "evil.ckpt")
+    assert not mark.exists()
+
+
+def test_only_the_projection_matrix_decides_an_old_conversion(tmp_path):
+    """bf16 `audio_proj.proj.weight` marks a file converted before the projection stayed fp32; a file that is not
+    safetensors at all is left to the loader to explain."""
+    tensors = {"audio_proj.proj.weight": torch.zeros(2, 2, dtype=torch.bfloat16), "audio_proj.norm.weight": torch.zeros(2)}
+    save_file(tensors, tmp_path / "old.safetensors")
+    assert has_low_precision_projection(tmp_path / "old.safetensors")
+    (tmp_path / "text.safetensors").write_text("not a safetensors file")
+    assert not has_low_precision_projection(tmp_path / "text.safetensors")
