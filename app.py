@@ -28,9 +28,9 @@ from typing import Any
 import gradio as gr
 from PIL import UnidentifiedImageError
 
-from fantasy.cli import add_real_flags, add_speed_flags, speed_options
+from fantasy.cli import add_parallel_flags, add_real_flags, add_speed_flags, parallel_option, speed_options
 from fantasy.distill import FEW_STEP_AUDIO_GUIDANCE, FEW_STEP_TEXT_GUIDANCE, FEW_STEPS
-from fantasy.errors import FantasyError, GenerationCancelled, WeightsMissing
+from fantasy.errors import FantasyError, GenerationCancelled, InvalidSetting, WeightsMissing
 from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED
 from fantasy.image import MIN_SIDE, SIDE_MULTIPLE
 from fantasy.presets import Preset, get_preset, load_pipeline
@@ -151,16 +151,26 @@ def slider_defaults(pipe, preset: Preset) -> dict[str, float]:
 def build_demo(
     pipe, preset: Preset, *, face_checker: FaceChecker | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
     max_queue: int = MAX_QUEUE, output_root: str | Path | None = None, min_chunk_seconds: float = 1.0,
-    preview_budget: float = PREVIEW_BUDGET,
+    preview_budget: float = PREVIEW_BUDGET, channel=None, serve_url: str | None = None,
 ) -> gr.Blocks:
-    """The whole page around a resident pipeline. Tests call this with the tiny pipeline and a fake face check."""
+    """The whole page around a resident pipeline. Tests call this with the tiny pipeline and a fake face check.
+
+    `channel`: the page runs on rank 0 of a context-parallel group, whose other ranks follow each job.
+    `serve_url`: a thin front end; generations run on that Ray Serve deployment (`pipe` is its
+    `fantasy.serve_client.RemoteInfo`), as many at once as it has replicas.
+    """
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)  # the page and the API report progress; keep the console quiet
-    studio = Studio(
-        pipe, preset, face_checker or default_face_check(), output_root or Path(tempfile.gettempdir()) / "fantasy-studio",
-        max_upload_bytes=int(max_upload_mb * 1024 * 1024), min_chunk_seconds=min_chunk_seconds,
-        preview_budget=preview_budget,
-    )
+    limits = dict(max_upload_bytes=int(max_upload_mb * 1024 * 1024), min_chunk_seconds=min_chunk_seconds,
+                  preview_budget=preview_budget)
+    faces, root = face_checker or default_face_check(), output_root or Path(tempfile.gettempdir()) / "fantasy-studio"
+    if serve_url is None:
+        studio = Studio(pipe, preset, faces, root, channel=channel, **limits)
+    else:
+        from fantasy.serve_client import RemoteStudio
+
+        studio = RemoteStudio(pipe, preset, faces, root, **limits)
+    generations_at_once = pipe.info["replicas"] if serve_url is not None else 1
     cancels: dict[str, threading.Event] = {}  # session -> its running generation's stop flag
     defaults = slider_defaults(pipe, preset)
     page: dict[str, gr.Blocks] = {}  # the Blocks, once built (for the queue length)
@@ -365,17 +375,18 @@ def build_demo(
         checked = generate_btn.click(check_step, inputs, status, concurrency_id="checks", concurrency_limit=4,
                                      api_visibility="private", show_progress="hidden")
         streaming = checked.success(stream_step, inputs, [live, final, status, preview], concurrency_id="gpu",
-                                    concurrency_limit=1, show_progress_on=[final], api_name="generate_stream",
-                                    api_visibility="undocumented", validator=admit)
+                                    concurrency_limit=generations_at_once, show_progress_on=[final],
+                                    api_name="generate_stream", api_visibility="undocumented", validator=admit)
         stop_btn.click(stop_step, None, status, cancels=[streaming], queue=False, api_visibility="private")
         dice.click(lambda: random.randrange(2**31), None, seed, queue=False, api_visibility="private")
         api_trigger = gr.Button(visible=False)
-        api_trigger.click(api_generate, inputs, [final, status], concurrency_id="gpu", concurrency_limit=1,
-                          api_name="generate", validator=admit_checked)
+        api_trigger.click(api_generate, inputs, [final, status], concurrency_id="gpu",
+                          concurrency_limit=generations_at_once, api_name="generate", validator=admit_checked)
     # `admit` turns generations away at max_queue; Gradio's own bound (its fixed texts) only backs it up.
     demo.queue(max_size=4 * max_queue + 16, default_concurrency_limit=1)
     page["demo"] = demo
     demo.fantasy_studio = studio  # for `main`: stop running jobs and remove their files on the way out
+    demo.fantasy_channel = channel  # `main` closes the group when the page stops
     return demo
 
 
@@ -425,6 +436,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=None, help="port (default: first free from 7860)")
     parser.add_argument("--share", action="store_true", help="public gradio.live link (needs internet access)")
     add_speed_flags(parser)
+    add_parallel_flags(parser)
+    parser.add_argument("--serve", default=None, metavar="URL",
+                        help="thin front end: run generations on a `python -m fantasy serve` deployment at URL "
+                             "(e.g. http://127.0.0.1:8000); no model is loaded here")
     parser.add_argument("--adapter", default=os.environ.get("FANTASY_ADAPTER") or None,
                         help="adapter or training checkpoint (modules.safetensors from `python -m fantasy train`); "
                              "default $FANTASY_ADAPTER, else the preset's")
@@ -440,20 +455,57 @@ def real_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"dit": args.dit, "vram": args.vram, "fit_size": APP_MAX_EDGE, "fit_batch": 3 if args.batch_guidance else 1}
 
 
-def create_demo(args: argparse.Namespace) -> gr.Blocks:
-    """Load the models once (they stay resident) and build the page."""
+def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
+    """Load the models once (they stay resident) and build the page.
+
+    Under `torchrun ... app.py --context-parallel N` every rank loads the models; rank 0 builds the page and
+    the others follow its jobs until it shuts the group down (then this returns None).
+    """
+    if args.serve:
+        if args.context_parallel is not None:
+            raise InvalidSetting("--serve runs every generation on the deployment: drop --context-parallel here and "
+                                 "start the deployment with `python -m fantasy serve --context-parallel N`")
+        return create_front_end(args.serve)
     preset = get_preset(args.preset or default_preset(args.adapter))
-    print(f"[app] preset {preset.name}: {preset.summary}", flush=True)
     options = speed_options(args)  # spelling errors before the models load
-    pipe = load_pipeline(preset.name, adapter=args.adapter, **(real_options(args) if preset.name == "real" else {}))
+    parallel = parallel_option(args, vram=args.vram if preset.name == "real" else "resident")
+    channel, device = None, None
+    if parallel is not None:
+        from fantasy.parallel import control_group, init_processes
+        from fantasy.parallel_jobs import JobChannel
+
+        device = init_processes()
+        channel = JobChannel(control_group())
+    say = print if channel is None or channel.leader else (lambda *a, **k: None)
+    say(f"[app] preset {preset.name}: {preset.summary}", flush=True)
+    pipe = load_pipeline(preset.name, adapter=args.adapter, device=device,
+                         **(real_options(args) if preset.name == "real" else {}))
     if getattr(pipe, "dit_choice", None) is not None:
-        print(f"[app] DiT: {pipe.dit_choice.describe()}", flush=True)
-    for line in apply_speed(pipe, options):
-        print(f"[app] speed: {line}", flush=True)
+        say(f"[app] DiT: {pipe.dit_choice.describe()}", flush=True)
+    for line in apply_speed(pipe, options, parallel):
+        say(f"[app] speed: {line}", flush=True)
+    if channel is not None and not channel.leader:
+        pipe.set_progress_bar_config(disable=True)
+        try:
+            log = channel.follow(pipe, preset)
+        except KeyboardInterrupt:  # Ctrl-C reaches every rank under torchrun
+            return None
+        print(f"[app] rank {channel.rank}: followed {len(log.jobs)} jobs; rank 0 closed the group", flush=True)
+        return None
     # On ZeroGPU the main process has no real GPU: the face check runs on the CPU there.
     faces = default_face_check(device="cpu" if space.on_zero_gpu() else None,
                                allow_download=None if space.on_spaces() else False)  # None: unless HF_HUB_OFFLINE
-    return build_demo(pipe, preset, face_checker=faces)
+    return build_demo(pipe, preset, face_checker=faces, channel=channel)
+
+
+def create_front_end(url: str) -> gr.Blocks:
+    """The page over a Ray Serve deployment: the models live there, the checks and the streaming here."""
+    from fantasy.serve_client import fetch_info
+
+    remote = fetch_info(url)
+    preset = get_preset(remote.info["preset"])
+    print(f"[app] front end for {remote.device}: preset {preset.name}", flush=True)
+    return build_demo(remote, preset, face_checker=default_face_check(allow_download=False), serve_url=remote.url)
 
 
 # Spaces import the app and need the models ready at import time (ZeroGPU packs them before serving).
@@ -468,19 +520,25 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with stop_on_signals():
             try:
-                if demo is None or args.preset is not None:
+                if demo is None or args.preset is not None or args.context_parallel is not None or args.serve:
                     demo = create_demo(args)
             except FantasyError as exc:  # e.g. weights missing, an unusable speed flag: one line, no traceback
                 raise SystemExit(f"error: {exc}") from None
+            if demo is None:  # a follower of a context-parallel group: rank 0 has closed it
+                return
             demo.launch(**launch_options(args.host, args.port, args.share))
     except StopRequested as stop:
         studio = getattr(demo, "fantasy_studio", None)
         stopped = studio.shutdown() if studio is not None else 0  # first: closing the server forgets its runs
         if demo is not None:
             demo.close()
-        print(f"[app] stopped ({stop}); " + (f"{stopped} running generation stopped, its files removed"
-                                              if stopped else "no generation was running"), flush=True)
-        raise SystemExit(stop.exit_status) from None
+            print(f"[app] stopped ({stop}); " + (f"{stopped} running generation stopped, its files removed"
+                                                  if stopped else "no generation was running"), flush=True)
+        raise SystemExit(stop.exit_status) from None  # (a follower of a context-parallel group says nothing)
+    finally:
+        channel = getattr(demo, "fantasy_channel", None)
+        if channel is not None:
+            channel.shutdown()  # the followers return (if they are still there: a signal may have ended them)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from diffusers.models.transformers.transformer_wan import (
 )
 from torch import nn
 
+from fantasy.frame_shards import FrameSpan
+
 
 class AudioProjModel(ModelMixin, ConfigMixin):
     """wav2vec2 features -> the adapter's context space: Linear (no bias) then LayerNorm.
@@ -112,6 +114,9 @@ class FantasyAudioAttnProcessor(nn.Module):
         # The paper's identity branch (`fantasy.identity`), added only when trained weights are loaded.
         self.identity: nn.Module | None = None
         self.identity_context = None
+        # Under context parallelism (`fantasy.parallel`): where this process's video tokens sit in the
+        # whole sequence, `locate(local_count) -> (start, total)`. None: the processor sees every token.
+        self.token_shard = None
 
     def __call__(
         self,
@@ -166,27 +171,37 @@ class FantasyAudioAttnProcessor(nn.Module):
 
     def _audio_attention(self, query: torch.Tensor) -> torch.Tensor:
         """Each latent frame's query tokens attend to its own window; padded keys are masked."""
-        batch, seq, heads, head_dim = query.shape
         windows = self.audio.windows.to(device=query.device, dtype=self.k_proj.weight.dtype)
+        span = self._frame_span(query.shape[1], windows.shape[1])
+        query = span.pad(query)  # whole latent frames (a context-parallel shard may start mid-frame)
+        batch, seq, heads, head_dim = query.shape
+        windows = windows[:, span.frames]
         if windows.shape[0] != batch:
             windows = windows.expand(batch, -1, -1, -1)
         num_latent, width = windows.shape[1], windows.shape[2]
-        if seq % num_latent != 0:
-            raise ValueError(f"{seq} video tokens do not split into {num_latent} latent frames")
         q = query.reshape(batch * num_latent, seq // num_latent, heads, head_dim).transpose(1, 2)
         k = self.k_proj(windows).reshape(batch * num_latent, width, heads, head_dim).transpose(1, 2)
         v = self.v_proj(windows).reshape(batch * num_latent, width, heads, head_dim).transpose(1, 2)
         mask = None
         valid = self.audio.key_valid
         if valid is not None:  # [T, W] or [B, T, W] -> [B*T, 1, 1, W]
-            valid = valid.to(query.device).expand(batch, num_latent, width)
+            valid = valid[..., span.frames, :].to(query.device).expand(batch, num_latent, width)
             mask = valid.reshape(batch * num_latent, 1, 1, width)
         # Plain SDPA, not the dispatcher: it needs the key mask, which flash/sage backends do not take,
         # and it is a tiny share of the work (each frame's tokens against a window of ~20 audio tokens).
         out = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask)
         if mask is not None:  # a window with no valid token contributes nothing (SDPA would give NaN)
             out = out.masked_fill(~mask.any(-1, keepdim=True), 0.0)
-        return out.transpose(1, 2).reshape(batch, seq, heads * head_dim).type_as(query)
+        return span.unpad(out.transpose(1, 2).reshape(batch, seq, heads * head_dim)).type_as(query)
+
+    def _frame_span(self, seq: int, num_latent: int) -> FrameSpan:
+        """The latent frames this call's `seq` video tokens belong to (all of them unless sharded)."""
+        start, total = (0, seq) if self.token_shard is None else self.token_shard.locate(seq)
+        if total % num_latent != 0:
+            raise ValueError(f"{total} video tokens do not split into {num_latent} latent frames")
+        if self.token_shard is None:
+            return FrameSpan.whole(num_latent)
+        return FrameSpan.covering(start, seq, total // num_latent)
 
 
 def install_audio_adapter(

@@ -52,6 +52,7 @@ def _add_generate(sub) -> None:
                    help="exactly the official infer.py's clip: at most 81 frames from the start of the speech, the "
                         "bf16 DiT, its prompt, its tiled decode and uint8 truncation (see README, Numerics)")
     add_speed_flags(p)
+    add_parallel_flags(p)
     p.set_defaults(run=_run_generate)
 
 
@@ -94,6 +95,29 @@ def add_speed_flags(p) -> None:
                    help="--fast: keep the LoRA as separate layers instead of folding it into the weights")
 
 
+def add_parallel_flags(p) -> None:
+    from fantasy.parallel import KINDS
+
+    g = p.add_argument_group("several GPUs", "one video split over N processes (see README, Several GPUs)")
+    g.add_argument("--context-parallel", type=int, default=None, metavar="N",
+                   help="split the DiT's video tokens over N processes; launch with `torchrun --nproc_per_node N`")
+    g.add_argument("--context-parallel-kind", default="ulysses", choices=list(KINDS),
+                   help="ulysses (all-to-all, any backend) or ring (needs --attention flash/cudnn/sage on GPUs)")
+
+
+def parallel_option(args, vram: str = "resident"):
+    """`ContextParallel` from the flags (None without them), every refusal checked before any model loads."""
+    from fantasy.parallel import ContextParallel, check_context_parallel
+    from fantasy.speed import attention_backend_name
+
+    if args.context_parallel is None:
+        return None
+    parallel = ContextParallel(args.context_parallel, args.context_parallel_kind)
+    backend = attention_backend_name(args.attention) if args.attention else None
+    check_context_parallel(parallel, attention=backend, vram=vram, device=getattr(args, "device", None))
+    return parallel
+
+
 def speed_options(args):
     """`SpeedOptions` from the flags; spelling errors are caught here, before any model loads."""
     from fantasy.speed import DEFAULT_CACHE_THRESHOLD, SpeedOptions, attention_backend_name, parse_step_cache
@@ -125,6 +149,7 @@ def _run_generate(args) -> int:
     """Every check first (settings, inputs, the output path and its free space), then the models, then the video."""
     from fantasy.generate import Settings, generate, prepare_inputs
     from fantasy.output import check_target
+    from fantasy.parallel import is_leader, leader_check  # now: errors are said by rank 0 only (main)
     from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT
     from fantasy.presets import get_preset, load_pipeline
     from fantasy.release import RELEASE_DIT
@@ -146,27 +171,36 @@ def _run_generate(args) -> int:
         max_duration=args.max_duration, longest_edge=args.size, release=args.release,
     )
     settings = settings.resolved(preset)  # reject bad settings before reading anything
+    parallel = parallel_option(args, vram=args.vram if preset.name == "real" else "resident")
     inputs = prepare_inputs(args.image, args.audio, settings)  # the speech is decoded once, up to the limit
-    check_target(args.out, 2 * inputs.output_bytes(settings.fps))
     face = None
     if args.face is not None:
         from fantasy.image import load_portrait
 
         face = load_portrait(args.face)
+    device = args.device
+    if parallel is not None:
+        from fantasy.parallel import init_processes
+
+        device = init_processes(args.device)
+    leader = is_leader()  # under context parallelism only rank 0 prints and writes
+    say = (lambda text: print(text, file=sys.stderr)) if leader else (lambda text: None)
+    # only rank 0 writes: it checks the target, and every process stops alike when that fails
+    leader_check(lambda: check_target(args.out, 2 * inputs.output_bytes(settings.fps)))
     for notice in inputs.notices:
-        print(f"note: {notice}", file=sys.stderr)
+        say(f"note: {notice}")
     if preset.demo:
-        print(f"[{preset.name}] {preset.summary}", file=sys.stderr)
+        say(f"[{preset.name}] {preset.summary}")
     started = time.perf_counter()
     dit = args.dit or (RELEASE_DIT if args.release else None)  # None: picked from free VRAM (README, Weights)
     real = {"dit": dit, "vram": args.vram, "weights": args.weights, "fit_size": settings.resolved(preset).longest_edge,
             "fit_frames": settings.max_frames, "fit_batch": 3 if speed.batch_guidance else 1}
-    pipe = load_pipeline(preset.name, device=args.device, adapter=args.adapter, **(real if preset.name == "real" else {}))
+    pipe = load_pipeline(preset.name, device=device, adapter=args.adapter, **(real if preset.name == "real" else {}))
     pipe.set_progress_bar_config(disable=True)  # our own progress lines below
     from fantasy.speed import apply_speed
 
-    for line in apply_speed(pipe, speed):
-        print(f"  speed: {line}", file=sys.stderr)
+    for line in apply_speed(pipe, speed, parallel):
+        say(f"  speed: {line}")
     if args.expression is not None or args.body is not None:
         from fantasy.motion import motion_controls
 
@@ -178,11 +212,14 @@ def _run_generate(args) -> int:
 
     def progress(stage: str, fraction: float) -> None:
         if stage != last["stage"] or fraction >= 1.0:
-            print(f"  {stage}: {fraction:.0%}", file=sys.stderr)
+            say(f"  {stage}: {fraction:.0%}")
             last["stage"] = stage
 
-    result = generate(pipe, args.image, args.audio, args.out, settings, preset, progress=progress, face_image=face,
-                      inputs=inputs, preview=preview)
+    out = args.out if leader else None
+    result = generate(pipe, args.image, args.audio, out, settings, preset, progress=progress, face_image=face,
+                      inputs=inputs, preview=preview if leader else None)
+    if not leader:
+        return 0
     if result.speech_cut and result.release:
         print(f"note: --release animates one clip, the first {result.num_frames / result.fps:.2f} s of the speech "
               f"({result.speech_seconds:.1f} s), as the release does", file=sys.stderr)
@@ -354,10 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_download(sub)
     _add_bench(sub)
     from fantasy.metrics.command import add_parser as add_eval
+    from fantasy.serve import add_parser as add_serve
     from fantasy.train.command import add_parser as add_train
 
     add_eval(sub)
     add_train(sub)
+    add_serve(sub)
     return parser
 
 
@@ -373,9 +412,14 @@ def main(argv: list[str] | None = None) -> int:
             args = build_parser().parse_args(argv)  # builds the generate parser: imports torch and diffusers
             return args.run(args)
     except FantasyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        parallel = sys.modules.get("fantasy.parallel")  # imported only when a command uses processes
+        if parallel is None or parallel.is_leader():  # a group's processes fail alike: one message
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except StopRequested as stop:
+        parallel = sys.modules.get("fantasy.parallel")
+        if parallel is not None and not parallel.is_leader():  # the group stops alike: rank 0 says it
+            return stop.exit_status
         if stop.written:
             print(f"stopped ({stop}), {stop.written} was already complete", file=sys.stderr)
         elif args is None or args.run is _run_generate:  # generate writes its video only once it is complete
@@ -383,3 +427,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"stopped ({stop})", file=sys.stderr)
         return stop.exit_status
+    finally:
+        if "fantasy.parallel" in sys.modules:
+            sys.modules["fantasy.parallel"].leave_processes()

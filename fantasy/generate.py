@@ -127,7 +127,7 @@ def prepare_inputs(image: str | Path | Image.Image, audio: str | Path, settings:
 
 @dataclass
 class Result:
-    path: Path
+    path: Path | None  # None: this process does not write (a context-parallel process other than rank 0)
     num_frames: int
     fps: int
     width: int
@@ -148,7 +148,7 @@ def generate(
     pipe: FantasyTalkingPipeline,
     image: str | Path | Image.Image,
     audio: str | Path,
-    out_path: str | Path,
+    out_path: str | Path | None,
     settings: Settings,
     preset: Preset,
     progress: ProgressFn | None = None,
@@ -158,6 +158,8 @@ def generate(
     inputs: PreparedInputs | None = None,
 ) -> Result:
     """Generate a talking video into `out_path` (mp4 with the speech). `on_frames` sees frames as decoded.
+
+    `out_path` None: run everything, write nothing (the other processes of a context-parallel group).
 
     Up to `max_frames` frames this is the release's single clip; longer speech runs consecutive windows
     (see `fantasy.long_video`), each decoded and written as soon as it is denoised. With an identity
@@ -177,7 +179,8 @@ def generate(
     if settings.motion is not None and pipe.motion_context is None:
         raise InvalidSetting("motion coefficients need trained motion-module weights (see README, Training)")
     inputs = inputs or prepare_inputs(image, audio, settings)
-    check_target(out_path, 2 * inputs.output_bytes(settings.fps))  # the encoded stream and the muxed copy
+    if out_path is not None:
+        check_target(out_path, 2 * inputs.output_bytes(settings.fps))  # the encoded stream and the muxed copy
     if pipe.identity_context is not None and face_image is None:
         face_image = portrait_face_crop(inputs.portrait)
     report = progress or (lambda stage, fraction: None)
@@ -186,7 +189,8 @@ def generate(
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     width, height = inputs.portrait.size
 
-    with Mp4Writer(out_path, settings.fps, width, height, audio_path=audio) as writer:
+    writer_for = Mp4Writer if out_path is not None else _FrameTally
+    with writer_for(out_path, settings.fps, width, height, audio_path=audio) as writer:
         tail: np.ndarray | None = None  # the last frames written: the next window's motion frames
         for index, window in enumerate(windows):
             audio_windows, audio_lengths = audio_for(window)
@@ -222,7 +226,8 @@ def generate(
                 tail = new if tail is None else np.concatenate([tail, new])[-MOTION_FRAMES:]
                 report("decode", writer.frames_written / inputs.num_frames)
     return Result(
-        path=Path(out_path), num_frames=writer.frames_written, fps=settings.fps, width=width, height=height,
+        path=None if out_path is None else Path(out_path), num_frames=writer.frames_written, fps=settings.fps,
+        width=width, height=height,
         seconds_taken=time.perf_counter() - started, speech_seconds=inputs.speech_seconds,
         passes_per_step=len(passes_needed(settings.text_guidance, settings.audio_guidance)),
         windows=len(windows), speech_cut=inputs.speech_cut, motion_mode=pipe.motion_mode, release=settings.release,
@@ -247,6 +252,22 @@ def _audio_windows(pipe: FantasyTalkingPipeline, inputs: PreparedInputs, setting
     tokens = pipe.project_audio(samples)
     rate = tokens.shape[1] / inputs.num_frames
     return lambda window: split_into_windows(tokens, window.length, start_frame=window.start, tokens_per_frame=rate)
+
+
+class _FrameTally:
+    """The mp4 writer's stand-in where nothing is written: counts frames, touches no file."""
+
+    def __init__(self, *_args, **_kwargs):
+        self.frames_written = 0
+
+    def __enter__(self) -> _FrameTally:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        return None
+
+    def write(self, frames: np.ndarray) -> None:
+        self.frames_written += len(frames)
 
 
 def _to_pixels(frames: np.ndarray) -> torch.Tensor:

@@ -33,12 +33,17 @@ class _DropKnown(logging.Filter):
         return not self.pattern.search(record.getMessage())
 
 
-def silence_known_import_noise() -> None:
-    """Install the filters (idempotent). Call before the first diffusers/transformers import."""
-    for name, pattern in KNOWN_NOISE:
+def drop_known(messages: tuple[tuple[str, str], ...]) -> None:
+    """Drop each (logger name, pattern) message on its logger (idempotent); other messages still get through."""
+    for name, pattern in messages:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropKnown) and f.pattern.pattern == pattern for f in logger.filters):
             logger.addFilter(_DropKnown(pattern))
+
+
+def silence_known_import_noise() -> None:
+    """Install the filters (idempotent). Call before the first diffusers/transformers import."""
+    drop_known(KNOWN_NOISE)
 
 
 silence_known_import_noise()

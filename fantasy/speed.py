@@ -12,8 +12,9 @@
 
 Order matters and is fixed here: the adapter and the precision policy are installed at load time (a
 `precision` switch only removes or re-adds the policy's hooks, before any other); the LoRA is loaded (and
-fused) before quantizing and compiling, so both see the final weights; the step cache goes last,
-its hooks wrapping the compiled blocks. Every choice is checked before anything is changed.
+fused) before quantizing and compiling, so both see the final weights; the step cache comes next, its
+hooks wrapping the compiled blocks; context parallelism (`fantasy.parallel`) goes last, its split hook
+outside the cache's. Every choice is checked before anything is changed.
 
 Step cache and guidance: the pipeline runs each pass inside `transformer.cache_context(name)`
 ("full", "text", "uncond", or one "batched"), so FirstBlockCache keeps one residual per pass and a
@@ -25,11 +26,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from fantasy.errors import InvalidSetting
 from fantasy.precision import DEFAULT_PRECISION, apply_precision, check_precision, precision_of
+
+if TYPE_CHECKING:
+    from fantasy.parallel import ContextParallel
 
 # Short names for the CLI; any `diffusers.models.attention_dispatch.AttentionBackendName` value works too.
 ATTENTION_ALIASES = {
@@ -178,12 +183,17 @@ def _device_of(transformer) -> torch.device:
 # ---- all together --------------------------------------------------------------------------------
 
 
-def check_options(pipe, options: SpeedOptions) -> None:
+def check_options(pipe, options: SpeedOptions, parallel: ContextParallel | None = None) -> None:
     """Every check that can fail, before the pipeline is touched."""
     from fantasy.quantize import check_fp8_matmuls
 
     if options.attention:  # where it will run: offloading keeps the DiT on the CPU at rest
         check_attention(options.attention, pipe._execution_device)
+    if parallel is not None:
+        from fantasy.parallel import check_context_parallel
+
+        backend = attention_backend_name(options.attention) if options.attention else None
+        check_context_parallel(parallel, attention=backend)
     if options.step_cache:
         parse_step_cache(f"{options.step_cache}:{options.cache_threshold}")
     check_precision(options.precision)
@@ -199,12 +209,15 @@ def check_options(pipe, options: SpeedOptions) -> None:
         raise InvalidSetting(f"LoRA scale must be in (0, 4], got {options.lora_scale:g}")
 
 
-def apply_speed(pipe, options: SpeedOptions) -> list[str]:
-    """Apply the switches in their one correct order; return a line per change, for the log."""
+def apply_speed(pipe, options: SpeedOptions, parallel: ContextParallel | None = None) -> list[str]:
+    """Apply the switches in their one correct order; return a line per change, for the log.
+
+    `parallel`: split the DiT over the launched processes as well (`fantasy.parallel`), last.
+    """
     from fantasy.distill import load_distilled_lora, use_distilled_sampler
     from fantasy.quantize import quantize_fp8_linears
 
-    check_options(pipe, options)
+    check_options(pipe, options, parallel)
     done: list[str] = []
     transformer = pipe.transformer
     if precision_of(transformer) != options.precision:
@@ -219,8 +232,8 @@ def apply_speed(pipe, options: SpeedOptions) -> list[str]:
         done.append(f"fp8 linears: {len(quantize_fp8_linears(transformer))} layers")
     if options.attention:
         done.append(f"attention backend: {set_attention(transformer, options.attention, pipe._execution_device)}")
-    if options.compile:  # the cache hooks' Python control flow between blocks cannot be one graph
-        compile_blocks(transformer, fullgraph=not options.step_cache)
+    if options.compile:  # the cache hooks' control flow and the collectives of context parallelism break graphs
+        compile_blocks(transformer, fullgraph=not (options.step_cache or parallel))
         done.append("regional compile of the repeated blocks (first step compiles)")
     if options.step_cache:
         enable_step_cache(transformer, options.step_cache, options.cache_threshold)
@@ -228,4 +241,8 @@ def apply_speed(pipe, options: SpeedOptions) -> list[str]:
     pipe.batch_guidance = options.batch_guidance
     if options.batch_guidance:
         done.append("batched guidance")
+    if parallel is not None:
+        from fantasy.parallel import enable_context_parallel
+
+        done.extend(enable_context_parallel(pipe, parallel))
     return done

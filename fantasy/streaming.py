@@ -25,6 +25,7 @@ from fantasy.video import Mp4Writer, mux_audio
 
 if TYPE_CHECKING:
     from fantasy.generate import PreparedInputs, Result, Settings
+    from fantasy.parallel_jobs import JobChannel
     from fantasy.pipeline import FantasyTalkingPipeline
     from fantasy.presets import Preset
     from fantasy.preview import Preview
@@ -201,6 +202,7 @@ def stream_generate(
     min_chunk_seconds: float = MIN_CHUNK_SECONDS,
     cancel: threading.Event | None = None,
     lock: threading.Lock | None = None,
+    channel: JobChannel | None = None,
     preview: bool = False,
     preview_budget: float | None = None,
     inputs: PreparedInputs | None = None,
@@ -213,17 +215,20 @@ def stream_generate(
     generation, so a stopped run still finishing its step never overlaps the next one on the device.
     Errors raised in the worker are re-raised here, in the consumer. With `preview`, denoising estimates
     arrive as `PreviewReady` events (throttled to `preview_budget`, default 2 %, of the step time; the
-    consumer encodes them, off the denoising thread). `inputs`: the already prepared inputs (the speech is
-    then not decoded again). `heartbeat_s`: yield `Idle` when nothing happened for that long.
+    consumer encodes them, off the denoising thread). `channel`: this is rank 0 of a context-parallel
+    group; the other ranks follow the job (given these prepared inputs), and every stop is agreed with them
+    (`fantasy.parallel_jobs`). `inputs`: the already prepared inputs (the speech is then not decoded again).
+    `heartbeat_s`: yield `Idle` when nothing happened for that long.
     """
     from fantasy.generate import generate, prepare_inputs
     from fantasy.preview import BUDGET, LivePreview
 
     cancel = cancel if cancel is not None else threading.Event()
     events: queue.Queue = queue.Queue()
+    agree = [lambda stop: stop]  # one process decides alone; a group replaces this with its agreement
 
     def check_cancel() -> None:
-        if cancel.is_set():
+        if agree[0](cancel.is_set()):
             raise GenerationCancelled("Generation stopped.")
 
     steps_run = 0
@@ -238,7 +243,8 @@ def stream_generate(
         writer: ChunkWriter | None = None
         try:
             with lock if lock is not None else contextlib.nullcontext():
-                check_cancel()
+                if cancel.is_set():  # before the job is announced to any other process
+                    raise GenerationCancelled("Generation stopped.")
                 resolved = settings.resolved(preset)
                 prepared = inputs or prepare_inputs(image, audio, resolved)
                 total = num_frames or prepared.num_frames
@@ -250,12 +256,26 @@ def stream_generate(
                         events.put(ChunkReady(chunk))
 
                 def on_preview(estimate: Preview) -> None:
+                    if channel is not None:  # rank 0 alone previews: it must not stop here on its own
+                        if not cancel.is_set():
+                            events.put(PreviewReady(estimate))
+                        return
                     check_cancel()
                     events.put(PreviewReady(estimate))
 
                 live = LivePreview(on_preview, preview_budget or BUDGET) if preview else None
-                result = generate(pipe, image, audio, out_path, settings, preset, on_progress, on_frames,
-                                  preview=live, inputs=prepared)
+
+                def run(agreement=agree[0]):
+                    agree[0] = agreement
+                    return generate(pipe, image, audio, out_path, settings, preset, on_progress, on_frames,
+                                    preview=live, inputs=prepared)
+
+                if channel is None:
+                    result = run()
+                else:
+                    from fantasy.parallel_jobs import job_spec
+
+                    result = channel.lead(job_spec(image, audio, settings, inputs=prepared), run)
                 chunks = writer.finish()
             events.put(Finished(result, chunks, steps_run))
         except BaseException as exc:  # handed to the consumer, which re-raises it

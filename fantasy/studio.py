@@ -110,14 +110,18 @@ def preview_caption(preview: Preview) -> str:
 
 
 class Studio:
-    """The resident pipeline plus the app's limits; one generation at a time (`lock`)."""
+    """The resident pipeline plus the app's limits; one generation at a time (`lock`).
+
+    `channel`: this process is rank 0 of a context-parallel group (`fantasy.parallel_jobs.JobChannel`);
+    the other ranks follow every job, and Stop is agreed with them.
+    """
 
     def __init__(
         self, pipe, preset: Preset, face_checker: FaceChecker, output_root: str | Path,
         max_upload_bytes: int = MAX_UPLOAD_BYTES, min_chunk_seconds: float = MIN_CHUNK_SECONDS,
-        preview_budget: float = PREVIEW_BUDGET,
+        preview_budget: float = PREVIEW_BUDGET, channel=None,
     ):
-        self.pipe, self.preset, self.face_checker = pipe, preset, face_checker
+        self.pipe, self.preset, self.face_checker, self.channel = pipe, preset, face_checker, channel
         self.output_root = Path(output_root)
         self.max_upload_bytes = max_upload_bytes
         self.min_chunk_seconds = min_chunk_seconds
@@ -152,7 +156,7 @@ class Studio:
             self.pipe, job.image, job.audio, job.out_path, job.settings, self.preset, job.chunk_dir,
             num_frames=job.checked.num_frames, min_chunk_seconds=self.min_chunk_seconds, cancel=cancel,
             lock=self.lock, preview=True, preview_budget=self.preview_budget, inputs=job.checked.inputs,
-            heartbeat_s=heartbeat_s,
+            heartbeat_s=heartbeat_s, channel=self.channel,
         ))
 
     def _tracked(self, folder: Path, stream: Iterator[StreamEvent]) -> Iterator[StreamEvent]:

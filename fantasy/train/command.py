@@ -1,6 +1,8 @@
 """`python -m fantasy train --data DIR --stage 1|2 --out DIR`: cache the clips, then train the adapters.
 
-`fantasy/cli.py` mounts this with `add_parser(subparsers)`. Multi-GPU: `accelerate launch -m fantasy train ...`.
+`fantasy/cli.py` mounts this with `add_parser(subparsers)`. Several GPUs: `accelerate launch --multi_gpu
+--num_processes N -m fantasy train ...` (or torchrun); several CPU processes: `ACCELERATE_USE_CPU=true torchrun
+--nproc_per_node N -m fantasy train ...` (see `fantasy.train.processes`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--same-samples", action="store_true",
+                   help="every process draws the same clips, noise and dropout, so N processes reproduce one process "
+                        "exactly (a check of a multi-GPU set-up; no speed-up)")
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute blocks in backward (real preset)")
     p.add_argument("--cache", default=None, help="feature cache folder (default DATA/.cache)")
@@ -63,9 +68,10 @@ def _size(text: str | None, preset: str) -> tuple[int, int]:
 
 def run(args) -> int:
     from fantasy.presets import load_pipeline
-    from fantasy.train.cache import cache_dataset
+    from fantasy.train.cache import CACHE_DIRNAME, cache_dataset
     from fantasy.train.clips import SampleSpec
     from fantasy.train.dataset import TrainingSet
+    from fantasy.train.processes import training_processes
     from fantasy.train.trainer import TrainConfig, train
 
     width, height = _size(args.size, args.preset)
@@ -76,27 +82,35 @@ def run(args) -> int:
         lip_weight=args.lip_weight, drop_audio=args.drop_audio, drop_text=args.drop_text, grad_accum=args.grad_accum,
         save_every=args.save_every, seed=args.seed, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, cache_dir=Path(args.cache) if args.cache else None,
-        extra={"preset": args.preset, "init": args.init},
+        same_samples=args.same_samples, extra={"preset": args.preset, "init": args.init},
     )
     config.check()  # before loading anything
+    processes = training_processes()  # a launch that would not do what was asked stops here
+    main = processes.is_main_process
+    say = (lambda text: print(text, file=sys.stderr)) if main else (lambda text: None)
     spec = SampleSpec(num_frames=config.num_frames, fps=config.fps, width=width, height=height)
     if args.stage == 2 and args.init is None:
-        print("note: stage 2 usually starts from stage 1's checkpoint (--init RUN/modules.safetensors)", file=sys.stderr)
+        say("note: stage 2 usually starts from stage 1's checkpoint (--init RUN/modules.safetensors)")
     real = {"dit": args.dit, "weights": args.weights} if args.preset == "real" else {}
-    pipe = load_pipeline(args.preset, device=args.device, adapter=args.init, **real)
+    device = args.device or (str(processes.device) if processes.num_processes > 1 else None)  # one GPU each
+    pipe = load_pipeline(args.preset, device=device, adapter=args.init, **real)
 
     def cached(done: int, total: int, name: str, status: str) -> None:
-        print(f"  cache {done}/{total}: {name} ({status})", file=sys.stderr)
+        say(f"  cache {done}/{total}: {name} ({status})")
 
-    summary = cache_dataset(pipe, config.data, spec, config.cache_dir, progress=cached)
-    dataset = TrainingSet.from_cache_dir(summary.cache_dir)
+    with processes.main_process_first():  # the main process caches; the others then read its files
+        if main:
+            cache_dataset(pipe, config.data, spec, config.cache_dir, progress=cached)
+    dataset = TrainingSet.from_cache_dir(config.cache_dir or config.data / CACHE_DIRNAME)
     every = max(1, config.steps // 20)
 
     def report(step: int, total: int, loss: float) -> None:
         if step % every == 0 or step == total:
-            print(f"  step {step}/{total}: loss {loss:.4f}", file=sys.stderr)
+            say(f"  step {step}/{total}: loss {loss:.4f}")
 
     result = train(pipe, config, dataset, progress=report)
-    print(f"wrote {result.checkpoint} ({result.steps} steps on {result.clips} clips, stage {config.stage}); "
-          f"use it with `python -m fantasy generate --adapter {result.checkpoint} ...` or the app's FANTASY_ADAPTER")
+    if main:
+        print(f"wrote {result.checkpoint} ({result.steps} steps on {result.clips} clips, stage {config.stage}"
+              f"{f', {processes.num_processes} processes' if processes.num_processes > 1 else ''}); use it with "
+              f"`python -m fantasy generate --adapter {result.checkpoint} ...` or the app's FANTASY_ADAPTER")
     return 0

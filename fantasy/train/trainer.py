@@ -3,7 +3,8 @@
 What trains (`modules`): the audio adapter (projection + per-block K/V), the motion-intensity module
 (labels from the data) and the identity branch (face-crop tokens); everything else (DiT, VAE, umT5,
 CLIP, wav2vec2) is frozen. accelerate handles devices, mixed precision, gradient accumulation and
-multi-GPU (launch with `accelerate launch -m fantasy train ...`). Checkpoints are the same
+several processes (DDP; see `fantasy.train.processes`): each process draws its own samples, the logged
+loss is their mean, and only the main process writes the config, the log and checkpoints. Checkpoints are the same
 safetensors layout the app loads (`fantasy.trained_modules`), so `--adapter OUT/modules.safetensors`
 uses them, and stage 2 starts from stage 1 with `--init`.
 """
@@ -52,6 +53,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     save_every: int = 500
     seed: int = 0
+    same_samples: bool = False  # every process draws what process 0 draws (N processes then equal one)
     mixed_precision: str = "no"  # accelerate: "no" | "fp16" | "bf16"
     gradient_checkpointing: bool = False
     cache_dir: Path | None = None
@@ -150,10 +152,13 @@ def train(pipe, config: TrainConfig, dataset, progress: Progress | None = None) 
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model)
     # Each process draws its own clips, noise and dropout (seeded by rank), so GPUs see different samples.
-    generator = torch.Generator().manual_seed(config.seed + 1 + accelerator.process_index)
-    config.out.mkdir(parents=True, exist_ok=True)
-    (config.out / "config.json").write_text(json.dumps(asdict(config), default=str, indent=2))
-    log = (config.out / LOG_NAME).open("a")
+    rank_offset = 0 if config.same_samples else accelerator.process_index
+    generator = torch.Generator().manual_seed(config.seed + 1 + rank_offset)
+    main = accelerator.is_main_process
+    if main:
+        config.out.mkdir(parents=True, exist_ok=True)
+        (config.out / "config.json").write_text(json.dumps(asdict(config), default=str, indent=2))
+    log = (config.out / LOG_NAME).open("a") if main else None
     losses: list[float] = []
     items = _shuffled(dataset, generator)
     try:
@@ -176,20 +181,32 @@ def train(pipe, config: TrainConfig, dataset, progress: Progress | None = None) 
                     optimizer.step()
                     optimizer.zero_grad()
                 step_loss += float(loss.detach()) / config.grad_accum
+            step_loss = _mean_over_processes(accelerator, step_loss)
             losses.append(step_loss)
-            log.write(json.dumps({"step": step, "loss": step_loss}) + "\n")
-            if progress is not None:
-                progress(step, config.steps, step_loss)
-            if accelerator.is_main_process and (step % config.save_every == 0 or step == config.steps):
-                _save(pipe, config.out, step)
+            if main:
+                log.write(json.dumps({"step": step, "loss": step_loss}) + "\n")
+                if progress is not None:
+                    progress(step, config.steps, step_loss)
+                if step % config.save_every == 0 or step == config.steps:
+                    _save(pipe, config.out, step)
+        accelerator.wait_for_everyone()  # no process leaves before the last checkpoint is on disk
     finally:
-        log.close()
+        if log is not None:
+            log.close()
         # accelerate keeps one process-wide state; forget its precision so a later run may choose another.
         AcceleratorState._reset_state(reset_partial_state=False)
         pipe.transformer.eval()
         for param in trained.values():
             param.requires_grad_(False)
     return TrainResult(config.out / CHECKPOINT_NAME, losses, config.steps, len(dataset))
+
+
+def _mean_over_processes(accelerator, value: float) -> float:
+    """The step's loss averaged over every process (each saw its own samples); itself with one process."""
+    if accelerator.num_processes == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(total, reduction="mean"))
 
 
 def _save(pipe, out: Path, step: int) -> None:

@@ -1,0 +1,405 @@
+"""Many videos on many GPUs: the resident pipeline as a Ray Serve deployment (`python -m fantasy serve`).
+
+Two deployments. `FantasyReplica` holds one loaded pipeline (one per GPU, `num_gpus` in its actor options)
+and runs one generation at a time (`max_ongoing_requests=1`): the request's inputs are checked, then its
+progress, each mp4 chunk as it is encoded, and the finished mp4 stream back as events
+(`Replica.generate`, an async generator). Requests past `max_queued` waiting ones are refused by Ray
+(`BackPressureError`, HTTP 503) instead of piling up. Cancelling a request (`response.cancel()`, or an HTTP
+client that goes away) stops the generation at its next step and leaves no file. `FantasyGateway` is the
+HTTP entry: `GET /info` and `POST /generate` (multipart: image, audio, controls JSON -> NDJSON events).
+
+With `context_parallel` N, a replica is a context-parallel group (`fantasy.parallel`) on N GPUs: it starts
+N-1 follower processes itself (`python -m fantasy.serve`, joined through a local TCP rendezvous) that follow
+each job as torchrun's ranks do for the app (`fantasy.parallel_jobs`).
+
+Ray is optional: `pip install -r requirements-serve.txt`. Nothing here is imported by the rest of the
+package; the app's thin front end (`app.py --serve URL`) talks HTTP through `fantasy.serve_client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fantasy.errors import FantasyError
+from fantasy.speed import SpeedOptions
+
+APP_NAME = "fantasy"
+REPLICA_NAME = "FantasyReplica"
+GATEWAY_NAME = "FantasyGateway"
+DEFAULT_MAX_QUEUED = 8
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """One deployment: what every replica loads, how many there are, and the queue bound."""
+
+    preset: str = "tiny"
+    adapter: str | None = None
+    replicas: int = 1
+    gpus_per_replica: float = 0.0  # 1 per replica on a GPU machine (the CLI's default there)
+    cpus_per_replica: float = 1.0
+    max_queued: int = DEFAULT_MAX_QUEUED
+    speed: SpeedOptions = field(default_factory=SpeedOptions)
+    min_chunk_seconds: float = 1.0
+    face_check: bool = False  # face-alignment on the replicas (the front end usually checks already)
+    context_parallel: int = 1  # processes (GPUs) per replica, one video split over them
+
+
+def check_config(config: ServeConfig) -> None:
+    from fantasy.errors import InvalidSetting
+
+    if config.replicas < 1:
+        raise InvalidSetting(f"--replicas must be at least 1, got {config.replicas}")
+    if config.max_queued < 0:
+        raise InvalidSetting(f"--max-queued must be 0 or more, got {config.max_queued}")
+    if config.gpus_per_replica < 0 or config.cpus_per_replica < 0:
+        raise InvalidSetting("GPUs and CPUs per replica must not be negative")
+    if config.context_parallel < 1:
+        raise InvalidSetting(f"--context-parallel must be at least 1, got {config.context_parallel}")
+    if config.context_parallel > 1:
+        from fantasy.parallel import ContextParallel, check_context_parallel
+        from fantasy.speed import attention_backend_name
+
+        attention = attention_backend_name(config.speed.attention) if config.speed.attention else None
+        check_context_parallel(ContextParallel(config.context_parallel), attention, world_size=config.context_parallel)
+
+
+# ---- the model replica ---------------------------------------------------------------------------------
+
+
+class Replica:
+    """One resident pipeline; one generation at a time; events out as it runs."""
+
+    def __init__(self, config: ServeConfig):
+        from fantasy.presets import get_preset
+        from fantasy.studio import Studio
+        from fantasy.validation import FaceChecker, default_face_check
+
+        self.config = config
+        self.preset = get_preset(config.preset)
+        self.followers = _start_followers(config) if config.context_parallel > 1 else []
+        pipe, self.speed, self.channel = _load(config)
+        faces = default_face_check() if config.face_check else FaceChecker(None, "face check skipped: done by the front end")
+        self.root = Path(tempfile.mkdtemp(prefix="fantasy-replica-"))
+        self.studio = Studio(pipe, self.preset, faces, self.root, min_chunk_seconds=config.min_chunk_seconds,
+                             channel=self.channel)
+        self.id = uuid.uuid4().hex[:8]
+
+    def __del__(self):
+        """Serve stops the replica: release its followers (they also leave if this process dies)."""
+        if getattr(self, "channel", None) is not None:
+            self.channel.shutdown()
+            for follower in self.followers:
+                follower.wait(timeout=60)
+
+    def info(self) -> dict:
+        pipe = self.studio.pipe
+        device = self.studio.device + (f" × {self.config.context_parallel} (context parallel)"
+                                       if self.config.context_parallel > 1 else "")
+        return {"preset": self.preset.name, "demo": self.preset.demo, "longest_edge": self.preset.longest_edge,
+                "steps": self.preset.steps, "device": device, "motion_mode": pipe.motion_mode,
+                "trained_motion": pipe.motion_context is not None, "few_step_mode": pipe.few_step_mode,
+                "speed": self.speed, "replica": self.id}
+
+    async def generate(self, request: dict) -> AsyncIterator[dict]:
+        """`request`: image/audio bytes and file names, `controls` (`fantasy.studio.Controls` fields)."""
+        from fantasy.studio import Controls
+
+        folder = self.root / f"request-{uuid.uuid4().hex[:12]}"
+        folder.mkdir()
+        cancel = threading.Event()
+        stream, pending, ended = None, None, False
+        try:
+            image = _save_upload(folder, "portrait", request["image_name"], request["image"])
+            audio = _save_upload(folder, "speech", request["audio_name"], request["audio"])
+            try:
+                job = self.studio.check(image, audio, Controls(**request.get("controls", {})))
+            except FantasyError as exc:
+                yield {"event": "error", "kind": type(exc).__name__, "message": str(exc)}
+                return
+            job.folder = folder / "job"
+            yield {"event": "accepted", "replica": self.id, "request": str(folder), "frames": job.checked.num_frames,
+                   "notices": job.notices, "status": self.studio.status(job, state="Generating…")}
+            stream = self.studio.run(job, cancel=cancel, heartbeat_s=None)  # Ray cancels at each await: no Idle
+            while True:
+                # The generation runs in the stream's worker thread; its events are awaited off the event loop,
+                # shielded so that a cancelled request can still follow the stream to its end (below).
+                pending = asyncio.ensure_future(asyncio.to_thread(next, stream, None))
+                try:
+                    event = await asyncio.shield(pending)
+                except FantasyError as exc:
+                    ended = True
+                    yield {"event": "error", "kind": type(exc).__name__, "message": str(exc)}
+                    return
+                if event is None:
+                    ended = True
+                    return
+                yield _wire(event, job, self.studio)
+        finally:  # also on cancellation: stop the worker at its next step, let it clean up, then remove the files
+            cancel.set()
+            if stream is not None and not ended:
+                await _drain(pending, stream)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _drain(pending, stream) -> None:
+    """Follow a stopped stream to its end: then its worker has stopped and removed what it was writing."""
+    try:
+        event = True if pending is None else await pending  # a finished future gives its result again
+        while event is not None:
+            event = await asyncio.to_thread(next, stream, None)
+    except FantasyError:  # GenerationCancelled, raised once the worker has cleaned up
+        pass
+
+
+def _load(config: ServeConfig):
+    """(pipeline, speed log, job channel or None), the same in a replica and in its followers."""
+    from fantasy.presets import load_pipeline
+    from fantasy.speed import apply_speed
+
+    parallel, channel, device = None, None, None
+    if config.context_parallel > 1:
+        from fantasy.parallel import ContextParallel, control_group, init_processes
+        from fantasy.parallel_jobs import JobChannel
+
+        parallel = ContextParallel(config.context_parallel)
+        device = init_processes()
+        channel = JobChannel(control_group())
+    pipe = load_pipeline(config.preset, device=device, adapter=config.adapter)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, apply_speed(pipe, config.speed, parallel), channel
+
+
+def _start_followers(config: ServeConfig) -> list[subprocess.Popen]:
+    """Ranks 1..N-1 of this replica's group, on the GPUs Ray gave it; this process becomes rank 0."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    group = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(config.context_parallel)}
+    os.environ.update(group, RANK="0", LOCAL_RANK="0")
+    blob = base64.b64encode(pickle.dumps(config)).decode()
+    return [
+        subprocess.Popen([sys.executable, "-m", "fantasy.serve"],
+                         env=dict(os.environ, **group, RANK=str(rank), LOCAL_RANK=str(rank),
+                                  FANTASY_SERVE_CONFIG=blob, FANTASY_SERVE_PARENT=str(os.getpid())))
+        for rank in range(1, config.context_parallel)
+    ]
+
+
+def _follow() -> None:
+    """A follower process of a context-parallel replica: load, then run rank 0's jobs until it shuts down."""
+    from fantasy.presets import get_preset
+
+    config: ServeConfig = pickle.loads(base64.b64decode(os.environ["FANTASY_SERVE_CONFIG"]))
+    parent = int(os.environ["FANTASY_SERVE_PARENT"])
+
+    def leave_with_parent() -> None:  # a replica killed outright cannot shut its group down
+        while True:
+            time.sleep(2)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=leave_with_parent, daemon=True).start()
+    pipe, _, channel = _load(config)
+    channel.follow(pipe, get_preset(config.preset))
+
+
+def _save_upload(folder: Path, stem: str, name: str, data: bytes) -> Path:
+    suffix = Path(name or "").suffix.lower()[:8]
+    path = folder / f"{stem}{suffix}"
+    path.write_bytes(data)
+    return path
+
+
+def _wire(event, job, studio) -> dict:
+    from fantasy.streaming import ChunkReady, Finished, PreviewReady, StageProgress
+
+    if isinstance(event, StageProgress):
+        return {"event": "progress", "stage": event.stage, "fraction": event.fraction}
+    if isinstance(event, PreviewReady):  # the live preview at latent resolution (uint8 frames, tiny)
+        p = event.preview
+        return {"event": "preview", "frames": p.frames.tobytes(), "shape": list(p.frames.shape), "step": p.step,
+                "steps": p.steps, "window": p.window, "windows": p.windows}
+    if isinstance(event, ChunkReady):
+        c = event.chunk
+        return {"event": "chunk", "index": c.index, "first_frame": c.first_frame, "num_frames": c.num_frames,
+                "fps": c.fps, "data": c.path.read_bytes()}
+    if isinstance(event, Finished):
+        result = {k: v for k, v in asdict(event.result).items() if k != "path"}
+        return {"event": "done", "result": result, "steps_run": event.steps_run, "video": event.result.path.read_bytes(),
+                "status": studio.status(job, event.result, steps_run=event.steps_run)}
+    raise TypeError(f"unknown stream event {event!r}")
+
+
+# ---- the HTTP entry ------------------------------------------------------------------------------------
+
+
+class Gateway:
+    """`GET /info`, `POST /generate` (multipart form: image, audio, controls) -> NDJSON events."""
+
+    def __init__(self, replica, config: ServeConfig):
+        self.replica, self.config = replica, config
+        self._info: dict | None = None
+
+    async def __call__(self, request):
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        path = request.url.path.rstrip("/")
+        if request.method == "GET" and path.endswith("/info"):
+            if self._info is None:
+                self._info = await self.replica.info.remote()
+            return JSONResponse(self._info | {"replicas": self.config.replicas, "max_queued": self.config.max_queued})
+        if request.method != "POST" or not path.endswith("/generate"):
+            return JSONResponse({"error": "use GET /info or POST /generate"}, status_code=404)
+        form = await request.form()
+        try:
+            payload = {
+                "image": await form["image"].read(), "image_name": form["image"].filename,
+                "audio": await form["audio"].read(), "audio_name": form["audio"].filename,
+                "controls": json.loads(form.get("controls") or "{}"),
+            }
+        except (KeyError, AttributeError, ValueError):
+            return JSONResponse({"error": "send multipart fields image, audio (files) and controls (JSON)"},
+                                status_code=400)
+        events = self.replica.options(stream=True).generate.remote(payload)
+        try:
+            first = await events.__anext__()
+        except Exception as exc:  # noqa: BLE001 - Ray wraps the backpressure error on some paths
+            busy = _backpressure(exc)
+            if busy is None:
+                raise
+            return JSONResponse({"event": "busy", "message": busy}, status_code=503)
+        return StreamingResponse(_ndjson(first, events), media_type="application/x-ndjson")
+
+
+def _backpressure(exc: BaseException) -> str | None:
+    from ray.serve.exceptions import BackPressureError
+
+    error = exc if isinstance(exc, BackPressureError) else getattr(exc, "cause", None)
+    if not isinstance(error, BackPressureError):
+        return None
+    return (f"The server is busy: every replica is generating and the queue ({error.args[1]} waiting) is full. "
+            "Try again in a moment.")
+
+
+async def _ndjson(first: dict, events) -> AsyncIterator[bytes]:
+    """Events as JSON lines (bytes base64); a client that goes away cancels the generation."""
+    try:
+        yield _line(first)
+        async for event in events:
+            yield _line(event)
+    finally:
+        events.cancel()
+
+
+def _line(event: dict) -> bytes:
+    encoded = {k: base64.b64encode(v).decode() if isinstance(v, bytes) else v for k, v in event.items()}
+    return (json.dumps(encoded) + "\n").encode()
+
+
+# ---- building and running --------------------------------------------------------------------------------
+
+
+def build_app(config: ServeConfig):
+    """The Serve application: the replicas and their HTTP gateway."""
+    from ray import serve
+
+    check_config(config)
+    replica = serve.deployment(
+        Replica, name=REPLICA_NAME, num_replicas=config.replicas, max_ongoing_requests=1,
+        max_queued_requests=config.max_queued,
+        ray_actor_options={"num_gpus": config.gpus_per_replica, "num_cpus": config.cpus_per_replica},
+    )
+    gateway = serve.deployment(Gateway, name=GATEWAY_NAME, max_ongoing_requests=1000,
+                               ray_actor_options={"num_cpus": 0})
+    return gateway.bind(replica.bind(config), config)
+
+
+def replica_handle(app_name: str = APP_NAME):
+    """A handle on the replicas, for Python callers in the Ray cluster (`handle.options(stream=True)...`)."""
+    from ray import serve
+
+    return serve.get_deployment_handle(REPLICA_NAME, app_name=app_name)
+
+
+def package_root() -> str:
+    """The folder holding `fantasy/`: Ray's worker processes need it on their path."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def add_parser(subparsers) -> None:
+    from fantasy.cli import add_speed_flags
+
+    p = subparsers.add_parser(
+        "serve", help="serve generations with Ray Serve: one replica per GPU, a bounded queue, streamed events",
+        description="Start a Ray Serve application (pip install -r requirements-serve.txt): --replicas copies of "
+                    "the pipeline (one GPU each on a GPU machine), each running one generation at a time; "
+                    "requests past --max-queued waiting ones get HTTP 503. GET /info; POST /generate with "
+                    "multipart image, audio and controls (JSON) streams NDJSON events (progress, mp4 chunks, "
+                    "the finished mp4). `python app.py --serve URL` puts the web page in front of it.",
+    )
+    p.add_argument("--preset", default="tiny", choices=["tiny", "real"])
+    p.add_argument("--adapter", default=None, help="adapter or training checkpoint (default: the preset's)")
+    p.add_argument("--replicas", type=int, default=None, help="pipelines to load (default: one per GPU, else 1)")
+    p.add_argument("--gpus-per-replica", type=float, default=None, help="default 1 on a GPU machine, else 0")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0)
+    p.add_argument("--max-queued", type=int, default=DEFAULT_MAX_QUEUED,
+                   help=f"waiting requests before new ones get 503 (default {DEFAULT_MAX_QUEUED})")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP address (0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--address", default=None, help="an existing Ray cluster (default: start one on this machine)")
+    p.add_argument("--face-check", action="store_true", help="run the face check on the replicas too")
+    p.add_argument("--context-parallel", type=int, default=1, metavar="N",
+                   help="one replica per N GPUs, each video split over them (see generate --context-parallel)")
+    add_speed_flags(p)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    """`python -m fantasy serve`: start Ray and Serve, deploy, and serve until interrupted."""
+    import torch
+
+    from fantasy.cli import speed_options
+    from fantasy.presets import get_preset
+
+    get_preset(args.preset)
+    gpus, cp = torch.cuda.device_count(), args.context_parallel
+    config = ServeConfig(
+        preset=args.preset, adapter=args.adapter,
+        replicas=max(1, gpus // max(cp, 1)) if args.replicas is None else args.replicas,
+        gpus_per_replica=(float(cp) if gpus else 0.0) if args.gpus_per_replica is None else args.gpus_per_replica,
+        cpus_per_replica=args.cpus_per_replica, max_queued=args.max_queued, speed=speed_options(args),
+        face_check=args.face_check, context_parallel=cp,
+    )
+    check_config(config)
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise FantasyError("Ray Serve is not installed: pip install -r requirements-serve.txt") from None
+    ray.init(address=args.address, runtime_env={"env_vars": {"PYTHONPATH": package_root()}},
+             include_dashboard=False)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    print(f"serving {config.replicas} replica(s) of the {config.preset} preset on http://{args.host}:{args.port} "
+          f"(queue bound {config.max_queued}); Ctrl-C stops", flush=True)
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=True)
+    return 0
+
+
+if __name__ == "__main__":  # a follower of a context-parallel replica (`_start_followers`)
+    _follow()

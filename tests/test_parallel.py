@@ -1,0 +1,354 @@
+"""Context parallelism: one video over 2 CPU processes (gloo) equals one process, bit for bit.
+
+The 2-process runs happen once per module (`tests/parallel_worker.py` under torchrun, ~35 s; the CLI under
+torchrun, ~25 s); each test compares one of their results with a one-process reference computed here, on one
+thread as torchrun's processes are (see `tests/parallel_cases.py`). The shard arithmetic is also tested
+alone, in this process, by cutting one call into slices the way diffusers does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fantasy.cli import main as cli_main
+from fantasy.errors import InvalidSetting
+from fantasy.frame_shards import FrameSpan, shard_bounds
+from fantasy.parallel import PARALLEL_BACKENDS, RING_BACKENDS, ContextParallel, check_context_parallel
+from tests.conftest import EXAMPLE_IMAGE
+from tests.parallel_cases import CASES, BlockCounter, build, call, portrait_file, speech_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+TORCHRUN_ENV = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+
+
+def run_torchrun(args: list[str], cwd: Path, timeout: int = 600, ok: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([*TORCHRUN, *args], cwd=cwd, env=TORCHRUN_ENV, capture_output=True, text=True,
+                          timeout=timeout)
+    assert (done.returncode == 0) == ok, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture
+def one_thread():
+    """The reference runs on one thread, like every torchrun process (OMP_NUM_THREADS=1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cp")
+    inputs = out / "inputs"
+    inputs.mkdir()
+    for seconds in (1.0, 1.5):
+        speech_file(inputs, seconds)
+    portrait_file(inputs)
+    run_torchrun(["-m", "tests.parallel_worker", str(out)], cwd=ROOT)
+    return out
+
+
+# ---- the shard arithmetic, in one process ------------------------------------------------------------------
+
+
+def test_shard_bounds_are_diffusers_split_rule():
+    for world in (2, 3, 4, 8):
+        for total in range(world, 64):
+            ids = torch.arange(total)
+            uneven = [shard_bounds(total, r, world, uneven=True) for r in range(world)]
+            assert [ids[s : s + n].tolist() for s, n in uneven] == [t.tolist() for t in ids.tensor_split(world)]
+            if total % world == 0:  # the plain split: chunk, only on lengths that divide
+                even = [shard_bounds(total, r, world, uneven=False) for r in range(world)]
+                assert [ids[s : s + n].tolist() for s, n in even] == [t.tolist() for t in ids.chunk(world)]
+    with pytest.raises(ValueError, match="35 tokens do not split evenly over 2 processes"):
+        shard_bounds(35, 0, 2, uneven=False)
+
+
+def test_frame_span_pads_a_slice_to_whole_frames_and_back():
+    span = FrameSpan.covering(start=88, length=87, tokens_per_frame=35)  # rank 1 of 175 tokens
+    assert span == FrameSpan(first=2, count=3, before=18, after=0)
+    x = torch.randn(2, 87, 3, 4)
+    padded = span.pad(x)
+    assert padded.shape == (2, 105, 3, 4) and torch.equal(padded[:, :18], torch.zeros(2, 18, 3, 4))
+    assert torch.equal(span.unpad(padded), x)
+    assert FrameSpan.covering(0, 88, 35) == FrameSpan(0, 3, 0, 17)
+
+
+class SliceOf:
+    """A `token_shard` for one slice, as `fantasy.parallel.TokenShard` gives it under a process group."""
+
+    def __init__(self, total, rank, world):
+        self.total, self.rank, self.world = total, rank, world
+
+    def locate(self, local):
+        start, length = shard_bounds(self.total, self.rank, self.world, uneven=True)
+        assert length == local
+        return start, self.total
+
+
+@pytest.mark.parametrize("frames,tokens_per_frame,world", [(3, 16, 2), (5, 35, 2), (21, 9, 4), (4, 5, 3)])
+def test_audio_attention_on_slices_equals_the_whole_call(tiny_pipe, frames, tokens_per_frame, world):
+    """Each slice, padded to its frames, gets exactly its rows of the one-process result (padded keys, batch 3)."""
+    processor = tiny_pipe.transformer.blocks[0].attn2.processor
+    g = torch.Generator().manual_seed(frames)
+    windows = torch.randn(1, frames, 6, 16, generator=g)
+    lengths = torch.tensor([6, 3] * frames)[:frames]  # some windows padded: the key mask matters
+    total = frames * tokens_per_frame
+    query = torch.randn(3, total, 2, 12, generator=g)
+    with torch.no_grad(), processor.audio.use(windows, lengths, torch.tensor([1.0, 0.0, 0.0])):
+        whole = processor._audio_attention(query)
+        parts = []
+        try:
+            for rank in range(world):
+                start, length = shard_bounds(total, rank, world, uneven=True)
+                processor.token_shard = SliceOf(total, rank, world)
+                parts.append(processor._audio_attention(query[:, start : start + length]))
+        finally:
+            processor.token_shard = None
+    assert torch.equal(torch.cat(parts, dim=1), whole)
+
+
+# ---- what is refused, before any model loads -----------------------------------------------------------------
+
+
+def test_backend_lists_are_diffusers_own():
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry, _native_attention_forward_op
+
+    assert set(_AttentionBackendRegistry._supports_context_parallel) == PARALLEL_BACKENDS
+    not_ring = PARALLEL_BACKENDS - RING_BACKENDS
+    assert not_ring == {"native", "_native_npu"}
+    q = torch.zeros(1, 4, 2, 8)
+    with pytest.raises(ValueError, match="Native attention does not support return_lse=True"):  # why not the ring
+        _native_attention_forward_op(None, q, q, q, return_lse=True)
+
+
+@pytest.mark.parametrize("options,kwargs,message", [
+    (ContextParallel(1), {"world_size": 1}, "--context-parallel needs at least 2 processes, got 1"),
+    (ContextParallel(2), {"world_size": 1}, r"--context-parallel 2 needs 2 processes, but 1 was launched: run it "
+                                            r"under `torchrun --nproc_per_node 2 -m fantasy \.\.\.`"),
+    (ContextParallel(4), {"world_size": 2}, "--context-parallel 4 needs 4 processes, but 2 were launched"),
+    (ContextParallel(2, "ring"), {"world_size": 2}, "ring attention needs a backend that returns the log-sum-exp"),
+    (ContextParallel(2, "tree"), {"world_size": 2}, "unknown context-parallel kind 'tree'; choose one of ulysses, ring"),
+    (ContextParallel(2), {"world_size": 2, "attention": "_native_math"},
+     "attention backend '_native_math' cannot run under context parallelism"),
+    (ContextParallel(2), {"world_size": 2, "vram": "group-offload"},
+     r"--vram group-offload cannot be combined with --context-parallel"),
+])
+def test_each_unsupported_combination_has_its_message(options, kwargs, message):
+    with pytest.raises(InvalidSetting, match=message):
+        check_context_parallel(options, **kwargs)
+    check_context_parallel(ContextParallel(2, "ring"), attention="flash", world_size=2)  # allowed
+
+
+def test_cli_without_torchrun_says_how_to_launch_and_loads_nothing(tmp_path, speech_wav, capsys, monkeypatch):
+    import fantasy.presets
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(fantasy.presets, "load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
+    code = cli_main(["generate", "--image", str(EXAMPLE_IMAGE), "--audio", str(speech_wav), "--out",
+                     str(tmp_path / "x.mp4"), "--context-parallel", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1] == ("error: --context-parallel 2 needs 2 processes, but 1 was launched: run it under "
+                                     "`torchrun --nproc_per_node 2 -m fantasy ...` (or `torchrun ... app.py`)")
+    assert list(tmp_path.iterdir()) == [speech_wav]
+
+
+@pytest.mark.parametrize("rank,said", [("0", True), ("1", False)])
+def test_errors_before_the_group_is_joined_are_said_by_the_launchs_rank_0(rank, said, tmp_path, speech_wav, capsys,
+                                                                         monkeypatch):
+    """Every rank of a launch finds the same bad setting: only torchrun's RANK 0 says it (all exit with 2)."""
+    monkeypatch.setenv("RANK", rank)
+    code = cli_main(["generate", "--image", str(EXAMPLE_IMAGE), "--audio", str(speech_wav), "--out",
+                     str(tmp_path / "x.mp4"), "--steps", "0", "--context-parallel", "2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == ("error: steps must be between 1 and 100, got 0" if said else "")
+
+
+def test_app_as_a_front_end_refuses_context_parallel_before_contacting_the_server(monkeypatch):
+    import app
+    import fantasy.serve_client
+
+    monkeypatch.setattr(fantasy.serve_client, "fetch_info", lambda *a: pytest.fail("the server was contacted"))
+    with pytest.raises(SystemExit) as stopped:
+        app.main(["--serve", "http://127.0.0.1:9", "--context-parallel", "2"])
+    assert str(stopped.value) == ("error: --serve runs every generation on the deployment: drop --context-parallel "
+                                  "here and start the deployment with `python -m fantasy serve --context-parallel N`")
+
+
+# ---- 2 processes equal 1 -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_processes_give_the_one_process_latents(two_processes, one_thread, name):
+    reference = call(build(CASES[name]), CASES[name])
+    parallel = torch.load(two_processes / f"latents-{name}.pt")
+    assert torch.equal(parallel, reference), (parallel - reference).abs().max().item()
+
+
+@pytest.mark.slow
+def test_the_bf16_cases_really_differ_between_precision_policies(one_thread):
+    """Else the mixed/stock pair above would not test the policies under context parallelism."""
+    mixed, stock = (call(build(CASES[name]), CASES[name]) for name in ("bf16-mixed", "bf16-stock"))
+    assert mixed.dtype == stock.dtype == torch.float32 and (mixed - stock).abs().max() > 1e-2
+
+
+@pytest.mark.slow
+def test_the_step_cache_skips_the_same_blocks_on_both_ranks(two_processes, one_thread):
+    case = CASES["batched+cache"]
+    pipe = build(case)
+    counter = BlockCounter(pipe)
+    call(pipe, case)
+    ranks = [json.loads((two_processes / f"blocks-batched+cache-rank{r}.json").read_text()) for r in (0, 1)]
+    all_blocks = case["steps"] * len(pipe.transformer.blocks)  # one batched call per step
+    assert ranks == [counter.count, counter.count] and counter.count < all_blocks  # it did skip
+
+
+@pytest.mark.slow
+def test_compiled_blocks_refuse_an_uneven_split_on_every_rank(two_processes):
+    for rank in (0, 1):
+        message = (two_processes / f"compile-rank{rank}.txt").read_text()
+        assert message == ("compiled blocks under context parallelism need the video tokens (175 = 5 latent frames "
+                           "x 5 x 7) and the 2 heads to divide by 2 processes; change the size or the frame count, "
+                           "or drop --compile")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("windows", [1, 2])
+def test_two_processes_write_the_one_process_mp4(two_processes, one_thread, tmp_path, windows):
+    from fantasy.generate import generate
+    from fantasy.presets import get_preset
+    from tests.parallel_worker import GEN_SETTINGS
+
+    inputs = two_processes / "inputs"
+    speech = {1: "speech-1s.wav", 2: "speech-1.5s.wav"}[windows]
+    result = generate(build(CASES["even"]), inputs / "portrait.png", inputs / speech, tmp_path / "one.mp4",
+                      GEN_SETTINGS[windows], get_preset("tiny"))
+    assert result.windows == windows
+    assert md5(two_processes / f"gen-{windows}.mp4") == md5(tmp_path / "one.mp4")
+
+
+@pytest.mark.slow
+def test_an_unusable_output_stops_every_rank_with_rank_0s_verdict(two_processes):
+    """Only rank 0 writes, so only it checks the target (`generate --context-parallel` does this before any
+    model loads); every rank raises its error, so none waits for rank 0 in a collective."""
+    target = two_processes / "inputs" / "taken.mp4"
+    reports = [json.loads((two_processes / f"target-rank{r}.json").read_text()) for r in (0, 1)]
+    message = f"the output '{target}' is a directory: give a file name ending in .mp4"
+    assert reports == [{"checked": True, "error": message}, {"checked": False, "error": message}]
+
+
+@pytest.mark.slow
+def test_release_mode_on_two_processes_writes_the_one_process_mp4(two_processes, one_thread, tmp_path):
+    """`--release` (bf16 DiT, mixed precision, 30 steps, the release's decode) is exact under context parallelism."""
+    from fantasy.generate import generate
+    from fantasy.presets import get_preset
+    from tests.parallel_worker import RELEASE_SETTINGS, release_pipe
+
+    inputs = two_processes / "inputs"
+    result = generate(release_pipe(), inputs / "portrait.png", inputs / "speech-1s.wav", tmp_path / "one.mp4",
+                      RELEASE_SETTINGS, get_preset("tiny"))
+    assert result.release and result.num_frames == 25
+    assert md5(two_processes / "gen-release.mp4") == md5(tmp_path / "one.mp4")
+
+
+@pytest.mark.slow
+def test_app_jobs_run_on_every_rank_and_stop_together(two_processes, one_thread, tmp_path):
+    """Rank 0 runs four app jobs (the second stopped by the Stop button, the fourth by the app's shutdown as on
+    a signal); rank 1 follows each one and ends with the group."""
+    from fantasy.presets import get_preset
+    from fantasy.streaming import Finished
+    from fantasy.studio import Controls, Studio
+    from fantasy.validation import FaceChecker
+
+    inputs = two_processes / "inputs"
+    studio = Studio(build(CASES["even"]), get_preset("tiny"), FaceChecker(None, "skipped"), tmp_path)
+    job = studio.check(inputs / "portrait.png", inputs / "speech-1s.wav",
+                       Controls(steps=3, longest_edge=64, max_duration_s=1.0, seed=3))
+    reference = md5(next(e for e in studio.run(job) if isinstance(e, Finished)).result.path)
+
+    done, stopped, again, shut = json.loads((two_processes / "studio.json").read_text())
+    finished = {"outcome": reference, "denoise_events": 3, "final_exists": True, "folder_exists": True,
+                "shutdown_stopped": None}
+    assert done == again == finished
+    assert stopped["outcome"] == "stopped" and not stopped["final_exists"] and stopped["denoise_events"] < 3
+    # the app's shutdown (on SIGTERM/SIGINT) stops the running job with the followers and removes its folder
+    assert shut["outcome"] == "stopped" and shut["shutdown_stopped"] == 1 and not shut["folder_exists"]
+    follower = json.loads((two_processes / "follow-rank1.json").read_text())
+    speech = str(inputs / "speech-1s.wav")
+    checkpoints = follower[0][1]
+    assert follower == [[speech, checkpoints, "done"], [speech, follower[1][1], "stopped"],
+                        [speech, checkpoints, "done"], [speech, follower[3][1], "stopped"]]
+    assert 1 <= follower[1][1] < checkpoints and 1 <= follower[3][1] < checkpoints
+    # rank 1 wrote no video: the run's folder holds rank 0's outputs and the harness's reports, nothing else
+    reports = {f"{name}-rank{r}.{ext}" for r in (0, 1)
+               for name, ext in (("blocks-batched+cache", "json"), ("compile", "txt"), ("target", "json"))}
+    outputs = {f"latents-{name}.pt" for name in CASES} | {"gen-1.mp4", "gen-2.mp4", "gen-release.mp4", "studio", "studio.json"}
+    assert {p.name for p in two_processes.iterdir()} == reports | outputs | {"inputs", "follow-rank1.json"}
+    jobs = sorted((two_processes / "studio").iterdir())  # the shut-down job's folder is gone
+    assert len(jobs) == 3 and sorted((j / "talking.mp4").exists() for j in jobs) == [False, True, True]
+
+
+@pytest.mark.slow
+def test_generate_under_torchrun_writes_one_mp4_equal_to_one_process_in_stock_precision(tmp_path, one_thread):
+    from fantasy.generate import generate
+    from fantasy.presets import get_preset
+    from tests.parallel_worker import GEN_SETTINGS
+
+    speech, portrait = speech_file(tmp_path, 1.5), portrait_file(tmp_path)
+    work = tmp_path / "run"
+    work.mkdir()
+    done = run_torchrun(["-m", "fantasy", "generate", "--image", str(portrait), "--audio", str(speech), "--out",
+                         "cp.mp4", "--steps", "2", "--size", "64", "--max-frames", "21", "--context-parallel", "2",
+                         "--precision", "stock"], cwd=work)
+    assert sorted(p.name for p in work.iterdir()) == ["cp.mp4"]  # rank 1 wrote nothing
+    assert done.stdout.count("wrote cp.mp4") == 1 and "2 windows" in done.stdout  # only rank 0 prints
+    assert done.stderr.count("speed: DiT precision: stock") == 1
+    for noise in ("experimental feature", "split will not be applied", "all_gather_tensor"):  # diffusers' CP notes
+        assert noise not in done.stderr, done.stderr
+    stock = dict(CASES["even"], speed={"precision": "stock"})
+    generate(build(stock), portrait, speech, tmp_path / "one.mp4", GEN_SETTINGS[2], get_preset("tiny"))
+    assert md5(work / "cp.mp4") == md5(tmp_path / "one.mp4")
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_torchrun_stops_every_rank_and_leaves_nothing(tmp_path):
+    """Ctrl-C reaches the launcher and both ranks (one process group); each rank is held after its first step
+    by `tests.stage_hooks`, so the signal comes mid-denoising on both."""
+    speech, portrait = speech_file(tmp_path, 1.0), portrait_file(tmp_path)
+    work = tmp_path / "run"
+    work.mkdir()
+    command = [*TORCHRUN, "-m", "tests.stage_hooks", "denoise", "generate", "--image", str(portrait), "--audio",
+               str(speech), "--out", "cp.mp4", "--steps", "3", "--size", "64", "--context-parallel", "2"]
+    proc = subprocess.Popen(command, cwd=work, env=TORCHRUN_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if sum(seen.startswith("STAGE denoise") for seen in lines) == 2:  # both ranks wait there
+            break
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    lines.append(proc.stderr.read())
+    proc.wait(timeout=120)
+    err = "".join(lines)
+    assert err.count("stopped (SIGINT), nothing written") == 1, err[-3000:]  # rank 0 says it, rank 1 is silent
+    assert not re.search(r'File ".*/(fantasy|tests)/', err), err  # (torchrun prints its own SignalException)
+    assert list(work.iterdir()) == [], err[-3000:]  # no video, no temporary file
