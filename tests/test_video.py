@@ -54,3 +54,19 @@ def test_wrong_frame_size_is_refused(tmp_path):
     with pytest.raises(ValueError, match="expected uint8 frames of 64x96x3"), Mp4Writer(tmp_path / "o.mp4", 23, 96, 64) as w:
         w.write(frames(1, 32, 32))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_closing_without_frames_is_refused_and_leaves_nothing(tmp_path):
+    writer = Mp4Writer(tmp_path / "out.mp4", 23, 96, 64)
+    with pytest.raises(ValueError, match="^no frames were written$"):
+        writer.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_faststart_means_the_index_before_the_first_media_data(tmp_path):
+    """The first `mdat` box decides: a later one (or the bytes 'mdat' inside the media) does not make it faststart."""
+    boxes = {"faststart.mp4": b"\0\0\0\x08ftyp\0\0\0\x08moov\0\0\0\x08mdat", "plain.mp4": b"\0\0\0\x08mdat\0\0\0\x08moov..mdat",
+             "no index.mp4": b"\0\0\0\x08mdat"}
+    for name, data in boxes.items():
+        (tmp_path / name).write_bytes(data)
+    assert [moov_before_mdat(tmp_path / n) for n in boxes] == [True, False, False]
