@@ -137,7 +137,7 @@ def copy_checked(state: dict[str, torch.Tensor], params: dict[str, torch.nn.Para
     check_adapter_keys(state, {k: tuple(p.shape) for k, p in params.items()}, source)
     with torch.no_grad():
         for key, param in params.items():
-            param.copy_(state[key].to(device=param.device, dtype=param.dtype))
+            param.copy_(state[key])  # copy_ casts dtype and device itself, without an intermediate copy
     return len(params)
 
 
@@ -180,7 +180,9 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype = to
     if "audio_proj.proj.weight" not in state or num_blocks == 0:
         raise CheckpointMismatch(f"{Path(src).name}: no audio projection or no adapter blocks found")
     context_dim, audio_dim = state["audio_proj.proj.weight"].shape
-    inner_dim = state["blocks.0.attn2.processor.k_proj.weight"].shape[0] if "blocks.0.attn2.processor.k_proj.weight" in state else -1
+    # The inner width from any block tensor: one missing tensor is then reported as missing, not every other
+    # block tensor as mis-shaped.
+    inner_dim = next(v.shape[0] for k, v in state.items() if k.startswith("blocks."))
     shapes = {"audio_proj.proj.weight": (context_dim, audio_dim),
               "audio_proj.norm.weight": (context_dim,), "audio_proj.norm.bias": (context_dim,)}
     for key in expected_keys(num_blocks)[3:]:
@@ -193,6 +195,9 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype = to
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    save_file(tensors, str(tmp), metadata={"format": "pt", "layout": "fantasy-talking-studio/adapter-v1"})
-    tmp.replace(path)
+    tmp = path.with_name(path.name + ".partial")  # same folder: the rename is atomic
+    try:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "layout": "fantasy-talking-studio/adapter-v1"})
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves neither a half file nor a changed target

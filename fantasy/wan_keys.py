@@ -47,7 +47,7 @@ def to_original_key(key: str) -> str:
     """One diffusers key -> its original Wan name; `KeyError` for a key the I2V model does not have."""
     for pattern, replacement in _RULES:
         if pattern.match(key):
-            return pattern.sub(replacement, key, count=1)
+            return pattern.sub(replacement, key)  # anchored at ^: one substitution at most
     raise KeyError(f"no original Wan name for diffusers key '{key}'")
 
 

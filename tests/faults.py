@@ -12,12 +12,14 @@ import errno
 import os
 import struct
 import subprocess
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import soundfile
+import torch
 
 from fantasy.audio import ffmpeg_executable
 from tests.conftest import speech_like
@@ -125,3 +127,45 @@ def peak_rss_growth_mb(action) -> float:
 def _status_kb(field: str) -> int:
     line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field + ":"))
     return int(line.split()[1])
+
+
+class GatedPipe:
+    """The tiny pipeline; its first run waits after its first denoising step until `release` is set."""
+
+    def __init__(self, pipe):
+        self._pipe = pipe
+        self.reached, self.release = threading.Event(), threading.Event()
+        self.runs = self.steps = 0
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def __call__(self, *args, step_callback=None, **kwargs):
+        self.runs += 1
+        first_run = self.runs == 1
+
+        def on_step(done: int, total: int) -> None:
+            self.steps += 1
+            if first_run and done == 1:
+                self.reached.set()
+                assert self.release.wait(300), "the test never released the gate"
+            if step_callback is not None:
+                step_callback(done, total)  # where a stopped run raises
+
+        return self._pipe(*args, step_callback=on_step, **kwargs)
+
+
+@contextlib.contextmanager
+def model_work(pipe) -> Iterator[list[str]]:
+    """The names of the pipeline's models (transformer, VAE, encoders...) that ran any layer in the block.
+
+    Every layer is watched, not only the model's own `forward`: the VAE, for one, works through `decode`."""
+    ran: list[str] = []
+    handles = [layer.register_forward_pre_hook(lambda *_, name=name: ran.append(name))
+               for name, model in pipe.components.items() if isinstance(model, torch.nn.Module)
+               for layer in model.modules()]
+    try:
+        yield ran
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -16,9 +16,11 @@ from fantasy.audio import (
     load_audio,
 )
 from fantasy.errors import AudioTooShort, InputFileNotFound, SilentAudio, UnsupportedAudio
+from fantasy.generate import Settings, prepare_inputs
+from fantasy.long_video import plan_windows
 from fantasy.tiny import tiny_speech_encoder
 
-from .conftest import speech_like
+from .conftest import EXAMPLE_IMAGE, speech_like
 
 
 def encode(src, dst, *args):
@@ -40,7 +42,7 @@ def test_wav_is_mixed_to_mono_and_resampled_like_librosa(stereo_44k):
     expected = soxr.resample(mono.astype(np.float32), 44_100, SAMPLE_RATE, quality="HQ")
     assert samples.dtype == np.float32
     assert samples.shape == expected.shape == (24_000,)
-    np.testing.assert_allclose(samples, expected, atol=1e-6)
+    np.testing.assert_array_equal(samples, expected)  # the same soxr call on the same mix: bit for bit
 
 
 @pytest.mark.parametrize("suffix, args", [
@@ -118,14 +120,26 @@ def test_too_short_audio(tmp_path):
     (2.0, 16, 37),
     (3.6, 23, 81),  # 82.8 // 4 = 20 -> 85, capped at 81
 ])
-def test_frame_count_rule(duration, fps, expected):
+def test_frame_count_rule(tmp_path, duration, fps, expected):
+    """The release's `min(int(fps*d // 4)*4 + 5, 81)`: `frame_count` (release mode) and the first clip generation
+    makes from this speech (the frame count `prepare_inputs` decides, cut into windows)."""
     assert frame_count(duration, fps, 81) == expected
-    assert (frame_count(duration, fps, 81) - 1) % 4 == 0
+    speech = tmp_path / "speech.wav"
+    soundfile.write(speech, speech_like(duration), 16_000)
+    inputs = prepare_inputs(EXAMPLE_IMAGE, speech, Settings(fps=fps, longest_edge=64))
+    assert plan_windows(inputs.num_frames)[0].length == expected
+    assert (inputs.num_frames - 1) % 4 == 0 and inputs.num_frames >= expected
 
 
-def test_frame_count_rejects_max_frames_that_break_4k_plus_1():
-    with pytest.raises(ValueError, match="4k\\+1"):
-        frame_count(3.0, 23, 80)
+@pytest.mark.parametrize("max_frames", [80, 1])
+def test_frame_count_rejects_max_frames_that_break_4k_plus_1_or_are_below_5(max_frames):
+    with pytest.raises(ValueError, match=rf"^max_frames must be 4k\+1 and at least 5, got {max_frames}$"):
+        frame_count(3.0, 23, max_frames)
+
+
+def test_clip_length_must_keep_4k_plus_1():
+    with pytest.raises(ValueError, match=r"frames must be 4k\+1 with motion < clip: total=233 clip=80 motion=5"):
+        plan_windows(233, clip_frames=80)
 
 
 def test_81_frames_at_23_fps_give_175_wav2vec_tokens():

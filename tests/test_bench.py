@@ -9,6 +9,8 @@ from bench.flops import PassFlops, pass_flops, peak_tflops, video_tokens
 from bench.models import FULL
 from fantasy.cli import main
 
+from .conftest import NO_CUDA
+
 
 def test_flop_count_equals_torch_flop_counter_on_a_real_forward():
     """Every matmul counted, with and without the audio branch (SDPA on its math path, which the counter sees)."""
@@ -75,6 +77,7 @@ def test_peak_rates_come_from_the_device_name():
     assert peak_tflops("Tesla T4") is None
 
 
+@NO_CUDA  # on a GPU the dry run runs there, in bf16
 def test_gpu_bench_tiny_dry_run_reports_steps_pieces_floor_and_estimates(tmp_path, capsys):
     path = tmp_path / "gpu.json"
     code = main(["bench", "--gpu", "--tiny", "--repeat", "1", "--peak-tflops", "1", "--json", str(path),
@@ -101,7 +104,7 @@ def test_gpu_bench_tiny_dry_run_reports_steps_pieces_floor_and_estimates(tmp_pat
     assert _AttentionBackendRegistry.get_active_backend()[0] == AttentionBackendName.NATIVE  # restored
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+@NO_CUDA
 def test_gpu_bench_without_a_gpu_says_so(capsys):
     assert main(["bench", "--gpu"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err

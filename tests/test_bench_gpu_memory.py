@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+from .conftest import NO_CUDA
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "gpu_memory.py"
 
@@ -29,7 +30,7 @@ def test_full_config_is_the_i2v_14b(bench):
     assert ((frames - 1) // 4 + 1) * (size // 16) ** 2 == 21_504
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+@NO_CUDA
 def test_without_gpu_it_says_so(bench, capsys):
     assert bench.main([]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err

@@ -112,9 +112,13 @@ def test_latent_grid_temporal_patch_ors_latent_frames() -> None:
     assert grid.tolist() == [[[0.0]], [[1.0]]]
 
 
-@pytest.mark.parametrize("shape", [(8, 16, 16), (5, 24, 16), (5, 16, 20)])
-def test_latent_grid_rejects_shapes_the_vae_cannot_take(shape: tuple[int, int, int]) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("shape, message", [
+    ((8, 16, 16), r"Frame count must be 4k\+1 for the causal VAE, got 8"),
+    ((5, 24, 16), r"Mask size 24x16 must be divisible by 16x16"),
+    ((5, 16, 20), r"Mask size 16x20 must be divisible by 16x16"),
+])
+def test_latent_grid_rejects_shapes_the_vae_cannot_take(shape: tuple[int, int, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         lip_mask_to_latent_grid(np.zeros(shape, dtype=bool))
 
 
@@ -292,7 +296,7 @@ def test_missing_fan_weights_offline_name_file_dir_and_url_without_any_download(
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(WeightsMissing) as err:
+    with pytest.raises(WeightsMissing, match=r"^Face-alignment weight file '.+' is missing from .+ \(offline mode: HF_HUB_OFFLINE=1\)\. ") as err:
         FaceAnalyzer("face-alignment", device="cpu").landmarks(np.zeros((64, 64, 3), np.uint8))
     msg = str(err.value)
     assert FAN_2D_FILE in msg
@@ -311,7 +315,7 @@ def test_failed_fan_download_becomes_weights_missing_for_the_detector(
     checkpoints = tmp_path / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     (checkpoints / FAN_2D_FILE).write_bytes(b"present")
-    with pytest.raises(WeightsMissing) as err:
+    with pytest.raises(WeightsMissing, match=r"^Face-alignment weight file '.+' is missing from .+ \(.*URLError") as err:
         FaceAnalyzer("face-alignment", device="cpu").detect(np.zeros((64, 64, 3), np.uint8))
     msg = str(err.value)
     assert S3FD_FILE in msg and str(checkpoints) in msg and "URLError" in msg

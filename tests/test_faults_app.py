@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from pathlib import Path
 
@@ -28,36 +27,11 @@ from fantasy.validation import FaceChecker
 from fantasy.video import probe
 from tests import faults
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, bad_speech_files, speech_like
+from tests.faults import GatedPipe
 from tests.test_app import FAKE_FACES
 
 SMALL = {"steps": 2, "resolution": 64, "max_duration": 1.0}  # 25 frames
 RUNNING = {Status.PROCESSING, Status.PROGRESS, Status.ITERATING}
-
-
-class GatedPipe:
-    """The tiny pipeline; its first run waits after its first denoising step until `release` is set."""
-
-    def __init__(self, pipe):
-        self._pipe = pipe
-        self.reached, self.release = threading.Event(), threading.Event()
-        self.runs = self.steps = 0
-
-    def __getattr__(self, name):
-        return getattr(self._pipe, name)
-
-    def __call__(self, *args, step_callback=None, **kwargs):
-        self.runs += 1
-        first_run = self.runs == 1
-
-        def on_step(done: int, total: int) -> None:
-            self.steps += 1
-            if first_run and done == 1:
-                self.reached.set()
-                assert self.release.wait(300), "the test never released the gate"
-            if step_callback is not None:
-                step_callback(done, total)  # where a stopped run raises
-
-        return self._pipe(*args, step_callback=on_step, **kwargs)
 
 
 def serve(pipe, root: Path, **options):

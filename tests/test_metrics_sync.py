@@ -117,7 +117,7 @@ def test_frames_without_a_face_are_left_out_not_counted_as_closed() -> None:
 
 
 def test_negative_window_is_rejected() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^max_lag must be >= 0, got -1$"):
         sync_score(np.zeros(10), np.zeros(10), max_lag=-1)
 
 

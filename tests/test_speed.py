@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from fantasy.audio import clip_samples, frame_count
+from fantasy.audio import clip_samples
 from fantasy.errors import CheckpointMismatch, InvalidSetting
 from fantasy.image import resize_portrait
 from fantasy.speed import SpeedOptions, apply_speed, attention_backend_name, parse_step_cache
@@ -31,7 +31,7 @@ def fresh():
 
 @pytest.fixture(scope="module")
 def conditioning(tiny_pipe):
-    num_frames = frame_count(1.0, 23, 81)  # 25 frames -> 7 latent frames
+    num_frames = 25  # 1 s at 23 fps: int(23 // 4)*4 + 5 frames -> 7 latent frames
     windows, lengths = tiny_pipe.encode_audio(clip_samples(speech_like(1.0), num_frames, 23), num_frames)
     image = resize_portrait(Image.open(EXAMPLE_IMAGE).convert("RGB"), SIZE)
     return image, windows, lengths, num_frames
@@ -147,7 +147,7 @@ def test_step_cache_threshold_zero_is_exactly_the_plain_path(tiny_pipe, conditio
 
 
 def test_step_cache_skips_blocks_within_tolerance(conditioning):
-    """Threshold 0.1 over 6 steps: some blocks skipped; mean |error| <= 5% of mean |latent| (measured 0.8%)."""
+    """Threshold 0.1 over 6 steps: some blocks skipped; mean |error| <= 1.5% of mean |latent| (measured 0.75%)."""
     pipe = fresh()
     plain = run(pipe, conditioning, steps=6)
     apply_speed(pipe, SpeedOptions(step_cache="fbc", cache_threshold=0.1))
@@ -156,7 +156,7 @@ def test_step_cache_skips_blocks_within_tolerance(conditioning):
     counter.close()
     assert counter.count < 6 * BLOCK_PASSES
     assert not torch.equal(cached, plain)
-    assert relative_error(cached, plain) <= 0.05
+    assert relative_error(cached, plain) <= 0.015
 
 
 def test_cached_residuals_never_mix_guidance_passes(conditioning):
@@ -214,7 +214,7 @@ def test_fp8_linears_need_a_capable_gpu_and_nothing_changes_before_the_error(tin
 
 def test_fp8_picks_the_block_linears_only_weight_only_fp8_within_tolerance(tiny_pipe):
     """The dynamic-activation fp8 config refuses to run without a cc >= 8.9 GPU, so on CPU the same
-    layer selection is checked with torchao's fp8 weight-only config: mean |error| <= 5% (measured 2.9%)."""
+    layer selection is checked with torchao's fp8 weight-only config: mean |error| <= 5% (measured 2.88%)."""
     from torchao.quantization import Float8WeightOnlyConfig
 
     from fantasy.quantize import is_quantized_weight, quantize_block_linears

@@ -108,11 +108,11 @@ def test_chunks_have_their_audio_slice_and_every_frame_once(tmp_path, chirp_wav)
         assert info.duration >= 1.0
         assert info.video_codec == "h264" and info.pix_fmt == "yuv420p"
         assert info.has_audio and info.audio_codec == "aac"
-        assert info.audio_duration == pytest.approx(chunk.duration_s, abs=0.05)
+        assert info.audio_duration == pytest.approx(chunk.duration_s, abs=2e-4)  # measured 0.09 ms off
         # the chunk's audio starts where its video starts: read the chirp's pitch 0.05-0.15 s in
         audio = decode_audio(chunk.path)
         freq = dominant_freq(audio[int(0.05 * RATE):int(0.15 * RATE)])
-        assert chirp_time(freq) == pytest.approx(chunk.start_s + 0.1, abs=0.06), chunk
+        assert chirp_time(freq) == pytest.approx(chunk.start_s + 0.1, abs=2.2e-3), chunk  # measured 1.1 ms off
         seen += frame_ids(chunk.path)
     assert seen == list(range(total))
     assert sorted(p.name for p in (tmp_path / "chunks").iterdir()) == ["chunk000.mp4", "chunk001.mp4", "chunk002.mp4"]
@@ -136,7 +136,7 @@ def test_audio_shorter_than_the_video_is_padded_with_silence(tmp_path):
     writer = ChunkWriter(tmp_path / "c", 49, FPS, short)
     chunks = writer.add(coded_frames(49))
     second = probe(chunks[1].path)
-    assert second.has_audio and second.audio_duration == pytest.approx(chunks[1].duration_s, abs=0.05)
+    assert second.has_audio and second.audio_duration == pytest.approx(chunks[1].duration_s, abs=1.1e-3)  # 0.52 ms
     assert np.abs(decode_audio(chunks[1].path)).max() < 1e-3  # past the speech: silence, not an error
 
 
@@ -189,7 +189,7 @@ def test_cancel_stops_at_the_next_step_and_leaves_no_video(tiny_pipe, speech_wav
     stream = stream_generate(tiny_pipe, EXAMPLE_IMAGE, speech_wav, out, small_settings(steps=5), get_preset("tiny"),
                              tmp_path / "chunks", cancel=cancel)
     seen = []
-    with pytest.raises(GenerationCancelled):
+    with pytest.raises(GenerationCancelled, match=r"^Generation stopped\.$"):
         for event in stream:
             seen.append(event)
             if isinstance(event, StageProgress) and event.stage == "denoise":

@@ -66,16 +66,44 @@ def test_file_over_the_limit(tmp_path):
         check_file_size(big, "speech", 2048)
 
 
-def test_missing_inputs():
-    with pytest.raises(MissingInput, match="Add a portrait"):
-        check_inputs(None, EXAMPLE_SPEECH, Settings(), TINY)
-    with pytest.raises(MissingInput, match="Add speech"):
-        check_inputs(EXAMPLE_IMAGE, None, Settings(), TINY)
+@pytest.mark.parametrize("missing", [None, ""])
+def test_missing_inputs(missing):
+    """Each named, and tied to its input (`concerns`: the app shows the message on that field)."""
+    with pytest.raises(MissingInput, match=r"^Add a portrait: upload a photo or take one with the webcam\.$") as image:
+        check_inputs(missing, EXAMPLE_SPEECH, Settings(), TINY)
+    assert image.value.concerns == "image"
+    with pytest.raises(MissingInput,
+                       match=r"^Add speech: upload an audio file or record one with the microphone\.$") as audio:
+        check_inputs(EXAMPLE_IMAGE, missing, Settings(), TINY)
+    assert audio.value.concerns == "audio"
 
 
-def test_size_limit_applies_to_both_uploads():
+def test_a_path_that_is_not_a_file_is_left_to_its_own_check(tmp_path):
+    check_file_size(tmp_path / "missing.wav", "speech", 0)  # not found: said by the speech loader, not as a size
+    check_file_size(tmp_path, "speech", 0)
+
+
+def test_without_a_face_checker_the_status_says_the_check_was_skipped(speech_wav):
+    assert check_inputs(EXAMPLE_IMAGE, speech_wav, Settings(), TINY).face_note == "face check skipped"
+
+
+def test_portrait_over_the_limit_is_refused():
     with pytest.raises(FileTooLarge, match="portrait file 'portrait.png'"):
         check_inputs(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Settings(), TINY, max_upload_bytes=100_000)
+
+
+def test_speech_over_the_limit_is_refused_on_its_own(tmp_path):
+    """The portrait is well under the limit, so only the speech check can refuse this pair."""
+    portrait = tmp_path / "face.jpg"
+    Image.open(EXAMPLE_IMAGE).convert("RGB").resize((256, 256)).save(portrait, quality=90)
+    speech = tmp_path / "long.wav"
+    soundfile.write(speech, speech_like(10.0), 16_000)  # 16-bit PCM: 320,044 bytes
+    limit = 200 * 1024
+    assert portrait.stat().st_size < limit // 4 and speech.stat().st_size == 320_044
+    with pytest.raises(FileTooLarge, match=r"^The speech file 'long.wav' is 312.5 KB; the limit is 200 KB\. ") as info:
+        check_inputs(portrait, speech, Settings(), TINY, max_upload_bytes=limit)
+    assert info.value.concerns == "audio"
+    assert check_inputs(portrait, speech, Settings(), TINY, max_upload_bytes=320_044).num_frames == 233
 
 
 def test_bad_speech_is_refused_with_its_reason(tmp_path):

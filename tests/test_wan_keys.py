@@ -31,3 +31,15 @@ def test_spot_checks_against_the_reference_table():
 def test_adapter_keys_have_no_original_name():
     with pytest.raises(KeyError, match="processor"):
         to_original_key("blocks.0.attn2.processor.k_proj.weight")
+
+
+def test_a_rule_set_that_merges_two_keys_is_refused(monkeypatch):
+    """The shipped rules are one-to-one (the round trip shows it); a rule that folds two keys into one must fail."""
+    import re
+
+    from fantasy import wan_keys
+
+    monkeypatch.setattr(wan_keys, "_RULES", [(re.compile(r"^blocks\.\d+\."), "blocks.0.")])
+    state = {"blocks.0.norm2.weight": torch.zeros(1), "blocks.1.norm2.weight": torch.ones(1)}
+    with pytest.raises(ValueError, match="^two diffusers keys map to the same original name$"):
+        to_original_state_dict(state)

@@ -23,10 +23,8 @@ from fantasy.weights import (
     download_plan,
 )
 
-from .conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
+from .conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, NO_CUDA
 from .test_adapter_weights import official_layout
-
-NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +78,7 @@ def test_each_missing_file_names_file_repo_and_command(complete, monkeypatch, pa
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     for alternative in entry.split("|"):
         (complete / part.folder / alternative).unlink(missing_ok=True)
-    with pytest.raises(WeightsMissing) as info:
+    with pytest.raises(WeightsMissing, match=r"^Missing weight file ") as info:
         check_real_weights(complete, "q8_0")
     message = str(info.value)
     assert entry.split("|")[0].split("/")[-1] in message
@@ -91,7 +89,7 @@ def test_each_missing_file_names_file_repo_and_command(complete, monkeypatch, pa
 
 def test_bf16_modes_point_at_the_bf16_download(complete):
     (complete / DIT_FILES["bf16"].folder / DIT_FILES["bf16"].required[0]).unlink()
-    with pytest.raises(WeightsMissing) as info:
+    with pytest.raises(WeightsMissing, match=r"^Missing weight file ") as info:
         check_real_weights(complete, "bf16-fp8")
     assert "wan2.1_i2v_720p_14B_bf16.safetensors" in str(info.value)
     assert "Comfy-Org/Wan_2.1_ComfyUI_repackaged" in str(info.value)
@@ -101,7 +99,7 @@ def test_bf16_modes_point_at_the_bf16_download(complete):
 def test_missing_adapter_names_the_released_file(complete, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     (complete / ADAPTER_SAFETENSORS).unlink()
-    with pytest.raises(WeightsMissing) as info:
+    with pytest.raises(WeightsMissing, match=r"^Missing weight file ") as info:
         check_real_weights(complete, "q4_k_m")
     message = str(info.value)
     assert ADAPTER_SAFETENSORS in message and OFFICIAL_FILE in message and f"'{OFFICIAL_REPO}'" in message

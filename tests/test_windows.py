@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fantasy.windows import latent_frame_count, split_into_windows, window_ranges
+from fantasy.windows import WindowRange, latent_frame_count, split_into_windows, window_ranges
 
 
 def ranges(num_tokens, num_frames):
@@ -54,5 +54,22 @@ def test_windows_copy_the_right_tokens_and_pad_with_zeros():
 def test_latent_frame_count_requires_4k_plus_1():
     assert latent_frame_count(81) == 21
     assert latent_frame_count(5) == 2
+    assert latent_frame_count(1) == 1
+    assert latent_frame_count(9, temporal_factor=2) == 5
     with pytest.raises(ValueError, match="4k\\+1"):
         latent_frame_count(80)
+
+
+def test_windows_past_the_end_of_the_speech_are_empty():
+    """Speech shorter than the clip (3 tokens for 81 frames): later latent frames hold no token at all."""
+    ranges = window_ranges(3, 81, tokens_per_frame=175 / 81)  # the clip's rate, as a long video passes it
+    counts = [r.valid_count(3) for r in ranges]
+    assert counts[:2] == [3, 3] and counts[2:] == [0] * 19
+    windows, lengths = split_into_windows(torch.ones(1, 3, 2), 81, tokens_per_frame=175 / 81)
+    assert lengths.dtype == torch.long and lengths.tolist() == counts
+    assert torch.count_nonzero(windows[:, 2:]) == 0 and windows[0, 0, :3].eq(1).all()
+
+
+def test_a_single_frame_gets_the_window_ending_at_the_first_token():
+    """One frame (one latent frame): no later window to line up with, so frame 0's 2*half+1 tokens end at 0."""
+    assert window_ranges(10, 1) == [WindowRange(-2 * 20 - 4, 0 + 4)]  # tpf 10, half 20, widened by 4

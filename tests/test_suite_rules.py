@@ -1,0 +1,82 @@
+"""Rules the suite keeps about itself: every expected error names its message; a hang fails with its name."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+from .conftest import ROOT
+
+
+def raises_without_match() -> list[str]:
+    """`pytest.raises` calls that check no message: neither `match=` nor, for `raises(...) as name`, the whole
+    message read back in the same file (`str(name.value) == ...`, or a pattern matched against `str(name.value)`)."""
+    found = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        source = path.read_text()
+        tree = ast.parse(source, str(path))
+        read_back = {id(item.context_expr) for node in ast.walk(tree) if isinstance(node, ast.With)
+                     for item in node.items if isinstance(item.optional_vars, ast.Name)
+                     and (f"str({item.optional_vars.id}.value) ==" in source
+                          or f"str({item.optional_vars.id}.value))" in source)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "raises"
+                    and not any(k.arg == "match" for k in node.keywords) and id(node) not in read_back):
+                found.append(f"{path.name}:{node.lineno}")
+    return found
+
+
+def test_every_expected_error_names_its_message():
+    assert raises_without_match() == []
+
+
+def test_a_hanging_test_fails_with_its_name(tmp_path: Path, request):
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert config["timeout"] == 300 and float(request.config.getini("timeout")) == 300  # in force in this run
+    assert request.config.pluginmanager.hasplugin("timeout")
+    (tmp_path / "test_hang.py").write_text(textwrap.dedent("""
+        import threading
+
+        def test_waits_forever():
+            threading.Event().wait()
+
+        def test_after_it():
+            pass
+    """))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "timeout=1", "test_hang.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stdout
+    assert "FAILED test_hang.py::test_waits_forever - Failed: Timeout (>1.0s)" in proc.stdout
+    assert "1 failed, 1 passed" in proc.stdout  # the run went on
+
+
+def test_the_mutation_bench_and_mutmut_mutate_the_same_files():
+    """`bench.mutation.MODULES` is the one list to update when files move; mutmut's `only_mutate` must follow."""
+    from bench.mutation import MODULES
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    assert sorted(MODULES.values()) == sorted(config["only_mutate"])
+    assert [p for p in MODULES.values() if not (ROOT / p).is_file()] == []
+
+
+def test_mutation_scores_count_only_checked_mutants(tmp_path, monkeypatch):
+    """A partial run gives its score over the mutants it checked, and says how many of all those were."""
+    import json
+
+    from bench import mutation
+
+    meta = tmp_path / "mutants" / "fantasy" / "windows.py.meta"
+    meta.parent.mkdir(parents=True)
+    codes = {"a": 1, "b": 1, "c": 0, "d": None, "e": 36, "f": 33}  # killed 2, survived, unchecked, timeout, no tests
+    meta.write_text(json.dumps({"exit_code_by_key": codes}))
+    monkeypatch.setattr(mutation, "ROOT", tmp_path)
+    assert mutation.score_line("windows") == "| fantasy/windows.py | 3/5 | 60.0 % | 5/6 | 1 no tests, 1 survived |"
+    assert mutation.survivors("windows") == ["c", "f"]
+    assert mutation.undetected("windows") == ["c", "d", "f"]
+    assert mutation.unchecked_sample("windows", 5) == ["d"]
