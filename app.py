@@ -7,7 +7,7 @@ and the real weights it starts the tiny demo preset, whose output is noise, and 
 
 from __future__ import annotations
 
-from fantasy import space  # first: on ZeroGPU `spaces` must be imported before CUDA is touched
+from fantasy.app import space  # first: on ZeroGPU `spaces` must be imported before CUDA is touched
 
 # isort: split
 
@@ -28,19 +28,16 @@ from typing import Any
 import gradio as gr
 from PIL import UnidentifiedImageError
 
-from fantasy.distill import FEW_STEP_AUDIO_GUIDANCE, FEW_STEP_TEXT_GUIDANCE, FEW_STEPS
-from fantasy.errors import FantasyError, GenerationCancelled, InvalidSetting, WeightsMissing
-from fantasy.flags import add_parallel_flags, add_real_flags, add_speed_flags, parallel_option, speed_options
-from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED
-from fantasy.image import MIN_SIDE, SIDE_MULTIPLE
-from fantasy.presets import Preset, get_preset, load_pipeline
-from fantasy.preview import BUDGET as PREVIEW_BUDGET
-from fantasy.sampling import passes_needed
-from fantasy.speed import apply_speed
-from fantasy.stop import StopRequested, stop_on_signals
-from fantasy.streaming import ChunkReady, Finished, Idle, PreviewReady, StageProgress
-from fantasy.studio import Controls, Job, Studio, preview_caption
-from fantasy.validation import (
+from fantasy.app.flags import (
+    add_parallel_flags,
+    add_real_flags,
+    add_speed_flags,
+    parallel_option,
+    speed_options,
+)
+from fantasy.app.streaming import ChunkReady, Finished, Idle, PreviewReady, StageProgress
+from fantasy.app.studio import Controls, Job, Studio, preview_caption
+from fantasy.app.validation import (
     DEFAULT_DURATION_S,
     MAX_DURATION_S,
     MAX_UPLOAD_MB,
@@ -48,6 +45,15 @@ from fantasy.validation import (
     FaceChecker,
     default_face_check,
 )
+from fantasy.errors import FantasyError, GenerationCancelled, InvalidSetting, WeightsMissing
+from fantasy.generation import DEFAULT_PROMPT, DEFAULT_SEED
+from fantasy.media.image import MIN_SIDE, SIDE_MULTIPLE
+from fantasy.model.preview import BUDGET as PREVIEW_BUDGET
+from fantasy.model.sampling import passes_needed
+from fantasy.speed.distill import FEW_STEP_AUDIO_GUIDANCE, FEW_STEP_TEXT_GUIDANCE, FEW_STEPS
+from fantasy.speed.switches import apply_speed
+from fantasy.stop import StopRequested, stop_on_signals
+from fantasy.weights.presets import Preset, get_preset, load_pipeline
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = [[str(ROOT / "examples" / "portrait.png"), str(ROOT / "examples" / "speech.wav")]]
@@ -64,7 +70,7 @@ STAGE_NAMES = {"audio": "Encoding speech", "denoise": "Denoising", "decode": "De
 
 
 def pass_original_upload(component: gr.Image) -> gr.Image:
-    """Hand `fantasy.image.load_portrait` the uploaded file itself, as the CLI would.
+    """Hand `fantasy.media.image.load_portrait` the uploaded file itself, as the CLI would.
 
     Left to itself Gradio opens the upload with PIL before our function runs: converting to RGB turns
     transparent pixels black and clips 16-bit greys, and a pixel bomb fails with PIL's own error. Our loader
@@ -126,7 +132,7 @@ def default_preset(adapter: str | None = None) -> str:
     """
     import torch
 
-    from fantasy.weights import check_real_weights, given_adapter, weights_dir
+    from fantasy.weights.real import check_real_weights, given_adapter, weights_dir
 
     if adapter is not None:
         given_adapter(adapter)
@@ -157,7 +163,7 @@ def build_demo(
 
     `channel`: the page runs on rank 0 of a context-parallel group, whose other ranks follow each job.
     `serve_url`: a thin front end; generations run on that Ray Serve deployment (`pipe` is its
-    `fantasy.serve_client.RemoteInfo`), as many at once as it has replicas.
+    `fantasy.app.serve_client.RemoteInfo`), as many at once as it has replicas.
     """
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)  # the page and the API report progress; keep the console quiet
@@ -167,7 +173,7 @@ def build_demo(
     if serve_url is None:
         studio = Studio(pipe, preset, faces, root, channel=channel, **limits)
     else:
-        from fantasy.serve_client import RemoteStudio
+        from fantasy.app.serve_client import RemoteStudio
 
         studio = RemoteStudio(pipe, preset, faces, root, **limits)
     generations_at_once = pipe.info["replicas"] if serve_url is not None else 1
@@ -421,7 +427,7 @@ def launch_options(host: str | None = None, port: int | None = None, share: bool
             "max_file_size": int(max_upload_mb * 1024 * 1024)}
 
 
-# Slider help, by whether trained motion-module weights are loaded (see fantasy.motion).
+# Slider help, by whether trained motion-module weights are loaded (see fantasy.model.motion).
 EXPRESSION_INFO = {False: "Scales audio weight and audio guidance (×0.6 … ×1.4).",
                    True: "Expression coefficient of the trained motion module."}
 BODY_INFO = {False: "Motion wording in the prompt; 'motionless' in the negative prompt.",
@@ -471,8 +477,8 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
     parallel = parallel_option(args, vram=args.vram if preset.name == "real" else "resident")
     channel, device = None, None
     if parallel is not None:
-        from fantasy.parallel import control_group, init_processes
-        from fantasy.parallel_jobs import JobChannel
+        from fantasy.app.parallel_jobs import JobChannel
+        from fantasy.speed.parallel import control_group, init_processes
 
         device = init_processes()
         channel = JobChannel(control_group())
@@ -500,7 +506,7 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
 
 def create_front_end(url: str) -> gr.Blocks:
     """The page over a Ray Serve deployment: the models live there, the checks and the streaming here."""
-    from fantasy.serve_client import fetch_info
+    from fantasy.app.serve_client import fetch_info
 
     remote = fetch_info(url)
     preset = get_preset(remote.info["preset"])

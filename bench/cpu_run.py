@@ -1,6 +1,6 @@
 """`python -m fantasy bench --cpu`: the tiny preset end to end, timed, to catch speed regressions anywhere.
 
-It runs `fantasy.generate.generate` on examples/portrait.png + examples/speech.wav (the README's tiny
+It runs `fantasy.generation.generate` on examples/portrait.png + examples/speech.wav (the README's tiny
 run: 30 steps x 3 passes, 128 px, 2 windows) with the chosen speed switches, and splits the time by
 the progress reports generate already makes: each denoising step ends with a report, so step
 intervals give s/step; the gap before a window's first step is its conditioning (text, CLIP, audio,
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.report import environment, table
-from fantasy.speed import SpeedOptions
+from fantasy.speed.switches import SpeedOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_IMAGE = ROOT / "examples" / "portrait.png"
@@ -66,10 +66,10 @@ class StageClock:
 
 def run_cpu_bench(config: CpuBenchConfig) -> dict:
     from bench.preview_cost import LastPreview, run_figures, time_preview
-    from fantasy.generate import Settings, generate
-    from fantasy.presets import get_preset, load_pipeline
-    from fantasy.preview import LivePreview
-    from fantasy.speed import apply_speed
+    from fantasy.generation import Settings, generate
+    from fantasy.model.preview import LivePreview
+    from fantasy.speed.switches import apply_speed
+    from fantasy.weights.presets import get_preset, load_pipeline
 
     preset = get_preset("tiny")
     settings = Settings(steps=config.steps, longest_edge=config.size, max_duration=config.max_duration,

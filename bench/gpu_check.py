@@ -17,7 +17,7 @@ recorded as skipped, and the JSON is rewritten after every section, so a cut-off
 
 1. every `--dit` mode that fits: load time, weights and peak GiB, s/step (3 passes), s/pass, fraction
    of the FLOP floor (`bench.flops`), through `bench.gpu_memory.run_mode` (the loader's own code);
-2. peak VRAM per `--vram` mode (Q8_0 DiT + umT5 + CLIP + VAE + wav2vec2, `fantasy.offload.apply_vram_mode`):
+2. peak VRAM per `--vram` mode (Q8_0 DiT + umT5 + CLIP + VAE + wav2vec2, `fantasy.weights.offload.apply_vram_mode`):
    prompt + negative, image tokens, speech, condition encode, one guidance step, the 81-frame decode;
 3. host RAM while loading city96's Q8_0 GGUF (written full-size to disk) straight onto the GPU, in a
    child process (`bench.host_memory`): anonymous peak and peak RSS;
@@ -128,7 +128,7 @@ def section_dit_modes(spec: dict, device, dtype, peaks, budget: Budget) -> list[
     import torch
 
     from bench.gpu_memory import run_mode
-    from fantasy.quantize import DIT_MODES
+    from fantasy.weights.quantize import DIT_MODES
 
     rows = []
     for mode in DIT_MODES:
@@ -155,10 +155,10 @@ def _cpu_components(spec: dict, device, dtype) -> dict:
     from transformers import Wav2Vec2FeatureExtractor
 
     from bench.models import ENCODER_DTYPES, TINY, built_on, full_encoders, tiny_encoders
-    from fantasy import tiny
-    from fantasy.clip_processor import clip_image_processor_class
-    from fantasy.sampling import make_scheduler
-    from fantasy.weights import enable_vae_tiling
+    from fantasy.model.clip_processor import clip_image_processor_class
+    from fantasy.model.sampling import make_scheduler
+    from fantasy.weights import tiny
+    from fantasy.weights.real import enable_vae_tiling
 
     builders = tiny_encoders() if spec is TINY else full_encoders()
     if spec is TINY:  # the tiny DiT reads 256-wide text and image tokens
@@ -184,7 +184,7 @@ def _q8_0_transformer(spec: dict, state: dict, dtype):
     import torch
     from diffusers import WanTransformer3DModel
 
-    from fantasy.quantize import load_single_file_transformer
+    from fantasy.weights.quantize import load_single_file_transformer
 
     with _tempfile.TemporaryDirectory() as config_dir:
         with torch.device("meta"):
@@ -218,8 +218,8 @@ def section_vram_modes(spec: dict, device, dtype, budget: Budget) -> list[dict]:
 
     from bench.gpu_memory import random_gguf_state
     from bench.models import memory_gib, reset_peak
-    from fantasy.assemble import assemble
-    from fantasy.offload import VRAM_MODES, apply_vram_mode
+    from fantasy.model.assemble import assemble
+    from fantasy.weights.offload import VRAM_MODES, apply_vram_mode
 
     masters = _cpu_components(spec, device, dtype)
     state = random_gguf_state(spec["config"], "q8_0")
@@ -233,7 +233,7 @@ def section_vram_modes(spec: dict, device, dtype, budget: Budget) -> list[dict]:
         try:
             components = {k: copy.deepcopy(v) for k, v in masters.items()}
             components["transformer"] = _q8_0_transformer(spec, state, dtype)
-            from fantasy.adapter import AudioProjModel
+            from fantasy.model.adapter import AudioProjModel
 
             components["audio_proj"] = AudioProjModel(audio_dim=components["audio_encoder"].config.hidden_size,
                                                       context_dim=spec["context_dim"])
@@ -280,7 +280,7 @@ def section_host_ram(spec: dict, device, kind: str, scratch: Path) -> dict:
         else:
             real_layout.write_bf16_single_file(path, spec["config"])
         written = time.perf_counter() - started
-        peak = measure("fantasy.quantize:load_single_file_transformer",
+        peak = measure("fantasy.weights.quantize:load_single_file_transformer",
                        dict(checkpoint=str(path), config_dir=str(folder), compute_dtype="torch.bfloat16",
                             gguf=kind == "q8_0", device=str(device)))
         size = path.stat().st_size
@@ -298,7 +298,7 @@ def section_host_ram(spec: dict, device, kind: str, scratch: Path) -> dict:
 
 def switch_variants(device) -> list:
     """The speed switches to time: all where a CUDA GPU is; on a CPU the ones that run there."""
-    from fantasy.speed import SpeedOptions
+    from fantasy.speed.switches import SpeedOptions
 
     variants = [SpeedOptions(), SpeedOptions(batch_guidance=True)]
     if device.type == "cuda":

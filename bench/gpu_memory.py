@@ -33,16 +33,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.models import FULL, TINY, build_random_bf16, dit_inputs, memory_gib, sync  # noqa: E402
-from fantasy.adapter import AudioContext, install_audio_adapter  # noqa: E402
-from fantasy.offload import group_offload  # noqa: E402
-from fantasy.precision import DEFAULT_PRECISION, apply_precision  # noqa: E402
-from fantasy.quantize import (  # noqa: E402
+from fantasy.model.adapter import AudioContext, install_audio_adapter  # noqa: E402
+from fantasy.model.precision import DEFAULT_PRECISION, apply_precision  # noqa: E402
+from fantasy.weights.offload import group_offload  # noqa: E402
+from fantasy.weights.quantize import (  # noqa: E402
     DIT_MODES,
     enable_fp8_storage,
     load_single_file_transformer,
     quantize_weight_only,
 )
-from fantasy.wan_keys import to_original_state_dict  # noqa: E402
+from fantasy.weights.wan_keys import to_original_state_dict  # noqa: E402
 
 
 @dataclass

@@ -4,7 +4,7 @@ Everything is built with random weights directly on the GPU (`bench.models`), an
 pipeline's own code: `guided_velocity` for a whole guidance step (the 3 passes full / text / uncond,
 or one batch with --batch-guidance), `encode_image_tokens`, `project_audio`, `prepare_condition` (VAE
 encode of the 81-frame condition video) and `decode_frames` (progressive VAE decode). Speed switches
-go through `fantasy.speed.apply_speed`, as in a real run.
+go through `fantasy.speed.switches.apply_speed`, as in a real run.
 
 Per size it reports s/step, s/pass (one audio-on pass alone), peak GiB (weights included) and the
 fraction of the floor: FLOPs from the config and token counts (`bench.flops`) at the GPU's dense
@@ -44,7 +44,7 @@ from bench.models import (
 )
 from bench.report import environment, table
 from fantasy.errors import InvalidSetting
-from fantasy.speed import SpeedOptions
+from fantasy.speed.switches import SpeedOptions
 
 TARGETS = ("issue-7 targets, one H100 at 512x512x81: <= 4.5 s/step bf16, <= 3 s/step fp8 + fast attention, "
            "clip <= 120 s (<= 60 s with the step cache), few-step clip <= 15 s, peak <= 40 GB with a quantized DiT")
@@ -113,7 +113,7 @@ def _free(device: torch.device) -> None:
 
 def bare_pipeline(**components):
     """A `FantasyTalkingPipeline` holding only the given models: its methods are what a real run calls."""
-    from fantasy.pipeline import FantasyTalkingPipeline
+    from fantasy.model.pipeline import FantasyTalkingPipeline
 
     names = ["tokenizer", "text_encoder", "vae", "scheduler", "image_encoder", "transformer", "audio_encoder",
              "feature_extractor", "audio_proj"]
@@ -130,7 +130,7 @@ def time_pieces(spec: dict, device: torch.device, dtype: torch.dtype, width: int
     """umT5 (prompt + negative), CLIP, wav2vec2 + projection, VAE encode of the condition, VAE decode."""
     from transformers import Wav2Vec2FeatureExtractor
 
-    from fantasy.weights import enable_vae_tiling
+    from fantasy.weights.real import enable_vae_tiling
 
     builders = tiny_encoders() if spec is TINY else full_encoders()
     models = {name: built_on(device, ENCODER_DTYPES[name] or dtype, build) for name, build in builders.items()}
@@ -169,8 +169,8 @@ def time_pieces(spec: dict, device: torch.device, dtype: torch.dtype, width: int
 
 
 def _preview_fn(latents: torch.Tensor, device: torch.device) -> Callable[[], object]:
-    """One live preview as the denoising thread makes it (`fantasy.preview`), on latents already on the GPU."""
-    from fantasy.preview import LatentRGB, clean_estimate
+    """One live preview as the denoising thread makes it (`fantasy.model.preview`), on latents already on the GPU."""
+    from fantasy.model.preview import LatentRGB, clean_estimate
 
     on_device, velocity, rgb = latents.to(device), torch.randn_like(latents).to(device), LatentRGB()
     return lambda: rgb(clean_estimate(on_device, velocity, 0.5))
@@ -196,7 +196,7 @@ def step_floor(spec: dict, tokens: int, latent_frames: int, window: int, passes:
 def time_dit(spec: dict, device: torch.device, dtype: torch.dtype, config: GpuBenchConfig,
              peaks: tuple[float, float | None] | None) -> tuple[list[StepRow], list[str]]:
     """Build the DiT once, apply the switches, then time a whole step and a single pass per size."""
-    from fantasy.speed import apply_speed, reset_attention
+    from fantasy.speed.switches import apply_speed, reset_attention
 
     model, audio = build_dit(spec, device, dtype)
     pipe = bare_pipeline(transformer=model)

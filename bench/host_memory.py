@@ -15,7 +15,7 @@ dtype). Two peaks come back, each over the child's memory just before the step:
 counting tensors that merely view a memory-mapped file twice), or the int the function returned.
 Linux only (/proc).
 
-    python -m bench.host_memory fantasy.weights:load_dit '{"path": "...", ...}'   # the child side
+    python -m bench.host_memory fantasy.weights.real:load_dit '{"path": "...", ...}'   # the child side
 """
 
 from __future__ import annotations

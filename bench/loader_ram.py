@@ -66,7 +66,7 @@ class LoaderPeak:
 def write_real_width(root: Path) -> None:
     """The real-width weights dir (what tests/test_real_width.py builds), unless it is already there."""
     from bench import real_layout
-    from fantasy.weights import ADAPTER_PART, DIT_FILES, WAN_PART, WAV2VEC_PART
+    from fantasy.weights.real import ADAPTER_PART, DIT_FILES, WAN_PART, WAV2VEC_PART
 
     if (root / WAN_PART.folder / "transformer" / "config.json").is_file():
         return
@@ -83,8 +83,8 @@ def write_real_width(root: Path) -> None:
 def loader_cases(root: Path, scratch: Path) -> list[LoaderCase]:
     """The four loaders on the files under `root`; the adapter pickle is written into `scratch`."""
     from bench import real_layout
-    from fantasy.checkpoints import index_shards
-    from fantasy.weights import ADAPTER_PART, DIT_FILES, WAN_PART
+    from fantasy.weights.checkpoints import index_shards
+    from fantasy.weights.real import ADAPTER_PART, DIT_FILES, WAN_PART
 
     wan = root / WAN_PART.folder
     config = str(wan / "transformer")
@@ -95,18 +95,18 @@ def loader_cases(root: Path, scratch: Path) -> list[LoaderCase]:
     shards = [text / name for name in index_shards(text / "model.safetensors.index.json")]
     ckpt = scratch / ADAPTER_PART.required[0]
     real_layout.write_official_ckpt(ckpt, CKPT_BLOCKS)
-    dit = "fantasy.quantize:load_single_file_transformer"
+    dit = "fantasy.weights.quantize:load_single_file_transformer"
     return [
         LoaderCase("GGUF Q8_0 DiT", dit, dict(checkpoint=str(gguf), config_dir=config, compute_dtype="torch.bfloat16",
                                             gguf=True), gguf.stat().st_size, gguf.stat().st_size),
         LoaderCase("bf16 single-file DiT", dit, dict(checkpoint=str(bf16), config_dir=config,
                                                    compute_dtype="torch.bfloat16", gguf=False),
                    bf16.stat().st_size, bf16.stat().st_size),
-        LoaderCase("umT5 fp32 shards -> bf16", "fantasy.weights:load_text_encoder",
+        LoaderCase("umT5 fp32 shards -> bf16", "fantasy.weights.real:load_text_encoder",
                    dict(folder=str(text), dtype="torch.bfloat16"), index["metadata"]["total_size"] // 2,
                    max(p.stat().st_size for p in shards)),
         # The output is bf16 (half the fp32 pickle's tensor bytes); the pickle itself is memory-mapped.
-        LoaderCase(".ckpt -> bf16 safetensors", "fantasy.adapter_weights:convert_checkpoint",
+        LoaderCase(".ckpt -> bf16 safetensors", "fantasy.weights.adapter_weights:convert_checkpoint",
                    dict(src=str(ckpt), dst=str(scratch / "adapter.safetensors")), _pickle_tensor_bytes(ckpt) // 2,
                    ckpt.stat().st_size),
     ]

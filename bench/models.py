@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import torch
 
-from fantasy.adapter import AudioContext, install_audio_adapter
-from fantasy.precision import DEFAULT_PRECISION, apply_precision
-from fantasy.windows import split_into_windows
+from fantasy.model.adapter import AudioContext, install_audio_adapter
+from fantasy.model.precision import DEFAULT_PRECISION, apply_precision
+from fantasy.model.windows import split_into_windows
 
 FULL = {
     "config": dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36,
@@ -81,7 +81,7 @@ def build_dit(spec: dict, device: torch.device, dtype: torch.dtype) -> tuple[tor
     audio = install_audio_adapter(model, spec["context_dim"], spec["image_tokens"])
     for block in model.blocks:
         block.attn2.processor.to(device=device, dtype=dtype)
-    apply_precision(model, DEFAULT_PRECISION, dtype)  # as `fantasy.assemble.assemble` leaves every pipeline's DiT
+    apply_precision(model, DEFAULT_PRECISION, dtype)  # as `fantasy.model.assemble.assemble` leaves every pipeline's DiT
     return model, audio
 
 
@@ -124,7 +124,7 @@ def full_encoders() -> dict[str, Callable[[], torch.nn.Module]]:
         Wav2Vec2Model,
     )
 
-    from fantasy.adapter import AudioProjModel
+    from fantasy.model.adapter import AudioProjModel
 
     umt5_xxl = UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
                           relative_attention_num_buckets=32, relative_attention_max_distance=128,
@@ -141,8 +141,8 @@ def full_encoders() -> dict[str, Callable[[], torch.nn.Module]]:
 
 
 def tiny_encoders() -> dict[str, Callable[[], torch.nn.Module]]:
-    from fantasy import tiny
-    from fantasy.adapter import AudioProjModel
+    from fantasy.model.adapter import AudioProjModel
+    from fantasy.weights import tiny
 
     return {
         "text_encoder": tiny.tiny_text_encoder, "image_encoder": tiny.tiny_image_encoder,

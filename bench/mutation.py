@@ -35,16 +35,16 @@ MUTMUT_VERSION = "3.8.1"
 # The core modules (issue 20): name -> source file, the one list to update when files move (keep `only_mutate` in
 # pyproject.toml the same). Their tests are `[tool.mutmut]`'s test selection.
 MODULES = {
-    "windows": "fantasy/windows.py",
-    "sampling": "fantasy/sampling.py",
-    "adapter": "fantasy/adapter.py",
+    "windows": "fantasy/model/windows.py",
+    "sampling": "fantasy/model/sampling.py",
+    "adapter": "fantasy/model/adapter.py",
     "long_video": "fantasy/long_video.py",
-    "video": "fantasy/video.py",
-    "validation": "fantasy/validation.py",
-    "generate": "fantasy/generate.py",
-    "wan_keys": "fantasy/wan_keys.py",
-    "adapter_weights": "fantasy/adapter_weights.py",
-    "output": "fantasy/output.py",
+    "video": "fantasy/media/video.py",
+    "validation": "fantasy/app/validation.py",
+    "generate": "fantasy/generation.py",
+    "wan_keys": "fantasy/weights/wan_keys.py",
+    "adapter_weights": "fantasy/weights/adapter_weights.py",
+    "output": "fantasy/media/output.py",
 }
 # mutmut's exit codes -> status (mutmut/stats.py); killed and timeout both mean a test noticed.
 DETECTED = {"killed", "timeout", "caught by type check"}

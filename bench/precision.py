@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.models import FULL, TINY, GiB, build_dit, dit_inputs, memory_gib, reset_peak, sync  # noqa: E402
 from bench.report import environment, table, write_json  # noqa: E402
-from fantasy.precision import PRECISIONS, apply_precision  # noqa: E402
+from fantasy.model.precision import PRECISIONS, apply_precision  # noqa: E402
 
 
 def _rss_gib() -> float:

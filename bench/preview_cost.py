@@ -1,7 +1,7 @@
 """What the live preview costs: at the real clip size, and within a run (`bench --cpu` and `bench --gpu`).
 
 Two parts, timed separately because they run on different threads in the app:
-- on the denoising thread (`fantasy.preview.LivePreview`): the clean estimate `x_t - sigma*v`, the 16->3 map at
+- on the denoising thread (`fantasy.model.preview.LivePreview`): the clean estimate `x_t - sigma*v`, the 16->3 map at
   latent resolution and the copy of uint8 frames to the host. This is what slows the steps down, and what
   the 2 % budget is measured against.
 - the clip file: upscaling to 256 px and encoding the looping WebP. The app does it on the thread that feeds
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.models import sync
-from fantasy.preview import LatentRGB, Preview, clean_estimate, upscale, write_clip
+from fantasy.model.preview import LatentRGB, Preview, clean_estimate, upscale, write_clip
 
 REAL_LATENT = (1, 16, 21, 64, 64)  # 512x512, 81 frames
 FPS = 23

@@ -2,7 +2,7 @@
 
 A clip of the example portrait (a slow pan) is encoded with the VAE, normalised as the pipeline does, and
 decoded again. Per colour channel it reports Pearson r between the decoded frames' mean colour over each
-latent cell and: the published map (`fantasy.preview`, ComfyUI's Wan21 factors); a map fitted to this clip by
+latent cell and: the published map (`fantasy.model.preview`, ComfyUI's Wan21 factors); a map fitted to this clip by
 least squares; and that fit learned on the left half of the cells and tried on the right half (held out).
 
 With the real Wan 2.1 VAE (`--vae weights/Wan2.1-I2V-14B-720P-Diffusers/vae`, any diffusers VAE folder) this
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fantasy.decode import denormalize_latents
-from fantasy.preview import (
+from fantasy.model.decode import denormalize_latents
+from fantasy.model.preview import (
     WAN21_LATENT_RGB_BIAS,
     WAN21_LATENT_RGB_FACTORS,
     channel_correlation,

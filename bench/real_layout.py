@@ -53,7 +53,7 @@ def _meta_state(config: dict) -> dict[str, torch.Size]:
     """Original-Wan names -> shapes of the transformer for `config`, without allocating it."""
     from diffusers import WanTransformer3DModel
 
-    from fantasy.wan_keys import to_original_key
+    from fantasy.weights.wan_keys import to_original_key
 
     with torch.device("meta"):
         model = WanTransformer3DModel(**config)
@@ -218,7 +218,7 @@ def write_clip_folder(folder: str | Path, num_layers: int = 32, seed: int = 2) -
 
 def write_image_processor(folder: str | Path) -> None:
     """Wan-AI's `image_processor/preprocessor_config.json` (224 px, CLIP's mean and std)."""
-    from fantasy.clip_processor import clip_image_processor_class
+    from fantasy.model.clip_processor import clip_image_processor_class
 
     clip_image_processor_class()(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(folder)
 

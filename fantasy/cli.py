@@ -10,12 +10,18 @@ import sys
 import time
 from pathlib import Path
 
+from fantasy.app.flags import (
+    add_parallel_flags,
+    add_real_flags,
+    add_speed_flags,
+    parallel_option,
+    speed_options,
+)
 from fantasy.errors import FantasyError, InputFileNotFound, InvalidSetting
-from fantasy.flags import add_parallel_flags, add_real_flags, add_speed_flags, parallel_option, speed_options
 
 
 def _add_generate(sub) -> None:
-    from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED
+    from fantasy.generation import DEFAULT_PROMPT, DEFAULT_SEED
     from fantasy.release import RELEASE_PROMPT
 
     p = sub.add_parser("generate", help="portrait + speech -> talking-video mp4")
@@ -59,8 +65,8 @@ def _add_generate(sub) -> None:
 
 def _guidance_defaults(args) -> tuple[int | None, float, float]:
     """(steps, text guidance, audio guidance): the user's values, else the release's or the few-step mode's."""
-    from fantasy.distill import FEW_STEP_AUDIO_GUIDANCE, FEW_STEP_TEXT_GUIDANCE, FEW_STEPS
-    from fantasy.generate import Settings
+    from fantasy.generation import Settings
+    from fantasy.speed.distill import FEW_STEP_AUDIO_GUIDANCE, FEW_STEP_TEXT_GUIDANCE, FEW_STEPS
 
     plain = Settings()
     steps = FEW_STEPS if args.fast else plain.steps
@@ -72,12 +78,12 @@ def _guidance_defaults(args) -> tuple[int | None, float, float]:
 
 def _run_generate(args) -> int:
     """Every check first (settings, inputs, the output path and its free space), then the models, then the video."""
-    from fantasy.generate import Settings, generate, prepare_inputs
-    from fantasy.output import check_target
-    from fantasy.parallel import is_leader, leader_check  # now: errors are said by rank 0 only (main)
-    from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT
-    from fantasy.presets import get_preset, load_pipeline
+    from fantasy.generation import Settings, generate, prepare_inputs
+    from fantasy.media.output import check_target
+    from fantasy.model.pipeline import DEFAULT_NEGATIVE_PROMPT
     from fantasy.release import RELEASE_DIT
+    from fantasy.speed.parallel import is_leader, leader_check  # now: errors are said by rank 0 only (main)
+    from fantasy.weights.presets import get_preset, load_pipeline
 
     if Path(args.out).suffix.lower() != ".mp4":
         raise FantasyError(f"--out must end in .mp4, got {args.out}")
@@ -100,12 +106,12 @@ def _run_generate(args) -> int:
     inputs = prepare_inputs(args.image, args.audio, settings)  # the speech is decoded once, up to the limit
     face = None
     if args.face is not None:
-        from fantasy.image import load_portrait
+        from fantasy.media.image import load_portrait
 
         face = load_portrait(args.face)
     device = args.device
     if parallel is not None:
-        from fantasy.parallel import init_processes
+        from fantasy.speed.parallel import init_processes
 
         device = init_processes(args.device)
     leader = is_leader()  # under context parallelism only rank 0 prints and writes
@@ -122,12 +128,12 @@ def _run_generate(args) -> int:
             "fit_frames": settings.max_frames, "fit_batch": 3 if speed.batch_guidance else 1}
     pipe = load_pipeline(preset.name, device=device, adapter=args.adapter, **(real if preset.name == "real" else {}))
     pipe.set_progress_bar_config(disable=True)  # our own progress lines below
-    from fantasy.speed import apply_speed
+    from fantasy.speed.switches import apply_speed
 
     for line in apply_speed(pipe, speed, parallel):
         say(f"  speed: {line}")
     if args.expression is not None or args.body is not None:
-        from fantasy.sliders import motion_controls
+        from fantasy.app.sliders import motion_controls
 
         expression = 0.5 if args.expression is None else args.expression
         body = 0.5 if args.body is None else args.body
@@ -185,7 +191,7 @@ def _preview_file(path: str | None, fps: int):
     """`--preview PATH` -> a `LivePreview` writing the latest estimate there; checked before any model loads."""
     if path is None:
         return None
-    from fantasy.preview import PREVIEW_SUFFIXES, LivePreview, PreviewFile
+    from fantasy.model.preview import PREVIEW_SUFFIXES, LivePreview, PreviewFile
 
     target = Path(path)
     if target.suffix.lower() not in PREVIEW_SUFFIXES:
@@ -203,7 +209,7 @@ def _add_convert(sub) -> None:
 
 
 def _run_convert(args) -> int:
-    from fantasy.adapter_weights import convert_checkpoint
+    from fantasy.weights.adapter_weights import convert_checkpoint
 
     count = convert_checkpoint(args.src, args.dst)
     print(f"wrote {args.dst} ({count} tensors)")
@@ -222,7 +228,7 @@ def _add_download(sub) -> None:
 
 
 def _run_download(args) -> int:
-    from fantasy.download import download
+    from fantasy.weights.download import download
 
     download(args.dit, args.dir, dry_run=args.dry_run, keep_ckpt=args.keep_ckpt, face=args.face)
     return 0
@@ -315,8 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_download(sub)
     _add_bench(sub)
+    from fantasy.app.serve import add_parser as add_serve
     from fantasy.metrics.command import add_parser as add_eval
-    from fantasy.serve import add_parser as add_serve
     from fantasy.train.command import add_parser as add_train
 
     add_eval(sub)
@@ -337,12 +343,12 @@ def main(argv: list[str] | None = None) -> int:
             args = build_parser().parse_args(argv)  # builds the generate parser: imports torch and diffusers
             return args.run(args)
     except FantasyError as exc:
-        parallel = sys.modules.get("fantasy.parallel")  # imported only when a command uses processes
+        parallel = sys.modules.get("fantasy.speed.parallel")  # imported only when a command uses processes
         if parallel is None or parallel.is_leader():  # a group's processes fail alike: one message
             print(f"error: {exc}", file=sys.stderr)
         return 2
     except StopRequested as stop:
-        parallel = sys.modules.get("fantasy.parallel")
+        parallel = sys.modules.get("fantasy.speed.parallel")
         if parallel is not None and not parallel.is_leader():  # the group stops alike: rank 0 says it
             return stop.exit_status
         if stop.written:
@@ -353,5 +359,5 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stopped ({stop})", file=sys.stderr)
         return stop.exit_status
     finally:
-        if "fantasy.parallel" in sys.modules:
-            sys.modules["fantasy.parallel"].leave_processes()
+        if "fantasy.speed.parallel" in sys.modules:
+            sys.modules["fantasy.speed.parallel"].leave_processes()

@@ -4,7 +4,7 @@ diffusers imports torchao whenever it is installed (its quantizer registry), and
 transformers then log warnings that concern paths we never use on that machine: torchao's CUDA/other-ABI
 kernels, pytree's Enum deprecation, diffusers' "Unable to import `torchao` Tensor objects" and
 transformers' torchvision fallback for the CLIP image processor (our CLIP input is made by
-`fantasy.image.clip_pixel_values`, not by that processor). Each filter matches one exact message on the
+`fantasy.media.image.clip_pixel_values`, not by that processor). Each filter matches one exact message on the
 logger that emits it; anything else from those loggers still gets through. Importing this module installs
 the filters (so an entry point can do it in its import block, before the noisy imports).
 """

@@ -8,10 +8,10 @@ What the release does (fantasy-talking@8c2d0c9, `infer.py` and its DiffSynth), a
   `L / num_frames` tokens per frame;
 - its prompt "A woman is talking." unless one is given, its fixed negative prompt, 30 steps, seed
   1111, guidance 5 / 5, audio weight 1 (the last three can be set, as in `infer.py`);
-- the bf16 DiT in the release's mixed precision (`fantasy.precision`), the schedule's fp32 values,
+- the bf16 DiT in the release's mixed precision (`fantasy.model.precision`), the schedule's fp32 values,
   fp32 latents and guidance;
 - its decode: spatial tiles of 30x52 latents at a stride of 15x26 blended with linear ramps, then
-  uint8 by truncation (`fantasy.decode.decode_release_tiles`).
+  uint8 by truncation (`fantasy.model.decode.decode_release_tiles`).
 
 What still differs, and why, is listed in the README (Numerics). The checks here refuse anything
 that would make the result something other than the release's (a quantized DiT, the step cache,
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from fantasy.audio import frame_count
 from fantasy.errors import InvalidSetting
-from fantasy.prompts import DEFAULT_NEGATIVE_PROMPT, RELEASE_PROMPT  # noqa: F401 (re-exported)
+from fantasy.media.audio import frame_count
+from fantasy.model.prompts import DEFAULT_NEGATIVE_PROMPT, RELEASE_PROMPT  # noqa: F401 (re-exported)
 
 RELEASE_STEPS = 30  # hard-coded in infer.py (the app's steps slider is ignored there too)
 RELEASE_DIT = "bf16"  # ModelManager(torch_dtype=torch.bfloat16)
@@ -50,8 +50,8 @@ def release_setting_problems(steps: int, negative_prompt: str, motion) -> list[s
 
 def check_release_pipeline(pipe, demo: bool) -> None:
     """Raise `InvalidSetting` unless `pipe` computes what the release computes (see the module docstring)."""
-    from fantasy.precision import compute_dtype_of, precision_of
-    from fantasy.quantize import is_quantized_weight
+    from fantasy.model.precision import compute_dtype_of, precision_of
+    from fantasy.weights.quantize import is_quantized_weight
 
     transformer = pipe.transformer
     if precision_of(transformer) != "mixed":

@@ -1,7 +1,7 @@
 """The values a generation takes and gives back: `Settings` (what a user can set) and `Result`.
 
 Their own module, below the generation and the app that both use them, and needing nothing of the
-models: a preset's defaults come in as two plain fields (`PresetDefaults`, which `fantasy.presets.Preset`
+models: a preset's defaults come in as two plain fields (`PresetDefaults`, which `fantasy.weights.presets.Preset`
 has).
 """
 
@@ -13,12 +13,12 @@ from typing import Protocol
 
 from fantasy.errors import InvalidSetting
 from fantasy.long_video import MOTION_FRAMES
-from fantasy.prompts import DEFAULT_NEGATIVE_PROMPT, default_prompt
+from fantasy.model.prompts import DEFAULT_NEGATIVE_PROMPT, default_prompt
 from fantasy.release import release_setting_problems
 
 
 class PresetDefaults(Protocol):
-    """The defaults `Settings.resolved` fills in (a `fantasy.presets.Preset` has them)."""
+    """The defaults `Settings.resolved` fills in (a `fantasy.weights.presets.Preset` has them)."""
 
     @property
     def steps(self) -> int: ...
@@ -45,12 +45,12 @@ class Settings:
     max_frames: int = 81  # frames per window (the release's clip length)
     max_duration: float = 10.0  # seconds; longer speech is cut (and the result says so)
     longest_edge: int | None = None  # None: the preset's default
-    motion: tuple[float, float] | None = None  # (expression, body) for a trained motion module (fantasy.motion)
-    identity_scale: float = 1.0  # strength of a trained identity module (fantasy.identity)
+    motion: tuple[float, float] | None = None  # (expression, body) for a trained motion module (fantasy.model.motion)
+    identity_scale: float = 1.0  # strength of a trained identity module (fantasy.model.identity)
     release: bool = False  # exactly the official infer.py's clip (fantasy.release): one clip, its decode
 
     def resolved(self, preset: PresetDefaults) -> Settings:
-        """Fill preset defaults (a `fantasy.presets.Preset`) and reject out-of-range values with a message naming
+        """Fill preset defaults (a `fantasy.weights.presets.Preset`) and reject out-of-range values with a message naming
         the setting."""
         s = Settings(**asdict(self))
         s.steps = preset.steps if s.steps is None else s.steps
@@ -86,7 +86,7 @@ class Settings:
 
 @dataclass
 class Result:
-    """What one generation made (`fantasy.generate.generate`)."""
+    """What one generation made (`fantasy.generation.generate`)."""
 
     path: Path | None  # None: this process does not write (a context-parallel process other than rank 0)
     num_frames: int

@@ -41,7 +41,7 @@ def speech_wav(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_pipe():
-    from fantasy.presets import load_pipeline
+    from fantasy.weights.presets import load_pipeline
 
     return load_pipeline("tiny")
 
@@ -51,7 +51,7 @@ def tiny_call_args(pipe, speech_wav: Path) -> dict:
     import torch
     from PIL import Image
 
-    from fantasy.audio import clip_samples, load_audio
+    from fantasy.media.audio import clip_samples, load_audio
 
     samples = clip_samples(load_audio(speech_wav), 9, 23)
     windows, lengths = pipe.encode_audio(samples, 9)

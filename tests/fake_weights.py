@@ -19,10 +19,10 @@ from diffusers import WanTransformer3DModel
 from safetensors.torch import save_file
 from transformers import CLIPImageProcessor, Wav2Vec2FeatureExtractor
 
-from fantasy import tiny
-from fantasy.adapter_weights import expected_keys, storage_dtype
-from fantasy.wan_keys import to_original_state_dict
-from fantasy.weights import ADAPTER_SAFETENSORS, DIT_FILES, WAN_PART, WAV2VEC_PART
+from fantasy.weights import tiny
+from fantasy.weights.adapter_weights import expected_keys, storage_dtype
+from fantasy.weights.real import ADAPTER_SAFETENSORS, DIT_FILES, WAN_PART, WAV2VEC_PART
+from fantasy.weights.wan_keys import to_original_state_dict
 
 HEADS, HEAD_DIM = 2, 16  # inner dim 32: rows of 32 values, one Q8_0 block each
 INNER = HEADS * HEAD_DIM

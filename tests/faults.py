@@ -21,7 +21,7 @@ import pytest
 import soundfile
 import torch
 
-from fantasy.audio import ffmpeg_executable
+from fantasy.media.audio import ffmpeg_executable
 from tests.conftest import speech_like
 
 HOURS_2 = 7200

@@ -1,7 +1,7 @@
 """The context-parallel cases, shared by the 2-process worker (`tests/parallel_worker.py`) and the reference
 runs in `tests/test_parallel.py`: the same pipelines and calls, built the same way in every process.
 
-The DiT's precision policy (`fantasy.precision`) is in the matrix: the fp32 cases run the default `mixed`
+The DiT's precision policy (`fantasy.model.precision`) is in the matrix: the fp32 cases run the default `mixed`
 policy (there it only changes the timestep sinusoid), and two bf16 DiTs run `mixed` (fp32 residual stream and
 head around bf16 attention/FFN) and `stock` (all bf16), where the policies really differ.
 
@@ -18,8 +18,8 @@ import soundfile
 import torch
 from PIL import Image
 
-from fantasy.audio import clip_samples
-from fantasy.speed import SpeedOptions
+from fantasy.media.audio import clip_samples
+from fantasy.speed.switches import SpeedOptions
 from tests.conftest import speech_like
 
 FACE = Image.new("RGB", (32, 32), (190, 140, 120))
@@ -44,8 +44,8 @@ CASES: dict[str, dict] = {
 
 def build(case: dict, parallel=None):
     """A fresh tiny pipeline for `case`, its speed options (and context parallelism) applied."""
-    from fantasy.presets import load_pipeline
-    from fantasy.speed import apply_speed
+    from fantasy.speed.switches import apply_speed
+    from fantasy.weights.presets import load_pipeline
 
     pipe = load_pipeline("tiny", dtype=case.get("dtype", torch.float32))
     pipe.set_progress_bar_config(disable=True)
@@ -57,9 +57,9 @@ def build(case: dict, parallel=None):
 
 def with_trained_modules(pipe):
     """Install motion and identity modules with seeded random weights (as a trained checkpoint would)."""
-    from fantasy.identity import install_identity_module
-    from fantasy.motion import install_motion_module
-    from fantasy.tiny import CLIP_HIDDEN
+    from fantasy.model.identity import install_identity_module
+    from fantasy.model.motion import install_motion_module
+    from fantasy.weights.tiny import CLIP_HIDDEN
 
     pipe.motion_context = install_motion_module(pipe.transformer)
     pipe.identity_context = install_identity_module(pipe.transformer, CLIP_HIDDEN)

@@ -24,15 +24,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from fantasy.app.parallel_jobs import JobChannel
+from fantasy.app.streaming import Finished, StageProgress
+from fantasy.app.studio import Controls, Studio
+from fantasy.app.validation import FaceChecker
 from fantasy.errors import FantasyError, GenerationCancelled, InvalidSetting
-from fantasy.generate import Settings, generate
-from fantasy.output import check_target
-from fantasy.parallel import ContextParallel, control_group, init_processes, leader_check
-from fantasy.parallel_jobs import JobChannel
-from fantasy.presets import get_preset
-from fantasy.streaming import Finished, StageProgress
-from fantasy.studio import Controls, Studio
-from fantasy.validation import FaceChecker
+from fantasy.generation import Settings, generate
+from fantasy.media.output import check_target
+from fantasy.speed.parallel import ContextParallel, control_group, init_processes, leader_check
+from fantasy.weights.presets import get_preset
 from tests.parallel_cases import CASES, BlockCounter, build, call
 
 GEN_SETTINGS = {1: Settings(steps=2, longest_edge=64, max_duration=10.0),
@@ -42,8 +42,8 @@ RELEASE_SETTINGS = Settings(release=True, longest_edge=64)  # 30 steps, its prom
 
 def release_pipe(parallel: ContextParallel | None = None):
     """The tiny pipeline with a bf16 DiT (as the release's), the default mixed precision policy."""
-    from fantasy.presets import load_pipeline
-    from fantasy.speed import SpeedOptions, apply_speed
+    from fantasy.speed.switches import SpeedOptions, apply_speed
+    from fantasy.weights.presets import load_pipeline
 
     pipe = load_pipeline("tiny", dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)

@@ -188,7 +188,7 @@ def talking_portrait(openings: np.ndarray, landmarks: np.ndarray, image: np.ndar
 
 def write_clip(path: Path, frames: np.ndarray, samples: np.ndarray | None, fps: float = CLIP_FPS) -> Path:
     """An H.264 mp4 of `frames`, with `samples` (16 kHz) as its audio track when given."""
-    from fantasy.video import Mp4Writer
+    from fantasy.media.video import Mp4Writer
 
     audio = None
     if samples is not None:

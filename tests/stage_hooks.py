@@ -37,13 +37,13 @@ def after(function, stage: str):
 
 
 def install(stage: str) -> None:
-    import fantasy.presets
-    import fantasy.video
-    from fantasy.pipeline import FantasyTalkingPipeline
+    import fantasy.media.video
+    import fantasy.weights.presets
+    from fantasy.model.pipeline import FantasyTalkingPipeline
 
     if stage == "load":
-        load = fantasy.presets.load_pipeline
-        fantasy.presets.load_pipeline = lambda *a, **k: (reached(stage), load(*a, **k))[1]
+        load = fantasy.weights.presets.load_pipeline
+        fantasy.weights.presets.load_pipeline = lambda *a, **k: (reached(stage), load(*a, **k))[1]
     elif stage == "denoise":
         call = FantasyTalkingPipeline.__call__
 
@@ -57,14 +57,14 @@ def install(stage: str) -> None:
 
         FantasyTalkingPipeline.__call__ = denoise
     elif stage == "decode":
-        fantasy.video.FrameEncoder.send = after(fantasy.video.FrameEncoder.send, stage)
+        fantasy.media.video.FrameEncoder.send = after(fantasy.media.video.FrameEncoder.send, stage)
     elif stage == "mux":
-        fantasy.video.mux_audio = after(fantasy.video.mux_audio, stage)
+        fantasy.media.video.mux_audio = after(fantasy.media.video.mux_audio, stage)
     elif stage == "verify":
-        fantasy.video.verify_mp4 = after(fantasy.video.verify_mp4, stage)
+        fantasy.media.video.verify_mp4 = after(fantasy.media.video.verify_mp4, stage)
     elif stage == "publish":
-        publish = fantasy.video.publish
-        fantasy.video.publish = lambda *a, **k: (reached(stage), publish(*a, **k))[1]
+        publish = fantasy.media.video.publish
+        fantasy.media.video.publish = lambda *a, **k: (reached(stage), publish(*a, **k))[1]
     else:
         raise SystemExit(f"unknown stage {stage}; one of {', '.join(STAGES)}")
 

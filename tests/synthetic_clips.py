@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from fantasy.video import Mp4Writer
+from fantasy.media.video import Mp4Writer
 from tests.synthetic_faces import FaceStyle, draw_face
 
 SR = 16_000

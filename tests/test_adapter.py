@@ -6,8 +6,13 @@ import pytest
 import torch
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-from fantasy.adapter import AudioContext, FantasyAudioAttnProcessor, audio_processors, install_audio_adapter
-from fantasy.tiny import CONTEXT_DIM, TEXT_DIM, tiny_transformer
+from fantasy.model.adapter import (
+    AudioContext,
+    FantasyAudioAttnProcessor,
+    audio_processors,
+    install_audio_adapter,
+)
+from fantasy.weights.tiny import CONTEXT_DIM, TEXT_DIM, tiny_transformer
 
 IMAGE_TOKENS = 17
 LATENT_FRAMES, H, W = 3, 4, 6  # 3 latent frames of (4/2)*(6/2) = 6 tokens each
@@ -152,7 +157,7 @@ def test_an_all_padding_window_adds_nothing(models, monkeypatch, sdpa):
     """
     import types
 
-    import fantasy.adapter as adapter_module
+    import fantasy.model.adapter as adapter_module
 
     if sdpa == "textbook":
         monkeypatch.setattr(adapter_module, "F", types.SimpleNamespace(scaled_dot_product_attention=textbook_sdpa))
@@ -204,7 +209,7 @@ def test_batched_scales_match_separate_calls(models):
 
 def test_image_token_count_comes_from_config_not_text_length(models, monkeypatch):
     """With a 300-token text the stock split (len - 512) would be negative; ours still sends 17 tokens."""
-    import fantasy.adapter as adapter_module
+    import fantasy.model.adapter as adapter_module
 
     _, ours, _ = models
     seen = []
@@ -230,7 +235,7 @@ def test_context_is_restored_after_use():
 
 
 def test_audio_projection_is_a_linear_map_then_layer_norm():
-    from fantasy.adapter import AudioProjModel
+    from fantasy.model.adapter import AudioProjModel
 
     torch.manual_seed(0)
     proj = AudioProjModel(audio_dim=8, context_dim=6)
@@ -369,7 +374,7 @@ def test_video_tokens_that_do_not_split_into_the_latent_frames_are_refused():
 
 
 def test_the_chosen_attention_backend_reaches_the_text_and_the_image_attention(models, monkeypatch):
-    import fantasy.adapter as adapter_module
+    import fantasy.model.adapter as adapter_module
 
     _, ours, ctx = models
     seen = []

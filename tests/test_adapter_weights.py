@@ -10,7 +10,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from fantasy.adapter_weights import (
+from fantasy.errors import CheckpointMismatch, WeightsMissing
+from fantasy.model.assemble import assemble
+from fantasy.weights.adapter_weights import (
     PROJ_KEYS,
     check_adapter_keys,
     convert_checkpoint,
@@ -20,9 +22,7 @@ from fantasy.adapter_weights import (
     read_adapter_weights,
     save_adapter_weights,
 )
-from fantasy.assemble import assemble
-from fantasy.errors import CheckpointMismatch, WeightsMissing
-from fantasy.tiny import AUDIO_DIM, CONTEXT_DIM, HEAD_DIM, HEADS, tiny_components
+from fantasy.weights.tiny import AUDIO_DIM, CONTEXT_DIM, HEAD_DIM, HEADS, tiny_components
 
 INNER = HEADS * HEAD_DIM
 
@@ -144,7 +144,7 @@ def test_saved_adapter_keeps_the_projection_in_fp32(tmp_path, pipe):
 
 
 def test_an_old_conversion_is_redone_from_the_checkpoint_or_reported(tmp_path, capsys):
-    from fantasy.weights import ADAPTER_SAFETENSORS, adapter_file
+    from fantasy.weights.real import ADAPTER_SAFETENSORS, adapter_file
 
     ckpt = official_layout(seed=4)
     old = {k: v.to(torch.bfloat16) for k, v in read_official(ckpt, tmp_path).items()}
@@ -325,7 +325,7 @@ def test_convert_a_one_block_checkpoint_into_a_new_folder_with_our_metadata(tmp_
 
 def test_a_failed_write_leaves_no_partial_file_and_the_old_target(tmp_path, monkeypatch):
     """The half-written file is `<target>.partial` in the target's folder, and is removed when the write fails."""
-    from fantasy import adapter_weights
+    from fantasy.weights import adapter_weights
 
     torch.save(official_layout(), tmp_path / "model.ckpt")
     target = tmp_path / "model.safetensors"

@@ -14,9 +14,9 @@ from gradio_client.utils import Status
 from PIL import Image
 
 import app
-from fantasy.presets import get_preset
-from fantasy.validation import FaceChecker
-from fantasy.video import probe
+from fantasy.app.validation import FaceChecker
+from fantasy.media.video import probe
+from fantasy.weights.presets import get_preset
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, NO_CUDA, bad_speech_files, speech_like
 from tests.faults import GatedPipe, model_work
 from tests.test_validation import no_face_on_flat_images
@@ -301,7 +301,7 @@ def test_on_a_space_the_app_is_built_at_import_time(monkeypatch):
 
 
 def test_speed_flags_reach_the_pipeline_and_few_step_mode_sets_the_slider_defaults(monkeypatch, tmp_path, capsys):
-    from fantasy.speed import SpeedOptions
+    from fantasy.speed.switches import SpeedOptions
 
     args = app.parse_args(["--step-cache", "fbc:0.1", "--batch-guidance", "--adapter", str(tmp_path / "m.safetensors")])
     assert app.speed_options(args) == SpeedOptions(batch_guidance=True, step_cache="fbc", cache_threshold=0.1)

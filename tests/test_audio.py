@@ -7,7 +7,10 @@ import pytest
 import soundfile
 import soxr
 
-from fantasy.audio import (
+from fantasy.errors import AudioTooShort, InputFileNotFound, SilentAudio, UnsupportedAudio
+from fantasy.generation import Settings, prepare_inputs
+from fantasy.long_video import plan_windows
+from fantasy.media.audio import (
     SAMPLE_RATE,
     clip_samples,
     feature_length,
@@ -15,10 +18,7 @@ from fantasy.audio import (
     frame_count,
     load_audio,
 )
-from fantasy.errors import AudioTooShort, InputFileNotFound, SilentAudio, UnsupportedAudio
-from fantasy.generate import Settings, prepare_inputs
-from fantasy.long_video import plan_windows
-from fantasy.tiny import tiny_speech_encoder
+from fantasy.weights.tiny import tiny_speech_encoder
 
 from .conftest import EXAMPLE_IMAGE, speech_like
 
@@ -147,8 +147,8 @@ def test_81_frames_at_23_fps_give_175_wav2vec_tokens():
     samples = clip_samples(np.ones(10 * SAMPLE_RATE, dtype=np.float32), 81, 23)
     assert len(samples) == 56_347
     assert feature_length(model, len(samples)) == 175
-    from fantasy.audio import speech_features
-    from fantasy.tiny import Wav2Vec2FeatureExtractor
+    from fantasy.media.audio import speech_features
+    from fantasy.weights.tiny import Wav2Vec2FeatureExtractor
 
     fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True)
     assert speech_features(model, fe, speech_like(56_347 / SAMPLE_RATE)).shape == (1, 175, model.config.hidden_size)
@@ -158,7 +158,7 @@ def test_81_frames_at_23_fps_give_175_wav2vec_tokens():
                                          (8_000, 8_000), (16_000, 16_000)])
 def test_resampled_length_is_librosas(count, rate):
     """librosa.resample(fix=True): `ceil(n * sr_out / sr_in)` samples, soxr's output zero-padded or trimmed."""
-    from fantasy.audio import resample_like_librosa
+    from fantasy.media.audio import resample_like_librosa
 
     x = np.random.default_rng(count).standard_normal(count).astype(np.float32)
     out = resample_like_librosa(x, rate)

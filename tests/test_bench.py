@@ -17,8 +17,8 @@ def test_flop_count_equals_torch_flop_counter_on_a_real_forward():
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from fantasy.adapter import install_audio_adapter
-    from fantasy.tiny import CONTEXT_DIM, tiny_transformer
+    from fantasy.model.adapter import install_audio_adapter
+    from fantasy.weights.tiny import CONTEXT_DIM, tiny_transformer
 
     model = tiny_transformer()
     audio = install_audio_adapter(model, CONTEXT_DIM, 17)

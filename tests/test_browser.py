@@ -18,8 +18,8 @@ import pytest
 from PIL import Image, ImageStat
 
 import app
-from fantasy.presets import get_preset
-from fantasy.video import probe
+from fantasy.media.video import probe
+from fantasy.weights.presets import get_preset
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
 
 CHROMIUM = Path("/usr/bin/chromium")

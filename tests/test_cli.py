@@ -8,7 +8,7 @@ import pytest
 import soundfile
 
 from fantasy.cli import main
-from fantasy.video import moov_before_mdat, probe
+from fantasy.media.video import moov_before_mdat, probe
 
 from .conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, ROOT
 

@@ -20,9 +20,9 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from safetensors.torch import load_file
 
 from fantasy.cli import main
-from fantasy.download import download, human_size
 from fantasy.errors import FantasyError, WeightsMissing
-from fantasy.weights import (
+from fantasy.weights.download import download, human_size
+from fantasy.weights.real import (
     ADAPTER_SAFETENSORS,
     DIT_FILES,
     WAN_PART,
@@ -239,7 +239,7 @@ def test_unreachable_hub_is_a_clear_error(hub, tmp_path, capsys):
 
 def test_not_enough_disk_space_stops_before_downloading(hub, tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr("fantasy.download.shutil.disk_usage", lambda path: usage(10, 9, 1))
+    monkeypatch.setattr("fantasy.weights.download.shutil.disk_usage", lambda path: usage(10, 9, 1))
     with pytest.raises(FantasyError, match="Not enough disk space"):
         download("q8_0", tmp_path / "weights", out=hub.out, api=hub.api)
     assert hub.downloads == []

@@ -19,8 +19,8 @@ import pytest
 import soundfile
 from PIL import Image
 
-from fantasy.audio import SAMPLE_RATE, load_audio
 from fantasy.face import eye_distance, shared_analyzer
+from fantasy.media.audio import SAMPLE_RATE, load_audio
 from fantasy.metrics.report import evaluate
 from fantasy.metrics.sync import SyncResult, mouth_track, speech_envelope, sync_score
 from fantasy.train.clips import SampleSpec, discover_clips, load_sample
@@ -158,9 +158,9 @@ def test_a_fresh_machine_offline_runs_eval_the_face_check_identity_crops_and_lip
         out["identity"] = [report["identity"]["metric"], report["identity"]["same_person"], report["face_backend"]]
 
         from fantasy.errors import NoFaceFound
-        from fantasy.generate import Settings
-        from fantasy.presets import get_preset
-        from fantasy.validation import check_inputs, default_face_check
+        from fantasy.generation import Settings
+        from fantasy.weights.presets import get_preset
+        from fantasy.app.validation import check_inputs, default_face_check
         checker = default_face_check()
         speech = "talk.wav"
         out["face_note"] = check_inputs("portrait.png", speech, Settings(), get_preset("tiny"),
@@ -170,7 +170,7 @@ def test_a_fresh_machine_offline_runs_eval_the_face_check_identity_crops_and_lip
         except NoFaceFound as exc:
             out["no_face"] = str(exc)
 
-        from fantasy.identity import portrait_face_crop
+        from fantasy.model.identity import portrait_face_crop
         out["crop"] = list(portrait_face_crop(Image.open("portrait.png")).size)
 
         from fantasy.train.clips import SampleSpec, discover_clips, load_sample

@@ -145,9 +145,9 @@ def test_identity_embedding_separates_the_same_face_from_other_people(analyzer, 
 
 def test_the_app_checks_faces_by_default_and_its_status_line_says_which(tiny_pipe, tmp_path) -> None:
     import app
-    from fantasy.presets import get_preset
-    from fantasy.studio import Controls, Studio
-    from fantasy.validation import default_face_check
+    from fantasy.app.studio import Controls, Studio
+    from fantasy.app.validation import default_face_check
+    from fantasy.weights.presets import get_preset
     from tests.conftest import EXAMPLE_SPEECH
 
     demo = app.build_demo(tiny_pipe, get_preset("tiny"), output_root=tmp_path)  # no face check given

@@ -22,9 +22,9 @@ from gradio_client.utils import Status
 from PIL import Image
 
 import app
-from fantasy.presets import get_preset
-from fantasy.validation import FaceChecker
-from fantasy.video import probe
+from fantasy.app.validation import FaceChecker
+from fantasy.media.video import probe
+from fantasy.weights.presets import get_preset
 from tests import faults
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, bad_speech_files, speech_like
 from tests.faults import GatedPipe
@@ -219,11 +219,11 @@ def test_bad_uploads_give_our_message_without_a_server_path(recorded, tmp_path, 
 @pytest.mark.slow
 def test_a_two_hour_upload_is_decoded_once_and_costs_the_server_what_one_second_does(
         tiny_pipe, tmp_path, monkeypatch):
-    import fantasy.generate
+    import fantasy.generation
 
     decoded = []
-    load_speech = fantasy.generate.load_speech
-    monkeypatch.setattr(fantasy.generate, "load_speech", lambda *a, **k: (decoded.append(a[0]), load_speech(*a, **k))[1])
+    load_speech = fantasy.generation.load_speech
+    monkeypatch.setattr(fantasy.generation, "load_speech", lambda *a, **k: (decoded.append(a[0]), load_speech(*a, **k))[1])
     long = faults.long_opus(tmp_path)
     short = tmp_path / "speech-1s.wav"
     soundfile.write(short, speech_like(1.0), 16_000)

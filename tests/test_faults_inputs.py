@@ -14,11 +14,11 @@ import pytest
 import soundfile
 from PIL import Image, ImageCms
 
-from fantasy.audio import load_speech
 from fantasy.cli import main
 from fantasy.errors import ImageShapeUnsupported, ImageTooLarge
-from fantasy.generate import Settings, prepare_inputs
-from fantasy.image import load_portrait
+from fantasy.generation import Settings, prepare_inputs
+from fantasy.media.audio import load_speech
+from fantasy.media.image import load_portrait
 from tests import faults
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, ROOT, speech_like
 
@@ -44,8 +44,8 @@ def test_a_two_hour_file_is_decoded_only_up_to_the_limit(long_opus, tmp_path):
 def test_cut_decoding_resamples_exactly_as_the_whole_file(tmp_path, suffix):
     """44.1 kHz speech, resampled: the samples a video uses (limit + the frame rule's 5/8 s) and release mode's
     one clip are those of the whole decode (`resample_like_librosa`), though only limit + 1 s is decoded."""
-    from fantasy.audio import clip_samples, ffmpeg_executable, load_audio
-    from fantasy.presets import PRESETS
+    from fantasy.media.audio import clip_samples, ffmpeg_executable, load_audio
+    from fantasy.weights.presets import PRESETS
 
     wav = tmp_path / "speech.wav"
     soundfile.write(wav, speech_like(8.0, 44_100), 44_100)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from fantasy.audio import ffmpeg_executable
 from fantasy.cli import main
 from fantasy.errors import OutputError
-from fantasy.generate import Settings, generate
-from fantasy.presets import get_preset, load_pipeline
-from fantasy.video import Mp4Writer, probe
+from fantasy.generation import Settings, generate
+from fantasy.media.audio import ffmpeg_executable
+from fantasy.media.video import Mp4Writer, probe
+from fantasy.weights.presets import get_preset, load_pipeline
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
 from tests.faults import fill, tmpfs
 
@@ -36,7 +36,7 @@ def no_model_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the output path was checked")
 
-    monkeypatch.setattr("fantasy.presets.load_pipeline", refuse)
+    monkeypatch.setattr("fantasy.weights.presets.load_pipeline", refuse)
 
 
 def names(folder: Path) -> list[str]:
@@ -92,7 +92,7 @@ def fake_ffmpeg(tmp_path: Path, on_mux: str) -> Path:
 ])
 def test_a_failed_mux_leaves_nothing_and_keeps_the_old_file(tiny_pipe, tmp_path, monkeypatch, on_mux, message):
     fake = str(fake_ffmpeg(tmp_path, on_mux))
-    monkeypatch.setattr("fantasy.video.ffmpeg_executable", lambda: fake)
+    monkeypatch.setattr("fantasy.media.video.ffmpeg_executable", lambda: fake)
     out = tmp_path / "videos" / "o.mp4"
     out.parent.mkdir()
     out.write_bytes(PREVIOUS)
@@ -127,7 +127,7 @@ def test_two_runs_to_one_path_use_their_own_temporary_files(tiny_pipe, tmp_path,
             super().__init__(*args, **kwargs)
             temporaries.append(self._video_tmp)
 
-    monkeypatch.setattr("fantasy.generate.Mp4Writer", RecordingWriter)
+    monkeypatch.setattr("fantasy.generation.Mp4Writer", RecordingWriter)
     both_writing = threading.Barrier(2, timeout=120)
     results, errors = [], []
 

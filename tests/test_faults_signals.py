@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fantasy.video import probe
+from fantasy.media.video import probe
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, ROOT
 from tests.faults import alive, ffmpeg_children
 from tests.stage_hooks import STAGES

@@ -68,8 +68,8 @@ def test_the_whole_check_runs_on_a_tiny_config_and_writes_json_and_markdown(tmp_
     assert gpu_check.main(["--tiny", "--out", str(out)]) == 0
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["tiny"] and report["size"] == "64x64x9" and report["tokens"] == 48 and report["skipped"] == []
-    from fantasy.offload import VRAM_MODES
-    from fantasy.quantize import DIT_MODES
+    from fantasy.weights.offload import VRAM_MODES
+    from fantasy.weights.quantize import DIT_MODES
 
     assert [r["mode"] for r in report["dit_modes"]] == list(DIT_MODES)
     for row in report["dit_modes"]:

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from fantasy.errors import ImageTooSmall, InputFileNotFound, UnsupportedImage
-from fantasy.image import clip_pixel_values, load_portrait, resize_portrait, target_size
+from fantasy.media.image import clip_pixel_values, load_portrait, resize_portrait, target_size
 
 from .conftest import EXAMPLE_IMAGE
 

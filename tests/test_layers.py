@@ -23,23 +23,12 @@ PACKAGE = "fantasy"
 # LAYERS-BEGIN (tests/test_layers.py's map; the README's layer diagram shows the same)
 LAYERS: list[tuple[str, list[str]]] = [
     ("base", ["fantasy.errors", "fantasy.stop", "fantasy.quiet"]),
-    ("media, faces", ["fantasy.audio", "fantasy.image", "fantasy.video", "fantasy.output", "fantasy.face"]),
-    ("algorithm, metrics", [
-        "fantasy.adapter", "fantasy.identity", "fantasy.motion", "fantasy.windows", "fantasy.sampling",
-        "fantasy.pipeline", "fantasy.decode", "fantasy.prompts", "fantasy.precision", "fantasy.preview",
-        "fantasy.assemble", "fantasy.clip_processor", "fantasy.frame_shards", "fantasy.metrics",
-    ]),
-    ("weights", [
-        "fantasy.presets", "fantasy.tiny", "fantasy.weights", "fantasy.download", "fantasy.quantize",
-        "fantasy.offload", "fantasy.wan_keys", "fantasy.checkpoints", "fantasy.dit_choice",
-        "fantasy.adapter_weights", "fantasy.trained_modules",
-    ]),
-    ("speed, training", ["fantasy.speed", "fantasy.distill", "fantasy.parallel", "fantasy.train"]),
-    ("one generation", ["fantasy.release", "fantasy.long_video", "fantasy.settings", "fantasy.generate"]),
-    ("app logic", [
-        "fantasy.studio", "fantasy.validation", "fantasy.streaming", "fantasy.space", "fantasy.sliders",
-        "fantasy.serve", "fantasy.serve_client", "fantasy.parallel_jobs", "fantasy.flags",
-    ]),
+    ("media, faces", ["fantasy.media", "fantasy.face"]),
+    ("algorithm, metrics", ["fantasy.model", "fantasy.metrics"]),
+    ("weights", ["fantasy.weights"]),
+    ("speed, training", ["fantasy.speed", "fantasy.train"]),
+    ("one generation", ["fantasy.settings", "fantasy.release", "fantasy.long_video", "fantasy.generation"]),
+    ("app logic", ["fantasy.app"]),
     ("entry points", ["fantasy.cli", "fantasy.__main__", "fantasy"]),
 ]
 # LAYERS-END
@@ -224,13 +213,13 @@ def test_no_circle_of_imports_between_units():
 
 def test_paths_computed_from_a_modules_file_reach_the_repository(monkeypatch):
     """The modules that find the repository from their own file (moving a file changes its depth)."""
-    from fantasy.serve import package_root
-    from fantasy.weights import weights_dir
+    from fantasy.app.serve import package_root
+    from fantasy.weights.real import weights_dir
 
     monkeypatch.delenv("FANTASY_WEIGHTS", raising=False)
     assert weights_dir() == ROOT / "weights" and package_root() == str(ROOT)
     assert [str(p.relative_to(ROOT)) for p in MODULES.values() if "__file__" in p.read_text()] == [
-        "fantasy/serve.py", "fantasy/weights.py",
+        "fantasy/app/serve.py", "fantasy/weights/real.py",
     ]
 
 

@@ -5,12 +5,12 @@ import pytest
 import soundfile
 import torch
 
-from fantasy.audio import load_audio
-from fantasy.generate import Settings, generate
+from fantasy.generation import Settings, generate
 from fantasy.long_video import ColourMatch, Window, plan_windows, total_frame_count
-from fantasy.presets import get_preset
-from fantasy.video import probe
-from fantasy.windows import split_into_windows
+from fantasy.media.audio import load_audio
+from fantasy.media.video import probe
+from fantasy.model.windows import split_into_windows
+from fantasy.weights.presets import get_preset
 
 from .conftest import EXAMPLE_IMAGE, speech_like
 

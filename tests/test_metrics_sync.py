@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fantasy.audio import load_audio
+from fantasy.media.audio import load_audio
 from fantasy.metrics.frames import read_video
 from fantasy.metrics.sync import (
     lagged_correlation,

@@ -8,20 +8,20 @@ import pytest
 import torch
 from PIL import Image
 
-from fantasy.adapter import install_audio_adapter
+from fantasy.app.sliders import motion_controls
 from fantasy.errors import CheckpointMismatch, InvalidSetting
-from fantasy.generate import Settings
-from fantasy.identity import IdentityBranch, has_identity_module, install_identity_module
-from fantasy.motion import (
+from fantasy.generation import Settings
+from fantasy.model.adapter import install_audio_adapter
+from fantasy.model.identity import IdentityBranch, has_identity_module, install_identity_module
+from fantasy.model.motion import (
     MOTION_MODULE_MODE,
     TRAINING_FREE_MODE,
     MotionIntensityModel,
     install_motion_module,
 )
-from fantasy.quantize import _skipped_by_quantization
-from fantasy.sliders import motion_controls
-from fantasy.tiny import CLIP_HIDDEN, CONTEXT_DIM, tiny_transformer
-from fantasy.trained_modules import save_modules, trainable_parameters
+from fantasy.weights.quantize import _skipped_by_quantization
+from fantasy.weights.tiny import CLIP_HIDDEN, CONTEXT_DIM, tiny_transformer
+from fantasy.weights.trained_modules import save_modules, trainable_parameters
 
 from .conftest import tiny_call_args
 from .test_adapter import IMAGE_TOKENS, audio, inputs
@@ -174,7 +174,7 @@ def test_identity_branch_matches_plain_attention():
 
 
 def test_modules_file_round_trip_installs_and_changes_the_pipeline(tmp_path, speech_wav):
-    from fantasy.presets import load_pipeline
+    from fantasy.weights.presets import load_pipeline
 
     trained = load_pipeline("tiny")
     trained.motion_context = install_motion_module(trained.transformer)
@@ -209,7 +209,7 @@ def test_modules_file_round_trip_installs_and_changes_the_pipeline(tmp_path, spe
 def test_incomplete_modules_file_is_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from fantasy.presets import load_pipeline
+    from fantasy.weights.presets import load_pipeline
 
     trained = load_pipeline("tiny")
     trained.identity_context = install_identity_module(trained.transformer, CLIP_HIDDEN)
@@ -228,8 +228,8 @@ def test_incomplete_modules_file_is_refused(tmp_path):
 
 def test_generate_reports_the_motion_mode_and_needs_a_face_for_identity(tmp_path, speech_wav, monkeypatch):
     from fantasy.errors import NoFaceFound
-    from fantasy.generate import generate
-    from fantasy.presets import get_preset, load_pipeline
+    from fantasy.generation import generate
+    from fantasy.weights.presets import get_preset, load_pipeline
 
     from .conftest import EXAMPLE_IMAGE
 
@@ -263,7 +263,7 @@ def test_inference_face_crop_uses_the_landmark_box_like_training():
     import numpy as np
 
     from fantasy.face import FaceBox
-    from fantasy.identity import FACE_EXPAND, face_crop, portrait_face_crop
+    from fantasy.model.identity import FACE_EXPAND, face_crop, portrait_face_crop
 
     class StubAnalyzer:
         def require_face(self, rgb):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from fantasy.app.sliders import TRAINING_FREE_MODE, body_level, expression_scale, training_free_controls
 from fantasy.errors import InvalidSetting
-from fantasy.generate import DEFAULT_PROMPT, Settings
-from fantasy.presets import get_preset
-from fantasy.prompts import DEFAULT_NEGATIVE_PROMPT, MOTIONLESS_PREFIX, WAN_NEGATIVE_PROMPT
-from fantasy.sliders import TRAINING_FREE_MODE, body_level, expression_scale, training_free_controls
+from fantasy.generation import DEFAULT_PROMPT, Settings
+from fantasy.model.prompts import DEFAULT_NEGATIVE_PROMPT, MOTIONLESS_PREFIX, WAN_NEGATIVE_PROMPT
+from fantasy.weights.presets import get_preset
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,8 @@ import torch
 
 from fantasy.cli import main as cli_main
 from fantasy.errors import InvalidSetting
-from fantasy.frame_shards import FrameSpan, shard_bounds
-from fantasy.parallel import PARALLEL_BACKENDS, RING_BACKENDS, ContextParallel, check_context_parallel
+from fantasy.model.frame_shards import FrameSpan, shard_bounds
+from fantasy.speed.parallel import PARALLEL_BACKENDS, RING_BACKENDS, ContextParallel, check_context_parallel
 from tests.conftest import EXAMPLE_IMAGE
 from tests.parallel_cases import CASES, BlockCounter, build, call, portrait_file, speech_file
 
@@ -93,7 +93,7 @@ def test_frame_span_pads_a_slice_to_whole_frames_and_back():
 
 
 class SliceOf:
-    """A `token_shard` for one slice, as `fantasy.parallel.TokenShard` gives it under a process group."""
+    """A `token_shard` for one slice, as `fantasy.speed.parallel.TokenShard` gives it under a process group."""
 
     def __init__(self, total, rank, world):
         self.total, self.rank, self.world = total, rank, world
@@ -159,10 +159,10 @@ def test_each_unsupported_combination_has_its_message(options, kwargs, message):
 
 
 def test_cli_without_torchrun_says_how_to_launch_and_loads_nothing(tmp_path, speech_wav, capsys, monkeypatch):
-    import fantasy.presets
+    import fantasy.weights.presets
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(fantasy.presets, "load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(fantasy.weights.presets, "load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
     code = cli_main(["generate", "--image", str(EXAMPLE_IMAGE), "--audio", str(speech_wav), "--out",
                      str(tmp_path / "x.mp4"), "--context-parallel", "2"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -184,9 +184,9 @@ def test_errors_before_the_group_is_joined_are_said_by_the_launchs_rank_0(rank, 
 
 def test_app_as_a_front_end_refuses_context_parallel_before_contacting_the_server(monkeypatch):
     import app
-    import fantasy.serve_client
+    import fantasy.app.serve_client
 
-    monkeypatch.setattr(fantasy.serve_client, "fetch_info", lambda *a: pytest.fail("the server was contacted"))
+    monkeypatch.setattr(fantasy.app.serve_client, "fetch_info", lambda *a: pytest.fail("the server was contacted"))
     with pytest.raises(SystemExit) as stopped:
         app.main(["--serve", "http://127.0.0.1:9", "--context-parallel", "2"])
     assert str(stopped.value) == ("error: --serve runs every generation on the deployment: drop --context-parallel "
@@ -234,8 +234,8 @@ def test_compiled_blocks_refuse_an_uneven_split_on_every_rank(two_processes):
 @pytest.mark.slow
 @pytest.mark.parametrize("windows", [1, 2])
 def test_two_processes_write_the_one_process_mp4(two_processes, one_thread, tmp_path, windows):
-    from fantasy.generate import generate
-    from fantasy.presets import get_preset
+    from fantasy.generation import generate
+    from fantasy.weights.presets import get_preset
     from tests.parallel_worker import GEN_SETTINGS
 
     inputs = two_processes / "inputs"
@@ -259,8 +259,8 @@ def test_an_unusable_output_stops_every_rank_with_rank_0s_verdict(two_processes)
 @pytest.mark.slow
 def test_release_mode_on_two_processes_writes_the_one_process_mp4(two_processes, one_thread, tmp_path):
     """`--release` (bf16 DiT, mixed precision, 30 steps, the release's decode) is exact under context parallelism."""
-    from fantasy.generate import generate
-    from fantasy.presets import get_preset
+    from fantasy.generation import generate
+    from fantasy.weights.presets import get_preset
     from tests.parallel_worker import RELEASE_SETTINGS, release_pipe
 
     inputs = two_processes / "inputs"
@@ -274,10 +274,10 @@ def test_release_mode_on_two_processes_writes_the_one_process_mp4(two_processes,
 def test_app_jobs_run_on_every_rank_and_stop_together(two_processes, one_thread, tmp_path):
     """Rank 0 runs four app jobs (the second stopped by the Stop button, the fourth by the app's shutdown as on
     a signal); rank 1 follows each one and ends with the group."""
-    from fantasy.presets import get_preset
-    from fantasy.streaming import Finished
-    from fantasy.studio import Controls, Studio
-    from fantasy.validation import FaceChecker
+    from fantasy.app.streaming import Finished
+    from fantasy.app.studio import Controls, Studio
+    from fantasy.app.validation import FaceChecker
+    from fantasy.weights.presets import get_preset
 
     inputs = two_processes / "inputs"
     studio = Studio(build(CASES["even"]), get_preset("tiny"), FaceChecker(None, "skipped"), tmp_path)
@@ -309,8 +309,8 @@ def test_app_jobs_run_on_every_rank_and_stop_together(two_processes, one_thread,
 
 @pytest.mark.slow
 def test_generate_under_torchrun_writes_one_mp4_equal_to_one_process_in_stock_precision(tmp_path, one_thread):
-    from fantasy.generate import generate
-    from fantasy.presets import get_preset
+    from fantasy.generation import generate
+    from fantasy.weights.presets import get_preset
     from tests.parallel_worker import GEN_SETTINGS
 
     speech, portrait = speech_file(tmp_path, 1.5), portrait_file(tmp_path)

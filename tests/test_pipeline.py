@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fantasy.audio import clip_samples
-from fantasy.decode import decode_progressively, denormalize_latents, to_uint8_frames
-from fantasy.image import resize_portrait
+from fantasy.media.audio import clip_samples
+from fantasy.media.image import resize_portrait
+from fantasy.model.decode import decode_progressively, denormalize_latents, to_uint8_frames
 
 from .conftest import EXAMPLE_IMAGE, speech_like
 
@@ -105,7 +105,7 @@ def test_same_seed_same_latents_other_seed_differs(tiny_pipe, conditioning):
 
 
 def test_rebuilding_the_tiny_preset_gives_identical_frames(tiny_pipe, conditioning):
-    from fantasy.presets import load_pipeline
+    from fantasy.weights.presets import load_pipeline
 
     other = load_pipeline("tiny")
     frames_a = np.concatenate(list(tiny_pipe.decode_frames(run(tiny_pipe, conditioning))))

@@ -1,4 +1,4 @@
-"""The DiT's precision policy (`fantasy.precision`) with a bf16 DiT: where fp32 is kept, that it is the
+"""The DiT's precision policy (`fantasy.model.precision`) with a bf16 DiT: where fp32 is kept, that it is the
 release's arithmetic, and that it works with every storage mode, offloading, compile, the step cache,
 outer hooks (context parallelism's kind), deep copies and the trained modules. Plus fp32 latents."""
 
@@ -12,10 +12,10 @@ from diffusers import WanTransformer3DModel
 from diffusers.hooks import HookRegistry, ModelHook
 from PIL import Image
 
-from fantasy.precision import apply_precision, precision_of
-from fantasy.presets import load_pipeline
-from fantasy.quantize import is_quantized_weight
-from fantasy.tiny import tiny_transformer
+from fantasy.model.precision import apply_precision, precision_of
+from fantasy.weights.presets import load_pipeline
+from fantasy.weights.quantize import is_quantized_weight
+from fantasy.weights.tiny import tiny_transformer
 
 from .fake_weights import build_weights_dir
 
@@ -25,8 +25,8 @@ BF16 = torch.bfloat16
 def bf16_transformer(layers: int = 2, precision: str = "mixed", dtype: torch.dtype = BF16) -> WanTransformer3DModel:
     """The tiny DiT (same weights for the same `layers`) with the audio adapter, in `dtype` with diffusers'
     fp32 modules kept fp32, as the real loader leaves a bf16 DiT."""
-    from fantasy.adapter import install_audio_adapter
-    from fantasy.quantize import keep_fp32_modules_in_fp32
+    from fantasy.model.adapter import install_audio_adapter
+    from fantasy.weights.quantize import keep_fp32_modules_in_fp32
 
     config = {k: v for k, v in tiny_transformer().config.items() if not k.startswith("_")}
     with torch.random.fork_rng(devices=[]):
@@ -202,8 +202,8 @@ def test_deep_copies_compute_with_their_own_weights():
 
 
 def test_trained_modules_under_the_policy():
-    from fantasy.identity import install_identity_module
-    from fantasy.motion import install_motion_module
+    from fantasy.model.identity import install_identity_module
+    from fantasy.model.motion import install_motion_module
 
     model = bf16_transformer()
     expected = forward(model)
@@ -257,7 +257,7 @@ def test_latents_and_guidance_are_fp32_with_a_stock_bf16_dit():
 
 
 def test_step_cache_with_the_policy_in_bf16():
-    from fantasy.speed import SpeedOptions, apply_speed
+    from fantasy.speed.switches import SpeedOptions, apply_speed
 
     plain_pipe = load_pipeline("tiny", dtype=BF16)
     plain_pipe.set_progress_bar_config(disable=True)
@@ -326,7 +326,7 @@ def test_offloading_gives_the_resident_result_in_mixed_precision(real, vram):
 def test_large_fp32_linears_are_upcast_in_row_chunks_with_the_same_result():
     import torch.nn.functional as F
 
-    from fantasy.precision import CHUNK_ROWS, Fp32Linear
+    from fantasy.model.precision import CHUNK_ROWS, Fp32Linear
 
     linear = torch.nn.Linear(64, 2 * CHUNK_ROWS + 7).to(BF16)
     x = torch.randn(2, 64, generator=torch.Generator().manual_seed(0)).to(BF16)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageSequence
 
 from bench.preview_fit import portrait_clip
-from fantasy.preview import (
+from fantasy.model.preview import (
     LATENT_RGB_SOURCE,
     WAN21_LATENT_RGB_BIAS,
     WAN21_LATENT_RGB_FACTORS,
@@ -27,7 +27,7 @@ from fantasy.preview import (
     upscale,
     write_clip,
 )
-from fantasy.sampling import make_scheduler
+from fantasy.model.sampling import make_scheduler
 from tests.conftest import EXAMPLE_IMAGE, tiny_call_args
 
 # ComfyUI's Wan21.latents_mean / latents_std (same file and commit as the factors): the space it samples in,
@@ -237,8 +237,8 @@ def test_each_window_of_a_long_video_starts_with_a_preview():
 
 
 def test_generate_previews_each_window_of_a_long_video(tiny_pipe, tmp_path, speech_wav):
-    from fantasy.generate import Settings, generate
-    from fantasy.presets import get_preset
+    from fantasy.generation import Settings, generate
+    from fantasy.weights.presets import get_preset
 
     shown: list[Preview] = []
     live = LivePreview(shown.append, budget=float("inf"))  # every step: this checks the plumbing, not the budget
@@ -253,9 +253,9 @@ def test_generate_previews_each_window_of_a_long_video(tiny_pipe, tmp_path, spee
 
 
 def test_the_stream_sends_previews_before_the_video(tiny_pipe, speech_wav, tmp_path):
-    from fantasy.generate import Settings
-    from fantasy.presets import get_preset
-    from fantasy.streaming import ChunkReady, Finished, PreviewReady, stream_generate
+    from fantasy.app.streaming import ChunkReady, Finished, PreviewReady, stream_generate
+    from fantasy.generation import Settings
+    from fantasy.weights.presets import get_preset
 
     events = list(stream_generate(tiny_pipe, EXAMPLE_IMAGE, speech_wav, tmp_path / "o.mp4",
                                   Settings(steps=3, longest_edge=64), get_preset("tiny"), tmp_path / "chunks",
@@ -273,7 +273,7 @@ def test_the_stream_sends_previews_before_the_video(tiny_pipe, speech_wav, tmp_p
 
 
 def test_the_app_writes_each_preview_under_a_new_name(tmp_path):
-    from fantasy.studio import Job, preview_caption
+    from fantasy.app.studio import Job, preview_caption
 
     job = Job(image=EXAMPLE_IMAGE, audio=EXAMPLE_IMAGE, checked=type("C", (), {"settings": None})(),
               motion_mode="", folder=tmp_path / "job")
@@ -309,11 +309,11 @@ def test_cli_keeps_a_preview_file_while_it_runs(tmp_path, capsys):
     ("missing/p.webp", "error: --preview: folder .*missing does not exist"),
 ])
 def test_cli_refuses_a_bad_preview_path_before_loading_models(tmp_path, capsys, monkeypatch, name, message):
-    import fantasy.presets
+    import fantasy.weights.presets
     from fantasy.cli import main
     from tests.conftest import EXAMPLE_SPEECH
 
-    monkeypatch.setattr(fantasy.presets, "load_pipeline", lambda *a, **k: pytest.fail("models were loaded"))
+    monkeypatch.setattr(fantasy.weights.presets, "load_pipeline", lambda *a, **k: pytest.fail("models were loaded"))
     code = main(["generate", "--image", str(EXAMPLE_IMAGE), "--audio", str(EXAMPLE_SPEECH),
                  "--out", str(tmp_path / "o.mp4"), "--preview", str(tmp_path / name)])
     assert code == 2

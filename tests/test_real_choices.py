@@ -1,6 +1,6 @@
 """What the real preset is told to use: the adapter (--adapter, FANTASY_ADAPTER) and the default DiT storage.
 
-The DiT rule (`fantasy.dit_choice`) is checked with faked free-memory figures, alone and through the
+The DiT rule (`fantasy.weights.dit_choice`) is checked with faked free-memory figures, alone and through the
 real loader on the tiny real-layout weights (tests/fake_weights.py), and where it is shown: the
 CLI's result line and the app's status line.
 """
@@ -12,14 +12,14 @@ import torch
 from safetensors.torch import load_file
 
 import app
-from fantasy.adapter_weights import OFFICIAL_FILE
+from fantasy.app.studio import Controls, Studio
+from fantasy.app.validation import FaceChecker
 from fantasy.cli import main
-from fantasy.dit_choice import GiB, bf16_need_bytes, choose_dit
 from fantasy.errors import InputFileNotFound
-from fantasy.presets import get_preset, load_pipeline
-from fantasy.studio import Controls, Studio
-from fantasy.validation import FaceChecker
-from fantasy.weights import ADAPTER_PART, ADAPTER_SAFETENSORS, DIT_FILES, check_real_weights
+from fantasy.weights.adapter_weights import OFFICIAL_FILE
+from fantasy.weights.dit_choice import GiB, bf16_need_bytes, choose_dit
+from fantasy.weights.presets import get_preset, load_pipeline
+from fantasy.weights.real import ADAPTER_PART, ADAPTER_SAFETENSORS, DIT_FILES, check_real_weights
 
 from .conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
 from .fake_weights import adapter_state, build_weights_dir
@@ -136,7 +136,7 @@ def test_the_rule_picks_bf16_when_it_fits_in_free_memory_else_q8_0():
 def test_the_real_loader_applies_the_rule_to_the_free_memory(weights, my_adapter, monkeypatch, free_gib, expected):
     from diffusers.quantizers.gguf.utils import GGUFParameter
 
-    monkeypatch.setattr("fantasy.dit_choice.free_vram_bytes", lambda device: free_gib * GiB)
+    monkeypatch.setattr("fantasy.weights.dit_choice.free_vram_bytes", lambda device: free_gib * GiB)
     pipe = load_pipeline("real", device="cpu", weights=weights, allow_cpu=True, dtype=torch.float32, adapter=my_adapter)
     assert pipe.dit_choice.mode == expected and pipe.dit_choice.auto
     assert isinstance(pipe.transformer.blocks[0].attn1.to_q.weight, GGUFParameter) == (expected == "q8_0")
@@ -149,7 +149,7 @@ def test_bf16_that_fits_but_is_not_on_disk_falls_to_q8_0_and_says_so(weights, my
     moved = tmp_path / "bf16.safetensors"
     bf16.rename(moved)
     try:
-        monkeypatch.setattr("fantasy.dit_choice.free_vram_bytes", lambda device: 79 * GiB)
+        monkeypatch.setattr("fantasy.weights.dit_choice.free_vram_bytes", lambda device: 79 * GiB)
         pipe = load_pipeline("real", device="cpu", weights=weights, allow_cpu=True, dtype=torch.float32,
                              adapter=my_adapter)
     finally:
@@ -170,7 +170,7 @@ def test_the_cli_result_line_and_the_app_status_line_show_the_choice(monkeypatch
         tiny_pipe.dit_choice = choice
         return tiny_pipe
 
-    monkeypatch.setattr("fantasy.presets.load_pipeline", fake_load)
+    monkeypatch.setattr("fantasy.weights.presets.load_pipeline", fake_load)
     out = tmp_path / "out.mp4"
     code = main(["generate", "--image", str(EXAMPLE_IMAGE), "--audio", str(EXAMPLE_SPEECH), "--out", str(out),
                  "--preset", "real", "--size", "64", "--max-frames", "9", "--max-duration", "0.3", "--steps", "1",

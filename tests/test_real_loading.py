@@ -1,6 +1,6 @@
 """The real preset's loader on a tiny weights dir in the real layout: GGUF, torchao, fp8 storage, VRAM modes.
 
-Every test goes through `load_pipeline("real", ...)` -> `fantasy.weights.load_real_pipeline`, the
+Every test goes through `load_pipeline("real", ...)` -> `fantasy.weights.real.load_real_pipeline`, the
 function users call; only the device (CPU, allowed explicitly) and the compute dtype (fp32) differ.
 
 Tolerances, as max |output - reference| / max |reference| on one transformer forward:
@@ -18,8 +18,8 @@ from diffusers.hooks import HookRegistry
 from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
 from PIL import Image
 
-from fantasy.presets import load_pipeline
-from fantasy.quantize import FP8_STORAGE, is_quantized_weight
+from fantasy.weights.presets import load_pipeline
+from fantasy.weights.quantize import FP8_STORAGE, is_quantized_weight
 
 from .fake_weights import build_weights_dir, gguf_transformer
 
@@ -180,8 +180,8 @@ def test_resident_mode_offloads_only_the_text_encoder(loaded):
 
 
 def test_bf16_single_file_keeps_diffusers_fp32_modules_in_fp32(weights):
-    from fantasy.quantize import load_single_file_transformer
-    from fantasy.weights import DIT_FILES, WAN_PART
+    from fantasy.weights.quantize import load_single_file_transformer
+    from fantasy.weights.real import DIT_FILES, WAN_PART
 
     root, _ = weights
     part = DIT_FILES["bf16"]

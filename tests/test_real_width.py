@@ -27,8 +27,8 @@ import torch
 from safetensors import safe_open
 
 from bench import real_layout
-from fantasy.video import probe
-from fantasy.weights import (
+from fantasy.media.video import probe
+from fantasy.weights.real import (
     ADAPTER_PART,
     ADAPTER_SAFETENSORS,
     DIT_FILES,
@@ -96,8 +96,8 @@ def test_real_preset_loads_quietly_reads_only_its_files_and_generates_a_probed_m
     from diffusers.quantizers.gguf.utils import GGUFParameter
     from transformers import CLIPVisionModelWithProjection, Wav2Vec2Model
 
-    from fantasy.generate import Settings, generate
-    from fantasy.presets import get_preset, load_pipeline
+    from fantasy.generation import Settings, generate
+    from fantasy.weights.presets import get_preset, load_pipeline
 
     capfd.readouterr()
     opened = OpenedFiles()

@@ -7,13 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from fantasy.decode import blend_tiles, decode_release_tiles, tile_starts, to_uint8_frames, to_uint8_truncated
 from fantasy.errors import InvalidSetting
-from fantasy.generate import Settings, generate, prepare_inputs
-from fantasy.precision import apply_precision
-from fantasy.presets import PRESETS, load_pipeline
-from fantasy.prompts import DEFAULT_NEGATIVE_PROMPT
+from fantasy.generation import Settings, generate, prepare_inputs
+from fantasy.model.decode import (
+    blend_tiles,
+    decode_release_tiles,
+    tile_starts,
+    to_uint8_frames,
+    to_uint8_truncated,
+)
+from fantasy.model.precision import apply_precision
+from fantasy.model.prompts import DEFAULT_NEGATIVE_PROMPT
 from fantasy.release import RELEASE_PROMPT, check_release_pipeline
+from fantasy.weights.presets import PRESETS, load_pipeline
 
 from .conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
 from .release_oracle import (
@@ -62,8 +68,8 @@ def pipe():
 
 
 def test_release_pipeline_checks(pipe):
-    from fantasy.motion import install_motion_module
-    from fantasy.quantize import enable_fp8_storage
+    from fantasy.model.motion import install_motion_module
+    from fantasy.weights.quantize import enable_fp8_storage
 
     check_release_pipeline(pipe, demo=True)  # the tiny pipeline as loaded is fine
     with pytest.raises(InvalidSetting, match="--release runs the DiT in bf16; this one computes in torch.float32"):
@@ -148,8 +154,8 @@ def test_release_decode_on_the_tiny_vae(pipe, tile, stride):
 def test_release_generation_is_the_official_clip(pipe, tmp_path):
     """6.4 s of speech, 9-frame clips: the long-video path would chain windows over the whole track; release
     mode makes one clip from the speech's first 9/23 s, with that clip's own features, decoded the release's way."""
-    from fantasy.audio import clip_samples, load_audio
-    from fantasy.video import probe
+    from fantasy.media.audio import clip_samples, load_audio
+    from fantasy.media.video import probe
 
     calls, frames = [], []
     original_call = type(pipe).__call__
@@ -195,7 +201,8 @@ def test_release_generation_is_the_official_clip(pipe, tmp_path):
     (["--steps", "20"], "--release runs the release's 30 steps, got 20"),
 ])
 def test_cli_release_refusals_exit_2_before_loading(tmp_path, capsys, monkeypatch, flags, message):
-    from fantasy import cli, presets
+    from fantasy import cli
+    from fantasy.weights import presets
 
     monkeypatch.setattr(presets, "load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
     code = cli.main(["generate", "--image", str(EXAMPLE_IMAGE), "--audio", str(EXAMPLE_SPEECH), "--out",

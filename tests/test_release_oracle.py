@@ -18,14 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
-from fantasy.adapter import FantasyAudioAttnProcessor
-from fantasy.assemble import assemble
-from fantasy.audio import clip_samples, frame_count
-from fantasy.image import resize_portrait
-from fantasy.pipeline import portrait_pixels
-from fantasy.prompts import DEFAULT_NEGATIVE_PROMPT
-from fantasy.sampling import combine_guidance, make_scheduler, set_official_timesteps
-from fantasy.tiny import _seeded, random_adapter_weights, tiny_components, tiny_text_encoder
+from fantasy.media.audio import clip_samples, frame_count
+from fantasy.media.image import resize_portrait
+from fantasy.model.adapter import FantasyAudioAttnProcessor
+from fantasy.model.assemble import assemble
+from fantasy.model.pipeline import portrait_pixels
+from fantasy.model.prompts import DEFAULT_NEGATIVE_PROMPT
+from fantasy.model.sampling import combine_guidance, make_scheduler, set_official_timesteps
+from fantasy.weights.tiny import _seeded, random_adapter_weights, tiny_components, tiny_text_encoder
 
 from .conftest import EXAMPLE_IMAGE, speech_like
 from .release_oracle import (

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fantasy.sampling import combine_guidance, make_scheduler, passes_needed, set_official_timesteps
+from fantasy.model.sampling import combine_guidance, make_scheduler, passes_needed, set_official_timesteps
 
 
 def test_schedule_matches_the_release():

@@ -18,13 +18,13 @@ import httpx
 import pytest
 import torch
 
+from fantasy.app.serve import APP_NAME, ServeConfig, build_app, package_root
+from fantasy.app.serve_client import RemoteStudio, ServerUnreachable, fetch_info
+from fantasy.app.streaming import ChunkReady, Finished, PreviewReady, StageProgress
+from fantasy.app.studio import Controls, Studio
+from fantasy.app.validation import FaceChecker
 from fantasy.cli import main as cli_main
-from fantasy.serve import APP_NAME, ServeConfig, build_app, package_root
-from fantasy.serve_client import RemoteStudio, ServerUnreachable, fetch_info
-from fantasy.streaming import ChunkReady, Finished, PreviewReady, StageProgress
-from fantasy.studio import Controls, Studio
-from fantasy.validation import FaceChecker
-from fantasy.video import probe
+from fantasy.media.video import probe
 from tests.conftest import EXAMPLE_IMAGE, speech_like
 
 ray = pytest.importorskip("ray", reason="Ray Serve is optional: pip install -r requirements-serve.txt (CI does)")
@@ -72,7 +72,7 @@ def post(url: str, speech: Path, controls: dict):
 
 def in_process_video(tmp_path: Path, speech: Path, controls: dict) -> bytes:
     """What the app makes in one process for the same request (one thread, as each replica)."""
-    from fantasy.presets import get_preset, load_pipeline
+    from fantasy.weights.presets import get_preset, load_pipeline
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -183,7 +183,7 @@ def test_a_replica_can_be_a_context_parallel_group(server, speech, tmp_path):
 
 @pytest.mark.slow
 def test_the_app_as_a_thin_front_end(server, speech, tmp_path):
-    from fantasy.presets import get_preset
+    from fantasy.weights.presets import get_preset
 
     remote = fetch_info(server)
     studio = RemoteStudio(remote, get_preset("tiny"), SKIPPED_FACES, tmp_path / "front", min_chunk_seconds=0.5)

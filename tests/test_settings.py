@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from fantasy.errors import InvalidSetting
-from fantasy.generate import Settings
-from fantasy.presets import get_preset
+from fantasy.generation import Settings
+from fantasy.weights.presets import get_preset
 
 TINY, REAL = get_preset("tiny"), get_preset("real")
 

@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-from fantasy import space
+from fantasy.app import space
 
 
 def test_gpu_decorator_is_a_no_op_off_zero_gpu(monkeypatch):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from fantasy.weights import DIT_FILES, WAN_PART, download_plan
+from fantasy.weights.real import DIT_FILES, WAN_PART, download_plan
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from fantasy.audio import clip_samples
 from fantasy.errors import CheckpointMismatch, InvalidSetting
-from fantasy.image import resize_portrait
-from fantasy.speed import SpeedOptions, apply_speed, attention_backend_name, parse_step_cache
+from fantasy.media.audio import clip_samples
+from fantasy.media.image import resize_portrait
+from fantasy.speed.switches import SpeedOptions, apply_speed, attention_backend_name, parse_step_cache
 
 from .conftest import EXAMPLE_IMAGE, speech_like
 
@@ -22,7 +22,7 @@ BLOCK_PASSES = 2 * 3  # tiny DiT blocks x guidance passes per step
 
 
 def fresh():
-    from fantasy.presets import load_pipeline
+    from fantasy.weights.presets import load_pipeline
 
     pipe = load_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)
@@ -88,7 +88,7 @@ def test_step_cache_spec_parses_and_rejects_clearly():
 
 
 def test_attention_names_resolve_and_unusable_ones_say_what_is_needed(tiny_pipe):
-    from fantasy.speed import check_attention
+    from fantasy.speed.switches import check_attention
 
     assert attention_backend_name("sdpa") == "native"
     assert attention_backend_name("FLASH3") == "_flash_3"
@@ -109,8 +109,8 @@ def test_attention_backend_reaches_every_processor_and_math_matches_sdpa(tiny_pi
     """Tolerance: _native_math vs native SDPA within 1e-5 (fp32 on CPU)."""
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
-    from fantasy.adapter import FantasyAudioAttnProcessor
-    from fantasy.speed import reset_attention, set_attention
+    from fantasy.model.adapter import FantasyAudioAttnProcessor
+    from fantasy.speed.switches import reset_attention, set_attention
 
     math = AttentionBackendName._NATIVE_MATH
     calls = []
@@ -217,7 +217,7 @@ def test_fp8_picks_the_block_linears_only_weight_only_fp8_within_tolerance(tiny_
     layer selection is checked with torchao's fp8 weight-only config: mean |error| <= 5% (measured 2.88%)."""
     from torchao.quantization import Float8WeightOnlyConfig
 
-    from fantasy.quantize import is_quantized_weight, quantize_block_linears
+    from fantasy.weights.quantize import is_quantized_weight, quantize_block_linears
 
     plain = one_forward(tiny_pipe.transformer)
     transformer = copy.deepcopy(tiny_pipe.transformer)  # with its own audio context
@@ -263,7 +263,7 @@ def adapter_weights(pipe):
 
 @pytest.mark.parametrize("fuse", [True, False])
 def test_zero_lora_leaves_the_output_unchanged(tiny_pipe, conditioning, tmp_path, fuse):
-    from fantasy.distill import load_distilled_lora
+    from fantasy.speed.distill import load_distilled_lora
 
     plain = run(tiny_pipe, conditioning)
     pipe = fresh()
@@ -274,7 +274,7 @@ def test_zero_lora_leaves_the_output_unchanged(tiny_pipe, conditioning, tmp_path
 
 def test_lora_changes_the_dit_never_the_audio_adapter_and_fusing_keeps_the_result(tiny_pipe, tmp_path):
     """Fused vs separate LoRA layers: within 1e-5."""
-    from fantasy.distill import load_distilled_lora, lora_layer_names
+    from fantasy.speed.distill import load_distilled_lora, lora_layer_names
 
     path = write_lightx2v_lora(tmp_path / "lora.safetensors")
     plain = one_forward(tiny_pipe.transformer)
@@ -294,7 +294,7 @@ def test_lora_changes_the_dit_never_the_audio_adapter_and_fusing_keeps_the_resul
 
 
 def test_a_file_without_wan_lora_keys_is_a_clear_error(tmp_path):
-    from fantasy.distill import load_distilled_lora
+    from fantasy.speed.distill import load_distilled_lora
 
     path = tmp_path / "other.safetensors"
     save_file({"unet.down.0.lora_down.weight": torch.zeros(4, 8)}, str(path))
@@ -303,7 +303,7 @@ def test_a_file_without_wan_lora_keys_is_a_clear_error(tmp_path):
 
 
 def test_distilled_sampler_uses_lightx2v_timesteps_and_renoises():
-    from fantasy.sampling import make_scheduler, set_official_timesteps
+    from fantasy.model.sampling import make_scheduler, set_official_timesteps
 
     scheduler = make_scheduler(stochastic=True)
     timesteps = set_official_timesteps(scheduler, 4)
@@ -317,9 +317,9 @@ def test_distilled_sampler_uses_lightx2v_timesteps_and_renoises():
 
 @pytest.mark.parametrize("audio_guidance, passes", [(1.0, 1), (2.0, 2)])
 def test_few_step_mode_runs_4_steps_of_1_pass(tmp_path, audio_guidance, passes):
-    from fantasy.distill import FEW_STEP_TEXT_GUIDANCE, FEW_STEPS
-    from fantasy.generate import Settings, generate
-    from fantasy.presets import get_preset
+    from fantasy.generation import Settings, generate
+    from fantasy.speed.distill import FEW_STEP_TEXT_GUIDANCE, FEW_STEPS
+    from fantasy.weights.presets import get_preset
 
     from .conftest import EXAMPLE_SPEECH
 
@@ -397,9 +397,9 @@ def test_cli_speed_errors_exit_2_with_one_line(tmp_path, capsys, flags, message)
 
 def with_trained_modules(pipe):
     """Install the motion and identity modules with random (non-zero) weights, as a training run leaves them."""
-    from fantasy.identity import install_identity_module
-    from fantasy.motion import install_motion_module
-    from fantasy.tiny import CLIP_HIDDEN
+    from fantasy.model.identity import install_identity_module
+    from fantasy.model.motion import install_motion_module
+    from fantasy.weights.tiny import CLIP_HIDDEN
 
     pipe.motion_context = install_motion_module(pipe.transformer)
     pipe.identity_context = install_identity_module(pipe.transformer, CLIP_HIDDEN)

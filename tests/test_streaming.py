@@ -11,11 +11,18 @@ import numpy as np
 import pytest
 import soundfile
 
+from fantasy.app.streaming import (
+    ChunkReady,
+    ChunkWriter,
+    Finished,
+    StageProgress,
+    plan_chunks,
+    stream_generate,
+)
 from fantasy.errors import GenerationCancelled, InvalidSetting
-from fantasy.generate import Settings
-from fantasy.presets import get_preset
-from fantasy.streaming import ChunkReady, ChunkWriter, Finished, StageProgress, plan_chunks, stream_generate
-from fantasy.video import probe
+from fantasy.generation import Settings
+from fantasy.media.video import probe
+from fantasy.weights.presets import get_preset
 
 FPS = 23
 RATE = 16_000

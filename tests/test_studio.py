@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pickle
 
-from fantasy.generate import DEFAULT_PROMPT
-from fantasy.presets import get_preset
-from fantasy.streaming import ChunkReady, Finished
-from fantasy.studio import Controls, Studio, settings_from_controls
-from fantasy.validation import FaceChecker
+from fantasy.app.streaming import ChunkReady, Finished
+from fantasy.app.studio import Controls, Studio, settings_from_controls
+from fantasy.app.validation import FaceChecker
+from fantasy.generation import DEFAULT_PROMPT
+from fantasy.weights.presets import get_preset
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
 
 

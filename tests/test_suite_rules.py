@@ -76,7 +76,7 @@ def test_mutation_scores_count_only_checked_mutants(tmp_path, monkeypatch):
     codes = {"a": 1, "b": 1, "c": 0, "d": None, "e": 36, "f": 33}  # killed 2, survived, unchecked, timeout, no tests
     meta.write_text(json.dumps({"exit_code_by_key": codes}))
     monkeypatch.setattr(mutation, "ROOT", tmp_path)
-    assert mutation.score_line("windows") == "| fantasy/windows.py | 3/5 | 60.0 % | 5/6 | 1 no tests, 1 survived |"
+    assert mutation.score_line("windows") == "| fantasy/model/windows.py | 3/5 | 60.0 % | 5/6 | 1 no tests, 1 survived |"
     assert mutation.survivors("windows") == ["c", "f"]
     assert mutation.undetected("windows") == ["c", "d", "f"]
     assert mutation.unchecked_sample("windows", 5) == ["d"]

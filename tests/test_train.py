@@ -10,14 +10,14 @@ import torch
 from PIL import Image
 
 from fantasy.errors import InvalidSetting
-from fantasy.motion import MOTION_MODULE_MODE
-from fantasy.presets import load_pipeline
+from fantasy.model.motion import MOTION_MODULE_MODE
 from fantasy.train.cache import cache_dataset
 from fantasy.train.clips import SampleSpec
 from fantasy.train.dataset import TrainingSet
 from fantasy.train.objective import AdapterTrainingModel, audio_windows, flow_matching_loss, loss_weights
 from fantasy.train.trainer import CHECKPOINT_NAME, LOG_NAME, TrainConfig, make_batch, prepare_modules, train
-from fantasy.trained_modules import trainable_parameters
+from fantasy.weights.presets import load_pipeline
+from fantasy.weights.trained_modules import trainable_parameters
 
 from .conftest import tiny_call_args
 from .synthetic_clips import speech_samples, syllable_envelope, talking_frames, write_mp4, write_wav

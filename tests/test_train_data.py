@@ -11,7 +11,6 @@ import soundfile
 import torch
 from torch.utils.data import DataLoader
 
-from fantasy.audio import SAMPLE_RATE, feature_length
 from fantasy.errors import (
     ClipTooShort,
     InputFileNotFound,
@@ -22,6 +21,7 @@ from fantasy.errors import (
     WeightsMissing,
 )
 from fantasy.face import shared_analyzer
+from fantasy.media.audio import SAMPLE_RATE, feature_length
 from fantasy.metrics.frames import read_video
 from fantasy.train import tracks
 from fantasy.train.cache import CachedClip, cache_dataset, encode_sample, encode_text, read_metadata
@@ -369,8 +369,8 @@ def test_cache_is_reused_until_a_setting_or_a_source_file_changes(cached, tiny_p
 
 
 def test_fingerprint_tracks_spec_dtype_and_model_weights(tiny_pipe) -> None:
-    from fantasy.assemble import assemble
-    from fantasy.tiny import tiny_components
+    from fantasy.model.assemble import assemble
+    from fantasy.weights.tiny import tiny_components
 
     base = cache_fingerprint(tiny_pipe, CACHE_SPEC, torch.float32)
     assert base == cache_fingerprint(tiny_pipe, CACHE_SPEC, torch.float32)

@@ -9,6 +9,16 @@ import pytest
 import soundfile
 from PIL import Image
 
+from fantasy.app.validation import (
+    DEFAULT_DURATION_S,
+    MAX_DURATION_S,
+    FaceChecker,
+    check_file_size,
+    check_inputs,
+    default_face_check,
+    duration_limit,
+    human_size,
+)
 from fantasy.errors import (
     AudioTooShort,
     FileTooLarge,
@@ -20,18 +30,8 @@ from fantasy.errors import (
     UnsupportedImage,
     WeightsMissing,
 )
-from fantasy.generate import Settings
-from fantasy.presets import get_preset
-from fantasy.validation import (
-    DEFAULT_DURATION_S,
-    MAX_DURATION_S,
-    FaceChecker,
-    check_file_size,
-    check_inputs,
-    default_face_check,
-    duration_limit,
-    human_size,
-)
+from fantasy.generation import Settings
+from fantasy.weights.presets import get_preset
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, bad_speech_files, speech_like
 
 TINY = get_preset("tiny")
@@ -174,7 +174,7 @@ def test_short_speech_needs_no_notice(speech_wav):
 
 
 def test_default_face_check_runs_dlib_on_real_photos_before_any_model_work(tmp_path, monkeypatch):
-    import fantasy.validation as validation
+    import fantasy.app.validation as validation
     from tests.real_faces import non_face_photos
 
     prepared = []

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from fantasy.video import Mp4Writer, moov_before_mdat, probe
+from fantasy.media.video import Mp4Writer, moov_before_mdat, probe
 
 from .conftest import speech_like
 

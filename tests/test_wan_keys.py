@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
-from fantasy.tiny import tiny_transformer
-from fantasy.wan_keys import to_original_key, to_original_state_dict
+from fantasy.weights.tiny import tiny_transformer
+from fantasy.weights.wan_keys import to_original_key, to_original_state_dict
 
 
 @pytest.mark.parametrize("num_layers", [2])
@@ -37,7 +37,7 @@ def test_a_rule_set_that_merges_two_keys_is_refused(monkeypatch):
     """The shipped rules are one-to-one (the round trip shows it); a rule that folds two keys into one must fail."""
     import re
 
-    from fantasy import wan_keys
+    from fantasy.weights import wan_keys
 
     monkeypatch.setattr(wan_keys, "_RULES", [(re.compile(r"^blocks\.\d+\."), "blocks.0.")])
     state = {"blocks.0.norm2.weight": torch.zeros(1), "blocks.1.norm2.weight": torch.ones(1)}

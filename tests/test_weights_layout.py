@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fantasy.adapter_weights import OFFICIAL_FILE, OFFICIAL_REPO
 from fantasy.cli import main
 from fantasy.errors import FantasyError, InvalidSetting, WeightsMissing
-from fantasy.presets import load_pipeline
-from fantasy.weights import (
+from fantasy.weights.adapter_weights import OFFICIAL_FILE, OFFICIAL_REPO
+from fantasy.weights.presets import load_pipeline
+from fantasy.weights.real import (
     ADAPTER_PART,
     ADAPTER_SAFETENSORS,
     DIT_FILES,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fantasy.windows import WindowRange, latent_frame_count, split_into_windows, window_ranges
+from fantasy.model.windows import WindowRange, latent_frame_count, split_into_windows, window_ranges
 
 
 def ranges(num_tokens, num_frames):

@@ -15,9 +15,9 @@ from typing import Protocol
 
 import numpy as np
 
-from fantasy.audio import SAMPLE_RATE, load_audio
 from fantasy.errors import UnsupportedAudio
 from fantasy.face import FaceAnalyzer, FaceBox, LandmarkProvider, shared_analyzer
+from fantasy.media.audio import SAMPLE_RATE, load_audio
 from fantasy.metrics.dynamics import DynamicsResult, motion_dynamics
 from fantasy.metrics.frames import read_video
 from fantasy.metrics.identity import (
@@ -145,7 +145,7 @@ def evaluate(
     speech = _load_speech(video, audio)
     portrait = None
     if image is not None:
-        from fantasy.image import load_portrait
+        from fantasy.media.image import load_portrait
 
         portrait = np.asarray(load_portrait(image))
 

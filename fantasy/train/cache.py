@@ -35,11 +35,11 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from fantasy.audio import speech_features
 from fantasy.errors import TrainingDataError
 from fantasy.face import FaceBox
-from fantasy.identity import face_crop
-from fantasy.pipeline import DEFAULT_NEGATIVE_PROMPT
+from fantasy.media.audio import speech_features
+from fantasy.model.identity import face_crop
+from fantasy.model.pipeline import DEFAULT_NEGATIVE_PROMPT
 from fantasy.train.clips import SampleSpec, TrainingSample, discover_clips, load_sample
 from fantasy.train.fingerprint import CACHE_FORMAT, TEXT_LENGTH, cache_fingerprint, source_signature
 from fantasy.train.labels import body_score, expression_score, lip_token_mask

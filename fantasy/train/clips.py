@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fantasy.audio import SAMPLE_RATE, check_speech, clip_samples, load_audio
 from fantasy.errors import (
     ClipTooShort,
     InputFileNotFound,
@@ -29,6 +28,7 @@ from fantasy.errors import (
     UnsupportedAudio,
 )
 from fantasy.face import LandmarkProvider
+from fantasy.media.audio import SAMPLE_RATE, check_speech, clip_samples, load_audio
 from fantasy.metrics.frames import read_video
 from fantasy.train.framing import Framing, frames_needed, sample_indices
 from fantasy.train.tracks import default_provider, fill_missing, read_landmark_file, run_provider
@@ -65,7 +65,7 @@ class SampleSpec:
 
     @property
     def num_samples(self) -> int:
-        """16 kHz speech samples per sample, by the release's rule (`fantasy.audio.clip_samples`)."""
+        """16 kHz speech samples per sample, by the release's rule (`fantasy.media.audio.clip_samples`)."""
         return int(self.seconds * SAMPLE_RATE)
 
 

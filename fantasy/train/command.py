@@ -67,12 +67,12 @@ def _size(text: str | None, preset: str) -> tuple[int, int]:
 
 
 def run(args) -> int:
-    from fantasy.presets import load_pipeline
     from fantasy.train.cache import CACHE_DIRNAME, cache_dataset
     from fantasy.train.clips import SampleSpec
     from fantasy.train.dataset import TrainingSet
     from fantasy.train.processes import training_processes
     from fantasy.train.trainer import TrainConfig, train
+    from fantasy.weights.presets import load_pipeline
 
     width, height = _size(args.size, args.preset)
     modules = tuple(m.strip() for m in args.modules.split(",") if m.strip())

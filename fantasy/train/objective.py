@@ -1,12 +1,12 @@
 """The training objective: flow matching on Wan's latents, clip- or frame-level audio, lip-weighted in stage 2.
 
-Flow matching as Wan is sampled (`fantasy.sampling`): x_σ = (1 - σ)·x0 + σ·ε, the DiT predicts the
+Flow matching as Wan is sampled (`fantasy.model.sampling`): x_σ = (1 - σ)·x0 + σ·ε, the DiT predicts the
 velocity ε - x0 at timestep 1000·σ. σ is drawn as u ~ U(0, 1) shifted by 5 (σ = 5u / (1 + 4u)), the
 same shift the sampler uses, so training spends its steps where inference does.
 
 Stage 1 (clip level): the whole clip's audio is one window, so every video token attends to every
 audio token (the release's 3-D `audio_proj` path). Stage 2 (frame level): each latent frame attends to
-its own window (`fantasy.windows`, as at inference), and the squared error is weighted by
+its own window (`fantasy.model.windows`, as at inference), and the squared error is weighted by
 `1 + lip_weight` on tokens the lip-tracing mask covers (paper Eq. 3): the mouth region counts more,
 the rest of the frame still counts.
 """
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fantasy.sampling import SHIFT
-from fantasy.windows import split_into_windows
+from fantasy.model.sampling import SHIFT
+from fantasy.model.windows import split_into_windows
 
 STAGES = (1, 2)
 

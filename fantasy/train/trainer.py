@@ -5,7 +5,7 @@ What trains (`modules`): the audio adapter (projection + per-block K/V), the mot
 CLIP, wav2vec2) is frozen. accelerate handles devices, mixed precision, gradient accumulation and
 several processes (DDP; see `fantasy.train.processes`): each process draws its own samples, the logged
 loss is their mean, and only the main process writes the config, the log and checkpoints. Checkpoints are the same
-safetensors layout the app loads (`fantasy.trained_modules`), so `--adapter OUT/modules.safetensors`
+safetensors layout the app loads (`fantasy.weights.trained_modules`), so `--adapter OUT/modules.safetensors`
 uses them, and stage 2 starts from stage 1 with `--init`.
 """
 
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from fantasy.errors import InvalidSetting
-from fantasy.identity import install_identity_module
-from fantasy.motion import install_motion_module
+from fantasy.model.identity import install_identity_module
+from fantasy.model.motion import install_motion_module
 from fantasy.train.objective import STAGES, AdapterTrainingModel, Batch, sample_sigma
-from fantasy.trained_modules import IDENTITY_KEY, MOTION_PREFIX, save_modules, trainable_parameters
+from fantasy.weights.trained_modules import IDENTITY_KEY, MOTION_PREFIX, save_modules, trainable_parameters
 
 MODULES = ("audio", "motion", "identity")
 CHECKPOINT_NAME = "modules.safetensors"

@@ -1,6 +1,6 @@
 """`python -m fantasy download`: fetch exactly the files the real preset reads, with huggingface_hub.
 
-For each repo part of `fantasy.weights.download_plan` it lists the repo's files with their sizes
+For each repo part of `fantasy.weights.real.download_plan` it lists the repo's files with their sizes
 (`HfApi.model_info(files_metadata=True)`), keeps those matching the part's allow-patterns, prints
 what will be fetched, checks the free disk space, then calls `snapshot_download(allow_patterns=...,
 local_dir=weights/<repo>)`: huggingface_hub shows progress bars, resumes interrupted files and skips
@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fantasy.adapter_weights import OFFICIAL_FILE, convert_checkpoint
 from fantasy.errors import FantasyError, WeightsMissing
-from fantasy.weights import (
+from fantasy.weights.adapter_weights import OFFICIAL_FILE, convert_checkpoint
+from fantasy.weights.real import (
     ADAPTER_PART,
     ADAPTER_SAFETENSORS,
     DEFAULT_DIT,

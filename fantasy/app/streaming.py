@@ -3,7 +3,7 @@
 The causal VAE hands frames over a latent frame at a time (1, then 4 each). A browser player wants
 self-contained segments it can start on before the rest exists, so `ChunkWriter` groups frames into
 mp4 chunks of at least `min_seconds`, as equal in length as possible, each muxed with the speech from
-its own start time. `stream_generate` runs `fantasy.generate.generate` in a worker thread and turns
+its own start time. `stream_generate` runs `fantasy.generation.generate` in a worker thread and turns
 its callbacks into an iterator of events, which is the shape a Gradio generator (or any other UI) needs.
 """
 
@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fantasy.errors import GenerationCancelled
-from fantasy.video import Mp4Writer, mux_audio
+from fantasy.media.video import Mp4Writer, mux_audio
 
 if TYPE_CHECKING:
-    from fantasy.generate import PreparedInputs, Result, Settings
-    from fantasy.parallel_jobs import JobChannel
-    from fantasy.pipeline import FantasyTalkingPipeline
-    from fantasy.presets import Preset
-    from fantasy.preview import Preview
+    from fantasy.app.parallel_jobs import JobChannel
+    from fantasy.generation import PreparedInputs, Result, Settings
+    from fantasy.model.pipeline import FantasyTalkingPipeline
+    from fantasy.model.preview import Preview
+    from fantasy.weights.presets import Preset
 
 MIN_CHUNK_SECONDS = 1.0
 
@@ -170,7 +170,7 @@ class Finished:
 
 @dataclass(frozen=True)
 class PreviewReady:
-    """The denoising estimate of the window being denoised (`fantasy.preview.Preview`), latent resolution."""
+    """The denoising estimate of the window being denoised (`fantasy.model.preview.Preview`), latent resolution."""
 
     preview: Preview
 
@@ -217,11 +217,11 @@ def stream_generate(
     arrive as `PreviewReady` events (throttled to `preview_budget`, default 2 %, of the step time; the
     consumer encodes them, off the denoising thread). `channel`: this is rank 0 of a context-parallel
     group; the other ranks follow the job (given these prepared inputs), and every stop is agreed with them
-    (`fantasy.parallel_jobs`). `inputs`: the already prepared inputs (the speech is then not decoded again).
+    (`fantasy.app.parallel_jobs`). `inputs`: the already prepared inputs (the speech is then not decoded again).
     `heartbeat_s`: yield `Idle` when nothing happened for that long.
     """
-    from fantasy.generate import generate, prepare_inputs
-    from fantasy.preview import BUDGET, LivePreview
+    from fantasy.generation import generate, prepare_inputs
+    from fantasy.model.preview import BUDGET, LivePreview
 
     cancel = cancel if cancel is not None else threading.Event()
     events: queue.Queue = queue.Queue()
@@ -273,7 +273,7 @@ def stream_generate(
                 if channel is None:
                     result = run()
                 else:
-                    from fantasy.parallel_jobs import job_spec
+                    from fantasy.app.parallel_jobs import job_spec
 
                     result = channel.lead(job_spec(image, audio, settings, inputs=prepared), run)
                 chunks = writer.finish()

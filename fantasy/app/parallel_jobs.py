@@ -24,7 +24,7 @@ import torch.distributed as dist
 from PIL import Image
 
 from fantasy.errors import FantasyError, GenerationCancelled
-from fantasy.generate import PreparedInputs, Settings, generate
+from fantasy.generation import PreparedInputs, Settings, generate
 
 CONTINUE, STOP = 0, 1
 T = TypeVar("T")
@@ -52,7 +52,7 @@ class FollowLog:
 
 
 class JobChannel:
-    """Rank 0's announcements and stop decisions on a control group (`fantasy.parallel.control_group`)."""
+    """Rank 0's announcements and stop decisions on a control group (`fantasy.speed.parallel.control_group`)."""
 
     def __init__(self, group=None):
         self.group = group

@@ -15,21 +15,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fantasy.audio import SAMPLE_RATE, clip_samples, load_speech
 from fantasy.errors import InvalidSetting
-from fantasy.identity import portrait_face_crop
-from fantasy.image import load_portrait, resize_note, resize_portrait
 from fantasy.long_video import MOTION_FRAMES, ColourMatch, plan_windows, total_frame_count
-from fantasy.output import check_target, video_bytes
-from fantasy.pipeline import FantasyTalkingPipeline
-from fantasy.presets import Preset
-from fantasy.preview import LivePreview
-from fantasy.prompts import DEFAULT_PROMPT  # noqa: F401 (re-exported)
+from fantasy.media.audio import SAMPLE_RATE, clip_samples, load_speech
+from fantasy.media.image import load_portrait, resize_note, resize_portrait
+from fantasy.media.output import check_target, video_bytes
+from fantasy.media.video import Mp4Writer
+from fantasy.model.identity import portrait_face_crop
+from fantasy.model.pipeline import FantasyTalkingPipeline
+from fantasy.model.preview import LivePreview
+from fantasy.model.prompts import DEFAULT_PROMPT  # noqa: F401 (re-exported)
+from fantasy.model.sampling import passes_needed
+from fantasy.model.windows import split_into_windows
 from fantasy.release import check_release_pipeline, release_frame_count
-from fantasy.sampling import passes_needed
 from fantasy.settings import DEFAULT_SEED, Result, Settings  # noqa: F401 (DEFAULT_SEED re-exported)
-from fantasy.video import Mp4Writer
-from fantasy.windows import split_into_windows
+from fantasy.weights.presets import Preset
 
 
 @dataclass
@@ -44,7 +44,7 @@ class PreparedInputs:
     notices: list[str] = field(default_factory=list)  # what the user should know (e.g. the shape changed)
 
     def output_bytes(self, fps: float, audio: bool = True) -> int:
-        """Room one finished mp4 of these inputs needs at most (`fantasy.output.video_bytes`)."""
+        """Room one finished mp4 of these inputs needs at most (`fantasy.media.output.video_bytes`)."""
         width, height = self.portrait.size
         return video_bytes(self.num_frames, width, height, self.num_frames / fps, audio)
 
@@ -91,12 +91,12 @@ def generate(
     (see `fantasy.long_video`), each decoded and written as soon as it is denoised. With an identity
     module loaded, the face crop comes from `face_image` or else from the face backend (dlib) on the portrait.
     `settings.release`: only the release's clip, decoded as the release decodes (`fantasy.release`).
-    `preview` gets each window's denoising estimate as a small clip (see `fantasy.preview`).
+    `preview` gets each window's denoising estimate as a small clip (see `fantasy.model.preview`).
     `inputs`: what `prepare_inputs(image, audio, settings)` already returned (the app and the CLI check
     their inputs before loading or queueing, and the speech is decoded once).
 
     The output path is checked (writable, room for the video) before any model work; the video appears
-    there only complete and verified (`fantasy.video.Mp4Writer`).
+    there only complete and verified (`fantasy.media.video.Mp4Writer`).
     """
     started = time.perf_counter()
     settings = settings.resolved(preset)

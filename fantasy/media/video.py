@@ -5,7 +5,7 @@ the audio is padded with silence to the video's length (`apad` + `-shortest`), s
 frame is kept and audio longer than the video is cut at its end. `+faststart` puts the index first
 so browsers start playing before the download ends. Every ffmpeg run is checked (exit status and its
 error lines), the muxed file is read back (frames, duration, audio) and only then renamed onto the
-target (`fantasy.output`); temporary files have unique names and are removed on every way out.
+target (`fantasy.media.output`); temporary files have unique names and are removed on every way out.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from types import TracebackType
 
 import numpy as np
 
-from fantasy.audio import ffmpeg_executable
 from fantasy.errors import OutputError
-from fantasy.output import ffmpeg_failure, publish, remove_quietly, temp_path, verify_mp4
+from fantasy.media.audio import ffmpeg_executable
+from fantasy.media.output import ffmpeg_failure, publish, remove_quietly, temp_path, verify_mp4
 from fantasy.stop import StopRequested, held_signals
 
 CRF = 18  # visually lossless for faces; the default 23 smears lips

@@ -9,7 +9,7 @@ the video tokens over the processes before block 0 and gathers them after the he
 What we add to diffusers' mechanism, each needed for an exact result:
 - the audio cross-attention works per latent frame, so each process must know where its slice starts: a
   forward pre-hook records the whole token count, and `TokenShard.locate` applies diffusers' split rule
-  (`fantasy.frame_shards`); the processor pads its slice to whole frames and drops the padding after;
+  (`fantasy.model.frame_shards`); the processor pads its slice to whole frames and drops the padding after;
 - FirstBlockCache decides "skip the remaining blocks?" from the first block's residual; each process only
   sees its slice, so the two sums behind the decision are all-reduced (else the processes disagree and hang);
 - token counts (or, for Ulysses, head counts) that do not divide evenly switch that call to diffusers'
@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from fantasy.errors import FantasyError, InvalidSetting
-from fantasy.frame_shards import shard_bounds
+from fantasy.model.frame_shards import shard_bounds
 from fantasy.quiet import drop_known
 
 KINDS = {
@@ -128,7 +128,7 @@ def init_processes(device: str | None = None) -> torch.device:
 
 
 def control_group():
-    """A gloo group with a long timeout, for jobs and stop decisions (`fantasy.parallel_jobs`).
+    """A gloo group with a long timeout, for jobs and stop decisions (`fantasy.app.parallel_jobs`).
 
     Every process must call it, in the same order, after `init_processes`.
     """
@@ -284,12 +284,12 @@ def _share_cache_decision(transformer, group) -> bool:
 
 
 def enable_context_parallel(pipe, options: ContextParallel) -> list[str]:
-    """Split the DiT over the launched processes. Call after `fantasy.speed.apply_speed`'s other switches
+    """Split the DiT over the launched processes. Call after `fantasy.speed.switches.apply_speed`'s other switches
     (the step cache must be inside diffusers' split hook on block 0, so it is installed first)."""
     from diffusers import ContextParallelConfig
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
-    from fantasy.adapter import audio_processors
+    from fantasy.model.adapter import audio_processors
 
     transformer = pipe.transformer
     if getattr(transformer, "_parallel_config", None) is not None:

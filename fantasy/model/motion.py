@@ -8,7 +8,7 @@ untrained, the transformer is bit-for-bit the stock one. The official release sh
 `python -m fantasy train` learns them (labels measured from the training clips, `fantasy.train`).
 
 With trained motion weights loaded, the app's two sliders are the coefficients (`MOTION_MODULE_MODE`);
-without them the sliders act through the prompt and the audio weight (`TRAINING_FREE_MODE`, `fantasy.sliders`).
+without them the sliders act through the prompt and the audio weight (`TRAINING_FREE_MODE`, `fantasy.app.sliders`).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def install_motion_module(transformer, model: MotionIntensityModel | None = None
     """Attach a (zero-initialised unless given) motion model to `transformer` and hook it in.
 
     It becomes `transformer.motion_intensity`, so it moves, offloads and saves with the transformer;
-    quantization and fp8 casting skip it by that name (`fantasy.quantize`).
+    quantization and fp8 casting skip it by that name (`fantasy.weights.quantize`).
     """
     if hasattr(transformer, MOTION_MODULE_NAME):
         raise RuntimeError("a motion module is already installed on this transformer")

@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image
 
 from fantasy.errors import FantasyError, FileTooLarge, MissingInput
-from fantasy.generate import PreparedInputs, Settings, prepare_inputs
-from fantasy.image import load_portrait
-from fantasy.presets import Preset
+from fantasy.generation import PreparedInputs, Settings, prepare_inputs
+from fantasy.media.image import load_portrait
+from fantasy.weights.presets import Preset
 
 MAX_UPLOAD_MB = 20
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024

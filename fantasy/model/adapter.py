@@ -10,7 +10,7 @@ The branch lives in an `nn.Module` attention processor that reproduces diffusers
 for text and image tokens, so with zero K/V or no audio the transformer is bit-for-bit the stock one.
 Audio reaches the processors through a shared `AudioContext` set before each transformer call, since
 `WanTransformer3DModel.forward` does not forward kwargs to its blocks. The processor also hosts the
-paper's identity branch when one is installed (`fantasy.identity`), added at the same place.
+paper's identity branch when one is installed (`fantasy.model.identity`), added at the same place.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from diffusers.models.transformers.transformer_wan import (
 )
 from torch import nn
 
-from fantasy.frame_shards import FrameSpan
+from fantasy.model.frame_shards import FrameSpan
 
 
 class AudioProjModel(ModelMixin, ConfigMixin):
@@ -111,10 +111,10 @@ class FantasyAudioAttnProcessor(nn.Module):
         nn.init.zeros_(self.v_proj.weight)
         # Not a submodule: one context object is shared by every block.
         object.__setattr__(self, "audio", audio)
-        # The paper's identity branch (`fantasy.identity`), added only when trained weights are loaded.
+        # The paper's identity branch (`fantasy.model.identity`), added only when trained weights are loaded.
         self.identity: nn.Module | None = None
         self.identity_context = None
-        # Under context parallelism (`fantasy.parallel`): where this process's video tokens sit in the
+        # Under context parallelism (`fantasy.speed.parallel`): where this process's video tokens sit in the
         # whole sequence, `locate(local_count) -> (start, total)`. None: the processor sees every token.
         self.token_shard = None
 

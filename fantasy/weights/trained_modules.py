@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from fantasy.adapter_weights import _atomic_save, adapter_modules, copy_checked, read_adapter_weights
 from fantasy.errors import CheckpointMismatch
-from fantasy.identity import IDENTITY_MODULE_NAME, install_identity_module
-from fantasy.motion import MOTION_MODULE_NAME, MotionIntensityModel, install_motion_module
+from fantasy.model.identity import IDENTITY_MODULE_NAME, install_identity_module
+from fantasy.model.motion import MOTION_MODULE_NAME, MotionIntensityModel, install_motion_module
+from fantasy.weights.adapter_weights import _atomic_save, adapter_modules, copy_checked, read_adapter_weights
 
 MOTION_PREFIX = f"{MOTION_MODULE_NAME}."
 IDENTITY_KEY = re.compile(rf"^blocks\.(\d+)\.attn2\.processor\.{IDENTITY_MODULE_NAME}\.")

@@ -1,4 +1,4 @@
-"""The app's thin front end over a Ray Serve deployment (`app.py --serve URL`; see `fantasy.serve`).
+"""The app's thin front end over a Ray Serve deployment (`app.py --serve URL`; see `fantasy.app.serve`).
 
 `RemoteStudio` is a `Studio` whose generations run on the server: the page checks the inputs here (fast
 feedback, same messages), posts them to `URL/generate`, and turns the NDJSON events back into the events
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import httpx
 
+from fantasy.app.streaming import Chunk, ChunkReady, Finished, PreviewReady, StageProgress, StreamEvent
+from fantasy.app.studio import Controls, Job, Studio
 from fantasy.errors import FantasyError, GenerationCancelled
-from fantasy.generate import Result
-from fantasy.output import publish, remove_quietly, temp_path
-from fantasy.streaming import Chunk, ChunkReady, Finished, PreviewReady, StageProgress, StreamEvent
-from fantasy.studio import Controls, Job, Studio
+from fantasy.generation import Result
+from fantasy.media.output import publish, remove_quietly, temp_path
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -140,7 +140,7 @@ class RemoteStudio(Studio):
 def _preview(event: dict):
     import numpy as np
 
-    from fantasy.preview import Preview
+    from fantasy.model.preview import Preview
 
     frames = np.frombuffer(base64.b64decode(event["frames"]), dtype=np.uint8).reshape(event["shape"])
     return Preview(frames, event["step"], event["steps"], event["window"], event["windows"])

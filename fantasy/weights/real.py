@@ -17,7 +17,7 @@ a folder named after it, holding the repo's own paths — exactly the files the 
 A component missing from that folder is looked up in the Hugging Face cache without network access
 (`local_files_only`), so files fetched by other tools work too, offline included. Nothing here
 downloads: a missing file raises `WeightsMissing` naming the file, its repo and the fetch command.
-Host RAM while loading stays near what the loaded models hold (`fantasy.checkpoints`).
+Host RAM while loading stays near what the loaded models hold (`fantasy.weights.checkpoints`).
 """
 
 from __future__ import annotations
@@ -29,18 +29,18 @@ from pathlib import Path
 
 import torch
 
-from fantasy.adapter_weights import (
+from fantasy.errors import FantasyError, InputFileNotFound, WeightsMissing
+from fantasy.weights.adapter_weights import (
     OFFICIAL_FILE,
     OFFICIAL_REPO,
     convert_checkpoint,
     has_low_precision_projection,
 )
-from fantasy.errors import FantasyError, InputFileNotFound, WeightsMissing
 
 WAN_REPO = "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"
 WAV2VEC_REPO = "facebook/wav2vec2-base-960h"
 ADAPTER_SAFETENSORS = "fantasytalking_model.safetensors"
-DEFAULT_DIT = "q8_0"  # what `download` fetches; generation picks bf16 when it fits (`fantasy.dit_choice`)
+DEFAULT_DIT = "q8_0"  # what `download` fetches; generation picks bf16 when it fits (`fantasy.weights.dit_choice`)
 DEFAULT_VRAM = "resident"
 VAE_TILE = 512  # px; frames up to this size decode untiled
 
@@ -79,7 +79,7 @@ class RepoPart:
                 raise _Missing(entry)
             files.append(found)
             if found.endswith(".index.json"):
-                from fantasy.checkpoints import index_shards
+                from fantasy.weights.checkpoints import index_shards
 
                 parent = str(Path(found).parent)
                 for shard in index_shards(folder / found):
@@ -136,7 +136,7 @@ WAV2VEC_PART = RepoPart(
 def weights_dir(path: str | Path | None = None) -> Path:
     if path is not None:
         return Path(path)
-    return Path(os.environ.get("FANTASY_WEIGHTS", Path(__file__).resolve().parent.parent / "weights"))
+    return Path(os.environ.get("FANTASY_WEIGHTS", Path(__file__).resolve().parents[2] / "weights"))
 
 
 def hub_offline() -> bool:
@@ -145,7 +145,7 @@ def hub_offline() -> bool:
 
 
 def dit_file_key(dit: str) -> str:
-    from fantasy.quantize import get_dit_mode
+    from fantasy.weights.quantize import get_dit_mode
 
     return get_dit_mode(dit).file
 
@@ -310,7 +310,7 @@ def enable_vae_tiling(vae):
 
 
 def _auto_dit(root: Path, device: torch.device, vram: str, fit_size: int, fit_frames: int, fit_batch: int):
-    from fantasy.dit_choice import choose_dit, free_vram_bytes
+    from fantasy.weights.dit_choice import choose_dit, free_vram_bytes
 
     bf16_on_disk = locate(DIT_FILES["bf16"], root) is not None
     return choose_dit(free_vram_bytes(device), vram, fit_size, fit_frames, fit_batch, bf16_on_disk)
@@ -324,17 +324,17 @@ def load_real_pipeline(
     """The 14B pipeline with the FantasyTalking adapter, its DiT stored as `dit`, placed for `vram`.
 
     `dit=None` picks bf16 or Q8_0 from the free GPU memory at `fit_size` px x `fit_frames` frames with
-    `fit_batch` passes in a batch (`fantasy.dit_choice`); `pipe.dit_choice` says what was picked and why.
+    `fit_batch` passes in a batch (`fantasy.weights.dit_choice`); `pipe.dit_choice` says what was picked and why.
     Order matters: load the DiT (GGUF stays quantized; straight onto the GPU when it stays there),
     install the adapter (cast to `dtype`), load its weights, then torchao quantization or fp8 layerwise
     casting if asked (both skip the adapter by name), and only then offloading, so the adapter moves
     with its block. VAE, CLIP and wav2vec2 run in fp32; the VAE decodes in tiles above 512 px.
     `allow_cpu` exists for tests that push checkpoints through this exact path on a CPU.
     """
-    from fantasy.checkpoints import quiet_loading
-    from fantasy.dit_choice import DitChoice
-    from fantasy.offload import check_vram_mode
-    from fantasy.quantize import get_dit_mode
+    from fantasy.weights.checkpoints import quiet_loading
+    from fantasy.weights.dit_choice import DitChoice
+    from fantasy.weights.offload import check_vram_mode
+    from fantasy.weights.quantize import get_dit_mode
 
     if dit is not None:
         get_dit_mode(dit)
@@ -364,13 +364,17 @@ def _load_components(paths: dict[str, Path], mode, vram: str, device: torch.devi
         Wav2Vec2Model,
     )
 
-    from fantasy.adapter import AudioProjModel, audio_processors
-    from fantasy.assemble import assemble
-    from fantasy.checkpoints import pretrained_class
-    from fantasy.offload import apply_vram_mode
-    from fantasy.quantize import enable_fp8_storage, load_single_file_transformer, quantize_weight_only
-    from fantasy.sampling import make_scheduler
-    from fantasy.trained_modules import load_modules
+    from fantasy.model.adapter import AudioProjModel, audio_processors
+    from fantasy.model.assemble import assemble
+    from fantasy.model.sampling import make_scheduler
+    from fantasy.weights.checkpoints import pretrained_class
+    from fantasy.weights.offload import apply_vram_mode
+    from fantasy.weights.quantize import (
+        enable_fp8_storage,
+        load_single_file_transformer,
+        quantize_weight_only,
+    )
+    from fantasy.weights.trained_modules import load_modules
 
     wan, wav2vec, adapter_path = paths["wan"], paths["wav2vec"], paths["adapter"]
     # Straight onto the GPU when the DiT stays there as loaded; torchao and fp8 storage shrink it first.
@@ -410,16 +414,16 @@ def _load_components(paths: dict[str, Path], mode, vram: str, device: torch.devi
 
 
 def load_text_encoder(folder: str | Path, dtype: torch.dtype = torch.bfloat16):
-    """umT5 from Wan-AI's `text_encoder/` (fp32 shards) in `dtype`, one shard at a time (`fantasy.checkpoints`)."""
+    """umT5 from Wan-AI's `text_encoder/` (fp32 shards) in `dtype`, one shard at a time (`fantasy.weights.checkpoints`)."""
     from transformers import UMT5EncoderModel
 
-    from fantasy.checkpoints import load_sharded
+    from fantasy.weights.checkpoints import load_sharded
 
     return load_sharded(UMT5EncoderModel, folder, dtype)
 
 
 def _image_processor(folder: Path):
     """CLIP's processor config (only its mean and std are used: the portrait is squashed as the release does)."""
-    from fantasy.clip_processor import clip_image_processor_class
+    from fantasy.model.clip_processor import clip_image_processor_class
 
     return clip_image_processor_class().from_pretrained(folder)

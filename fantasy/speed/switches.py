@@ -2,18 +2,18 @@
 
 | switch | what | result vs the plain path |
 |---|---|---|
-| `precision` | `stock`: diffusers' all-bf16 DiT instead of the release's mixed precision (`fantasy.precision`) | bf16 rounding |
+| `precision` | `stock`: diffusers' all-bf16 DiT instead of the release's mixed precision (`fantasy.model.precision`) | bf16 rounding |
 | `batch_guidance` | the 3 guidance passes as one batch | same (float rounding) |
 | `attention` | diffusers' attention dispatcher: sdpa, cudnn, flash, flash3, sage, ... | kernel rounding |
 | `compile` | `compile_repeated_blocks`: the 40 identical blocks compile once | float rounding |
 | `fp8_linears` | torchao dynamic fp8 matmuls in the blocks (GPU, cc >= 8.9) | fp8 rounding |
 | `step_cache` | FirstBlockCache: skip blocks 2..40 when block 1's residual barely moved | approximate |
-| `distilled_lora` | the few-step mode (`fantasy.distill`): 4 steps, 1 pass | a different model |
+| `distilled_lora` | the few-step mode (`fantasy.speed.distill`): 4 steps, 1 pass | a different model |
 
 Order matters and is fixed here: the adapter and the precision policy are installed at load time (a
 `precision` switch only removes or re-adds the policy's hooks, before any other); the LoRA is loaded (and
 fused) before quantizing and compiling, so both see the final weights; the step cache comes next, its
-hooks wrapping the compiled blocks; context parallelism (`fantasy.parallel`) goes last, its split hook
+hooks wrapping the compiled blocks; context parallelism (`fantasy.speed.parallel`) goes last, its split hook
 outside the cache's. Every choice is checked before anything is changed.
 
 Step cache and guidance: the pipeline runs each pass inside `transformer.cache_context(name)`
@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from fantasy.errors import InvalidSetting
-from fantasy.precision import DEFAULT_PRECISION, apply_precision, check_precision, precision_of
+from fantasy.model.precision import DEFAULT_PRECISION, apply_precision, check_precision, precision_of
 
 if TYPE_CHECKING:
-    from fantasy.parallel import ContextParallel
+    from fantasy.speed.parallel import ContextParallel
 
 # Short names for the CLI; any `diffusers.models.attention_dispatch.AttentionBackendName` value works too.
 ATTENTION_ALIASES = {
@@ -66,7 +66,7 @@ class SpeedOptions:
     distilled_lora: str | Path | None = None  # few-step mode
     lora_scale: float = 1.0
     fuse_lora: bool = True
-    precision: str = DEFAULT_PRECISION  # "stock": diffusers' all-bf16 DiT (fantasy.precision)
+    precision: str = DEFAULT_PRECISION  # "stock": diffusers' all-bf16 DiT (fantasy.model.precision)
 
     def describe(self) -> str:
         parts = []
@@ -185,12 +185,12 @@ def _device_of(transformer) -> torch.device:
 
 def check_options(pipe, options: SpeedOptions, parallel: ContextParallel | None = None) -> None:
     """Every check that can fail, before the pipeline is touched."""
-    from fantasy.quantize import check_fp8_matmuls
+    from fantasy.weights.quantize import check_fp8_matmuls
 
     if options.attention:  # where it will run: offloading keeps the DiT on the CPU at rest
         check_attention(options.attention, pipe._execution_device)
     if parallel is not None:
-        from fantasy.parallel import check_context_parallel
+        from fantasy.speed.parallel import check_context_parallel
 
         backend = attention_backend_name(options.attention) if options.attention else None
         check_context_parallel(parallel, attention=backend)
@@ -212,10 +212,10 @@ def check_options(pipe, options: SpeedOptions, parallel: ContextParallel | None 
 def apply_speed(pipe, options: SpeedOptions, parallel: ContextParallel | None = None) -> list[str]:
     """Apply the switches in their one correct order; return a line per change, for the log.
 
-    `parallel`: split the DiT over the launched processes as well (`fantasy.parallel`), last.
+    `parallel`: split the DiT over the launched processes as well (`fantasy.speed.parallel`), last.
     """
-    from fantasy.distill import load_distilled_lora, use_distilled_sampler
-    from fantasy.quantize import quantize_fp8_linears
+    from fantasy.speed.distill import load_distilled_lora, use_distilled_sampler
+    from fantasy.weights.quantize import quantize_fp8_linears
 
     check_options(pipe, options, parallel)
     done: list[str] = []
@@ -242,7 +242,7 @@ def apply_speed(pipe, options: SpeedOptions, parallel: ContextParallel | None = 
     if options.batch_guidance:
         done.append("batched guidance")
     if parallel is not None:
-        from fantasy.parallel import enable_context_parallel
+        from fantasy.speed.parallel import enable_context_parallel
 
         done.extend(enable_context_parallel(pipe, parallel))
     return done

@@ -16,14 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fantasy.generate import DEFAULT_PROMPT, DEFAULT_SEED, Result, Settings
-from fantasy.output import check_target
-from fantasy.presets import Preset
-from fantasy.preview import BUDGET as PREVIEW_BUDGET
-from fantasy.preview import Preview, upscale, write_clip
-from fantasy.sliders import motion_controls
-from fantasy.streaming import MIN_CHUNK_SECONDS, StreamEvent, stream_generate
-from fantasy.validation import MAX_UPLOAD_BYTES, CheckedInputs, FaceChecker, check_inputs
+from fantasy.app.sliders import motion_controls
+from fantasy.app.streaming import MIN_CHUNK_SECONDS, StreamEvent, stream_generate
+from fantasy.app.validation import MAX_UPLOAD_BYTES, CheckedInputs, FaceChecker, check_inputs
+from fantasy.generation import DEFAULT_PROMPT, DEFAULT_SEED, Result, Settings
+from fantasy.media.output import check_target
+from fantasy.model.preview import BUDGET as PREVIEW_BUDGET
+from fantasy.model.preview import Preview, upscale, write_clip
+from fantasy.weights.presets import Preset
 
 HEARTBEAT_S = 0.2  # a UI gets a turn at least this often while a step runs, to notice a stop or a closed page
 SHUTDOWN_WAIT_S = 5.0  # on SIGTERM, how long a running worker gets to stop before its folder is removed
@@ -112,7 +112,7 @@ def preview_caption(preview: Preview) -> str:
 class Studio:
     """The resident pipeline plus the app's limits; one generation at a time (`lock`).
 
-    `channel`: this process is rank 0 of a context-parallel group (`fantasy.parallel_jobs.JobChannel`);
+    `channel`: this process is rank 0 of a context-parallel group (`fantasy.app.parallel_jobs.JobChannel`);
     the other ranks follow every job, and Stop is agreed with them.
     """
 
@@ -148,7 +148,7 @@ class Studio:
 
     def run(self, job: Job, cancel: threading.Event | None = None,
             heartbeat_s: float | None = HEARTBEAT_S) -> Iterator[StreamEvent]:
-        """Stream the job's generation (see `fantasy.streaming.stream_generate`), from the inputs `check` decoded."""
+        """Stream the job's generation (see `fantasy.app.streaming.stream_generate`), from the inputs `check` decoded."""
         job.folder.mkdir(parents=True, exist_ok=True)
         cancel = cancel if cancel is not None else threading.Event()
         self._running[job.folder] = cancel

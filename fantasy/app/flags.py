@@ -10,8 +10,8 @@ from __future__ import annotations
 
 def add_real_flags(p) -> None:
     """--dit and --vram: how the real preset stores the DiT and where its models live."""
-    from fantasy.offload import VRAM_MODES
-    from fantasy.quantize import DIT_MODES
+    from fantasy.weights.offload import VRAM_MODES
+    from fantasy.weights.quantize import DIT_MODES
 
     p.add_argument("--dit", default=None, choices=list(DIT_MODES),
                    help="real preset: how the 14B DiT is stored (default: bf16 if it fits in free GPU memory at the "
@@ -20,8 +20,8 @@ def add_real_flags(p) -> None:
 
 
 def add_speed_flags(p) -> None:
-    from fantasy.precision import DEFAULT_PRECISION, PRECISIONS
-    from fantasy.speed import ATTENTION_ALIASES, DEFAULT_CACHE_THRESHOLD
+    from fantasy.model.precision import DEFAULT_PRECISION, PRECISIONS
+    from fantasy.speed.switches import ATTENTION_ALIASES, DEFAULT_CACHE_THRESHOLD
 
     g = p.add_argument_group("speed", "fast paths (see README, Speed); all off is the release's path")
     g.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
@@ -48,7 +48,7 @@ def add_speed_flags(p) -> None:
 
 
 def add_parallel_flags(p) -> None:
-    from fantasy.parallel import KINDS
+    from fantasy.speed.parallel import KINDS
 
     g = p.add_argument_group("several GPUs", "one video split over N processes (see README, Several GPUs)")
     g.add_argument("--context-parallel", type=int, default=None, metavar="N",
@@ -59,8 +59,8 @@ def add_parallel_flags(p) -> None:
 
 def parallel_option(args, vram: str = "resident"):
     """`ContextParallel` from the flags (None without them), every refusal checked before any model loads."""
-    from fantasy.parallel import ContextParallel, check_context_parallel
-    from fantasy.speed import attention_backend_name
+    from fantasy.speed.parallel import ContextParallel, check_context_parallel
+    from fantasy.speed.switches import attention_backend_name
 
     if args.context_parallel is None:
         return None
@@ -72,7 +72,12 @@ def parallel_option(args, vram: str = "resident"):
 
 def speed_options(args):
     """`SpeedOptions` from the flags; spelling errors are caught here, before any model loads."""
-    from fantasy.speed import DEFAULT_CACHE_THRESHOLD, SpeedOptions, attention_backend_name, parse_step_cache
+    from fantasy.speed.switches import (
+        DEFAULT_CACHE_THRESHOLD,
+        SpeedOptions,
+        attention_backend_name,
+        parse_step_cache,
+    )
 
     kind, threshold = parse_step_cache(args.step_cache) if args.step_cache else (None, DEFAULT_CACHE_THRESHOLD)
     if args.attention:

@@ -14,7 +14,7 @@ def clip_image_processor_class() -> type:
     Wan pipeline does one at import) with a warning that it falls back to `CLIPImageProcessorPil`,
     then binds the name to that class. We do that lookup once with its logger at ERROR: the same
     class, no notice. Only the processor's mean and std are used (the portrait is squashed to 224 px
-    as the release does, `fantasy.image.clip_pixel_values`).
+    as the release does, `fantasy.media.image.clip_pixel_values`).
     """
     import logging
 

@@ -8,12 +8,12 @@ progress, each mp4 chunk as it is encoded, and the finished mp4 stream back as e
 client that goes away) stops the generation at its next step and leaves no file. `FantasyGateway` is the
 HTTP entry: `GET /info` and `POST /generate` (multipart: image, audio, controls JSON -> NDJSON events).
 
-With `context_parallel` N, a replica is a context-parallel group (`fantasy.parallel`) on N GPUs: it starts
-N-1 follower processes itself (`python -m fantasy.serve`, joined through a local TCP rendezvous) that follow
-each job as torchrun's ranks do for the app (`fantasy.parallel_jobs`).
+With `context_parallel` N, a replica is a context-parallel group (`fantasy.speed.parallel`) on N GPUs: it starts
+N-1 follower processes itself (`python -m fantasy.app.serve`, joined through a local TCP rendezvous) that follow
+each job as torchrun's ranks do for the app (`fantasy.app.parallel_jobs`).
 
 Ray is optional: `pip install -r requirements-serve.txt`. Nothing here is imported by the rest of the
-package; the app's thin front end (`app.py --serve URL`) talks HTTP through `fantasy.serve_client`.
+package; the app's thin front end (`app.py --serve URL`) talks HTTP through `fantasy.app.serve_client`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fantasy.errors import FantasyError
-from fantasy.speed import SpeedOptions
+from fantasy.speed.switches import SpeedOptions
 
 APP_NAME = "fantasy"
 REPLICA_NAME = "FantasyReplica"
@@ -72,8 +72,8 @@ def check_config(config: ServeConfig) -> None:
     if config.context_parallel < 1:
         raise InvalidSetting(f"--context-parallel must be at least 1, got {config.context_parallel}")
     if config.context_parallel > 1:
-        from fantasy.parallel import ContextParallel, check_context_parallel
-        from fantasy.speed import attention_backend_name
+        from fantasy.speed.parallel import ContextParallel, check_context_parallel
+        from fantasy.speed.switches import attention_backend_name
 
         attention = attention_backend_name(config.speed.attention) if config.speed.attention else None
         check_context_parallel(ContextParallel(config.context_parallel), attention, world_size=config.context_parallel)
@@ -86,9 +86,9 @@ class Replica:
     """One resident pipeline; one generation at a time; events out as it runs."""
 
     def __init__(self, config: ServeConfig):
-        from fantasy.presets import get_preset
-        from fantasy.studio import Studio
-        from fantasy.validation import FaceChecker, default_face_check
+        from fantasy.app.studio import Studio
+        from fantasy.app.validation import FaceChecker, default_face_check
+        from fantasy.weights.presets import get_preset
 
         self.config = config
         self.preset = get_preset(config.preset)
@@ -117,8 +117,8 @@ class Replica:
                 "speed": self.speed, "replica": self.id}
 
     async def generate(self, request: dict) -> AsyncIterator[dict]:
-        """`request`: image/audio bytes and file names, `controls` (`fantasy.studio.Controls` fields)."""
-        from fantasy.studio import Controls
+        """`request`: image/audio bytes and file names, `controls` (`fantasy.app.studio.Controls` fields)."""
+        from fantasy.app.studio import Controls
 
         folder = self.root / f"request-{uuid.uuid4().hex[:12]}"
         folder.mkdir()
@@ -169,13 +169,13 @@ async def _drain(pending, stream) -> None:
 
 def _load(config: ServeConfig):
     """(pipeline, speed log, job channel or None), the same in a replica and in its followers."""
-    from fantasy.presets import load_pipeline
-    from fantasy.speed import apply_speed
+    from fantasy.speed.switches import apply_speed
+    from fantasy.weights.presets import load_pipeline
 
     parallel, channel, device = None, None, None
     if config.context_parallel > 1:
-        from fantasy.parallel import ContextParallel, control_group, init_processes
-        from fantasy.parallel_jobs import JobChannel
+        from fantasy.app.parallel_jobs import JobChannel
+        from fantasy.speed.parallel import ContextParallel, control_group, init_processes
 
         parallel = ContextParallel(config.context_parallel)
         device = init_processes()
@@ -194,7 +194,7 @@ def _start_followers(config: ServeConfig) -> list[subprocess.Popen]:
     os.environ.update(group, RANK="0", LOCAL_RANK="0")
     blob = base64.b64encode(pickle.dumps(config)).decode()
     return [
-        subprocess.Popen([sys.executable, "-m", "fantasy.serve"],
+        subprocess.Popen([sys.executable, "-m", "fantasy.app.serve"],
                          env=dict(os.environ, **group, RANK=str(rank), LOCAL_RANK=str(rank),
                                   FANTASY_SERVE_CONFIG=blob, FANTASY_SERVE_PARENT=str(os.getpid())))
         for rank in range(1, config.context_parallel)
@@ -203,7 +203,7 @@ def _start_followers(config: ServeConfig) -> list[subprocess.Popen]:
 
 def _follow() -> None:
     """A follower process of a context-parallel replica: load, then run rank 0's jobs until it shuts down."""
-    from fantasy.presets import get_preset
+    from fantasy.weights.presets import get_preset
 
     config: ServeConfig = pickle.loads(base64.b64decode(os.environ["FANTASY_SERVE_CONFIG"]))
     parent = int(os.environ["FANTASY_SERVE_PARENT"])
@@ -227,7 +227,7 @@ def _save_upload(folder: Path, stem: str, name: str, data: bytes) -> Path:
 
 
 def _wire(event, job, studio) -> dict:
-    from fantasy.streaming import ChunkReady, Finished, PreviewReady, StageProgress
+    from fantasy.app.streaming import ChunkReady, Finished, PreviewReady, StageProgress
 
     if isinstance(event, StageProgress):
         return {"event": "progress", "stage": event.stage, "fraction": event.fraction}
@@ -339,11 +339,11 @@ def replica_handle(app_name: str = APP_NAME):
 
 def package_root() -> str:
     """The folder holding `fantasy/`: Ray's worker processes need it on their path."""
-    return str(Path(__file__).resolve().parent.parent)
+    return str(Path(__file__).resolve().parents[2])
 
 
 def add_parser(subparsers) -> None:
-    from fantasy.flags import add_speed_flags
+    from fantasy.app.flags import add_speed_flags
 
     p = subparsers.add_parser(
         "serve", help="serve generations with Ray Serve: one replica per GPU, a bounded queue, streamed events",
@@ -374,8 +374,8 @@ def run(args) -> int:
     """`python -m fantasy serve`: start Ray and Serve, deploy, and serve until interrupted."""
     import torch
 
-    from fantasy.flags import speed_options
-    from fantasy.presets import get_preset
+    from fantasy.app.flags import speed_options
+    from fantasy.weights.presets import get_preset
 
     get_preset(args.preset)
     gpus, cp = torch.cuda.device_count(), args.context_parallel

@@ -1,7 +1,7 @@
 """The app's two sliders (expression, body) -> generation settings, in whichever mode the pipeline supports.
 
 With trained motion weights loaded, the sliders are the motion module's coefficients (`MOTION_MODULE_MODE`,
-`fantasy.motion`). Without them they act through inputs the released model already responds
+`fantasy.model.motion`). Without them they act through inputs the released model already responds
 to (`TRAINING_FREE_MODE`). Everything is relative to the settings passed in, and the midpoint
 (0.5, 0.5) changes nothing but the prompt wording:
 
@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from fantasy.motion import MOTION_MODULE_MODE, TRAINING_FREE_MODE, check_unit
-from fantasy.prompts import MOTIONLESS_PREFIX, default_prompt
+from fantasy.model.motion import MOTION_MODULE_MODE, TRAINING_FREE_MODE, check_unit
+from fantasy.model.prompts import MOTIONLESS_PREFIX, default_prompt
 
 if TYPE_CHECKING:
     from fantasy.settings import Settings

@@ -22,9 +22,9 @@ from transformers import (
     Wav2Vec2Model,
 )
 
-from fantasy.adapter import AudioProjModel
-from fantasy.clip_processor import clip_image_processor_class
-from fantasy.sampling import make_scheduler
+from fantasy.model.adapter import AudioProjModel
+from fantasy.model.clip_processor import clip_image_processor_class
+from fantasy.model.sampling import make_scheduler
 
 TEXT_DIM = 32
 AUDIO_DIM = 32  # tiny wav2vec2 hidden size (768 on the real model)
@@ -92,7 +92,7 @@ def tiny_components(seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
     cast with diffusers' fp32 modules (time embedder, modulation tables, norms) kept in fp32, as
     `from_pretrained` and the single-file loader leave them. The same seed gives the same values.
     """
-    from fantasy.quantize import keep_fp32_modules_in_fp32
+    from fantasy.weights.quantize import keep_fp32_modules_in_fp32
 
     transformer = _seeded(seed + 4, tiny_transformer)
     if dtype != torch.float32:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from fantasy.adapter import audio_processors
+from fantasy.model.adapter import audio_processors
 
 IDENTITY_MODULE_NAME = "identity"  # the branch's attribute on each attn2 processor (and its key part)
 FACE_EXPAND = 1.4  # crop side = 1.4 x the larger face-box side: forehead, chin and cheeks, little background

@@ -1,8 +1,8 @@
 """Presets: which models a generation runs on, and the defaults that go with them.
 
 `tiny` builds everything from config (no download, CPU, output is noise); `real` loads
-Wan2.1-I2V-14B + wav2vec2 + the FantasyTalking adapter from local weights (see `fantasy.weights`).
-Both end in the same `FantasyTalkingPipeline` with the audio adapter installed (`fantasy.assemble`).
+Wan2.1-I2V-14B + wav2vec2 + the FantasyTalking adapter from local weights (see `fantasy.weights.real`).
+Both end in the same `FantasyTalkingPipeline` with the audio adapter installed (`fantasy.model.assemble`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from fantasy.assemble import assemble
-from fantasy.pipeline import FantasyTalkingPipeline
-from fantasy.trained_modules import load_modules
+from fantasy.model.assemble import assemble
+from fantasy.model.pipeline import FantasyTalkingPipeline
+from fantasy.weights.trained_modules import load_modules
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,11 @@ def load_pipeline(
     preset: str, device: str | None = None, adapter: str | Path | None = None, **real_options
 ) -> FantasyTalkingPipeline:
     """Ready-to-run pipeline for a preset. `adapter`: an adapter or training checkpoint instead of the default
-    (a training checkpoint also installs the motion / identity modules it holds, `fantasy.trained_modules`).
+    (a training checkpoint also installs the motion / identity modules it holds, `fantasy.weights.trained_modules`).
     `dtype` (tiny: fp32 unless given; real: bf16) is the DiT's and umT5's compute dtype."""
     get_preset(preset)
     if preset == "tiny":
-        from fantasy.tiny import random_adapter_weights, tiny_components
+        from fantasy.weights.tiny import random_adapter_weights, tiny_components
 
         pipe = assemble(tiny_components(dtype=real_options.pop("dtype", torch.float32)), device or "cpu")
         if adapter is None:
@@ -57,6 +57,6 @@ def load_pipeline(
         else:
             load_modules(pipe, adapter)
         return pipe
-    from fantasy.weights import load_real_pipeline
+    from fantasy.weights.real import load_real_pipeline
 
     return load_real_pipeline(device=device, adapter=adapter, **real_options)

@@ -25,7 +25,7 @@ time path in fp32, and the time MLP's linears, `time_proj` and `proj_out` comput
 weights, whatever the storage (plain, GGUF, torchao): nothing is stored twice. With an fp32 DiT (the
 tiny preset) the casts do nothing and only the float64 sinusoid differs from `stock`.
 
-Install it before offloading, caching or parallelism hooks (`fantasy.assemble.assemble` does): the
+Install it before offloading, caching or parallelism hooks (`fantasy.model.assemble.assemble` does): the
 fp32 linears replace their module's forward, so they must be the innermost hook. `copy.deepcopy` of a
 transformer with the policy works (it is copied without the hooks, then both get them again): a plain
 deep copy would not, since diffusers' hook registry keeps closures over the original modules, so the

@@ -8,7 +8,7 @@ tokens (squash, as the original Wan), the audio path (wav2vec2 -> projection -> 
 
 from __future__ import annotations
 
-from fantasy import clip_processor  # noqa: F401  (first: diffusers' Wan pipeline looks up CLIP's processor; see there)
+from fantasy.model import clip_processor  # noqa: F401  (first: diffusers' Wan pipeline looks up CLIP's processor; see there)
 
 # isort: split
 
@@ -21,22 +21,22 @@ from diffusers import WanImageToVideoPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from fantasy.adapter import AudioContext, AudioProjModel
-from fantasy.audio import speech_features
-from fantasy.decode import decode_progressively, decode_release_tiles
-from fantasy.image import clip_pixel_values
-from fantasy.motion import MOTION_MODULE_MODE, TRAINING_FREE_MODE
-from fantasy.preview import clean_estimate
-from fantasy.prompts import DEFAULT_NEGATIVE_PROMPT, MOTIONLESS_PREFIX, WAN_NEGATIVE_PROMPT  # noqa: F401 (re-exported)
-from fantasy.sampling import combine_guidance, passes_needed, set_official_timesteps
-from fantasy.windows import split_into_windows
+from fantasy.media.audio import speech_features
+from fantasy.media.image import clip_pixel_values
+from fantasy.model.adapter import AudioContext, AudioProjModel
+from fantasy.model.decode import decode_progressively, decode_release_tiles
+from fantasy.model.motion import MOTION_MODULE_MODE, TRAINING_FREE_MODE
+from fantasy.model.preview import clean_estimate
+from fantasy.model.prompts import DEFAULT_NEGATIVE_PROMPT, MOTIONLESS_PREFIX, WAN_NEGATIVE_PROMPT  # noqa: F401 (re-exported)
+from fantasy.model.sampling import combine_guidance, passes_needed, set_official_timesteps
+from fantasy.model.windows import split_into_windows
 
 TEXT_LENGTH = 512  # the I2V transformer splits image/text tokens assuming exactly 512 text tokens
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 StepCallback = Callable[[int, int], None]
-PreviewCallback = Callable[[int, int, torch.Tensor], None]  # (step, steps, clean estimate x0) -> fantasy.preview
+PreviewCallback = Callable[[int, int, torch.Tensor], None]  # (step, steps, clean estimate x0) -> fantasy.model.preview
 
 
 def portrait_pixels(image: Image.Image) -> torch.Tensor:
@@ -73,10 +73,10 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
         )
         self.register_modules(audio_encoder=audio_encoder, feature_extractor=feature_extractor, audio_proj=audio_proj)
         self.audio_context: AudioContext | None = None  # set by `install_audio_adapter`
-        self.motion_context = None  # `fantasy.motion.MotionContext`, when a motion module is installed
-        self.identity_context = None  # `fantasy.identity.IdentityContext`, when an identity module is installed
+        self.motion_context = None  # `fantasy.model.motion.MotionContext`, when a motion module is installed
+        self.identity_context = None  # `fantasy.model.identity.IdentityContext`, when an identity module is installed
         self.batch_guidance = False  # run the guidance passes as one batch (same result, more memory)
-        self.few_step_mode = False  # set by `fantasy.distill` with the distilled LoRA's sampler
+        self.few_step_mode = False  # set by `fantasy.speed.distill` with the distilled LoRA's sampler
 
     @property
     def motion_mode(self) -> str:
@@ -199,16 +199,16 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
     ) -> torch.Tensor:
         """Denoise and return normalised latents [1, 16, T_lat, H/8, W/8]; decode with `decode_frames`.
 
-        `image` must already be at its final size (sides multiples of 16); use `fantasy.image.resize_portrait`.
+        `image` must already be at its final size (sides multiples of 16); use `fantasy.media.image.resize_portrait`.
         It always gives the CLIP identity tokens; `motion_frames` ([1, 3, K, H, W] in [-1, 1]) replace it as
         the known leading frames of a continuation window. `motion` (expression, body in [0, 1]) feeds the
         motion module and `face_image` (a square face crop) the identity module; each needs its module
-        installed (`fantasy.trained_modules`), and an installed identity module needs the face.
+        installed (`fantasy.weights.trained_modules`), and an installed identity module needs the face.
         `preview_callback(step, steps, x0)` gets each step's clean-latent estimate `x_t - sigma_t * v` (fp32,
-        normalised like the result) after the scheduler step; `fantasy.preview.LivePreview` makes one.
+        normalised like the result) after the scheduler step; `fantasy.model.preview.LivePreview` makes one.
         """
         if self.audio_context is None:
-            raise RuntimeError("install the audio adapter first (fantasy.adapter.install_audio_adapter)")
+            raise RuntimeError("install the audio adapter first (fantasy.model.adapter.install_audio_adapter)")
         if motion is not None and self.motion_context is None:
             raise ValueError("motion coefficients given, but no motion module is installed")
         if self.identity_context is not None and face_image is None:
@@ -254,7 +254,7 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
                     text_guidance_scale, audio_guidance_scale, audio_weight,
                 )
                 # fp32 velocity -> fp32 latents (diffusers' step casts its result to the velocity's dtype).
-                # The same x0 both samplers compute: its preview costs one fused op here (fantasy.preview).
+                # The same x0 both samplers compute: its preview costs one fused op here (fantasy.model.preview).
                 x0 = clean_estimate(latents, velocity, self.scheduler.sigmas[i]) if preview_callback else None
                 # The generator only matters to a stochastic sampler (the few-step mode's re-noising).
                 latents = self.scheduler.step(velocity, t, latents, generator=generator, return_dict=False)[0]
@@ -276,7 +276,7 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
     def decode_frames(self, latents: torch.Tensor, release: bool = False) -> Iterator[np.ndarray]:
         """uint8 frames, a latent frame's worth at a time (1 then 4 each), as the causal VAE produces them.
 
-        `release`: the release's tiled decode and truncation (`fantasy.decode.decode_release_tiles`).
+        `release`: the release's tiled decode and truncation (`fantasy.model.decode.decode_release_tiles`).
         """
         try:
             yield from (decode_release_tiles if release else decode_progressively)(self.vae, latents)

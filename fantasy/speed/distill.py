@@ -24,8 +24,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fantasy.errors import CheckpointMismatch, InputFileNotFound
-from fantasy.quantize import ADAPTER_PATTERN, is_quantized_weight
-from fantasy.sampling import make_scheduler
+from fantasy.model.sampling import make_scheduler
+from fantasy.weights.quantize import ADAPTER_PATTERN, is_quantized_weight
 
 FEW_STEPS = 4
 FEW_STEP_TEXT_GUIDANCE = 1.0  # distilled into the LoRA

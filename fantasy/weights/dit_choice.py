@@ -39,7 +39,7 @@ MARGIN_BYTES = 2 * GiB  # CUDA context, allocator fragmentation
 
 @dataclass(frozen=True)
 class DitChoice:
-    mode: str  # a `fantasy.quantize.DIT_MODES` key
+    mode: str  # a `fantasy.weights.quantize.DIT_MODES` key
     auto: bool  # picked by the rule (False: the user's --dit)
     reason: str
 

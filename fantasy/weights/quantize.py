@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 # Modules of the audio adapter inside the DiT (`blocks.N.attn2.processor.{k,v}_proj`, and the identity
-# branch under it), and the motion module (`motion_intensity.*`, `fantasy.motion.MOTION_MODULE_NAME`).
+# branch under it), and the motion module (`motion_intensity.*`, `fantasy.model.motion.MOTION_MODULE_NAME`).
 ADAPTER_PATTERN = "processor"
 MOTION_PATTERN = "motion_intensity"
 FP8_STORAGE = torch.float8_e4m3fn
@@ -38,7 +38,7 @@ class DitMode:
     """One way to hold the DiT: which file it is read from and what is done to it after loading."""
 
     name: str
-    file: str  # key of `fantasy.weights.DIT_FILES`: "q8_0" | "q4_k_m" | "bf16"
+    file: str  # key of `fantasy.weights.real.DIT_FILES`: "q8_0" | "q4_k_m" | "bf16"
     torchao: str | None = None  # "int8" | "fp8": torchao weight-only quantization after loading
     fp8_storage: bool = False  # layerwise casting: fp8 e4m3 storage, compute in the compute dtype
     summary: str = ""
@@ -76,7 +76,7 @@ def load_single_file_transformer(
     `config_dir` holds the transformer's `config.json`; passing it stops diffusers from downloading
     a config from the Hub (it would otherwise fetch the 480P repo's). GGUF weights stay quantized
     (`GGUFParameter`, dequantized per forward in `compute_dtype`); a GGUF path is read as views of its
-    memory map (`fantasy.checkpoints.gguf_state_dict`), so nothing is copied on the way to `device`.
+    memory map (`fantasy.weights.checkpoints.gguf_state_dict`), so nothing is copied on the way to `device`.
     """
     from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
 
@@ -84,13 +84,13 @@ def load_single_file_transformer(
     if gguf:
         kwargs["quantization_config"] = GGUFQuantizationConfig(compute_dtype=compute_dtype)
         if not isinstance(checkpoint, dict):
-            from fantasy.checkpoints import gguf_state_dict
+            from fantasy.weights.checkpoints import gguf_state_dict
 
             checkpoint = gguf_state_dict(checkpoint)
     if device is not None:
         kwargs["device"] = torch.device(device)
     source = checkpoint if isinstance(checkpoint, dict) else str(checkpoint)
-    from fantasy.checkpoints import dropped_log_messages
+    from fantasy.weights.checkpoints import dropped_log_messages
 
     # from_single_file ends with its own `model.to(dtype)` and then warns about it; we undo that cast below.
     with dropped_log_messages("diffusers.models.modeling_utils", "There are modules in"):

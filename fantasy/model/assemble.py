@@ -1,15 +1,15 @@
 """Components -> a `FantasyTalkingPipeline` with the audio adapter installed and the DiT's precision set.
 
-Every preset ends here (`fantasy.presets` for tiny, `fantasy.weights` for real), so it sits below both.
+Every preset ends here (`fantasy.weights.presets` for tiny, `fantasy.weights.real` for real), so it sits below both.
 """
 
 from __future__ import annotations
 
 import torch
 
-from fantasy.adapter import audio_processors, install_audio_adapter
-from fantasy.pipeline import FantasyTalkingPipeline
-from fantasy.precision import DEFAULT_PRECISION, apply_precision, compute_dtype_of
+from fantasy.model.adapter import audio_processors, install_audio_adapter
+from fantasy.model.pipeline import FantasyTalkingPipeline
+from fantasy.model.precision import DEFAULT_PRECISION, apply_precision, compute_dtype_of
 
 
 def clip_token_count(image_encoder_config) -> int:
@@ -21,7 +21,7 @@ def assemble(
     components: dict, device: str | torch.device | None = "cpu", precision: str = DEFAULT_PRECISION
 ) -> FantasyTalkingPipeline:
     """Build the pipeline, install the (zero) audio adapter on every cross-attention, and set the DiT's
-    precision policy (`fantasy.precision`) before anything else hooks the transformer; `device` None:
+    precision policy (`fantasy.model.precision`) before anything else hooks the transformer; `device` None:
     move nothing."""
     pipe = FantasyTalkingPipeline(**components)
     pipe.audio_context = install_audio_adapter(
