@@ -1,7 +1,7 @@
 """FantasyTalking Studio, the Gradio app: one portrait + one speech clip -> a talking-portrait video.
 
-This file is only widgets, validation glue and event wiring; the work lives in `fantasy/` (`studio`,
-`streaming`, `validation`, `motion`). Run `python app.py` (see README "Run the app"). Without a CUDA GPU
+This file is only widgets, validation glue and event wiring; the work lives in the public API (`fantasy`) and
+the app layer (`fantasy.app`: `studio`, `streaming`, `validation`, `sliders`, `launch`). Run `python app.py` (see README "Run the app"). Without a CUDA GPU
 and the real weights it starts the tiny demo preset, whose output is noise, and says so on the page.
 """
 
@@ -28,12 +28,22 @@ from typing import Any
 import gradio as gr
 from PIL import UnidentifiedImageError
 
+from fantasy import Preset, apply_speed, get_preset, load_pipeline
 from fantasy.app.flags import (
     add_parallel_flags,
     add_real_flags,
     add_speed_flags,
     parallel_option,
     speed_options,
+)
+from fantasy.app.launch import (
+    DEFAULT_PROMPT,
+    DEFAULT_SEED,
+    MIN_SIDE,
+    PREVIEW_BUDGET,
+    SIDE_MULTIPLE,
+    default_preset,
+    slider_defaults,
 )
 from fantasy.app.streaming import ChunkReady, Finished, Idle, PreviewReady, StageProgress
 from fantasy.app.studio import Controls, Job, Studio, preview_caption
@@ -45,15 +55,8 @@ from fantasy.app.validation import (
     FaceChecker,
     default_face_check,
 )
-from fantasy.errors import FantasyError, GenerationCancelled, InvalidSetting, WeightsMissing
-from fantasy.generation import DEFAULT_PROMPT, DEFAULT_SEED
-from fantasy.media.image import MIN_SIDE, SIDE_MULTIPLE
-from fantasy.model.preview import BUDGET as PREVIEW_BUDGET
-from fantasy.model.sampling import passes_needed
-from fantasy.speed.distill import FEW_STEP_AUDIO_GUIDANCE, FEW_STEP_TEXT_GUIDANCE, FEW_STEPS
-from fantasy.speed.switches import apply_speed
+from fantasy.errors import FantasyError, GenerationCancelled, InvalidSetting
 from fantasy.stop import StopRequested, stop_on_signals
-from fantasy.weights.presets import Preset, get_preset, load_pipeline
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = [[str(ROOT / "examples" / "portrait.png"), str(ROOT / "examples" / "speech.wav")]]
@@ -124,36 +127,6 @@ def waiting_generations(demo: gr.Blocks) -> int:
         return 0
 
 
-def default_preset(adapter: str | None = None) -> str:
-    """`real` when a CUDA GPU, the base weights (under `weights/` or in the Hub cache) and the adapter are there.
-
-    The adapter is `adapter` (--adapter / FANTASY_ADAPTER) when given, else the released one; a given
-    adapter that does not exist is an error (`InputFileNotFound`), never a silent switch to `tiny`.
-    """
-    import torch
-
-    from fantasy.weights.real import check_real_weights, given_adapter, weights_dir
-
-    if adapter is not None:
-        given_adapter(adapter)
-    if not torch.cuda.is_available():
-        return "tiny"
-    for dit in ("q8_0", "bf16"):  # either DiT file will do: `--dit` auto picks among what is on disk
-        try:
-            check_real_weights(weights_dir(), dit, adapter)
-            return "real"
-        except WeightsMissing:
-            continue
-    return "tiny"
-
-
-def slider_defaults(pipe, preset: Preset) -> dict[str, float]:
-    """The release's steps and guidance, or the few-step mode's (4 steps, guidance 1) after `--fast`."""
-    if getattr(pipe, "few_step_mode", False):
-        return {"steps": FEW_STEPS, "text_guidance": FEW_STEP_TEXT_GUIDANCE, "audio_guidance": FEW_STEP_AUDIO_GUIDANCE}
-    return {"steps": preset.steps, "text_guidance": 5.0, "audio_guidance": 5.0}
-
-
 def build_demo(
     pipe, preset: Preset, *, face_checker: FaceChecker | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
     max_queue: int = MAX_QUEUE, output_root: str | Path | None = None, min_chunk_seconds: float = 1.0,
@@ -193,13 +166,7 @@ def build_demo(
         busy = busy_message()
         return [gr.validate(busy is None, busy or "")] + [gr.validate(True, "")] * (len(values) - 1)
 
-    def gpu_seconds(job: Job) -> int:
-        s = job.settings
-        return space.estimate_gpu_seconds(job.checked.num_frames, s.steps,
-                                          len(passes_needed(s.text_guidance, s.audio_guidance)), s.longest_edge,
-                                          window_frames=s.max_frames)
-
-    @space.gpu(duration=gpu_seconds)
+    @space.gpu(duration=space.job_gpu_seconds)
     def run_on_gpu(job: Job):
         # On ZeroGPU this runs in a forked worker: the stop flag stays behind, closing the stream stops it.
         yield from studio.run(job, cancel=cancels.get(job.folder.name))
@@ -477,11 +444,9 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
     parallel = parallel_option(args, vram=args.vram if preset.name == "real" else "resident")
     channel, device = None, None
     if parallel is not None:
-        from fantasy.app.parallel_jobs import JobChannel
-        from fantasy.speed.parallel import control_group, init_processes
+        from fantasy.app.parallel_jobs import join_group
 
-        device = init_processes()
-        channel = JobChannel(control_group())
+        channel, device = join_group()
     say = print if channel is None or channel.leader else (lambda *a, **k: None)
     say(f"[app] preset {preset.name}: {preset.summary}", flush=True)
     pipe = load_pipeline(preset.name, adapter=args.adapter, device=device,

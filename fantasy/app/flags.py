@@ -87,3 +87,16 @@ def speed_options(args):
         fp8_linears=args.fp8_linears, step_cache=kind, cache_threshold=threshold, distilled_lora=args.fast,
         lora_scale=args.lora_scale, fuse_lora=not args.no_fuse_lora, precision=args.precision,
     )
+
+
+def guidance_defaults(args) -> tuple[int | None, float, float]:
+    """(steps, text guidance, audio guidance): the user's values, else the release's or the few-step mode's."""
+    from fantasy.settings import Settings
+    from fantasy.speed.distill import FEW_STEP_AUDIO_GUIDANCE, FEW_STEP_TEXT_GUIDANCE, FEW_STEPS
+
+    plain = Settings()
+    steps = FEW_STEPS if args.fast else plain.steps
+    text = FEW_STEP_TEXT_GUIDANCE if args.fast else plain.text_guidance
+    audio = FEW_STEP_AUDIO_GUIDANCE if args.fast else plain.audio_guidance
+    pick = lambda given, default: default if given is None else given  # noqa: E731
+    return pick(args.steps, steps), pick(args.text_guidance, text), pick(args.audio_guidance, audio)

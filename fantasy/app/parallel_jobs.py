@@ -51,6 +51,15 @@ class FollowLog:
     jobs: list[tuple[str, int, str]] = field(default_factory=list)  # (audio path, checkpoints, outcome)
 
 
+def join_group(device: str | None = None) -> tuple[JobChannel, torch.device]:
+    """Join the launch's process group and open the job channel on its control group; every process calls it,
+    in the same order. Returns the channel and the device this process uses."""
+    from fantasy.speed.parallel import control_group, init_processes
+
+    local = init_processes(device)
+    return JobChannel(control_group()), local
+
+
 class JobChannel:
     """Rank 0's announcements and stop decisions on a control group (`fantasy.speed.parallel.control_group`)."""
 

@@ -174,12 +174,11 @@ def _load(config: ServeConfig):
 
     parallel, channel, device = None, None, None
     if config.context_parallel > 1:
-        from fantasy.app.parallel_jobs import JobChannel
-        from fantasy.speed.parallel import ContextParallel, control_group, init_processes
+        from fantasy.app.parallel_jobs import join_group
+        from fantasy.speed.parallel import ContextParallel
 
         parallel = ContextParallel(config.context_parallel)
-        device = init_processes()
-        channel = JobChannel(control_group())
+        channel, device = join_group()
     pipe = load_pipeline(config.preset, device=device, adapter=config.adapter)
     pipe.set_progress_bar_config(disable=True)
     return pipe, apply_speed(pipe, config.speed, parallel), channel

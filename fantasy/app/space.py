@@ -64,3 +64,12 @@ def estimate_gpu_seconds(
     tokens = latent_frames * (longest_edge // 16) ** 2
     seconds = OVERHEAD_S + steps * passes * SECONDS_PER_PASS_REF * tokens / REF_TOKENS
     return int(min(MAX_GPU_SECONDS, -(-seconds // 1)))
+
+
+def job_gpu_seconds(job) -> int:
+    """`estimate_gpu_seconds` for a checked job (`fantasy.app.studio.Job`, its settings resolved)."""
+    from fantasy.model.sampling import passes_needed
+
+    s = job.settings
+    passes = len(passes_needed(s.text_guidance, s.audio_guidance))
+    return estimate_gpu_seconds(job.checked.num_frames, s.steps, passes, s.longest_edge, window_frames=s.max_frames)
