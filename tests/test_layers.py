@@ -9,6 +9,7 @@ and both layers) and on any circle of imports (naming it), between modules and b
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,6 +222,81 @@ def test_paths_computed_from_a_modules_file_reach_the_repository(monkeypatch):
     assert [str(p.relative_to(ROOT)) for p in MODULES.values() if "__file__" in p.read_text()] == [
         "fantasy/app/serve.py", "fantasy/weights/real.py",
     ]
+
+
+# ---- the entry points and the README ------------------------------------------------------------
+
+# What app.py and the CLI may import of the package: the public API (`fantasy`, its errors), the app layer, the
+# entry points' own start-up helpers, and each package's command (`python -m fantasy <command>`).
+ENTRY_IMPORTS = ("fantasy", "fantasy.errors", "fantasy.quiet", "fantasy.stop", "fantasy.app")
+
+
+def entry_point_violations(path: Path, modules: dict[str, Path], name: str) -> list[str]:
+    allowed = [m for m in ENTRY_IMPORTS if m in modules]
+    found = []
+    for edge in imports_of(name, path, modules):
+        target = edge.target
+        if target in allowed or any(target.startswith(m + ".") for m in allowed if m != PACKAGE):
+            continue
+        if name == "fantasy.cli" and target.rpartition(".")[2] == "command":
+            continue
+        found.append(f"{path.relative_to(ROOT)}:{edge.line}: imports {target}")
+    return found
+
+
+def test_app_and_cli_use_only_the_public_api_and_the_app_layer():
+    found = entry_point_violations(ROOT / "app.py", MODULES, "app")
+    found += entry_point_violations(MODULES["fantasy.cli"], MODULES, "fantasy.cli")
+    assert not found, "app.py and the CLI import past the public API and the app layer:\n" + "\n".join(found)
+
+
+def readme_layers(readme: str) -> list[set[str]]:
+    """The units of each row of README's layer diagram (the code block under '## Layout'), top row first."""
+    block = readme.split("\n## Layout\n", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    rows: list[set[str]] = [set()]
+    for line in block.splitlines():
+        if set(line.strip()) == {"─"}:
+            rows.append(set())
+            continue
+        for token in re.findall(r"fantasy/[\w/]*?(?:\.py|/)(?=[\s,;]|$)", line):
+            rows[-1].add(token.removesuffix(".py").removesuffix("/").removesuffix("/__init__").replace("/", "."))
+    return [row for row in rows if row]
+
+
+def test_the_readme_diagram_is_the_layer_map():
+    rows = readme_layers((ROOT / "README.md").read_text())
+    assert rows == [set(units) for _, units in reversed(LAYERS)]
+
+
+def test_the_readme_parse_sees_each_row():
+    text = ("x\n## Layout\n\n```text\napp.py · fantasy/cli.py · fantasy/__init__.py   entry\n───\nfantasy/app/   a\n───\n"
+            "fantasy/x.py   b · fantasy/y.py c\n```\n")
+    assert readme_layers(text) == [{"fantasy.cli", "fantasy"}, {"fantasy.app"}, {"fantasy.x", "fantasy.y"}]
+
+
+def top_level_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def test_the_readme_names_only_files_and_modules_that_exist():
+    readme = (ROOT / "README.md").read_text()
+    missing = [p for p in re.findall(r"(?<![\w/.])fantasy/[\w/]+(?:\.py)?", readme)
+               if not (ROOT / p).exists() and not (ROOT / f"{p}.py").exists()]
+    for dotted in re.findall(r"(?<![\w/.])fantasy(?:\.\w+)+", readme):
+        module = _deepest(dotted, MODULES)
+        rest = dotted[len(module) + 1:].split(".")[0] if module and module != dotted else None
+        if module is None or (rest and rest not in top_level_names(MODULES[module])):
+            missing.append(dotted)
+    assert missing == []
 
 
 # ---- the checks themselves fail when they should --------------------------------------------------
