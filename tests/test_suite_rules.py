@@ -71,7 +71,7 @@ def test_mutation_scores_count_only_checked_mutants(tmp_path, monkeypatch):
 
     from bench import mutation
 
-    meta = tmp_path / "mutants" / "fantasy" / "windows.py.meta"
+    meta = tmp_path / "mutants" / "fantasy" / "model" / "windows.py.meta"
     meta.parent.mkdir(parents=True)
     codes = {"a": 1, "b": 1, "c": 0, "d": None, "e": 36, "f": 33}  # killed 2, survived, unchecked, timeout, no tests
     meta.write_text(json.dumps({"exit_code_by_key": codes}))
