@@ -42,6 +42,7 @@ MODULES = {
     "video": "fantasy/media/video.py",
     "validation": "fantasy/app/validation.py",
     "generate": "fantasy/generation.py",
+    "settings": "fantasy/settings.py",  # Settings.resolved, out of generate.py since issue 19
     "wan_keys": "fantasy/weights/wan_keys.py",
     "adapter_weights": "fantasy/weights/adapter_weights.py",
     "output": "fantasy/media/output.py",
