@@ -19,7 +19,10 @@ STAGES = ("load", "denoise", "decode", "mux", "verify", "publish")
 
 
 def reached(stage: str) -> None:
-    print(f"STAGE {stage}", file=sys.stderr, flush=True)
+    # One write of the whole line: ranks under torchrun share one stderr and reach a stage at the same moment
+    # (their steps are synchronised), and print() writes the text and its newline apart, so two lines could mix.
+    sys.stderr.write(f"STAGE {stage}\n")
+    sys.stderr.flush()
     if stage == "publish":
         while not stop._state["held"]:  # the rename's guard holds the signal; then the rename goes on
             time.sleep(0.01)
