@@ -33,6 +33,17 @@ def speech_like(seconds: float, rate: int = 16_000, seed: int = 0) -> np.ndarray
 
 
 @pytest.fixture
+def empty_hf_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache for the test: no test may find real files in this machine's cache.
+    The weight-loading test files use it for every test (`pytestmark`)."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
 def speech_wav(tmp_path) -> Path:
     path = tmp_path / "speech.wav"
     soundfile.write(path, speech_like(2.0), 16_000)

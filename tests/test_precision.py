@@ -269,11 +269,8 @@ def test_step_cache_with_the_policy_in_bf16():
     assert torch.equal(cached(**conditioning(cached)), plain)  # threshold 0: every block computed
 
 
-@pytest.fixture(autouse=True)
-def empty_hf_cache(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+# Nothing may come from this machine's Hugging Face cache (fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("empty_hf_cache")
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,8 @@ from .conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
 from .fake_weights import adapter_state, build_weights_dir
 from .test_adapter_weights import official_layout
 
-
-@pytest.fixture(autouse=True)
-def empty_hf_cache(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+# Nothing may come from this machine's Hugging Face cache (fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("empty_hf_cache")
 
 
 @pytest.fixture(scope="module")

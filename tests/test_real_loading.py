@@ -26,12 +26,8 @@ from .fake_weights import build_weights_dir, gguf_transformer
 TOLERANCE = {"q8_0": 0.02, "bf16-int8": 0.02, "bf16-fp8": 0.08, "bf16-fp8-storage": 0.08}
 
 
-@pytest.fixture(autouse=True)
-def empty_hf_cache(tmp_path, monkeypatch):
-    """No test may find real files in this machine's Hugging Face cache."""
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+# Nothing may come from this machine's Hugging Face cache (fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("empty_hf_cache")
 
 
 @pytest.fixture(scope="module")

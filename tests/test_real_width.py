@@ -44,12 +44,8 @@ DIT_BLOCKS, TEXT_LAYERS, TEXT_VOCAB, CLIP_LAYERS = 1, 1, 4096, 2
 GB = 1e9
 
 
-@pytest.fixture(autouse=True)
-def empty_hf_cache(tmp_path, monkeypatch):
-    """Nothing may come from this machine's Hugging Face cache."""
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+# Nothing may come from this machine's Hugging Face cache (fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("empty_hf_cache")
 
 
 @pytest.fixture(scope="module")

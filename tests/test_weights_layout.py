@@ -26,14 +26,8 @@ from fantasy.weights.real import (
 from .conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, NO_CUDA
 from .test_adapter_weights import official_layout
 
-
-@pytest.fixture(autouse=True)
-def empty_hf_cache(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return cache
+# Nothing may come from this machine's Hugging Face cache (fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("empty_hf_cache")
 
 
 SHARDS = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
