@@ -56,6 +56,9 @@ def test_sizes_read_like_people_write_them():
     assert human_size(20 * 1024 * 1024) == "20 MB"
     assert human_size(300 * 1024) == "300 KB"
     assert human_size(1.5 * 1024 * 1024) == "1.5 MB"
+    # binary units, exactly: one MiB is "1 MB" (a byte less is still KB), and 100 MiB is not 99.9
+    assert (human_size(1024 * 1024), human_size(1024 * 1024 - 1)) == ("1 MB", "1024 KB")
+    assert (human_size(100 * 1024 * 1024), human_size(100 * 1024)) == ("100 MB", "100 KB")
 
 
 def test_file_over_the_limit(tmp_path):

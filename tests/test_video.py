@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from fantasy.errors import OutputError
 from fantasy.media.video import Mp4Writer, moov_before_mdat, probe
 
 from .conftest import speech_like
@@ -70,3 +71,29 @@ def test_faststart_means_the_index_before_the_first_media_data(tmp_path):
     for name, data in boxes.items():
         (tmp_path / name).write_bytes(data)
     assert [moov_before_mdat(tmp_path / n) for n in boxes] == [True, False, False]
+    # The first of each counts: an index at the very start, the bytes 'moov' again inside the media.
+    (tmp_path / "first.mp4").write_bytes(b"moov\0\0\0\x08mdat..moov..")
+    (tmp_path / "late.mp4").write_bytes(b"\0\0\0\x08mdat..moov..mdat")
+    assert (moov_before_mdat(tmp_path / "first.mp4"), moov_before_mdat(tmp_path / "late.mp4")) == (True, False)
+
+
+def test_abort_removes_every_temporary_file(tmp_path):
+    """Aborted while muxing: the encoded stream and the half-muxed copy both go; the target never appears."""
+    writer = Mp4Writer(tmp_path / "out.mp4", 23, 96, 64)
+    writer.write(frames(3))
+    writer._final_tmp.write_bytes(b"half a mux")  # what a stop during the mux leaves
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_undecodable_ffmpeg_errors_are_still_told(tmp_path, monkeypatch):
+    """ffmpeg's stderr is bytes in the console's encoding, not always UTF-8: the failure is still one line."""
+    fake = tmp_path / "ffmpeg"
+    fake.write_text("#!/bin/bash\ncat > /dev/null; printf 'caf\\xe9: No space left on device\\n' >&2; exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr("fantasy.media.video.ffmpeg_executable", lambda: str(fake))
+    out = tmp_path / "videos" / "out.mp4"
+    message = "^could not encode 'out.mp4': caf\ufffd: No space left on device$"
+    with pytest.raises(OutputError, match=message), Mp4Writer(out, 23, 96, 64) as writer:
+        writer.write(frames(3))
+    assert list(out.parent.iterdir()) == []
