@@ -65,7 +65,8 @@ def test_file_over_the_limit(tmp_path):
     big = tmp_path / "big.wav"
     big.write_bytes(b"\0" * 3000)
     check_file_size(big, "speech", 3000)  # at the limit: fine
-    with pytest.raises(FileTooLarge, match=r"The speech file 'big.wav' is 2.9 KB; the limit is 2 KB\."):
+    with pytest.raises(FileTooLarge, match=r"^The speech file 'big.wav' is 2.9 KB; the limit is 2 KB\. "
+                                           r"Use a smaller file \(a shorter clip, or a compressed photo\)\.$"):
         check_file_size(big, "speech", 2048)
 
 
@@ -91,8 +92,9 @@ def test_without_a_face_checker_the_status_says_the_check_was_skipped(speech_wav
 
 
 def test_portrait_over_the_limit_is_refused():
-    with pytest.raises(FileTooLarge, match="portrait file 'portrait.png'"):
+    with pytest.raises(FileTooLarge, match="portrait file 'portrait.png'") as info:
         check_inputs(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Settings(), TINY, max_upload_bytes=100_000)
+    assert info.value.concerns == "image"  # the app shows it on the portrait
 
 
 def test_speech_over_the_limit_is_refused_on_its_own(tmp_path):
@@ -143,13 +145,32 @@ def test_face_check_is_pluggable(tmp_path):
 
 
 def test_face_check_sees_the_full_photo_not_the_model_input(tmp_path):
-    sizes = []
+    seen = []
     big = tmp_path / "big.png"
-    Image.new("RGB", (2000, 1000), "white").save(big)
-    checker = FaceChecker(lambda rgb: sizes.append(rgb.shape), "recorded")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1000, 2000, 3), dtype=np.uint8)).save(big)
+    checker = FaceChecker(lambda rgb: seen.append(rgb), "recorded")
     check_inputs(big, EXAMPLE_SPEECH, Settings(longest_edge=64), TINY, face_checker=checker)
     check_inputs(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Settings(longest_edge=64), TINY, face_checker=checker)
-    assert sizes == [(512, 1024, 3), (512, 512, 3)]  # capped at 1024 px, never the 64 px model size
+    assert [rgb.shape for rgb in seen] == [(512, 1024, 3), (512, 512, 3)]  # capped at 1024 px, never the 64 px
+    # The big photo is seen as a LANCZOS thumbnail (the detector's input is the sharp photo, not a blur of it).
+    thumbnail = Image.open(big)
+    thumbnail.thumbnail((1024, 1024), Image.Resampling.LANCZOS)
+    assert np.array_equal(seen[0], np.asarray(thumbnail))
+    assert np.array_equal(seen[1], np.asarray(Image.open(EXAMPLE_IMAGE).convert("RGB")))
+
+
+def test_default_face_check_hands_its_device_and_download_choice_to_the_backend(monkeypatch):
+    """They matter to face-alignment only (dlib runs on the CPU, with its models in the wheel)."""
+    made = []
+
+    class Backend:
+        name = "recorded"
+
+    monkeypatch.setattr("fantasy.face.make_backend", lambda name, **kw: made.append((name, kw)) or Backend())
+    assert default_face_check().note == "face check: on (recorded)"
+    default_face_check(device="cuda:1", allow_download=None, backend="face-alignment")
+    assert made == [(None, {"device": None, "allow_download": False}),
+                    ("face-alignment", {"device": "cuda:1", "allow_download": None})]
 
 
 def test_long_speech_is_cut_with_a_notice(tmp_path):
