@@ -59,7 +59,7 @@ def test_the_readme_python_example_writes_the_video(tmp_path):
     assert len(example.splitlines()) <= 10
     code = example.replace('"out.mp4"', f'"{tmp_path}/out.mp4"')  # run from the repository root, as README says
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    from fantasy.media.video import probe
+    from tests.mp4_probe import probe
 
     info = probe(tmp_path / "out.mp4")
     assert (info.width, info.height, info.frames, info.has_audio) == (128, 128, 73, True)  # 3 s: int(69 // 4) * 4 + 5

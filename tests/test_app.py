@@ -15,10 +15,10 @@ from PIL import Image
 
 import app
 from fantasy.app.validation import FaceChecker
-from fantasy.media.video import probe
 from fantasy.weights.presets import get_preset
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, NO_CUDA, bad_speech_files, speech_like
 from tests.faults import GatedPipe, model_work
+from tests.mp4_probe import probe
 from tests.test_validation import no_face_on_flat_images
 
 FAKE_FACES = FaceChecker(no_face_on_flat_images, "face check: passed (test detector)")

@@ -18,9 +18,9 @@ import pytest
 from PIL import Image, ImageStat
 
 import app
-from fantasy.media.video import probe
 from fantasy.weights.presets import get_preset
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
+from tests.mp4_probe import probe
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

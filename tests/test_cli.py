@@ -8,7 +8,7 @@ import pytest
 import soundfile
 
 from fantasy.cli import main
-from fantasy.media.video import moov_before_mdat, probe
+from tests.mp4_probe import moov_before_mdat, probe
 
 from .conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, ROOT
 

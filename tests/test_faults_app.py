@@ -23,11 +23,11 @@ from PIL import Image
 
 import app
 from fantasy.app.validation import FaceChecker
-from fantasy.media.video import probe
 from fantasy.weights.presets import get_preset
 from tests import faults
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, bad_speech_files, speech_like
 from tests.faults import GatedPipe
+from tests.mp4_probe import probe
 from tests.test_app import FAKE_FACES
 
 SMALL = {"steps": 2, "resolution": 64, "max_duration": 1.0}  # 25 frames

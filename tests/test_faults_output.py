@@ -16,10 +16,11 @@ from fantasy.cli import main
 from fantasy.errors import OutputError
 from fantasy.generation import Settings, generate
 from fantasy.media.audio import ffmpeg_executable
-from fantasy.media.video import Mp4Writer, probe
+from fantasy.media.video import Mp4Writer
 from fantasy.weights.presets import get_preset, load_pipeline
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
 from tests.faults import fill, tmpfs
+from tests.mp4_probe import probe
 
 PREVIOUS = b"an earlier video that must survive a failed run\n"
 SMALL = Settings(steps=2, longest_edge=64, max_duration=1.0)  # 25 frames of 64x64

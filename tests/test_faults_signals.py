@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from fantasy.media.video import probe
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, ROOT
 from tests.faults import alive, ffmpeg_children
+from tests.mp4_probe import probe
 from tests.stage_hooks import STAGES
 
 PREVIOUS = b"an earlier video that a stopped run must not touch\n"

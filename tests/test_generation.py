@@ -13,8 +13,8 @@ from PIL import Image
 from fantasy.errors import InvalidSetting
 from fantasy.generation import Result, Settings, generate, prepare_inputs
 from fantasy.media.output import video_bytes
-from fantasy.media.video import probe
 from fantasy.weights.presets import get_preset
+from tests.mp4_probe import probe
 
 from .conftest import EXAMPLE_IMAGE, speech_like
 
@@ -30,6 +30,7 @@ class RecordingPipe:
         self.identity_context = object() if identity else None
 
     def project_audio(self, samples):
+        self.samples = samples
         return torch.arange(len(samples) // 320, dtype=torch.float32).view(1, -1, 1)
 
     def encode_audio(self, samples, num_frames):
@@ -84,6 +85,10 @@ def test_every_setting_reaches_the_pipeline_in_every_window(four_seconds, tmp_pa
         assert call["face_image"] is face and call["generator"] is generator
         assert list(call["image"].getdata()) == list(portrait.getdata())
         assert call["audio_windows"].shape[1] == call["audio_lengths"].shape[0] == (frames - 1) // 4 + 1
+    # The audio: the whole track, as float32, zero-padded to the video's 97 frames.
+    speech = soundfile.read(four_seconds, dtype="float32")[0]
+    assert pipe.samples.dtype == np.float32 and len(pipe.samples) == int(97 / 23 * 16_000) == 67_478
+    assert np.array_equal(pipe.samples[:64_000], speech) and not pipe.samples[64_000:].any()
     # One generator seeded once with the seed, shared by the windows (so window 2 continues its stream).
     assert isinstance(generator, torch.Generator) and generator.initial_seed() == 7
     assert pipe.calls[0]["motion_frames"] is None

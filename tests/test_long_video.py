@@ -8,9 +8,9 @@ import torch
 from fantasy.generation import Settings, generate
 from fantasy.long_video import ColourMatch, Window, plan_windows, total_frame_count
 from fantasy.media.audio import load_audio
-from fantasy.media.video import probe
 from fantasy.model.windows import split_into_windows
 from fantasy.weights.presets import get_preset
+from tests.mp4_probe import probe
 
 from .conftest import EXAMPLE_IMAGE, speech_like
 

@@ -27,7 +27,6 @@ import torch
 from safetensors import safe_open
 
 from bench import real_layout
-from fantasy.media.video import probe
 from fantasy.weights.real import (
     ADAPTER_PART,
     ADAPTER_SAFETENSORS,
@@ -37,6 +36,7 @@ from fantasy.weights.real import (
     check_real_weights,
     files_read,
 )
+from tests.mp4_probe import probe
 
 from .conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
 

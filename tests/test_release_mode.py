@@ -155,7 +155,7 @@ def test_release_generation_is_the_official_clip(pipe, tmp_path):
     """6.4 s of speech, 9-frame clips: the long-video path would chain windows over the whole track; release
     mode makes one clip from the speech's first 9/23 s, with that clip's own features, decoded the release's way."""
     from fantasy.media.audio import clip_samples, load_audio
-    from fantasy.media.video import probe
+    from tests.mp4_probe import probe
 
     calls, frames = [], []
     original_call = type(pipe).__call__

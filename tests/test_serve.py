@@ -24,8 +24,8 @@ from fantasy.app.streaming import ChunkReady, Finished, PreviewReady, StageProgr
 from fantasy.app.studio import Controls, Studio
 from fantasy.app.validation import FaceChecker
 from fantasy.cli import main as cli_main
-from fantasy.media.video import probe
 from tests.conftest import EXAMPLE_IMAGE, speech_like
+from tests.mp4_probe import probe
 
 ray = pytest.importorskip("ray", reason="Ray Serve is optional: pip install -r requirements-serve.txt (CI does)")
 from ray import serve  # noqa: E402

@@ -21,8 +21,8 @@ from fantasy.app.streaming import (
 )
 from fantasy.errors import GenerationCancelled, InvalidSetting
 from fantasy.generation import Settings
-from fantasy.media.video import probe
 from fantasy.weights.presets import get_preset
+from tests.mp4_probe import probe
 
 FPS = 23
 RATE = 16_000

@@ -5,7 +5,8 @@ import pytest
 import soundfile
 
 from fantasy.errors import OutputError
-from fantasy.media.video import Mp4Writer, moov_before_mdat, probe
+from fantasy.media.video import Mp4Writer
+from tests.mp4_probe import moov_before_mdat, probe
 
 from .conftest import speech_like
 
