@@ -149,3 +149,17 @@ def test_with_an_identity_module_the_face_crop_comes_from_the_portrait(four_seco
     no_identity = RecordingPipe(steps=1, identity=False)
     generate(no_identity, EXAMPLE_IMAGE, four_seconds, tmp_path / "p.mp4", SETTINGS, get_preset("tiny"))
     assert len(crops) == 1 and [call["face_image"] for call in no_identity.calls] == [None, None]
+
+
+def test_speech_is_decoded_up_to_what_the_video_can_use(tmp_path):
+    """Long videos keep the speech up to the maximum duration; release mode only its one clip (81 / 23 s), each
+    plus the decoder's margin. Either way the whole track's duration is known."""
+    from fantasy.media.audio import DECODE_MARGIN_S
+
+    speech = tmp_path / "eight.wav"
+    soundfile.write(speech, speech_like(8.0), 16_000)
+    whole = prepare_inputs(EXAMPLE_IMAGE, speech, Settings(longest_edge=64, max_duration=10.0))
+    assert len(whole.speech) == 128_000 and whole.speech_seconds == 8.0 and whole.num_frames == 189
+    clip = prepare_inputs(EXAMPLE_IMAGE, speech, Settings(longest_edge=64, release=True))
+    assert len(clip.speech) < (81 / 23 + DECODE_MARGIN_S + 0.1) * 16_000 and clip.speech_seconds == 8.0
+    assert (clip.num_frames, clip.speech_cut) == (81, True)

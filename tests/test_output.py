@@ -4,14 +4,27 @@ told, what reading a file back says. The fault tests (`test_faults_output.py`) r
 from __future__ import annotations
 
 import re
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import soundfile
 
 from fantasy.errors import OutputError
 from fantasy.media.audio import ffmpeg_executable
-from fantasy.media.output import check_target, ffmpeg_failure, read_stream, verify_mp4, video_bytes
+from fantasy.media.output import (
+    StreamCheck,
+    check_target,
+    ffmpeg_failure,
+    read_stream,
+    verify_mp4,
+    video_bytes,
+)
 from fantasy.media.video import Mp4Writer
+
+from .conftest import speech_like
 
 
 def test_the_room_a_video_needs_is_an_upper_bound_with_its_slack():
@@ -63,3 +76,69 @@ def test_a_video_without_its_audio_track_is_refused(tmp_path):
         verify_mp4(ffmpeg_executable(), out, 3, 23, audio=True)
     with pytest.raises(OutputError, match=r"^the finished video holds 3 of its 4 frames$"):
         verify_mp4(ffmpeg_executable(), out, 4, 23, audio=False)
+
+
+def test_missing_folders_are_made_and_a_wrong_suffix_is_named(tmp_path):
+    assert check_target(tmp_path / "a" / "b" / "o.mp4") == tmp_path / "a" / "b" / "o.mp4"
+    assert (tmp_path / "a" / "b").is_dir() and list((tmp_path / "a" / "b").iterdir()) == []
+    with pytest.raises(OutputError, match=r"^the output must end in \.mp4, got 'o\.mov'$"):
+        check_target(tmp_path / "a" / "o.mov")
+
+
+def test_exactly_enough_room_is_enough(tmp_path, monkeypatch):
+    monkeypatch.setattr("fantasy.media.output.shutil.disk_usage", lambda folder: SimpleNamespace(free=5_000))
+    check_target(tmp_path / "o.mp4", 5_000)
+    with pytest.raises(OutputError, match=r"about 0\.0 MB needed, 0\.0 MB free$"):
+        check_target(tmp_path / "o.mp4", 5_001)
+
+
+def fake_ffmpeg(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "ffmpeg"
+    script.write_text(f"#!/bin/bash\n{body}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("exit 1", "ffmpeg exited with status 1"),  # a failure with nothing said
+    ("printf '%0400d\\n' 0 >&2; exit 1", "0" * 300),  # one line, at most 300 characters of it
+])
+def test_a_read_back_failure_is_one_bounded_line(tmp_path, body, message):
+    with pytest.raises(OutputError, match=rf"^the finished video does not read back: {message}$"):
+        read_stream(fake_ffmpeg(tmp_path, body), tmp_path / "v.mp4", "v:0")
+
+
+def test_read_back_counts_from_ffmpegs_progress_lines(tmp_path):
+    ffmpeg = fake_ffmpeg(tmp_path, "printf 'frame=7\\nout_time_us=1250000\\nprogress=end\\n'")
+    assert read_stream(ffmpeg, tmp_path / "v.mp4", "v:0") == StreamCheck(7, 1.25)
+    assert read_stream(fake_ffmpeg(tmp_path, "echo progress=end"), tmp_path / "v.mp4", "v:0") == StreamCheck(0, 0.0)
+
+
+def test_the_audio_track_is_read_back_to_its_end(tmp_path):
+    speech = tmp_path / "s.wav"
+    soundfile.write(speech, speech_like(1.0), 16_000)
+    with Mp4Writer(tmp_path / "o.mp4", 23, 64, 64, audio_path=speech) as writer:
+        writer.write(np.zeros((3, 64, 64, 3), np.uint8))
+    sound = read_stream(ffmpeg_executable(), tmp_path / "o.mp4", "a:0")
+    assert abs(sound.end_s - 3 / 23) < 0.07  # the mux cuts at the video's end, to an AAC frame (64 ms at 16 kHz)
+
+
+def test_a_file_without_video_holds_none_of_its_frames(tmp_path):
+    speech = tmp_path / "s.wav"
+    soundfile.write(speech, speech_like(1.0), 16_000)
+    audio_only = tmp_path / "a.mp4"
+    subprocess.run([ffmpeg_executable(), "-v", "error", "-i", str(speech), "-c:a", "aac", str(audio_only)], check=True)
+    with pytest.raises(OutputError, match=r"^the finished video holds 0 of its 3 frames$"):
+        verify_mp4(ffmpeg_executable(), audio_only, 3, 23, audio=True)
+
+
+@pytest.mark.parametrize("end_s, message", [(1.0, None), (0.99, "the finished video's audio stops at 0.99 s of 1.25 s")])
+def test_audio_may_end_a_quarter_second_early_and_no_more(tmp_path, monkeypatch, end_s, message):
+    """25 frames at 20 fps last 1.25 s; AAC ends on a frame boundary, so up to 0.25 s short is accepted."""
+    checks = {"v:0": StreamCheck(25, 1.25), "a:0": StreamCheck(40, end_s)}
+    monkeypatch.setattr("fantasy.media.output.read_stream", lambda ffmpeg, path, stream: checks[stream])
+    if message is None:
+        verify_mp4("ffmpeg", tmp_path / "v.mp4", 25, 20, audio=True)
+    else:
+        with pytest.raises(OutputError, match=f"^{re.escape(message)}$"):
+            verify_mp4("ffmpeg", tmp_path / "v.mp4", 25, 20, audio=True)

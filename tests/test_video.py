@@ -1,11 +1,17 @@
 """What the mp4 writer really puts in the file."""
 
+import os
+import signal
+
 import numpy as np
 import pytest
 import soundfile
 
+import fantasy.media.video
 from fantasy.errors import OutputError
-from fantasy.media.video import Mp4Writer
+from fantasy.media.audio import load_audio
+from fantasy.media.video import Mp4Writer, mux_audio
+from fantasy.stop import StopRequested, stop_on_signals
 from tests.mp4_probe import moov_before_mdat, probe
 
 from .conftest import speech_like
@@ -98,3 +104,71 @@ def test_undecodable_ffmpeg_errors_are_still_told(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match=message), Mp4Writer(out, 23, 96, 64) as writer:
         writer.write(frames(3))
     assert list(out.parent.iterdir()) == []
+
+
+def test_the_speech_starts_with_the_video(tmp_path):
+    """One second of tone, then silence: the muxed track is loud at its start and quiet after."""
+    speech = tmp_path / "tone.wav"
+    t = np.arange(32_000) / 16_000
+    soundfile.write(speech, np.where(t < 1.0, 0.5 * np.sin(2 * np.pi * 440 * t), 0.0).astype(np.float32), 16_000)
+    with Mp4Writer(tmp_path / "o.mp4", 23, 96, 64, audio_path=speech) as writer:
+        writer.write(frames(46))
+    muxed = load_audio(tmp_path / "o.mp4")
+    rms = [float(np.sqrt(np.mean(muxed[a:b] ** 2))) for a, b in ((1_600, 14_400), (17_600, 30_400))]
+    assert rms[0] > 0.3 and rms[1] < 0.01  # measured 0.353 and 0.0
+
+
+def test_a_mux_failure_names_the_speech_file_not_its_folder(tmp_path):
+    bad = tmp_path / "speech.wav"
+    bad.write_bytes(b"RIFF" + bytes(40))
+    writer = Mp4Writer(tmp_path / "o.mp4", 23, 96, 64)
+    writer.write(frames(2))
+    writer._encoder.finish()
+    with pytest.raises(OutputError, match=r"^could not write 'o\.mp4': speech\.wav: .+$") as error:
+        mux_audio(writer._video_tmp, bad, tmp_path / "m.mp4", name="o.mp4")
+    assert str(tmp_path) not in str(error.value) and not (tmp_path / "m.mp4").exists()
+    writer.abort()
+
+
+def test_an_encoder_that_died_with_frames_still_buffered_is_told(tmp_path, monkeypatch):
+    """Tiny frames stay in the pipe's buffer until `finish` flushes them into an ffmpeg already gone."""
+    fake = tmp_path / "ffmpeg"
+    fake.write_text("#!/bin/bash\necho 'x: Invalid argument' >&2\nexit 1\n")  # never reads its input
+    fake.chmod(0o755)
+    monkeypatch.setattr("fantasy.media.video.ffmpeg_executable", lambda: str(fake))
+    out = tmp_path / "videos" / "o.mp4"
+    writer = Mp4Writer(out, 23, 2, 2)
+    writer.write(np.zeros((3, 2, 2, 3), np.uint8))  # 36 bytes: buffered, not yet written
+    writer._encoder._proc.wait()  # gone before the flush
+    with pytest.raises(OutputError, match=r"^could not encode 'o\.mp4': x: Invalid argument$"):
+        writer.close()
+    assert list(out.parent.iterdir()) == []
+
+
+def test_a_mux_that_drops_the_speech_is_caught(tmp_path, monkeypatch):
+    speech = tmp_path / "s.wav"
+    soundfile.write(speech, speech_like(1.0), 16_000)
+    monkeypatch.setattr("fantasy.media.video.mux_audio",
+                        lambda video, audio, out, **kw: mux_audio(video, None, out, **kw))
+    out = tmp_path / "videos" / "o.mp4"
+    with pytest.raises(OutputError, match=r"^the finished video has no audio track$"), \
+            Mp4Writer(out, 23, 96, 64, audio_path=speech) as writer:
+        writer.write(frames(3))
+    assert list(out.parent.iterdir()) == []
+
+
+def test_a_stop_during_the_final_rename_says_the_video_is_complete(tmp_path, monkeypatch):
+    """The rename runs with signals held: the stop comes after it, and says the file is in place."""
+    real_publish = fantasy.media.video.publish
+
+    def publish_while_stopped(tmp, target):
+        os.kill(os.getpid(), signal.SIGINT)  # held until the rename is done
+        return real_publish(tmp, target)
+
+    monkeypatch.setattr("fantasy.media.video.publish", publish_while_stopped)
+    out = tmp_path / "o.mp4"
+    with stop_on_signals(), pytest.raises(StopRequested, match="^SIGINT$") as stop, \
+            Mp4Writer(out, 23, 96, 64) as writer:
+        writer.write(frames(3))
+    assert stop.value.written == out and probe(out).frames == 3
+    assert list(tmp_path.iterdir()) == [out]
