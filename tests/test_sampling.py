@@ -69,3 +69,16 @@ def test_combination_formula_by_hand():
     # cfg_text = 1: v = t + cfg_audio (f - t) = 2 + 4.5*2 = 11
     assert combine_guidance({"full": f, "text": t}, 1.0, 4.5).item() == 11.0
     assert combine_guidance({"full": f}, 1.0, 1.0).item() == 4.0
+
+
+def test_the_release_schedule_does_not_follow_torchs_default_dtype():
+    """The release's linspace is fp32 whatever the process's default dtype; a float64 one moves the timesteps
+    by up to 1e-4 (measured), so the sigmas' dtype is spelled out."""
+    expected = set_official_timesteps(make_scheduler(), 30).clone()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        timesteps = set_official_timesteps(make_scheduler(), 30)
+    finally:
+        torch.set_default_dtype(previous)
+    assert torch.equal(timesteps, expected)
