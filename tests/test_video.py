@@ -162,12 +162,13 @@ def test_a_stop_during_the_final_rename_says_the_video_is_complete(tmp_path, mon
     real_publish = fantasy.media.video.publish
 
     def publish_while_stopped(tmp, target):
-        os.kill(os.getpid(), signal.SIGINT)  # held until the rename is done
+        # SIGTERM, not SIGINT: a shell starts background jobs with SIGINT ignored, and an ignored signal stays so
+        os.kill(os.getpid(), signal.SIGTERM)  # held until the rename is done
         return real_publish(tmp, target)
 
     monkeypatch.setattr("fantasy.media.video.publish", publish_while_stopped)
     out = tmp_path / "o.mp4"
-    with stop_on_signals(), pytest.raises(StopRequested, match="^SIGINT$") as stop, \
+    with stop_on_signals(), pytest.raises(StopRequested, match="^SIGTERM$") as stop, \
             Mp4Writer(out, 23, 96, 64) as writer:
         writer.write(frames(3))
     assert stop.value.written == out and probe(out).frames == 3
