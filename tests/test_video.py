@@ -9,7 +9,7 @@ import soundfile
 
 import fantasy.media.video
 from fantasy.errors import OutputError
-from fantasy.media.audio import load_audio
+from fantasy.media.audio import ffmpeg_executable, load_audio
 from fantasy.media.video import Mp4Writer, mux_audio
 from fantasy.stop import StopRequested, stop_on_signals
 from tests.mp4_probe import moov_before_mdat, probe
@@ -130,19 +130,51 @@ def test_a_mux_failure_names_the_speech_file_not_its_folder(tmp_path):
     writer.abort()
 
 
-def test_an_encoder_that_died_with_frames_still_buffered_is_told(tmp_path, monkeypatch):
-    """Tiny frames stay in the pipe's buffer until `finish` flushes them into an ffmpeg already gone."""
+def fake_ffmpeg(tmp_path, body: str, monkeypatch) -> None:
+    """The writer's ffmpeg replaced by a bash script (its output file is "${@: -1}")."""
     fake = tmp_path / "ffmpeg"
-    fake.write_text("#!/bin/bash\necho 'x: Invalid argument' >&2\nexit 1\n")  # never reads its input
+    fake.write_text(f"#!/bin/bash\n{body}\n")
     fake.chmod(0o755)
     monkeypatch.setattr("fantasy.media.video.ffmpeg_executable", lambda: str(fake))
+
+
+def test_an_encoder_that_died_with_frames_still_buffered_is_told(tmp_path, monkeypatch):
+    """Tiny frames stay in the pipe's buffer until `finish` flushes them into an ffmpeg already gone; its last
+    line is the reason, with its temporary file called by the target's name."""
+    fake_ffmpeg(tmp_path, 'echo "first line" >&2; echo "${@: -1}: Invalid argument" >&2; exit 1', monkeypatch)
     out = tmp_path / "videos" / "o.mp4"
     writer = Mp4Writer(out, 23, 2, 2)
     writer.write(np.zeros((3, 2, 2, 3), np.uint8))  # 36 bytes: buffered, not yet written
-    writer._encoder._proc.wait()  # gone before the flush
-    with pytest.raises(OutputError, match=r"^could not encode 'o\.mp4': x: Invalid argument$"):
+    writer._encoder._proc.wait()  # gone before the flush (it never reads its input)
+    with pytest.raises(OutputError, match=r"^could not encode 'o\.mp4': o\.mp4: Invalid argument$"):
         writer.close()
     assert list(out.parent.iterdir()) == []
+
+
+def test_an_encoder_that_stopped_without_a_word_is_told(tmp_path, monkeypatch):
+    fake_ffmpeg(tmp_path, "exit 0", monkeypatch)
+    out = tmp_path / "videos" / "o.mp4"
+    writer = Mp4Writer(out, 23, 96, 64)
+    writer._encoder._proc.wait()
+    with pytest.raises(OutputError, match=r"^could not encode 'o\.mp4': ffmpeg stopped$"):
+        writer.write(frames(1))  # 18 KB: written straight into the closed pipe
+    writer.abort()
+    assert list(out.parent.iterdir()) == []
+
+
+def test_every_ffmpeg_of_the_writer_runs_in_its_own_session(tmp_path, monkeypatch):
+    """A terminal's Ctrl-C goes to the whole foreground process group: ffmpeg must not get it, so that we
+    decide what happens to its file (`fantasy.stop`)."""
+    sessions = tmp_path / "sessions"
+    fake_ffmpeg(tmp_path, f'echo "$$ $(cut -d" " -f6 /proc/$$/stat) $*" >> {sessions}; exec {ffmpeg_executable()} "$@"',
+                monkeypatch)
+    speech = tmp_path / "s.wav"
+    soundfile.write(speech, speech_like(1.0), 16_000)
+    with Mp4Writer(tmp_path / "o.mp4", 23, 96, 64, audio_path=speech) as writer:
+        writer.write(frames(3))
+    runs = [line.split(" ", 2) for line in sessions.read_text().splitlines()]
+    writes = [(pid, sid) for pid, sid, args in runs if "rawvideo" in args or "+faststart" in args]
+    assert len(writes) == 2 and all(pid == sid for pid, sid in writes)  # the encoder and the mux
 
 
 def test_a_mux_that_drops_the_speech_is_caught(tmp_path, monkeypatch):
