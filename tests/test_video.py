@@ -1,6 +1,7 @@
 """What the mp4 writer really puts in the file."""
 
 import os
+import re
 import signal
 
 import numpy as np
@@ -59,9 +60,40 @@ def test_failure_leaves_no_file(tmp_path):
 
 
 def test_wrong_frame_size_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="expected uint8 frames of 64x96x3"), Mp4Writer(tmp_path / "o.mp4", 23, 96, 64) as w:
+    message = r"^expected uint8 frames of 64x96x3, got uint8 \(32, 32, 3\)$"
+    with pytest.raises(ValueError, match=message), Mp4Writer(tmp_path / "o.mp4", 23, 96, 64) as w:
         w.write(frames(1, 32, 32))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("width, height", [(95, 64), (96, 63)])
+def test_odd_sides_are_refused_before_ffmpeg_starts(tmp_path, width, height):
+    with pytest.raises(ValueError, match=rf"^yuv420p needs even sides, got {width}x{height}$"):
+        Mp4Writer(tmp_path / "o.mp4", 23, width, height)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_frame_at_a_time_into_missing_folders_through_hidden_named_temporaries(tmp_path, monkeypatch):
+    out = tmp_path / "a" / "b" / "o.mp4"
+    muxed_into = []
+    real_mux = fantasy.media.video.mux_audio
+    monkeypatch.setattr("fantasy.media.video.mux_audio",
+                        lambda video, audio, target, **kw: muxed_into.append(target.name) or real_mux(video, audio, target, **kw))
+    with Mp4Writer(out, 23, 96, 64) as writer:
+        for frame in frames(3):
+            writer.write(frame)  # [H, W, 3]: one frame
+        assert re.fullmatch(r"\.o\.[0-9a-f]{12}\.video\.partial\.mp4", writer._video_tmp.name)
+    assert re.fullmatch(r"\.o\.[0-9a-f]{12}\.mux\.partial\.mp4", muxed_into[0])
+    assert writer.frames_written == 3 and probe(out).frames == 3 and list(out.parent.iterdir()) == [out]
+
+
+def test_abort_after_the_encoder_died_with_frames_buffered_is_quiet(tmp_path, monkeypatch):
+    fake_ffmpeg(tmp_path, "exit 1", monkeypatch)
+    writer = Mp4Writer(tmp_path / "videos" / "o.mp4", 23, 2, 2)
+    writer.write(np.zeros((3, 2, 2, 3), np.uint8))  # buffered
+    writer._encoder._proc.wait()
+    writer.abort()  # closing the pipe flushes into a dead process: that error is no news
+    assert list((tmp_path / "videos").iterdir()) == []
 
 
 def test_closing_without_frames_is_refused_and_leaves_nothing(tmp_path):
