@@ -133,7 +133,8 @@ def test_the_output_needs_room_for_the_stream_and_its_muxed_copy(four_seconds, t
 
 def test_motion_coefficients_need_a_motion_module(four_seconds, tmp_path):
     pipe = RecordingPipe(steps=1, motion=False)
-    with pytest.raises(InvalidSetting, match=r"^motion coefficients need trained motion-module weights"):
+    with pytest.raises(InvalidSetting,
+                       match=r"^motion coefficients need trained motion-module weights \(see README, Training\)$"):
         generate(pipe, EXAMPLE_IMAGE, four_seconds, tmp_path / "o.mp4", SETTINGS, get_preset("tiny"))
     assert pipe.calls == [] and list(tmp_path.iterdir()) == [four_seconds]
 
@@ -163,3 +164,37 @@ def test_speech_is_decoded_up_to_what_the_video_can_use(tmp_path):
     clip = prepare_inputs(EXAMPLE_IMAGE, speech, Settings(longest_edge=64, release=True))
     assert len(clip.speech) < (81 / 23 + DECODE_MARGIN_S + 0.1) * 16_000 and clip.speech_seconds == 8.0
     assert (clip.num_frames, clip.speech_cut) == (81, True)
+
+
+def test_windows_follow_the_max_frames_setting(four_seconds, tmp_path):
+    pipe = RecordingPipe(steps=1)
+    settings = dataclasses.replace(SETTINGS, max_frames=41)
+    result = generate(pipe, EXAMPLE_IMAGE, four_seconds, tmp_path / "o.mp4", settings, get_preset("tiny"),
+                      face_image=Image.new("RGB", (32, 32)))
+    assert [call["num_frames"] for call in pipe.calls] == [41, 41, 25] and result.windows == 3  # 97 frames
+
+
+def test_one_window_takes_the_releases_clip_audio(tmp_path):
+    """Up to one window, the audio is the release's: features of the clip [0, frames / fps), not of the track."""
+    speech = tmp_path / "two.wav"
+    soundfile.write(speech, speech_like(2.0), 16_000)
+
+    class ClipPipe(RecordingPipe):
+        def project_audio(self, samples):
+            raise AssertionError("one clip takes its audio from encode_audio, as the release")
+
+        def encode_audio(self, samples, num_frames):
+            self.clip = (len(samples), num_frames)
+            return torch.zeros(1, (num_frames - 1) // 4 + 1, 4, 8), torch.full(((num_frames - 1) // 4 + 1,), 4)
+
+    pipe = ClipPipe(steps=1)
+    generate(pipe, EXAMPLE_IMAGE, speech, tmp_path / "o.mp4", SETTINGS, get_preset("tiny"),
+             face_image=Image.new("RGB", (32, 32)))
+    # [0, 49 / 23 s) of a 2 s track is all of its 32,000 samples (the release does not pad the clip)
+    assert pipe.clip == (32_000, 49) and len(pipe.calls) == 1
+
+
+def test_the_room_asked_for_counts_the_audio_only_when_there_is_audio(four_seconds):
+    inputs = prepare_inputs(EXAMPLE_IMAGE, four_seconds, SETTINGS.resolved(get_preset("tiny")))
+    assert inputs.output_bytes(23) == video_bytes(97, 64, 64, 97 / 23)
+    assert inputs.output_bytes(23, audio=False) == video_bytes(97, 64, 64, 97 / 23, audio=False)
