@@ -19,6 +19,7 @@ from fantasy.media.output import (
     check_target,
     ffmpeg_failure,
     read_stream,
+    remove_quietly,
     verify_mp4,
     video_bytes,
 )
@@ -88,6 +89,9 @@ def test_missing_folders_are_made_and_a_wrong_suffix_is_named(tmp_path):
 def test_exactly_enough_room_is_enough(tmp_path, monkeypatch):
     monkeypatch.setattr("fantasy.media.output.shutil.disk_usage", lambda folder: SimpleNamespace(free=5_000))
     check_target(tmp_path / "o.mp4", 5_000)
+    monkeypatch.setattr("fantasy.media.output.shutil.disk_usage", lambda folder: SimpleNamespace(free=0))
+    check_target(tmp_path / "o.mp4")  # by default nothing is needed (the caller says how much)
+    monkeypatch.setattr("fantasy.media.output.shutil.disk_usage", lambda folder: SimpleNamespace(free=5_000))
     with pytest.raises(OutputError, match=r"about 0\.0 MB needed, 0\.0 MB free$"):
         check_target(tmp_path / "o.mp4", 5_001)
 
@@ -142,3 +146,11 @@ def test_audio_may_end_a_quarter_second_early_and_no_more(tmp_path, monkeypatch,
     else:
         with pytest.raises(OutputError, match=f"^{re.escape(message)}$"):
             verify_mp4("ffmpeg", tmp_path / "v.mp4", 25, 20, audio=True)
+
+
+def test_removing_temporaries_is_quiet_and_goes_on(tmp_path):
+    """What cannot be removed (here a directory) is no new error on the way out; the next path still goes."""
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "f").write_bytes(b"x")
+    remove_quietly(tmp_path / "dir", tmp_path / "missing", tmp_path / "f")
+    assert [p.name for p in tmp_path.iterdir()] == ["dir"]
