@@ -169,3 +169,13 @@ def model_work(pipe) -> Iterator[list[str]]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def ffmpeg_script(folder: Path, body: str) -> str:
+    """A bash script `folder/ffmpeg` standing in for ffmpeg: `body` runs with ffmpeg's arguments ("${@: -1}" is
+    the output file). Returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "ffmpeg"
+    script.write_text(f"#!/bin/bash\n{body}\n")
+    script.chmod(0o755)
+    return str(script)

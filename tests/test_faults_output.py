@@ -19,7 +19,7 @@ from fantasy.media.audio import ffmpeg_executable
 from fantasy.media.video import Mp4Writer
 from fantasy.weights.presets import get_preset, load_pipeline
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
-from tests.faults import fill, tmpfs
+from tests.faults import ffmpeg_script, fill, tmpfs
 from tests.mp4_probe import probe
 
 PREVIOUS = b"an earlier video that must survive a failed run\n"
@@ -69,14 +69,10 @@ def test_disk_filling_up_during_the_write_leaves_nothing_and_keeps_the_old_file(
         assert out.read_bytes() == PREVIOUS
 
 
-def fake_ffmpeg(tmp_path: Path, on_mux: str) -> Path:
+def fake_ffmpeg(tmp_path: Path, on_mux: str) -> str:
     """ffmpeg, except that the mux (the run with +faststart) does `on_mux` instead (bash; $out is its output)."""
-    script = tmp_path / "bin" / "ffmpeg"
-    script.parent.mkdir()
-    script.write_text(f'#!/bin/bash\ncase " $* " in *" +faststart "*) out="${{@: -1}}"; {on_mux} ;; esac\n'
-                      f'exec {ffmpeg_executable()} "$@"\n')
-    script.chmod(0o755)
-    return script
+    return ffmpeg_script(tmp_path / "bin", f'case " $* " in *" +faststart "*) out="${{@: -1}}"; {on_mux} ;; esac\n'
+                                           f'exec {ffmpeg_executable()} "$@"')
 
 
 @pytest.mark.parametrize("on_mux, message", [
@@ -92,7 +88,7 @@ def fake_ffmpeg(tmp_path: Path, on_mux: str) -> Path:
      r"stream 0, offset 0x[0-9a-f]+: partial file$"),
 ])
 def test_a_failed_mux_leaves_nothing_and_keeps_the_old_file(tiny_pipe, tmp_path, monkeypatch, on_mux, message):
-    fake = str(fake_ffmpeg(tmp_path, on_mux))
+    fake = fake_ffmpeg(tmp_path, on_mux)
     monkeypatch.setattr("fantasy.media.video.ffmpeg_executable", lambda: fake)
     out = tmp_path / "videos" / "o.mp4"
     out.parent.mkdir()

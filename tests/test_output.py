@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,6 +25,7 @@ from fantasy.media.output import (
 from fantasy.media.video import Mp4Writer
 
 from .conftest import speech_like
+from .faults import ffmpeg_script
 
 
 def test_the_room_a_video_needs_is_an_upper_bound_with_its_slack():
@@ -96,26 +96,19 @@ def test_exactly_enough_room_is_enough(tmp_path, monkeypatch):
         check_target(tmp_path / "o.mp4", 5_001)
 
 
-def fake_ffmpeg(tmp_path: Path, body: str) -> str:
-    script = tmp_path / "ffmpeg"
-    script.write_text(f"#!/bin/bash\n{body}\n")
-    script.chmod(0o755)
-    return str(script)
-
-
 @pytest.mark.parametrize("body, message", [
     ("exit 1", "ffmpeg exited with status 1"),  # a failure with nothing said
     ("printf '%0400d\\n' 0 >&2; exit 1", "0" * 300),  # one line, at most 300 characters of it
 ])
 def test_a_read_back_failure_is_one_bounded_line(tmp_path, body, message):
     with pytest.raises(OutputError, match=rf"^the finished video does not read back: {message}$"):
-        read_stream(fake_ffmpeg(tmp_path, body), tmp_path / "v.mp4", "v:0")
+        read_stream(ffmpeg_script(tmp_path, body), tmp_path / "v.mp4", "v:0")
 
 
 def test_read_back_counts_from_ffmpegs_progress_lines(tmp_path):
-    ffmpeg = fake_ffmpeg(tmp_path, "printf 'frame=7\\nout_time_us=1250000\\nprogress=end\\n'")
+    ffmpeg = ffmpeg_script(tmp_path, "printf 'frame=7\\nout_time_us=1250000\\nprogress=end\\n'")
     assert read_stream(ffmpeg, tmp_path / "v.mp4", "v:0") == StreamCheck(7, 1.25)
-    assert read_stream(fake_ffmpeg(tmp_path, "echo progress=end"), tmp_path / "v.mp4", "v:0") == StreamCheck(0, 0.0)
+    assert read_stream(ffmpeg_script(tmp_path, "echo progress=end"), tmp_path / "v.mp4", "v:0") == StreamCheck(0, 0.0)
 
 
 def test_the_audio_track_is_read_back_to_its_end(tmp_path):

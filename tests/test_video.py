@@ -16,10 +16,17 @@ from fantasy.stop import StopRequested, stop_on_signals
 from tests.mp4_probe import moov_before_mdat, probe
 
 from .conftest import speech_like
+from .faults import ffmpeg_script
 
 
 def frames(n, h=64, w=96):
     return (np.random.default_rng(0).integers(0, 255, (n, h, w, 3))).astype(np.uint8)
+
+
+def fake_ffmpeg(tmp_path, body: str, monkeypatch) -> None:
+    """The writer's ffmpeg replaced by a bash script (`tests.faults.ffmpeg_script`)."""
+    fake = ffmpeg_script(tmp_path, body)
+    monkeypatch.setattr("fantasy.media.video.ffmpeg_executable", lambda: fake)
 
 
 def test_h264_yuv420p_with_aac_audio_padded_to_the_video(tmp_path):
@@ -127,10 +134,7 @@ def test_abort_removes_every_temporary_file(tmp_path):
 
 def test_undecodable_ffmpeg_errors_are_still_told(tmp_path, monkeypatch):
     """ffmpeg's stderr is bytes in the console's encoding, not always UTF-8: the failure is still one line."""
-    fake = tmp_path / "ffmpeg"
-    fake.write_text("#!/bin/bash\ncat > /dev/null; printf 'caf\\xe9: No space left on device\\n' >&2; exit 1\n")
-    fake.chmod(0o755)
-    monkeypatch.setattr("fantasy.media.video.ffmpeg_executable", lambda: str(fake))
+    fake_ffmpeg(tmp_path, "cat > /dev/null; printf 'caf\\xe9: No space left on device\\n' >&2; exit 1", monkeypatch)
     out = tmp_path / "videos" / "out.mp4"
     message = "^could not encode 'out.mp4': caf\ufffd: No space left on device$"
     with pytest.raises(OutputError, match=message), Mp4Writer(out, 23, 96, 64) as writer:
@@ -160,14 +164,6 @@ def test_a_mux_failure_names_the_speech_file_not_its_folder(tmp_path):
         mux_audio(writer._video_tmp, bad, tmp_path / "m.mp4", name="o.mp4")
     assert str(tmp_path) not in str(error.value) and not (tmp_path / "m.mp4").exists()
     writer.abort()
-
-
-def fake_ffmpeg(tmp_path, body: str, monkeypatch) -> None:
-    """The writer's ffmpeg replaced by a bash script (its output file is "${@: -1}")."""
-    fake = tmp_path / "ffmpeg"
-    fake.write_text(f"#!/bin/bash\n{body}\n")
-    fake.chmod(0o755)
-    monkeypatch.setattr("fantasy.media.video.ffmpeg_executable", lambda: str(fake))
 
 
 def test_an_encoder_that_died_with_frames_still_buffered_is_told(tmp_path, monkeypatch):
