@@ -73,7 +73,11 @@ def install(stage: str) -> None:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if the runner ignores Ctrl-C
+    # As when started from a terminal, whatever the test runner was started with: a shell's background job
+    # ignores Ctrl-C, `nohup` ignores SIGHUP, and the product rightly leaves an ignored signal ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
     install(sys.argv[1])
     from fantasy.cli import main
 
