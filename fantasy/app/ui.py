@@ -1,8 +1,10 @@
-"""FantasyTalking Studio, the Gradio app: one portrait + one speech clip -> a talking-portrait video.
+"""The Gradio page of FantasyTalking Studio: one portrait + one speech clip -> a talking-portrait video.
 
-This file is only widgets, validation glue and event wiring; the work lives in the public API (`fantasy`) and
-the app layer (`fantasy.app`: `studio`, `streaming`, `validation`, `sliders`, `launch`). Run `python app.py` (see README "Run the app"). Without a CUDA GPU
-and the real weights it starts the tiny demo preset, whose output is noise, and says so on the page.
+This module is only widgets, validation glue and event wiring; the work lives in the public API (`fantasy`) and
+the rest of the app layer (`studio`, `streaming`, `validation`, `sliders`, `launch`). It is the one module of
+`fantasy.app` that imports Gradio. Entry points: `fantasy-studio` (the console script, `main`), `python app.py`
+in the repository (the Space's entry file, a thin wrapper). Without a CUDA GPU and the real weights it starts the
+tiny demo preset, whose output is noise, and says so on the page.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from typing import Any
 import gradio as gr
 from PIL import UnidentifiedImageError
 
-from fantasy import Preset, apply_speed, get_preset, load_pipeline
 from fantasy.app.flags import (
     add_parallel_flags,
     add_real_flags,
@@ -56,10 +57,12 @@ from fantasy.app.validation import (
     default_face_check,
 )
 from fantasy.errors import FantasyError, GenerationCancelled, InvalidSetting
+from fantasy.examples import example_file
+from fantasy.speed.switches import apply_speed
 from fantasy.stop import StopRequested, stop_on_signals
+from fantasy.weights.presets import Preset, get_preset, load_pipeline
 
-ROOT = Path(__file__).resolve().parent
-EXAMPLES = [[str(ROOT / "examples" / "portrait.png"), str(ROOT / "examples" / "speech.wav")]]
+EXAMPLES = [[str(example_file("portrait.png")), str(example_file("speech.wav"))]]
 MAX_QUEUE = 8  # waiting generations; more are turned away with a busy message
 BUSY = "The studio is busy: {waiting} waiting, the most it queues. Please try again in a few minutes."
 DEMO_BANNER = (
@@ -479,15 +482,12 @@ def create_front_end(url: str) -> gr.Blocks:
     return build_demo(remote, preset, face_checker=default_face_check(allow_download=False), serve_url=remote.url)
 
 
-# Spaces import the app and need the models ready at import time (ZeroGPU packs them before serving).
-demo: gr.Blocks | None = create_demo(parse_args([])) if space.on_spaces() else None
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Build (unless a Space already did) and serve. SIGINT, SIGTERM and SIGHUP stop the server, stop a running
-    generation and delete its unfinished files, then exit with 128 + the signal number."""
-    global demo
+def main(argv: list[str] | None = None, prebuilt: gr.Blocks | None = None) -> None:
+    """Build (unless `prebuilt`: a Space's app.py built it at import time) and serve. SIGINT, SIGTERM and SIGHUP
+    stop the server, stop a running generation and delete its unfinished files, then exit with 128 + the signal
+    number."""
     args = parse_args(argv)
+    demo = prebuilt
     try:
         with stop_on_signals():
             try:
@@ -510,7 +510,3 @@ def main(argv: list[str] | None = None) -> None:
         channel = getattr(demo, "fantasy_channel", None)
         if channel is not None:
             channel.shutdown()  # the followers return (if they are still there: a signal may have ended them)
-
-
-if __name__ == "__main__":
-    main()
