@@ -1,7 +1,7 @@
 """FantasyTalking Studio, the Gradio app: one portrait + one speech clip -> a talking-portrait video.
 
 This file is only widgets, validation glue and event wiring; the work lives in the public API (`fantasy`) and
-the app layer (`fantasy.app`: `studio`, `streaming`, `validation`, `sliders`, `launch`). Run `python app.py` (see README "Run the app"). Without a CUDA GPU
+the app layer (`fantasy.app`: `studio`, `streaming`, `validation`, `sliders`, `launch`). Run `python app.py` (see docs/app.md). Without a CUDA GPU
 and the real weights it starts the tiny demo preset, whose output is noise, and says so on the page.
 """
 
