@@ -348,7 +348,7 @@ def test_large_fp32_linears_are_upcast_in_row_chunks_with_the_same_result():
 
 
 def test_precision_bench_dry_run():
-    """tools/precision.py's measurement on the tiny config (the CPU figures in the README come from its real run)."""
+    """tools/precision.py's measurement on the tiny config (the CPU figures in docs/numerics.md come from its real run)."""
     from fantasy.bench.models import TINY
     from tools.precision import measure
 

@@ -327,7 +327,8 @@ def build_demo(
                         audio_weight = gr.Slider(0, 2, value=1.0, step=0.05, label="Audio weight")
                     with gr.Row():
                         steps = gr.Slider(1, 50, value=defaults["steps"], step=1, label="Denoising steps", elem_id="steps")
-                        edge = gr.Slider(MIN_SIDE, 1024, value=preset.longest_edge, step=SIDE_MULTIPLE,
+                        edge = gr.Slider(MIN_SIDE, min(APP_MAX_EDGE, preset.max_longest_edge), value=preset.longest_edge,
+                                         step=SIDE_MULTIPLE,
                                          label="Resolution (longest edge, px)", elem_id="resolution")
                         duration = gr.Slider(MIN_DURATION_S, MAX_DURATION_S, value=DEFAULT_DURATION_S, step=0.5,
                                              label="Maximum duration (s)", elem_id="duration",
