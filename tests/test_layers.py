@@ -23,7 +23,7 @@ PACKAGE = "fantasy"
 # from its own layer and the ones below it.
 # LAYERS-BEGIN (tests/test_layers.py's map; docs/architecture.md's layer diagram shows the same)
 LAYERS: list[tuple[str, list[str]]] = [
-    ("base", ["fantasy.errors", "fantasy.stop", "fantasy.quiet", "fantasy.examples"]),
+    ("base", ["fantasy.errors", "fantasy.stop", "fantasy.quiet", "fantasy.examples", "fantasy.progress"]),
     ("media, faces", ["fantasy.media", "fantasy.face"]),
     ("algorithm, metrics", ["fantasy.model", "fantasy.metrics"]),
     ("weights", ["fantasy.weights"]),

@@ -1,30 +1,37 @@
-"""The command-line flags `python -m fantasy generate`, `app.py`, `serve` and `bench` share, and what they become.
+"""The command-line flags `fantasy generate`, the app, `serve` and `bench` share, and what they become.
 
 Flags only: each `add_*` puts a group on a parser, and `speed_options` / `parallel_option` turn the parsed
-values into options, checking them before any model loads. The modules they name are imported when a
-parser is built, not when this module is.
+values into options, checking them before any model loads. Building a parser imports nothing heavy: the choices
+and defaults below are the names a user types, spelled out here so that `--help` and argument errors answer
+before torch loads; tests/test_cli.py keeps each equal to the module that implements it (named beside it).
 """
 
 from __future__ import annotations
 
+PRESET_NAMES = ("tiny", "real")  # fantasy.weights.presets.PRESETS
+DIT_MODES = ("q8_0", "q4_k_m", "bf16", "bf16-int8", "bf16-fp8", "bf16-fp8-storage")  # fantasy.weights.quantize
+VRAM_MODES = ("resident", "model-offload", "group-offload")  # fantasy.weights.offload.VRAM_MODES
+PRECISIONS = ("mixed", "stock")  # fantasy.model.precision.PRECISIONS
+DEFAULT_PRECISION = "mixed"  # fantasy.model.precision.DEFAULT_PRECISION
+ATTENTION_ALIASES = ("sdpa", "math", "cudnn", "flash-sdpa", "efficient", "flash", "flash3", "sage",
+                     "xformers")  # fantasy.speed.switches.ATTENTION_ALIASES
+DEFAULT_CACHE_THRESHOLD = 0.05  # fantasy.speed.switches.DEFAULT_CACHE_THRESHOLD
+PARALLEL_KINDS = ("ulysses", "ring")  # fantasy.speed.parallel.KINDS
+DEFAULT_SEED = 1111  # fantasy.settings.DEFAULT_SEED
+RELEASE_PROMPT = "A woman is talking."  # fantasy.release.RELEASE_PROMPT
+
 
 def add_real_flags(p) -> None:
     """--dit and --vram: how the real preset stores the DiT and where its models live."""
-    from fantasy.weights.offload import VRAM_MODES
-    from fantasy.weights.quantize import DIT_MODES
-
-    p.add_argument("--dit", default=None, choices=list(DIT_MODES),
+    p.add_argument("--dit", default=None, choices=DIT_MODES,
                    help="real preset: how the 14B DiT is stored (default: bf16 if it fits in free GPU memory at the "
                         "requested size, else q8_0; see docs/weights.md)")
-    p.add_argument("--vram", default="resident", choices=list(VRAM_MODES), help="real preset: offloading")
+    p.add_argument("--vram", default="resident", choices=VRAM_MODES, help="real preset: offloading")
 
 
 def add_speed_flags(p) -> None:
-    from fantasy.model.precision import DEFAULT_PRECISION, PRECISIONS
-    from fantasy.speed.switches import ATTENTION_ALIASES, DEFAULT_CACHE_THRESHOLD
-
     g = p.add_argument_group("speed", "fast paths (see docs/speed.md); all off is the release's path")
-    g.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
+    g.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
                    help="DiT numerics: mixed = the release's (fp32 timestep embedding, residual stream and head); "
                         "stock = diffusers' all-bf16 (less activation memory; see docs/numerics.md)")
     g.add_argument("--batch-guidance", action="store_true",
@@ -48,12 +55,10 @@ def add_speed_flags(p) -> None:
 
 
 def add_parallel_flags(p) -> None:
-    from fantasy.speed.parallel import KINDS
-
     g = p.add_argument_group("several GPUs", "one video split over N processes (see docs/several-gpus.md)")
     g.add_argument("--context-parallel", type=int, default=None, metavar="N",
                    help="split the DiT's video tokens over N processes; launch with `torchrun --nproc_per_node N`")
-    g.add_argument("--context-parallel-kind", default="ulysses", choices=list(KINDS),
+    g.add_argument("--context-parallel-kind", default="ulysses", choices=PARALLEL_KINDS,
                    help="ulysses (all-to-all, any backend) or ring (needs --attention flash/cudnn/sage on GPUs)")
 
 

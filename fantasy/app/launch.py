@@ -14,12 +14,19 @@ from fantasy.speed.distill import FEW_STEP_AUDIO_GUIDANCE, FEW_STEP_TEXT_GUIDANC
 from fantasy.weights.presets import Preset
 
 __all__ = [  # the page's defaults and limits: the prompt, the seed, the resolution slider, the preview budget
-    "DEFAULT_PROMPT", "DEFAULT_SEED", "MIN_SIDE", "PREVIEW_BUDGET", "SIDE_MULTIPLE", "default_preset", "slider_defaults",
+    "DEFAULT_PROMPT", "DEFAULT_SEED", "MIN_SIDE", "PREVIEW_BUDGET", "SIDE_MULTIPLE", "auto_preset", "default_preset",
+    "slider_defaults",
 ]
 
 
-def default_preset(adapter: str | None = None) -> str:
-    """`real` when a CUDA GPU, the base weights (under `weights/` or in the Hub cache) and the adapter are there.
+def default_preset(adapter: str | None = None, weights: str | None = None) -> str:
+    """`--preset auto`, the app's and the CLI's default: the preset `auto_preset` picks."""
+    return auto_preset(adapter, weights)[0]
+
+
+def auto_preset(adapter: str | None = None, weights: str | None = None) -> tuple[str, str]:
+    """(preset, why): `real` when a CUDA GPU, the base weights (under `weights` / `weights/` or in the Hub cache)
+    and the adapter are there, else `tiny`. The one place that decides `auto` (app and CLI alike).
 
     The adapter is `adapter` (--adapter / FANTASY_ADAPTER) when given, else the released one; a given
     adapter that does not exist is an error (`InputFileNotFound`), never a silent switch to `tiny`.
@@ -31,14 +38,15 @@ def default_preset(adapter: str | None = None) -> str:
     if adapter is not None:
         given_adapter(adapter)
     if not torch.cuda.is_available():
-        return "tiny"
+        return "tiny", "no CUDA GPU"
+    missing = None
     for dit in ("q8_0", "bf16"):  # either DiT file will do: `--dit` auto picks among what is on disk
         try:
-            check_real_weights(weights_dir(), dit, adapter)
-            return "real"
-        except WeightsMissing:
-            continue
-    return "tiny"
+            check_real_weights(weights_dir(weights), dit, adapter)
+            return "real", "a CUDA GPU and the real weights"
+        except WeightsMissing as exc:
+            missing = missing or exc
+    return "tiny", f"the real weights are incomplete ({missing})"
 
 
 def slider_defaults(pipe, preset: Preset) -> dict[str, float]:

@@ -9,6 +9,7 @@ format goes through the same mixing and resampling.
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -75,7 +76,8 @@ def _decode_with_ffmpeg(path: Path, max_seconds: float | None) -> tuple[np.ndarr
 def _read_any(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int, float | None]:
     """(samples [n, channels], rate, whole duration if known): libsndfile streams, stopping at `max_seconds`."""
     try:
-        with soundfile.SoundFile(str(path)) as sound:
+        # bytes: soundfile encodes a str path strictly, so a name that is not UTF-8 would fail there
+        with soundfile.SoundFile(os.fsencode(path)) as sound:
             frames = -1 if max_seconds is None else math.ceil(max_seconds * sound.samplerate)
             data = sound.read(frames=frames, dtype="float32", always_2d=True)
             return data, sound.samplerate, sound.frames / sound.samplerate if sound.frames > 0 else None
