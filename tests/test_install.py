@@ -2,7 +2,7 @@
 and a tiny-preset generation from a folder that is not the repository.
 
 The install test builds the wheel without build isolation (the installed setuptools; no download) and installs it
-into a fresh virtual environment made with `--system-site-packages`, so the heavy dependencies (torch, diffusers,
+into a fresh virtual environment made with `--system-site-packages` (and this interpreter's pip), so the heavy dependencies (torch, diffusers,
 Gradio...) are reused from this interpreter instead of downloaded; `pip install --no-index` still resolves every
 `Requires-Dist` of the wheel against what is installed, so wrong dependency metadata fails the install.
 """
@@ -75,8 +75,9 @@ def _run(command: list[str], cwd: Path, env: dict, timeout: float = 600) -> subp
 def test_the_wheel_installs_into_a_fresh_venv_and_generates_from_another_folder(tmp_path):
     started = time.perf_counter()
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INDEX": "1", "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
+           "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path / "home")}
+    for name in ("PYTHONPATH", "FANTASY_WEIGHTS", "XDG_CACHE_HOME"):
+        env.pop(name, None)
     wheels = tmp_path / "wheels"
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
           str(ROOT)], cwd=tmp_path, env=env)
@@ -96,26 +97,31 @@ def test_the_wheel_installs_into_a_fresh_venv_and_generates_from_another_folder(
     assert "fantasy = fantasy.cli:main" in entry_points and "fantasy-studio = fantasy.app.ui:main" in entry_points
 
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], cwd=tmp_path, env=env)
+    # Without pip of its own: a venv's bundled setuptools would shadow the installed one, which torch's metadata
+    # needs at a newer version; this interpreter's pip installs into the venv instead (`pip --python`).
+    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], cwd=tmp_path, env=env)
     python, bin_dir = venv / "bin" / "python", venv / "bin"
     # --no-index: every Requires-Dist must be met by what is installed (the system site-packages), or this fails
-    _run([str(python), "-m", "pip", "install", "-q", "--no-index", str(wheel)], cwd=tmp_path, env=env)
+    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-index", str(wheel)],
+         cwd=tmp_path, env=env)
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    where = _run([str(python), "-c", "import fantasy, fantasy.examples as e; print(fantasy.__file__); "
-                  "print(e.example_file('portrait.png'))"], cwd=elsewhere, env=env).stdout.split()
-    assert all(Path(p).is_relative_to(venv) for p in where), where  # the installed copy, not the repository
+    where = _run([str(python), "-c", "import fantasy, fantasy.examples as e, fantasy.weights.real as w; "
+                  "print(fantasy.__file__); print(e.example_file('portrait.png')); print(w.weights_dir())"],
+                 cwd=elsewhere, env=env).stdout.split()
+    assert all(Path(p).is_relative_to(venv) for p in where[:2]), where  # the installed copy, not the repository
+    assert where[2] == str(tmp_path / "home" / ".cache" / "fantasy-talking-studio" / "weights")
     version = _run([str(bin_dir / "fantasy"), "--version"], cwd=elsewhere, env=env).stdout
     assert re.fullmatch(r"fantasy \d+\.\d+\.\d+\S*\n", version)
 
     out = elsewhere / "talking.mp4"
     done = _run([str(bin_dir / "fantasy"), "generate", "--image", str(EXAMPLE_IMAGE), "--audio", str(EXAMPLE_SPEECH),
-                 "--out", out.name, "--preset", "tiny", "--steps", "2", "--size", "64", "--max-duration", "1",
-                 "--no-face-check"], cwd=elsewhere, env=env)
+                 "--out", out.name, "--steps", "2", "--size", "64", "--max-duration", "1"], cwd=elsewhere, env=env)
     info = probe(out)
     assert info.has_audio and (info.width, info.height) == (64, 64) and info.frames == 25, done.stderr
     assert "Traceback" not in done.stderr
+    assert "preset auto: tiny" in done.stderr and "face check: 1 face" in done.stderr  # dlib's models installed
 
     # python -m fantasy, the API (example files from the package data) and the app's entry, all from elsewhere
     _run([str(python), "-m", "fantasy", "--help"], cwd=elsewhere, env=env)

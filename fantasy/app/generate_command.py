@@ -59,7 +59,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--audio-guidance", type=float, default=None, help="default 5 (--fast: 1; 2 adds a pass per step)")
     p.add_argument("--audio-weight", type=float, default=1.0, help="scale of the audio attention")
     p.add_argument("--fps", type=int, default=23, help="frames per second of the video")
-    p.add_argument("--max-frames", type=int, default=81, help="frames per window (the release's clip: 81)")
+    p.add_argument("--max-frames", type=int, default=81, help="frames per window; the release's clip is 81")
     p.add_argument("--max-duration", type=float, default=10.0,
                    help="seconds of speech to animate; longer speech is cut (default 10)")
     p.add_argument("--size", type=int, default=None, help="longest edge in px, multiple of 16 (tiny: 128, real: 512)")
@@ -74,7 +74,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     add_real_flags(p)
     p.add_argument("--weights", default=None,
-                   help="real preset: weights dir (default $FANTASY_WEIGHTS, else weights/ of a checkout)")
+                   help="real preset: weights dir (default $FANTASY_WEIGHTS, else weights/ of a checkout, else ~/.cache/fantasy-talking-studio/weights)")
     p.add_argument("--release", action="store_true",
                    help="exactly the official infer.py's clip: at most 81 frames from the start of the speech, the "
                         "bf16 DiT, its prompt, its tiled decode and uint8 truncation (see docs/numerics.md)")

@@ -30,7 +30,7 @@ def add_download_parser(sub) -> None:
     p = sub.add_parser("download", help="fetch the real preset's weights from the Hugging Face Hub")
     p.add_argument("--dit", default="q8_0", choices=["q8_0", "q4_k_m", "bf16"],
                    help="DiT file (default q8_0): GGUF Q8_0, GGUF Q4_K_M, or bf16 safetensors (for bf16/-int8/-fp8 modes)")
-    p.add_argument("--dir", default=None, help="weights dir (default weights/ or $FANTASY_WEIGHTS)")
+    p.add_argument("--dir", default=None, help="weights dir (default $FANTASY_WEIGHTS, else weights/ of a checkout, else ~/.cache/fantasy-talking-studio/weights)")
     p.add_argument("--dry-run", action="store_true", help="print the files and sizes, download nothing")
     p.add_argument("--keep-ckpt", action="store_true", help="keep the adapter's .ckpt after converting it")
     p.add_argument("--face", action="store_true", help="also the weights of the optional face-alignment backend (--face-backend face-alignment)")
