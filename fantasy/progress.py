@@ -9,6 +9,7 @@ display decides how often it draws.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -84,6 +85,13 @@ class ProgressClock:
                         self.total_frames, now - self.started, window_elapsed, eta, window_eta)
 
 
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
 def _interval(seconds: float | None) -> str:
     from tqdm import tqdm
 
@@ -151,8 +159,10 @@ class ConsoleProgress:
 
         where = f"window {event.window}/{event.windows}" if event.windows > 1 else "denoise"
         if self.bar is None:
-            self.bar = tqdm(total=event.run_steps, desc=where, unit="step", file=self.stream, dynamic_ncols=True,
-                            leave=True, bar_format="{desc} {bar} {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}]{postfix}")
+            known = _columns(self.stream) > 0  # a terminal that reports no width (a bare pty) gets 100 columns
+            self.bar = tqdm(total=event.run_steps, desc=where, unit="step", file=self.stream, leave=True,
+                            dynamic_ncols=known, ncols=None if known else 100, nrows=None if known else 20,
+                            bar_format="{desc} {bar} {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}]{postfix}")
         if event.stage == "denoise":
             self.bar.set_description_str(where, refresh=False)
             self.bar.set_postfix_str(f"window: step {event.step}/{event.steps} "

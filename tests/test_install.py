@@ -72,6 +72,7 @@ def _run(command: list[str], cwd: Path, env: dict, timeout: float = 600) -> subp
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # about 2 min on an idle 2-core machine: a build, an install, two tiny runs, 3 imports
 def test_the_wheel_installs_into_a_fresh_venv_and_generates_from_another_folder(tmp_path):
     started = time.perf_counter()
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INDEX": "1", "OMP_NUM_THREADS": "1",
