@@ -250,3 +250,62 @@ def save(state: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path
+
+
+# ---- real widths, reduced depth ----------------------------------------------------------------------------
+
+def write_real_width_dit(path: Path, variant: str, blocks: int = 1, seed: int = 0) -> dict:
+    """The Wan2.1-I2V-14B DiT at its real widths with `blocks` blocks, as `variant`'s single file; returns the
+    file's tensors (random values, written one dtype conversion at a time)."""
+    from bench.real_layout import RandomPool, _meta_state, dit_config
+
+    maker, kind = variant.split("_", 1)
+    pool = RandomPool(seed)
+    state = {}
+    for name, shape in _meta_state(dit_config(blocks)).items():
+        value = pool.weights(name, tuple(shape), torch.float16 if kind == "fp16" else torch.bfloat16)
+        chosen = (block_linear if maker == "comfy" else kijai_fp8)(name, value) and kind.startswith("fp8")
+        if chosen and kind == "fp8_scaled":
+            state[name], state[name[: -len(".weight")] + ".scale_weight"] = scaled_fp8(value)
+        else:
+            state[name] = to_fp8(value) if chosen else value
+    if kind == "fp8_scaled":
+        state["scaled_fp8"] = torch.empty(0, dtype=FP8)
+    save(state, path)
+    return state
+
+
+def write_real_width_umt5(path: Path, variant: str, layers: int = 1, vocab: int = 4096, spiece: bytes | None = None,
+                          seed: int = 1) -> dict:
+    """umT5-XXL at its real widths (d_model 4096, 64 heads, d_ff 10240) with `layers` layers and a cut vocabulary."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from bench.real_layout import UMT5_XXL, random_model
+
+    config = UMT5Config(**dict(UMT5_XXL, num_layers=layers, vocab_size=vocab))
+    state = umt5_file_state(random_model(lambda: UMT5EncoderModel(config), seed), variant, spiece)
+    save(state, path)
+    return state
+
+
+def write_real_width_clip(path: Path, layout: str, layers: int = 2, seed: int = 2) -> dict:
+    """CLIP ViT-H/14 (width 1280, 16 heads, 224 px) with `layers` of its 32 layers, fp16."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from bench.real_layout import CLIP_VIT_H14, random_model
+
+    config = CLIPVisionConfig(**dict(CLIP_VIT_H14, num_hidden_layers=layers))
+    state = clip_file_state(random_model(lambda: CLIPVisionModelWithProjection(config), seed), layout)
+    save(state, path)
+    return state
+
+
+def write_real_vae(path: Path, dtype: torch.dtype, seed: int = 3) -> dict:
+    """The Wan2.1 VAE (diffusers' default configuration) in the original key names."""
+    from diffusers import AutoencoderKLWan
+
+    from bench.real_layout import random_model
+
+    state = vae_file_state(random_model(AutoencoderKLWan, seed), dtype)
+    save(state, path)
+    return state
