@@ -188,3 +188,50 @@ def test_a_lora_for_another_model_is_refused_naming_what_does_not_fit(tmp_path):
     assert refused(tmp_path, "partly.safetensors", partly) == (
         "partly.safetensors is a LoRA for another model: 1 of its 25 layers do not exist in this Wan2.1 I2V DiT "
         "(e.g. 'blocks.5.ffn.net.0.proj')")
+
+
+def test_loras_loaded_later_keep_the_earlier_ones_active(tmp_path):
+    """Separate-layer LoRAs from two calls (the few-step LoRA after the user's) are all active at their scales."""
+    a = LoraSpec(write(tmp_path, "a.safetensors", spelled(lora_tensors(seed=1), "comfy")), 0.5)
+    b = LoraSpec(write(tmp_path, "b.safetensors", spelled(lora_tensors(seed=2), "bare")), 2.0)
+    together, apart = fresh(), fresh()
+    load_loras(together, [a, b], fuse=False)
+    load_loras(apart, [a], fuse=False)
+    [second] = load_loras(apart, [b], fuse=False)
+    assert second.name == "lora_1" and apart.lora_scales == {"lora_0": 0.5, "lora_1": 2.0}
+    torch.testing.assert_close(one_forward(apart.transformer), one_forward(together.transformer), rtol=0, atol=0)
+    with pytest.raises(InvalidSetting, match=r"^no LoRA named 'style' is kept as separate layers \(loaded: lora_0, "
+                                             r"lora_1\)$"):
+        set_lora_scales(apart, {"style": 1.0})
+
+
+@pytest.mark.slow
+def test_generate_applies_loras_from_the_option_or_the_environment_and_refuses_bad_ones_before_loading(
+        tmp_path, capsys, monkeypatch):
+    from fantasy.cli import main
+
+    from .conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
+    from .mp4_probe import probe
+
+    lora = write(tmp_path, "comfy.safetensors", spelled(lora_tensors(), "comfy"))
+    out = tmp_path / "o.mp4"
+    args = ["generate", "--image", str(EXAMPLE_IMAGE), "--audio", str(EXAMPLE_SPEECH), "--out", str(out),
+            "--steps", "1", "--size", "64", "--max-duration", "0.4"]
+    monkeypatch.delenv(LORA_ENV, raising=False)
+    assert main([*args, "--lora", f"{lora}:0.5", "--lora", str(lora)]) == 0
+    err = capsys.readouterr().err
+    assert "  LoRA comfy.safetensors:0.5: fused into 24 layers\n  LoRA comfy.safetensors:1: fused into 24 layers" in err
+    assert probe(out).frames == 13
+    monkeypatch.setenv(LORA_ENV, f"{lora}:0.25")
+    out.unlink()
+    assert main([*args, "--no-fuse-lora"]) == 0
+    assert "  LoRA comfy.safetensors:0.25: kept beside 24 layers" in capsys.readouterr().err
+    for bad, message in [(str(tmp_path / "gone.safetensors"), f"LoRA file not found: {tmp_path / 'gone.safetensors'}"),
+                         (f"{lora}:7", "--lora: the scale of comfy.safetensors must be between -4 and 4, got 7")]:
+        out.unlink(missing_ok=True)
+        assert main([*args, "--lora", bad]) == 2
+        assert capsys.readouterr().err == f"error: {message}\n"  # one line, before any model loaded ("[tiny] ..." not said)
+        assert not out.exists()
+    monkeypatch.setenv(LORA_ENV, f"{lora}")
+    assert main([*args, "--release"]) == 2
+    assert capsys.readouterr().err == "error: --release runs the released model only; drop --lora (and unset FANTASY_LORA)\n"

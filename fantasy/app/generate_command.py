@@ -12,10 +12,13 @@ import time
 from pathlib import Path
 
 from fantasy.app.flags import (
+    add_lora_flags,
     add_parallel_flags,
     add_real_flags,
     add_speed_flags,
+    comfy_option,
     guidance_defaults,
+    lora_option,
     parallel_option,
     speed_options,
 )
@@ -61,6 +64,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--release", action="store_true",
                    help="exactly the official infer.py's clip: at most 81 frames from the start of the speech, the "
                         "bf16 DiT, its prompt, its tiled decode and uint8 truncation (see README, Numerics)")
+    add_lora_flags(p)
     add_speed_flags(p)
     add_parallel_flags(p)
     p.set_defaults(run=run)
@@ -86,6 +90,10 @@ def run(args) -> int:
     steps, text_guidance, audio_guidance = guidance_defaults(args)
     if args.release:
         _check_release_flags(args, speed)
+    comfy = comfy_option(args, preset.name)
+    loras, lora_states = lora_option(args)  # every LoRA file read and checked before any model loads
+    if args.release and loras:
+        raise InvalidSetting("--release runs the released model only; drop --lora (and unset FANTASY_LORA)")
     settings = Settings(
         prompt=args.prompt, negative_prompt=args.negative_prompt or DEFAULT_NEGATIVE_PROMPT, seed=args.seed,
         steps=steps, text_guidance=text_guidance, audio_guidance=audio_guidance,
@@ -116,11 +124,14 @@ def run(args) -> int:
     started = time.perf_counter()
     dit = args.dit or (RELEASE_DIT if args.release else None)  # None: picked from free VRAM (README, Weights)
     real = {"dit": dit, "vram": args.vram, "weights": args.weights, "fit_size": settings.resolved(preset).longest_edge,
-            "fit_frames": settings.max_frames, "fit_batch": 3 if speed.batch_guidance else 1}
+            "fit_frames": settings.max_frames, "fit_batch": 3 if speed.batch_guidance else 1, "comfy_models": comfy}
     pipe = load_pipeline(preset.name, device=device, adapter=args.adapter, **(real if preset.name == "real" else {}))
     pipe.set_progress_bar_config(disable=True)  # our own progress lines below
     from fantasy.speed.switches import apply_speed
+    from fantasy.weights.loras import load_loras
 
+    for applied in load_loras(pipe, loras, fuse=speed.fuse_lora, states=lora_states):
+        say(f"  {applied}")
     for line in apply_speed(pipe, speed, parallel):
         say(f"  speed: {line}")
     if args.expression is not None or args.body is not None:

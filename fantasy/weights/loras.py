@@ -172,15 +172,24 @@ class AppliedLora:
         return f"LoRA {self.spec}: {how} {self.layers} layers"
 
 
-def load_loras(pipe, specs: list[LoraSpec], fuse: bool = True, names: list[str] | None = None) -> list[AppliedLora]:
+def read_loras(specs: list[LoraSpec]) -> list[dict[str, torch.Tensor]]:
+    """Every LoRA read and converted (`read_lora`): the checks that need no model, before any model loads."""
+    return [read_lora(spec) for spec in specs]
+
+
+def load_loras(pipe, specs: list[LoraSpec], fuse: bool = True, names: list[str] | None = None,
+               states: list[dict] | None = None) -> list[AppliedLora]:
     """Apply `specs` to the pipeline's DiT, in order, every file checked before the DiT is touched.
 
     Fused (default, plain weights): each is folded into the weights at its scale and its layers dropped.
     Not fused, or on quantized weights (GGUF: no delta can be added to packed weights): they stay as PEFT
     adapters named `names` (default `lora_0`, ...), active at their scales (`set_lora_scales` changes them).
+    `states`: what `read_loras(specs)` returned, when the caller checked the files before loading the models.
     """
-    names = names or [f"lora_{i}" for i in range(len(specs))]
-    states = [read_lora(spec) for spec in specs]
+    taken = set(getattr(pipe.transformer, "peft_config", None) or {})
+    names = names or [name for name in (f"lora_{i}" for i in range(len(taken) + len(specs))) if name not in taken
+                      ][: len(specs)]
+    states = read_loras(specs) if states is None else states  # `read_loras`' result, when the caller checked early
     for spec, state in zip(specs, states, strict=True):
         check_fits(pipe.transformer, state, spec.path.name)
     applied, kept = [], []
@@ -194,8 +203,9 @@ def load_loras(pipe, specs: list[LoraSpec], fuse: bool = True, names: list[str] 
         else:
             kept.append((name, spec.scale))
         applied.append(AppliedLora(spec, name, layers, fused))
-    if kept:
-        pipe.set_adapters([name for name, _ in kept], [scale for _, scale in kept])
+    if kept:  # every LoRA kept so far stays active (set_adapters sets the whole list)
+        pipe.lora_scales = {**getattr(pipe, "lora_scales", {}), **dict(kept)}
+        pipe.set_adapters(list(pipe.lora_scales), list(pipe.lora_scales.values()))
     return applied
 
 
@@ -205,4 +215,9 @@ def set_lora_scales(pipe, scales: dict[str, float]) -> None:
         if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
             raise InvalidSetting(f"LoRA strength must be between {SCALE_RANGE[0]:g} and {SCALE_RANGE[1]:g}, got "
                                  f"{scale:g} for {name}")
-    pipe.set_adapters(list(scales), list(scales.values()))
+    unknown = sorted(set(scales) - set(getattr(pipe, "lora_scales", {})))
+    if unknown:
+        raise InvalidSetting(f"no LoRA named '{unknown[0]}' is kept as separate layers (loaded: "
+                             f"{', '.join(getattr(pipe, 'lora_scales', {})) or 'none'})")
+    pipe.lora_scales = {**pipe.lora_scales, **scales}
+    pipe.set_adapters(list(pipe.lora_scales), list(pipe.lora_scales.values()))
