@@ -257,7 +257,7 @@ def save(state: dict, path: Path) -> Path:
 def write_real_width_dit(path: Path, variant: str, blocks: int = 1, seed: int = 0) -> dict:
     """The Wan2.1-I2V-14B DiT at its real widths with `blocks` blocks, as `variant`'s single file; returns the
     file's tensors (random values, written one dtype conversion at a time)."""
-    from bench.real_layout import RandomPool, _meta_state, dit_config
+    from tools.real_layout import RandomPool, _meta_state, dit_config
 
     maker, kind = variant.split("_", 1)
     pool = RandomPool(seed)
@@ -280,7 +280,7 @@ def write_real_width_umt5(path: Path, variant: str, layers: int = 1, vocab: int 
     """umT5-XXL at its real widths (d_model 4096, 64 heads, d_ff 10240) with `layers` layers and a cut vocabulary."""
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from bench.real_layout import UMT5_XXL, random_model
+    from tools.real_layout import UMT5_XXL, random_model
 
     config = UMT5Config(**dict(UMT5_XXL, num_layers=layers, vocab_size=vocab))
     state = umt5_file_state(random_model(lambda: UMT5EncoderModel(config), seed), variant, spiece)
@@ -292,7 +292,7 @@ def write_real_width_clip(path: Path, layout: str, layers: int = 2, seed: int = 
     """CLIP ViT-H/14 (width 1280, 16 heads, 224 px) with `layers` of its 32 layers, fp16."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from bench.real_layout import CLIP_VIT_H14, random_model
+    from tools.real_layout import CLIP_VIT_H14, random_model
 
     config = CLIPVisionConfig(**dict(CLIP_VIT_H14, num_hidden_layers=layers))
     state = clip_file_state(random_model(lambda: CLIPVisionModelWithProjection(config), seed), layout)
@@ -304,7 +304,7 @@ def write_real_vae(path: Path, dtype: torch.dtype, seed: int = 3) -> dict:
     """The Wan2.1 VAE (diffusers' default configuration) in the original key names."""
     from diffusers import AutoencoderKLWan
 
-    from bench.real_layout import random_model
+    from tools.real_layout import random_model
 
     state = vae_file_state(random_model(AutoencoderKLWan, seed), dtype)
     save(state, path)

@@ -263,7 +263,7 @@ def test_the_vae_key_spelling_is_the_inverse_of_diffusers_converter():
 @pytest.mark.slow
 @pytest.mark.parametrize("name, dtype", [(cf.COMFY_VAE, torch.bfloat16), (cf.KIJAI_VAE["fp32"], torch.float32)])
 def test_the_wan_vae_single_file_loads_through_diffusers(tmp_path, name, dtype):
-    from bench.real_layout import random_model
+    from tools.real_layout import random_model
 
     source = random_model(AutoencoderKLWan, seed=3)
     loaded = load_vae_file(cf.save(cf.vae_file_state(source, dtype), tmp_path / name))

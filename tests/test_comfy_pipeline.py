@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.usefixtures("empty_hf_cache"), pytest.mark.slow]
 
 
 def weights_folder(root, tokenizer: bool = False):
-    from bench import real_layout
+    from tools import real_layout
 
     real_layout.write_wav2vec2_folder(root / WAV2VEC_PART.folder)
     real_layout.write_official_ckpt(root / ADAPTER_PART.folder / ADAPTER_PART.required[0], 1)
