@@ -428,8 +428,12 @@ APP_MAX_EDGE = 1024  # the resolution slider's maximum: the automatic DiT choice
 
 
 def real_options(args: argparse.Namespace) -> dict[str, Any]:
-    """`load_pipeline` options of the real preset: DiT storage (auto: fits the largest resolution), VRAM mode."""
-    return {"dit": args.dit, "vram": args.vram, "fit_size": APP_MAX_EDGE, "fit_batch": 3 if args.batch_guidance else 1}
+    """`load_pipeline` options of the real preset: DiT storage (auto: fits the largest resolution), VRAM mode, the
+    ComfyUI folder whose files it reads."""
+    from fantasy.app.flags import comfy_option
+
+    return {"dit": args.dit, "vram": args.vram, "fit_size": APP_MAX_EDGE, "fit_batch": 3 if args.batch_guidance else 1,
+            "comfy_models": comfy_option(args, "real")}
 
 
 def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
@@ -443,7 +447,7 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
             raise InvalidSetting("--serve runs every generation on the deployment: drop --context-parallel here and "
                                  "start the deployment with `python -m fantasy serve --context-parallel N`")
         return create_front_end(args.serve)
-    preset = get_preset(args.preset or default_preset(args.adapter))
+    preset = get_preset(args.preset or default_preset(args.adapter, args.comfy_models))
     options = speed_options(args)  # spelling errors before the models load
     parallel = parallel_option(args, vram=args.vram if preset.name == "real" else "resident")
     channel, device = None, None
