@@ -8,6 +8,43 @@ parser is built, not when this module is.
 from __future__ import annotations
 
 
+def add_setting_flags(p, note: str = "") -> None:
+    """The settings of one generation (`fantasy.settings.Settings`), the motion sliders included; `note` ends
+    each help text (batch: "; a row's column overrides it")."""
+    from fantasy.model.prompts import DEFAULT_PROMPT
+    from fantasy.release import RELEASE_PROMPT
+    from fantasy.settings import DEFAULT_SEED
+
+    p.add_argument("--prompt", default=None, help=f"default: '{DEFAULT_PROMPT}' ('{RELEASE_PROMPT}' with --release){note}")
+    p.add_argument("--negative-prompt", default=None, help=f"default: Wan's negative prompt + 'motionless'{note}")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"default {DEFAULT_SEED}{note}")
+    p.add_argument("--steps", type=int, default=None, help=f"denoising steps (preset default: 30; --fast: 4){note}")
+    p.add_argument("--text-guidance", type=float, default=None, help=f"default 5 (--fast: 1){note}")
+    p.add_argument("--audio-guidance", type=float, default=None,
+                   help=f"default 5 (--fast: 1; 2 adds a pass per step){note}")
+    p.add_argument("--audio-weight", type=float, default=1.0, help=f"default 1{note}")
+    p.add_argument("--fps", type=int, default=23, help=f"default 23{note}")
+    p.add_argument("--max-frames", type=int, default=81, help=f"frames per window (the release's clip: 81){note}")
+    p.add_argument("--max-duration", type=float, default=10.0,
+                   help=f"seconds of speech to animate; longer speech is cut (default 10){note}")
+    p.add_argument("--size", type=int, default=None,
+                   help=f"longest edge in px, multiple of 16 (tiny: 128, real: 512){note}")
+    p.add_argument("--expression", type=float, default=None,
+                   help=f"expression intensity 0-1 (the app's slider; trained motion module or training-free mapping){note}")
+    p.add_argument("--body", type=float, default=None, help=f"body-motion intensity 0-1 (the app's slider){note}")
+
+
+def add_model_flags(p) -> None:
+    """Which models: --preset, --adapter, --device, --weights and the real preset's storage (`add_real_flags`)."""
+    p.add_argument("--preset", default="tiny", choices=["tiny", "real"], help="tiny: random demo models (CPU)")
+    p.add_argument("--adapter", default=None,
+                   help="adapter weights (.safetensors or the released .ckpt), or a training checkpoint "
+                        "(`python -m fantasy train`: also loads its motion / identity modules)")
+    p.add_argument("--device", default=None)
+    add_real_flags(p)
+    p.add_argument("--weights", default=None, help="real preset: weights dir (default weights/ or $FANTASY_WEIGHTS)")
+
+
 def add_real_flags(p) -> None:
     """--dit, --vram and --comfy-models: how the real preset stores the DiT, where its models live and which
     ComfyUI folder supplies files."""
