@@ -160,9 +160,34 @@ def dit_file_key(dit: str) -> str:
     return get_dit_mode(dit).file
 
 
-def download_plan(dit: str = DEFAULT_DIT) -> list[RepoPart]:
-    """Every repo part the real preset needs with this DiT mode, in download order."""
-    return [WAN_PART, DIT_FILES[dit_file_key(dit)], ADAPTER_PART, WAV2VEC_PART]
+def download_plan(dit: str = DEFAULT_DIT, comfy: Path | None = None) -> list[RepoPart]:
+    """Every repo part the real preset needs with this DiT mode, in download order; with a ComfyUI folder,
+    only what it does not hold (`check_real_weights` reads the rest from there)."""
+    if comfy is None:
+        return [WAN_PART, DIT_FILES[dit_file_key(dit)], ADAPTER_PART, WAV2VEC_PART]
+    from fantasy.weights.comfy_folder import find_comfy_files
+
+    file_key = dit_file_key(dit)
+    found = find_comfy_files(comfy, want_gguf=None if file_key == "bf16" else file_key).found()
+    needed = _wan_components_needed(found)
+    parts = [wan_part_for(needed)] if needed else []
+    if "dit" not in found:
+        parts.append(DIT_FILES[file_key])
+    return parts + [ADAPTER_PART, WAV2VEC_PART]
+
+
+def comfy_dit_mode(comfy: Path) -> str | None:
+    """The `--dit` that reads the DiT a ComfyUI folder holds ('bf16' for any safetensors DiT, else its GGUF
+    type), or None when it holds none: what `download` fetches no DiT for."""
+    from fantasy.weights.comfy_folder import find_comfy_files, gguf_quant_of
+
+    if find_comfy_files(comfy).dit is not None:
+        return "bf16"
+    for quant in ("q8_0", "q4_k_m"):
+        found = find_comfy_files(comfy, want_gguf=quant).dit
+        if found is not None:
+            return gguf_quant_of(found.name)
+    return None
 
 
 def fetch_command(dit: str, root: Path) -> str:
