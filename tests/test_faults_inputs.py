@@ -5,6 +5,7 @@ and every PIL mode converted faithfully (16-bit greys not clipped, transparency 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,9 +97,8 @@ def test_a_two_hour_upload_costs_the_cli_what_one_second_does(long_opus, tmp_pat
 ])
 def test_pixel_bombs_are_refused_from_the_header(tmp_path, size, message):
     bomb = faults.png_header(tmp_path / "bomb.png", *size)
-    with pytest.raises(ImageTooLarge) as refused:
+    with pytest.raises(ImageTooLarge, match=f"^{re.escape(message)}$"):
         load_portrait(bomb)
-    assert str(refused.value) == message
 
 
 def test_the_cli_refuses_a_pixel_bomb_in_one_line(tmp_path, capsys):
@@ -116,9 +116,8 @@ def test_strips_are_refused_not_squashed(tmp_path, size, ratio):
     Image.new("RGB", size, (120, 90, 60)).save(path)
     message = (f"'strip.png' is {size[0]}x{size[1]} px, {ratio}; portraits up to 4:1 (either way) are supported: "
                "crop it around the face.")
-    with pytest.raises(ImageShapeUnsupported) as refused:
+    with pytest.raises(ImageShapeUnsupported, match=f"^{re.escape(message)}$"):
         load_portrait(path)
-    assert str(refused.value) == message
 
 
 def test_a_shape_bent_by_the_release_sizing_is_said(speech_wav):
