@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fantasy.app.serve import add_parser as add_serve
     from fantasy.metrics.command import add_parser as add_eval
     from fantasy.train.command import add_parser as add_train
+    from fantasy.train.synth_command import add_parser as add_make_clips
     from fantasy.weights.command import add_parsers as add_weights
 
     add_generate(sub)
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     add_eval(sub)
     add_train(sub)
+    add_make_clips(sub)
     add_serve(sub)
     return parser
 
