@@ -1,7 +1,7 @@
 """FantasyTalking Studio, the Gradio app: one portrait + one speech clip -> a talking-portrait video.
 
 This file is only widgets, validation glue and event wiring; the work lives in the public API (`fantasy`) and
-the app layer (`fantasy.app`: `studio`, `streaming`, `validation`, `sliders`, `launch`). Run `python app.py` (see README "Run the app"). Without a CUDA GPU
+the app layer (`fantasy.app`: `studio`, `streaming`, `validation`, `sliders`, `launch`). Run `python app.py` (see docs/app.md). Without a CUDA GPU
 and the real weights it starts the tiny demo preset, whose output is noise, and says so on the page.
 """
 
@@ -324,7 +324,7 @@ def build_demo(
                         audio_weight = gr.Slider(0, 2, value=1.0, step=0.05, label="Audio weight")
                     with gr.Row():
                         steps = gr.Slider(1, 50, value=defaults["steps"], step=1, label="Denoising steps", elem_id="steps")
-                        edge = gr.Slider(MIN_SIDE, 1024, value=preset.longest_edge, step=SIDE_MULTIPLE,
+                        edge = gr.Slider(MIN_SIDE, min(APP_MAX_EDGE, preset.max_longest_edge), value=preset.longest_edge, step=SIDE_MULTIPLE,
                                          label="Resolution (longest edge, px)", elem_id="resolution")
                         duration = gr.Slider(MIN_DURATION_S, MAX_DURATION_S, value=DEFAULT_DURATION_S, step=0.5,
                                              label="Maximum duration (s)", elem_id="duration",

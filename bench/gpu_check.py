@@ -1,8 +1,8 @@
-"""The one-shot GPU check: everything README's GPU figures need, in one command on a bare CUDA machine.
+"""The one-shot GPU check: everything the docs' GPU figures need, in one command on a bare CUDA machine.
 
     python3 bench/fetch_wheels.py                   # here, with network: the missing packages' wheels -> .whl/
     python3 bench/gpu_check.py --out OUT            # there: installs what is missing from .whl/, measures, writes
-                                                    #   OUT/gpu_check.json and OUT/gpu_check.md (README's tables)
+                                                    #   OUT/gpu_check.json and OUT/gpu_check.md (the docs' tables)
     python3 bench/gpu_check.py --tiny --out OUT     # any CPU: the same code on a tiny config (CI runs this)
 
 A bare CUDA machine has torch, transformers, accelerate, peft, safetensors but no diffusers, gguf,

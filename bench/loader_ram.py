@@ -13,7 +13,7 @@ layouts (`bench.real_layout`), against the tensor set it must hold:
     python -m bench.loader_ram [--root DIR] [--json PATH]   # writes the files (~4 GB) if DIR has none, prints a table
 
 The test (tests/test_real_width.py) asserts the bounds; `full_model_host_ram` turns the measured
-ratios into the README's "host RAM needed" per `--dit`/`--vram` mode.
+ratios into docs/weights.md's "host RAM needed" per `--dit`/`--vram` mode.
 """
 
 from __future__ import annotations

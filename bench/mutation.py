@@ -12,7 +12,7 @@ one small change at a time in a function (an operator, a constant, a dropped arg
 that call that function; a mutant that no test notices "survived". Results are kept in `mutants/`: naming a
 module tries all its mutants again; `--survivors` and `--changed` try only those without a detected result
 (mutmut resets the results of a function whose code changed). This is a bench command, not CI: on the 2-core
-CI machine all core modules take about 1 h 15 min with `--max-children 2` (see README, Test quality).
+CI machine all core modules take about 1 h 15 min with `--max-children 2` (see docs/test-quality.md).
 
 mutmut runs from a virtual environment of its own (`.venv-mutmut`, made on first use, seeing the shared
 packages): mutmut 3.8 needs libcst >= 1.9, and the shared environment must keep its own.

@@ -68,6 +68,13 @@ def test_flags():
     assert options["max_file_size"] == 20 * 1024 * 1024 and options["share"] is False
 
 
+def test_the_resolution_slider_stops_at_the_presets_maximum(tiny_pipe, tmp_path):
+    """A value past the preset's bound would only be refused (`Settings.resolved`): the slider does not offer it."""
+    demo = app.build_demo(tiny_pipe, get_preset("tiny"), face_checker=FAKE_FACES, output_root=tmp_path)
+    slider = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "resolution")
+    assert (slider.minimum, slider.maximum) == (64, get_preset("tiny").max_longest_edge) == (64, 256)
+
+
 def test_api_exposes_one_documented_generate_endpoint(client):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert list(api) == ["/generate"]

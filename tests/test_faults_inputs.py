@@ -110,6 +110,63 @@ def test_the_cli_refuses_a_pixel_bomb_in_one_line(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.png"]
 
 
+def test_the_cli_refuses_a_huge_resolution_before_reading_anything(tmp_path, capsys, monkeypatch):
+    """`--size 65536` resized the portrait first: a MemoryError traceback (issue 25). Now the settings refuse it,
+    before the portrait or the speech is opened."""
+    import fantasy.generation
+
+    def no_reading(*_args):
+        raise AssertionError("an input was read")
+
+    monkeypatch.setattr(fantasy.generation, "prepare_inputs", no_reading)
+    code = main(["generate", "--image", str(EXAMPLE_IMAGE), "--audio", str(EXAMPLE_SPEECH), "--out",
+                 str(tmp_path / "o.mp4"), "--preset", "real", "--size", "65536"])
+    assert (code, capsys.readouterr().err) == (
+        2, "error: resolution (longest edge) must be at most 1280 px with the real preset, got 65536\n")
+    code = main(["generate", "--image", str(EXAMPLE_IMAGE), "--audio", str(EXAMPLE_SPEECH), "--out",
+                 str(tmp_path / "o.mp4"), "--preset", "real", "--size", "1024", "--max-duration", "600", "--fps", "60"])
+    assert code == 2 and capsys.readouterr().err.startswith(
+        "error: these settings ask for up to 36,005 frames of 1024x1024 px (37.75 gigapixels); the real preset "
+        "makes at most 12.72 gigapixels")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_app_and_serve_refuse_a_huge_resolution_before_decoding(monkeypatch):
+    """`fantasy serve` and the page check requests through `Studio.check` (`check_inputs`): the settings are
+    refused before the portrait is decoded (one request grew a serve replica past 10 GB, issue 25)."""
+    import fantasy.app.validation
+    from fantasy.app.validation import check_inputs
+    from fantasy.errors import InvalidSetting
+    from fantasy.weights.presets import PRESETS
+
+    monkeypatch.setattr(fantasy.app.validation, "load_portrait", lambda *_: pytest.fail("the portrait was decoded"))
+    with pytest.raises(InvalidSetting, match="^resolution \\(longest edge\\) must be at most 256 px with the tiny "
+                                             "preset, got 65536$"):
+        check_inputs(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Settings(longest_edge=65536), PRESETS["tiny"])
+
+
+def test_the_python_api_refuses_a_huge_resize_before_allocating(monkeypatch):
+    """`prepare_inputs` with settings that were never resolved (the Python API): the resize refuses a portrait
+    larger than an upload may be, before PIL allocates it."""
+    from fantasy.errors import InvalidSetting
+    from fantasy.media.image import resize_portrait
+
+    class Resized(Exception):
+        pass
+
+    def resize(*_args, **_kwargs):
+        raise Resized
+
+    monkeypatch.setattr(Image.Image, "resize", resize)
+    with pytest.raises(InvalidSetting, match="^resolution \\(longest edge\\) 65536 px would make the portrait "
+                                             "65536x65536 px; the limit is 64 megapixels$"):
+        prepare_inputs(Image.new("RGB", (512, 512)), EXAMPLE_SPEECH, Settings(longest_edge=65536))
+    with pytest.raises(InvalidSetting, match="would make the portrait 8016x8016 px"):
+        resize_portrait(Image.new("RGB", (512, 512)), 8016)
+    with pytest.raises(Resized):  # 8000 x 8000: exactly the limit
+        resize_portrait(Image.new("RGB", (512, 512)), 8000)
+
+
 @pytest.mark.parametrize("size, ratio", [((10_000, 64), "156:1"), ((64, 2_560), "40:1")])
 def test_strips_are_refused_not_squashed(tmp_path, size, ratio):
     path = tmp_path / "strip.png"

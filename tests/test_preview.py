@@ -125,7 +125,7 @@ def test_preview_of_the_portrait_encoded_by_a_real_shaped_vae(tmp_path):
     """Wan 2.1's VAE at full width (random weights, 127 M parameters): the portrait's encoding previews as one
     frame per latent frame at 1/8 of the sides, and the map check runs on it end to end.
 
-    Random weights have no colour code, so no correlation is asserted here (README, Live preview: a map fitted
+    Random weights have no colour code, so no correlation is asserted here (docs/architecture.md, Live preview: a map fitted
     to this VAE is at noise level); `bench/preview_fit.py` gives the published map's figure on the real VAE.
     """
     from diffusers import AutoencoderKLWan

@@ -174,11 +174,11 @@ def test_host_ram_of_each_loader_stays_near_the_tensor_set_it_holds(root, tmp_pa
     assert peak.peak_rss <= rss_bound, figures
 
 
-def test_the_full_model_host_ram_table_in_the_readme_is_what_the_code_computes():
+def test_the_full_model_host_ram_table_in_the_docs_is_what_the_code_computes():
     from bench.loader_ram import FULL, full_model_host_ram
 
     assert real_layout.city96_bytes(real_layout.dit_config(40)) == FULL["dit_q8_0"]  # 17.46 GB of tensors
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "weights.md").read_text()
     needs = {(dit, vram): round(need) for dit, vram, need, _ in full_model_host_ram(1.0)}
     assert needs == {("q8_0", "resident"): 15, ("bf16", "resident"): 15, ("bf16-fp8-storage", "resident"): 33,
                      ("q8_0", "model-offload"): 34, ("bf16", "model-offload"): 49, ("q8_0", "group-offload"): 45,

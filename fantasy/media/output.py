@@ -18,7 +18,7 @@ from pathlib import Path
 from fantasy.errors import OutputError
 
 # Room a video needs, as an upper bound: H.264 at CRF 18 takes 0.63-0.66 byte per pixel for uniform random noise
-# (the worst case; the tiny preset's output takes 0.1, faces far less; see README "Reliability"); AAC at
+# (the worst case; the tiny preset's output takes 0.1, faces far less; see docs/reliability.md); AAC at
 # 192 kbit/s; plus a fixed slack.
 BYTES_PER_PIXEL = 0.75
 AUDIO_BYTES_PER_S = 192_000 // 8
