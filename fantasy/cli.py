@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     from fantasy.app.generate_command import add_parser as add_generate
     from fantasy.app.serve import add_parser as add_serve
     from fantasy.metrics.command import add_parser as add_eval
+    from fantasy.train.command import add_clips_parser as add_make_clips
     from fantasy.train.command import add_parser as add_train
-    from fantasy.train.synth_command import add_parser as add_make_clips
     from fantasy.weights.command import add_parsers as add_weights
 
     add_generate(sub)

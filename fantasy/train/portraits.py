@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from fantasy.errors import NoFaceFound
+from fantasy.errors import InputFileNotFound, NoFaceFound
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # name -> (file in examples/, mouth shift in mouth widths: where dlib's lip line sits off the real one)
@@ -59,7 +59,11 @@ def photo(name: str) -> Face:
     if name not in PHOTOS:
         raise ValueError(f"unknown training photo '{name}'; choose one of {', '.join(PHOTOS)}")
     file, shift = PHOTOS[name]
-    image = np.asarray(Image.open(EXAMPLES / file).convert("RGB"))
+    path = EXAMPLES / file
+    if not path.is_file():
+        raise InputFileNotFound(f"Training photo {path} not found: synthetic clips are made in a checkout of the "
+                                "repository, whose examples/ folder holds the photos.")
+    image = np.asarray(Image.open(path).convert("RGB"))
     return Face(name, image, measure_landmarks(image, name), shift)
 
 
