@@ -1,1 +1,1 @@
-"""Edge cases of the core modules that mutation testing (`python -m bench.mutation`) found no test for."""
+"""Edge cases of the core modules that mutation testing (`python -m tools.mutation`) found no test for."""

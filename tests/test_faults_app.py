@@ -21,7 +21,7 @@ from gradio_client.exceptions import ValidationError
 from gradio_client.utils import Status
 from PIL import Image
 
-import app
+from fantasy.app import ui as app
 from fantasy.app.validation import FaceChecker
 from fantasy.weights.presets import get_preset
 from tests import faults

@@ -62,6 +62,28 @@ def test_cut_decoding_resamples_exactly_as_the_whole_file(tmp_path, suffix):
     assert np.array_equal(clip_samples(release.speech, 81, 23), clip_samples(whole, 81, 23))
 
 
+@pytest.mark.parametrize("room_kb", [400, 800])
+def test_a_nearly_full_temp_folder_does_not_shorten_the_speech(tmp_path, monkeypatch, room_kb):
+    """ffmpeg decoded m4a into a temporary WAV: with room for 800 KB of its 1 MB the speech came back 2.32 s long
+    of 2.90 (exit 0, a shorter video), with 400 KB 'Could not read as audio (Conversion failed!)'. It decodes
+    into a pipe now: the temp folder plays no part."""
+    import tempfile
+
+    from fantasy.media.audio import ffmpeg_executable
+
+    wav, m4a = tmp_path / "speech.wav", tmp_path / "speech.m4a"
+    soundfile.write(wav, np.stack([speech_like(2.9, 44_100, 1), speech_like(2.9, 44_100, 2)], 1), 44_100)
+    subprocess.run([ffmpeg_executable(), "-v", "error", "-i", str(wav), "-c:a", "aac", str(m4a)], check=True)
+    whole = load_speech(m4a)
+    assert whole.duration_s == 2.9025
+    with faults.tmpfs(tmp_path / "tmp", room_kb) as tmp:
+        monkeypatch.setenv("TMPDIR", str(tmp))
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+        speech = load_speech(m4a)
+        assert list(tmp.iterdir()) == []
+    assert speech.duration_s == whole.duration_s and np.array_equal(speech.samples, whole.samples)
+
+
 def run_measured(cmd: list[str], folder: Path) -> tuple[int, str, float]:
     """(exit status, stderr, peak RSS in MB) of one process: its own rusage, not the other children's."""
     with (folder / "stdout").open("w") as out, (folder / "stderr").open("w") as err:

@@ -23,13 +23,14 @@ PACKAGE = "fantasy"
 # from its own layer and the ones below it.
 # LAYERS-BEGIN (tests/test_layers.py's map; docs/architecture.md's layer diagram shows the same)
 LAYERS: list[tuple[str, list[str]]] = [
-    ("base", ["fantasy.errors", "fantasy.stop", "fantasy.quiet"]),
+    ("base", ["fantasy.errors", "fantasy.stop", "fantasy.quiet", "fantasy.examples"]),
     ("media, faces", ["fantasy.media", "fantasy.face"]),
     ("algorithm, metrics", ["fantasy.model", "fantasy.metrics"]),
     ("weights", ["fantasy.weights"]),
     ("speed, training", ["fantasy.speed", "fantasy.train"]),
     ("one generation", ["fantasy.settings", "fantasy.release", "fantasy.long_video", "fantasy.generation"]),
     ("app logic", ["fantasy.app"]),
+    ("benchmark", ["fantasy.bench"]),
     ("entry points", ["fantasy.cli", "fantasy.__main__", "fantasy"]),
 ]
 # LAYERS-END
@@ -220,7 +221,7 @@ def test_paths_computed_from_a_modules_file_reach_the_repository(monkeypatch):
     monkeypatch.delenv("FANTASY_WEIGHTS", raising=False)
     assert weights_dir() == ROOT / "weights" and package_root() == str(ROOT)
     assert [str(p.relative_to(ROOT)) for p in MODULES.values() if "__file__" in p.read_text()] == [
-        "fantasy/app/serve.py", "fantasy/train/portraits.py", "fantasy/weights/real.py",
+        "fantasy/app/serve.py", "fantasy/examples.py", "fantasy/weights/real.py",
     ]
 
 

@@ -183,8 +183,8 @@ def test_errors_before_the_group_is_joined_are_said_by_the_launchs_rank_0(rank, 
 
 
 def test_app_as_a_front_end_refuses_context_parallel_before_contacting_the_server(monkeypatch):
-    import app
     import fantasy.app.serve_client
+    from fantasy.app import ui as app
 
     monkeypatch.setattr(fantasy.app.serve_client, "fetch_info", lambda *a: pytest.fail("the server was contacted"))
     with pytest.raises(SystemExit) as stopped:

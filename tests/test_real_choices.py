@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import app
+from fantasy.app import ui as app
 from fantasy.app.studio import Controls, Studio
 from fantasy.app.validation import FaceChecker
 from fantasy.cli import main

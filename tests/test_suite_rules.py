@@ -57,8 +57,8 @@ def test_a_hanging_test_fails_with_its_name(tmp_path: Path, request):
 
 
 def test_the_mutation_bench_and_mutmut_mutate_the_same_files():
-    """`bench.mutation.MODULES` is the one list to update when files move; mutmut's `only_mutate` must follow."""
-    from bench.mutation import MODULES
+    """`tools.mutation.MODULES` is the one list to update when files move; mutmut's `only_mutate` must follow."""
+    from tools.mutation import MODULES
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
     assert sorted(MODULES.values()) == sorted(config["only_mutate"])
@@ -69,7 +69,7 @@ def test_mutation_scores_count_only_checked_mutants(tmp_path, monkeypatch):
     """A partial run gives its score over the mutants it checked, and says how many of all those were."""
     import json
 
-    from bench import mutation
+    from tools import mutation
 
     meta = tmp_path / "mutants" / "fantasy" / "model" / "windows.py.meta"
     meta.parent.mkdir(parents=True)

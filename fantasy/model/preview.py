@@ -249,7 +249,7 @@ def _pixels(x: torch.Tensor) -> torch.Tensor:
 def fit_latent_rgb(latents: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Least-squares factors [C, 3] and bias [3] taking normalised latents [N, C, T, h, w] to the cell means of
     their decoded videos [N, 3, F, H, W] in [-1, 1]: a way to make such a map for a VAE, and to check or refit
-    ours for another one (`bench/preview_fit.py`)."""
+    ours for another one (`tools/preview_fit.py`)."""
     x = _pixels(latents)
     y = _pixels(latent_cell_means(video))
     solution = torch.linalg.lstsq(torch.cat([x, torch.ones(len(x), 1)], dim=1), y).solution

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from fantasy.errors import InputFileNotFound, NoFaceFound
+from fantasy.examples import example_file
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # name -> (file in examples/, mouth shift in mouth widths: where dlib's lip line sits off the real one)
 PHOTOS: dict[str, tuple[str, float]] = {
     "collins": ("portrait.png", 0.0),
@@ -59,10 +58,10 @@ def photo(name: str) -> Face:
     if name not in PHOTOS:
         raise ValueError(f"unknown training photo '{name}'; choose one of {', '.join(PHOTOS)}")
     file, shift = PHOTOS[name]
-    path = EXAMPLES / file
-    if not path.is_file():
-        raise InputFileNotFound(f"Training photo {path} not found: synthetic clips are made in a checkout of the "
-                                "repository, whose examples/ folder holds the photos.")
+    try:
+        path = example_file(file)
+    except FileNotFoundError as exc:
+        raise InputFileNotFound(f"Training photo missing: {exc}") from None
     image = np.asarray(Image.open(path).convert("RGB"))
     return Face(name, image, measure_landmarks(image, name), shift)
 
