@@ -60,11 +60,12 @@ def parse_lora(text: str, source: str = "--lora") -> LoraSpec:
     return LoraSpec(Path(path).expanduser(), scale)
 
 
-def loras_from_env(value: str | None = None) -> list[LoraSpec]:
-    """`$FANTASY_LORA`: `FILE[:SCALE]` entries separated by commas (or `;`, the path separator on Windows)."""
+def loras_from_env(value: str | None = None, source: str = LORA_ENV) -> list[LoraSpec]:
+    """`$FANTASY_LORA` (or `value`): `FILE[:SCALE]` entries separated by commas (or `;`, the path separator on
+    Windows, or new lines)."""
     value = os.environ.get(LORA_ENV, "") if value is None else value
     entries = value.replace(";", ",").replace("\n", ",").split(",")
-    return [parse_lora(entry, LORA_ENV) for entry in entries if entry.strip()]
+    return [parse_lora(entry, source) for entry in entries if entry.strip()]
 
 
 def chosen_loras(given: list[str] | None) -> list[LoraSpec]:
