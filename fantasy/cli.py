@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fantasy.app.serve import add_parser as add_serve
     from fantasy.bench.command import add_parser as add_bench
     from fantasy.metrics.command import add_parser as add_eval
+    from fantasy.train.command import add_clips_parser as add_make_clips
     from fantasy.train.command import add_parser as add_train
     from fantasy.weights.command import add_parsers as add_weights
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench(sub)
     add_eval(sub)
     add_train(sub)
+    add_make_clips(sub)
     add_serve(sub)
     return parser
 

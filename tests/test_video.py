@@ -60,9 +60,14 @@ def test_longer_audio_is_cut_to_the_video(tmp_path):
 
 def test_failure_leaves_no_file(tmp_path):
     out = tmp_path / "out.mp4"
-    with pytest.raises(RuntimeError, match="decoder broke"), Mp4Writer(out, 23, 96, 64) as writer:
-        writer.write(frames(5))
-        raise RuntimeError("decoder broke")
+
+    def write_then_fail():
+        with Mp4Writer(out, 23, 96, 64) as writer:
+            writer.write(frames(5))
+            raise RuntimeError("decoder broke")
+
+    with pytest.raises(RuntimeError, match="decoder broke"):
+        write_then_fail()
     assert list(tmp_path.iterdir()) == []
 
 
