@@ -23,6 +23,7 @@ import soxr
 import torch
 
 from fantasy.errors import AudioTooShort, InputFileNotFound, SilentAudio, UnsupportedAudio
+from fantasy.media.tethered import die_with_parent
 
 SAMPLE_RATE = 16_000
 MIN_DURATION_S = 0.2
@@ -60,7 +61,7 @@ def _decode_with_ffmpeg(path: Path, max_seconds: float | None) -> tuple[np.ndarr
     limit = [] if max_seconds is None else ["-t", f"{max_seconds:.3f}"]
     cmd = [ffmpeg_executable(), "-nostdin", "-hide_banner", "-nostats", "-v", "info", *limit,
            "-i", str(path), "-map", "0:a:0", "-vn", "-acodec", "pcm_f32le", "-f", "wav", "-"]
-    proc = subprocess.run(cmd, capture_output=True)
+    proc = subprocess.run(cmd, capture_output=True, preexec_fn=die_with_parent())
     stderr = proc.stderr.decode(errors="replace")
     if proc.returncode < 0:  # killed (out of memory, a signal): nothing to do with the file's format
         raise UnsupportedAudio(f"decoding '{path.name}' was stopped by signal {-proc.returncode}: try again")
