@@ -149,7 +149,11 @@ def run(args) -> int:
             say(f"  step {step}/{total}: loss {loss:.4f}")
 
     result = train(pipe, config, dataset, progress=report)
-    if main:
+    if main and demo:
+        print(f"wrote {config.extra['publish']} ({result.steps} steps on {result.clips} clips, stage {config.stage}); "
+              f"the demo model in {model_dir} is complete: check it with `python -m tools.demo_go_no_go --model "
+              f"{model_dir} --heldout HELD_OUT_CLIPS`")
+    elif main:
         print(f"wrote {result.checkpoint} ({result.steps} steps on {result.clips} clips, stage {config.stage}"
               f"{f', {processes.num_processes} processes' if processes.num_processes > 1 else ''}); use it with "
               f"`python -m fantasy generate --adapter {result.checkpoint} ...` or the app's FANTASY_ADAPTER")
