@@ -106,10 +106,12 @@ def test_demo_parts_need_the_demo_preset(clips, tmp_path, capsys):
     assert "--part vae trains a part of the demo model: use --preset demo" in capsys.readouterr().err
     assert main(["train", "--preset", "demo", "--stage", "2", "--data", str(clips), "--out", str(tmp_path)]) == 2
     assert "the demo preset trains part by part (--part vae, speech or dit)" in capsys.readouterr().err
+    assert main(["train", "--stage", "2", "--modules", "dit,audio", "--data", str(clips), "--out", str(tmp_path)]) == 2
+    assert "--modules dit trains a whole base DiT, which only the demo preset does" in capsys.readouterr().err
+    from fantasy.weights.demo import load_demo_pipeline
+
     with pytest.raises(WeightsMissing, match=r"The demo model in .* lacks vae.safetensors, speech.safetensors, "
                                              r"dit.safetensors; train it with"):
-        from fantasy.weights.demo import load_demo_pipeline
-
         load_demo_pipeline(tmp_path / "nothing")
 
 

@@ -102,6 +102,11 @@ def run(args) -> int:
 
         raise InvalidSetting("the demo preset trains part by part (--part vae, speech or dit); --part dit is the "
                              "demo's" if demo else f"--part {args.part} trains a part of the demo model: use --preset demo")
+    if "dit" in modules and not demo:
+        from fantasy.errors import InvalidSetting
+
+        raise InvalidSetting("--modules dit trains a whole base DiT, which only the demo preset does "
+                             "(--preset demo --part dit)")
     model_dir = Path(args.out)
     out = model_dir / "dit-run" if demo else model_dir
     if demo and args.modules == ",".join(ADAPTER_MODULES):
