@@ -17,7 +17,7 @@ from fantasy.weights.presets import load_pipeline
 from fantasy.weights.quantize import is_quantized_weight
 from fantasy.weights.tiny import tiny_transformer
 
-from .fake_weights import build_weights_dir
+from .fake_weights import IMAGE_DIM, build_weights_dir
 
 BF16 = torch.bfloat16
 
@@ -293,7 +293,7 @@ def dit_inputs() -> dict:
     g = torch.Generator().manual_seed(11)
     return {"hidden_states": torch.randn(1, 36, 3, 4, 4, generator=g).to(BF16), "timestep": torch.tensor([500.0]),
             "encoder_hidden_states": torch.randn(1, 512, 32, generator=g).to(BF16),
-            "encoder_hidden_states_image": torch.randn(1, 17, 16, generator=g).to(BF16)}
+            "encoder_hidden_states_image": torch.randn(1, 17, IMAGE_DIM, generator=g).to(BF16)}
 
 
 @pytest.mark.parametrize("dit, tolerance", [("bf16", 0.0), ("q8_0", 0.03), ("bf16-int8", 0.03), ("bf16-fp8", 0.1),
