@@ -137,3 +137,28 @@ def test_the_audio_check_sees_whether_the_dit_reads_the_speech(clips, tmp_path):
                 linear.weight.normal_(0, 0.5)
     listening = audio_check(pipe, heldout, sigmas=(0.5,))
     assert listening.lips["own"] != listening.lips["other"] and listening.lips["none"] == untrained.lips["none"]
+
+
+def test_a_clip_that_fails_to_decode_once_is_read_again(monkeypatch, tmp_path):
+    """Seen on the loaded machine: ffmpeg timed out while starting; the hours-long VAE run must not stop on that."""
+    import numpy as np
+
+    from fantasy.errors import UnsupportedVideo
+    from fantasy.metrics import frames as frames_module
+    from fantasy.train import vae_trainer
+
+    calls = []
+
+    def flaky(path):
+        calls.append(path)
+        if len(calls) < 3:
+            raise UnsupportedVideo("Could not read 'x.mp4' as a video (timeout). Use an mp4/mov/webm/mkv file.")
+        return type("Clip", (), {"frames": np.zeros((1, 2, 2, 3), np.uint8)})()
+
+    monkeypatch.setattr(frames_module, "read_video", flaky)
+    monkeypatch.setattr(vae_trainer.time, "sleep", lambda seconds: None)
+    assert vae_trainer._read_frames(tmp_path / "x.mp4").shape == (1, 2, 2, 3) and len(calls) == 3
+    calls.clear()
+    with pytest.raises(UnsupportedVideo, match="timeout"):
+        vae_trainer._read_frames(tmp_path / "x.mp4", tries=2)
+    assert len(calls) == 2

@@ -50,20 +50,35 @@ class ClipFrames:
         return len(self.clips)
 
     def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        from fantasy.metrics.frames import read_video
         from fantasy.train.tracks import read_landmark_file
 
         if index in self.cache:
             self.cache.move_to_end(index)
             return self.cache[index]
         clip = self.clips[index]
-        frames = read_video(clip.video).frames
+        frames = _read_frames(clip.video)
         points = (read_landmark_file(clip.landmarks_file, len(frames)) if clip.landmarks_file is not None
                   else np.full((len(frames), 68, 2), np.nan))
         self.cache[index] = (frames, points[: len(frames)])
         if len(self.cache) > CACHE_CLIPS:
             self.cache.popitem(last=False)
         return self.cache[index]
+
+
+def _read_frames(path: Path, tries: int = 3) -> np.ndarray:
+    """A clip's frames. A run lasts hours: a decode that fails once (ffmpeg starved of CPU by other jobs timed
+    out while starting, seen on a loaded machine) is tried again before the run stops on it."""
+    from fantasy.errors import UnsupportedVideo
+    from fantasy.metrics.frames import read_video
+
+    for attempt in range(tries):
+        try:
+            return read_video(path).frames
+        except UnsupportedVideo:
+            if attempt == tries - 1:
+                raise
+            time.sleep(2.0 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def mouth_weights(points: np.ndarray, height: int, width: int) -> np.ndarray:
