@@ -1,4 +1,4 @@
-"""`fantasy ...` (or `python -m fantasy ...`): generate, convert, download, eval, train, serve, bench.
+"""`fantasy ...` (or `python -m fantasy ...`): generate, batch, download, convert, eval, train, make-clips, serve, bench.
 
 Each command lives with its layer (`COMMANDS` names its module) and is mounted here only when it is the one asked
 for: `--help`, `--version`, a mistyped command and argument errors answer before torch, diffusers or Gradio are
@@ -18,9 +18,12 @@ from fantasy import __version__
 from fantasy.errors import FantasyError
 
 # name -> (module, the function that adds its parser, the one-line help `fantasy --help` lists).
-# tests/test_cli.py checks that each module registers exactly this help.
+# tests/test_cli_parser.py checks that each module registers exactly this help.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("fantasy.app.generate_command", "add_parser", "portrait + speech -> talking-video mp4"),
+    "batch": ("fantasy.app.batch_command", "add_parser",
+              "a jobs file (CSV or JSON Lines: portrait, speech, prompt, seed, settings per row) -> one mp4 per row, "
+              "one model load"),
     "download": ("fantasy.weights.command", "add_download_parser",
                  "fetch the real preset's weights from the Hugging Face Hub"),
     "convert": ("fantasy.weights.command", "add_convert_parser",
@@ -29,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
              "lip-sync proxy, identity, motion and flicker metrics for a generated video (offline)"),
     "train": ("fantasy.train.command", "add_parser",
               "train the audio adapter, motion-intensity and identity modules on talking clips"),
+    "make-clips": ("fantasy.train.command", "add_clips_parser",
+                   "render synthetic talking clips (espeak-ng speech + warped public-domain photos) for `train`"),
     "serve": ("fantasy.app.serve_command", "add_parser",
               "serve generations with Ray Serve: one replica per GPU, a bounded queue, streamed events"),
     "bench": ("fantasy.bench.command", "add_parser",
@@ -55,7 +60,7 @@ class CommandParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def program_name() -> str:

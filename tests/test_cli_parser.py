@@ -53,21 +53,18 @@ def test_help_and_version_import_nothing_heavy(args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["generat"], "fantasy: error: argument COMMAND: invalid choice: 'generat' (choose from 'generate', 'download', "
-                  "'convert', 'eval', 'train', 'serve', 'bench') (see 'fantasy --help')"),
-    ([], "fantasy: error: the following arguments are required: COMMAND (see 'fantasy --help')"),
+    (["generat"], "fantasy: error: argument COMMAND: invalid choice: 'generat' (choose from 'generate', 'batch', "
+                  "'download', 'convert', 'eval', 'train', 'make-clips', 'serve', 'bench')"),
+    ([], "fantasy: error: the following arguments are required: COMMAND"),
     (["generate", "--image", "a.png"], "fantasy generate: error: the following arguments are required: --audio, "
-                                       "--out (see 'fantasy generate --help')"),
+                                       "--out"),
     (["generate", "--image", "a", "--audio", "b", "--out", "c.mp4", "--steps", "x"],
-     "fantasy generate: error: argument --steps: invalid int value: 'x' (see 'fantasy generate --help')"),
+     "fantasy generate: error: argument --steps: invalid int value: 'x'"),
     (["generate", "--image", "a", "--audio", "b", "--out", "c.mp4", "--preset", "huge"],
-     "fantasy generate: error: argument --preset: invalid choice: 'huge' (choose from 'auto', 'tiny', 'real') "
-     "(see 'fantasy generate --help')"),
-    (["eval"], "fantasy eval: error: the following arguments are required: video (see 'fantasy eval --help')"),
-    (["serve", "--port", "http"], "fantasy serve: error: argument --port: invalid int value: 'http' "
-                                  "(see 'fantasy serve --help')"),
-    (["train", "--stage", "3"], "fantasy train: error: argument --stage: invalid choice: 3 (choose from 1, 2) "
-                                "(see 'fantasy train --help')"),
+     "fantasy generate: error: argument --preset: invalid choice: 'huge' (choose from 'auto', 'tiny', 'real')"),
+    (["eval"], "fantasy eval: error: the following arguments are required: video"),
+    (["serve", "--port", "http"], "fantasy serve: error: argument --port: invalid int value: 'http'"),
+    (["train", "--stage", "3"], "fantasy train: error: argument --stage: invalid choice: 3 (choose from 1, 2)"),
 ])
 def test_argument_errors_are_one_line_status_2_and_import_nothing_heavy(args, message):
     code, out, err, heavy, cpu = run_light(*args)
@@ -136,7 +133,7 @@ def test_python_dash_m_names_itself_so():
     proc = subprocess.run([sys.executable, "-m", "fantasy", "generat"], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("python -m fantasy: error: argument COMMAND: invalid")
-    assert proc.stderr.endswith("(see 'python -m fantasy --help')\n")
+    assert proc.stderr.endswith("'serve', 'bench')\n") and proc.stderr.count("\n") == 1
 
 
 def test_the_names_the_parsers_spell_out_are_the_implementations():
@@ -172,6 +169,6 @@ def test_the_names_the_parsers_spell_out_are_the_implementations():
 
 def test_generate_help_shows_the_defaults_people_ask_about():
     text = re.sub(r"\s+", " ", _sub(build_parser("generate", prog="fantasy"), "generate").format_help())
-    for shown in ("(default: auto)", "(default: 1111)", "(default: 23)", "(default: 81)", "(default 10)",
-                  "(default: resident)", "(default: mixed)", "(default: ulysses)", "(default: 1.0)"):
+    for shown in ("(default: auto)", "default 1111", "default 23", "default 81", "(default 10)",
+                  "(default: resident)", "(default: mixed)", "(default: ulysses)", "default 1"):
         assert shown in text, shown
