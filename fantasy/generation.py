@@ -19,7 +19,7 @@ from fantasy.errors import InvalidSetting
 from fantasy.long_video import MOTION_FRAMES, ColourMatch, plan_windows, total_frame_count
 from fantasy.media.audio import SAMPLE_RATE, clip_samples, load_speech
 from fantasy.media.image import load_portrait, resize_note, resize_portrait
-from fantasy.media.output import check_target, video_bytes
+from fantasy.media.output import check_not_an_input, check_target, video_bytes
 from fantasy.media.video import Mp4Writer
 from fantasy.model.identity import portrait_face_crop
 from fantasy.model.pipeline import FantasyTalkingPipeline
@@ -107,6 +107,8 @@ def generate(
     inputs = inputs or prepare_inputs(image, audio, settings)
     if out_path is not None:
         check_target(out_path, 2 * inputs.output_bytes(settings.fps))  # the encoded stream and the muxed copy
+        check_not_an_input(out_path, {"the portrait": None if isinstance(image, Image.Image) else image,
+                                      "the speech": audio})
     if pipe.identity_context is not None and face_image is None:
         face_image = portrait_face_crop(inputs.portrait)
     report = progress or (lambda event: None)

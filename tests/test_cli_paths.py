@@ -65,6 +65,21 @@ def test_out_that_is_the_portrait_or_the_speech_is_refused_by_inode_before_torch
     assert (image.read_bytes(), audio.read_bytes()) == before
 
 
+def test_the_python_api_refuses_an_output_that_is_an_input_too(inputs):
+    from fantasy import Settings, generate, get_preset
+    from fantasy.errors import OutputError
+
+    image, audio = inputs
+    before = audio.read_bytes()
+    alias = audio.with_name("alias.mp4")
+    os.link(audio, alias)  # the speech under a video's name
+    with pytest.raises(OutputError, match=r"^the output 'alias\.mp4' is the same file as the speech: writing it "
+                                          r"would overwrite that input; choose another name$"):
+        generate(object(), image, audio, alias, Settings(steps=1, longest_edge=64, max_duration=1),
+                 get_preset("tiny"))
+    assert audio.read_bytes() == before
+
+
 def test_preview_that_is_an_input_or_the_output_is_refused(inputs, tmp_path):
     image, audio = inputs
     shutil.copy(EXAMPLE_IMAGE, tmp_path / "face.webp")
