@@ -56,7 +56,7 @@ def check_release_pipeline(pipe, demo: bool) -> None:
     transformer = pipe.transformer
     if precision_of(transformer) != "mixed":
         raise InvalidSetting("--release computes the DiT in the release's mixed precision; drop --precision stock")
-    if getattr(pipe, "few_step_mode", False):
+    if pipe.few_step_mode:
         raise InvalidSetting("--release runs the release's 30-step sampler; drop --fast")
     if getattr(transformer, "is_cache_enabled", False):
         raise InvalidSetting("--release computes every block at every step; drop --step-cache")

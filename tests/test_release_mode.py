@@ -68,35 +68,43 @@ def pipe():
 
 
 def test_release_pipeline_checks(pipe):
+    from fantasy.model.identity import install_identity_module
     from fantasy.model.motion import install_motion_module
     from fantasy.weights.quantize import enable_fp8_storage
 
     check_release_pipeline(pipe, demo=True)  # the tiny pipeline as loaded is fine
-    with pytest.raises(InvalidSetting, match="--release runs the DiT in bf16; this one computes in torch.float32"):
+    with pytest.raises(InvalidSetting, match="^--release runs the DiT in bf16; this one computes in torch.float32$"):
         check_release_pipeline(pipe, demo=False)
     apply_precision(pipe.transformer, "stock")
     try:
-        with pytest.raises(InvalidSetting, match="mixed precision; drop --precision stock"):
+        with pytest.raises(InvalidSetting, match="^--release computes the DiT in the release's mixed precision; "
+                                                 "drop --precision stock$"):
             check_release_pipeline(pipe, demo=True)
     finally:
         apply_precision(pipe.transformer, "mixed")
     pipe.few_step_mode = True
     try:
-        with pytest.raises(InvalidSetting, match="drop --fast"):
+        with pytest.raises(InvalidSetting, match="^--release runs the release's 30-step sampler; drop --fast$"):
             check_release_pipeline(pipe, demo=True)
     finally:
         pipe.few_step_mode = False
     other = load_pipeline("tiny")
     other.transformer.enable_cache(__import__("diffusers").FirstBlockCacheConfig(threshold=0.05))
-    with pytest.raises(InvalidSetting, match="drop --step-cache"):
+    with pytest.raises(InvalidSetting, match="^--release computes every block at every step; drop --step-cache$"):
         check_release_pipeline(other, demo=True)
     other = load_pipeline("tiny")
     other.motion_context = install_motion_module(other.transformer)
-    with pytest.raises(InvalidSetting, match="released adapter only; this one has trained motion/identity modules"):
+    with pytest.raises(InvalidSetting, match="^--release runs the released adapter only; this one has trained "
+                                                 "motion/identity modules \\(use the released fantasytalking_model.ckpt\\)$"):
+        check_release_pipeline(other, demo=True)
+    other = load_pipeline("tiny")
+    other.identity_context = install_identity_module(other.transformer, 16)
+    with pytest.raises(InvalidSetting, match="^--release runs the released adapter only; this one has trained "):
         check_release_pipeline(other, demo=True)
     other = load_pipeline("tiny")
     enable_fp8_storage(other.transformer, torch.float32)
-    with pytest.raises(InvalidSetting, match=r"runs the bf16 DiT \(--dit bf16, no --fp8-linears\); this DiT's weights"):
+    with pytest.raises(InvalidSetting, match=r"^--release runs the bf16 DiT \(--dit bf16, no --fp8-linears\); this DiT's weights "
+                                                  r"are quantized$"):
         check_release_pipeline(other, demo=True)
 
 
