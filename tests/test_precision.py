@@ -247,7 +247,7 @@ def test_latents_and_guidance_are_fp32_with_a_stock_bf16_dit():
         return original_step(velocity, t, latents, **kwargs)
 
     pipe.transformer.forward, pipe.scheduler.step = recording_forward, recording_step
-    latents = pipe(**conditioning(pipe), text_guidance_scale=5.0, audio_guidance_scale=4.0)
+    latents = pipe.denoise(**conditioning(pipe), text_guidance_scale=5.0, audio_guidance_scale=4.0)
     assert latents.dtype == torch.float32
     assert {o.dtype for o in outputs} == {BF16}  # stock precision: the DiT returns bf16
     full, text, uncond = (o.float() for o in outputs[3:6])  # step 2's passes, combined in fp32
@@ -261,12 +261,12 @@ def test_step_cache_with_the_policy_in_bf16():
 
     plain_pipe = load_pipeline("tiny", dtype=BF16)
     plain_pipe.set_progress_bar_config(disable=True)
-    plain = plain_pipe(**conditioning(plain_pipe))
+    plain = plain_pipe.denoise(**conditioning(plain_pipe))
     cached = load_pipeline("tiny", dtype=BF16)
     cached.set_progress_bar_config(disable=True)
     apply_speed(cached, SpeedOptions(step_cache="fbc", cache_threshold=0.0))
     assert precision_of(cached.transformer) == "mixed"
-    assert torch.equal(cached(**conditioning(cached)), plain)  # threshold 0: every block computed
+    assert torch.equal(cached.denoise(**conditioning(cached)), plain)  # threshold 0: every block computed
 
 
 # Nothing may come from this machine's Hugging Face cache (fixture in conftest.py).
@@ -315,8 +315,8 @@ def test_every_dit_mode_runs_in_mixed_precision(real, dit, tolerance):
 @pytest.mark.parametrize("vram", ["model-offload", "group-offload"])
 def test_offloading_gives_the_resident_result_in_mixed_precision(real, vram):
     resident, offloaded = real("q8_0"), real("q8_0", vram)
-    a = resident(**conditioning(resident))
-    b = offloaded(**conditioning(offloaded))
+    a = resident.denoise(**conditioning(resident))
+    b = offloaded.denoise(**conditioning(offloaded))
     assert a.dtype == torch.float32 and torch.equal(a, b)
 
 
