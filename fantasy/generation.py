@@ -6,6 +6,7 @@ appears only once it is complete.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,10 +25,10 @@ from fantasy.media.video import Mp4Writer
 from fantasy.model.pipeline import FantasyTalkingPipeline
 from fantasy.model.preview import LivePreview
 from fantasy.model.prompts import DEFAULT_PROMPT  # noqa: F401 (re-exported)
-from fantasy.model.sampling import DEFAULT_STEPS, passes_needed
+from fantasy.model.sampling import passes_needed
 from fantasy.release import check_release_pipeline, release_frame_count
 from fantasy.settings import DEFAULT_SEED, Result, Settings  # noqa: F401 (DEFAULT_SEED re-exported)
-from fantasy.weights.presets import Preset
+from fantasy.weights.presets import Preset, get_preset
 
 
 @dataclass
@@ -68,13 +69,9 @@ def prepare_inputs(image: str | Path | Image.Image, audio: str | Path, settings:
 ProgressFn = Callable[[str, float], None]  # (stage, fraction of that stage done)
 
 
-@dataclass(frozen=True)
-class PipelineDefaults:
-    """The defaults a pipeline without a preset gives `Settings.resolved`: 30 steps, its own default size."""
-
-    steps: int
-    longest_edge: int
-    demo: bool = False
+def pipeline_preset(pipe: FantasyTalkingPipeline) -> Preset:
+    """Where no preset is named: the real preset's defaults and bounds, at the pipeline's own default size."""
+    return dataclasses.replace(get_preset("real"), longest_edge=pipe.config.default_longest_edge)
 
 
 def generate(
@@ -96,7 +93,7 @@ def generate(
     clip up to `max_frames` frames, consecutive windows for longer speech, the release's clip with
     `settings.release`): this checks every input first, streams the frames into the mp4 as they are decoded,
     reports progress and previews, and says what was made. `settings` default: `Settings()`; `preset`
-    default: the pipeline's own defaults (30 steps, `pipe.config.default_longest_edge`).
+    default: the real preset's, at the pipeline's default size (`pipe.config.default_longest_edge`).
     `out_path` None: run everything, write nothing (the other processes of a context-parallel group).
     `face_image`: the identity module's face crop (default: the pipeline crops it from the portrait).
     `preview` gets each window's denoising estimate as a small clip (see `fantasy.model.preview`).
@@ -107,7 +104,7 @@ def generate(
     there only complete and verified (`fantasy.media.video.Mp4Writer`).
     """
     started = time.perf_counter()
-    preset = preset or PipelineDefaults(DEFAULT_STEPS, pipe.config.default_longest_edge)
+    preset = preset or pipeline_preset(pipe)
     settings = (settings or Settings()).resolved(preset)
     if settings.release:
         check_release_pipeline(pipe, demo=preset.demo)

@@ -15,7 +15,7 @@ from fantasy.model import clip_processor  # noqa: F401  (first: diffusers' Wan p
 # isort: split
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +28,14 @@ from PIL import Image
 from fantasy.errors import InvalidSetting
 from fantasy.media.audio import SAMPLE_RATE, clip_samples, speech_features
 from fantasy.media.image import clip_pixel_values
-from fantasy.model.adapter import AudioContext, AudioProjModel
+from fantasy.model.adapter import AudioContext, AudioProjModel, audio_processors, install_audio_adapter
 from fantasy.model.call_inputs import frames_for, portrait_from, speech_from
 from fantasy.model.decode import decode_progressively, decode_release_tiles
 from fantasy.model.identity import portrait_face_crop
 from fantasy.model.long_video import MOTION_FRAMES, FrameStitcher, plan_windows
-from fantasy.model.motion import MOTION_MODULE_MODE, TRAINING_FREE_MODE
+from fantasy.model.motion import MOTION_MODULE_MODE, MOTION_MODULE_NAME, TRAINING_FREE_MODE
 from fantasy.model.pipeline_output import OUTPUT_TYPES, FantasyTalkingPipelineOutput, format_frames
+from fantasy.model.precision import DEFAULT_PRECISION, apply_precision, compute_dtype_of, is_quantized_weight
 from fantasy.model.preview import clean_estimate
 from fantasy.model.prompts import (  # noqa: F401 (MOTIONLESS_PREFIX, WAN_NEGATIVE_PROMPT re-exported)
     DEFAULT_NEGATIVE_PROMPT,
@@ -45,6 +46,7 @@ from fantasy.model.prompts import (  # noqa: F401 (MOTIONLESS_PREFIX, WAN_NEGATI
 )
 from fantasy.model.release_check import check_release_pipeline
 from fantasy.model.sampling import DEFAULT_STEPS, combine_guidance, passes_needed, set_official_timesteps
+from fantasy.model.saved_adapter import FantasyTalkingAdapter, install_adapter
 from fantasy.model.windows import split_into_windows
 
 TEXT_LENGTH = 512  # the I2V transformer splits image/text tokens assuming exactly 512 text tokens
@@ -62,6 +64,11 @@ def portrait_pixels(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(2, 0, 1)[None]
 
 
+def clip_token_count(image_encoder_config) -> int:
+    """CLIP tokens per image: patches plus the class token (257 for ViT-H/14 at 224 px)."""
+    return (image_encoder_config.image_size // image_encoder_config.patch_size) ** 2 + 1
+
+
 def frames_to_pixels(frames: np.ndarray) -> torch.Tensor:
     """uint8 [K, H, W, 3] -> [1, 3, K, H, W] in [-1, 1] (a continuation window's motion frames)."""
     return torch.from_numpy(frames).float().div(127.5).sub(1.0).permute(3, 0, 1, 2)[None]
@@ -70,7 +77,8 @@ def frames_to_pixels(frames: np.ndarray) -> torch.Tensor:
 class FantasyTalkingPipeline(WanImageToVideoPipeline):
     model_cpu_offload_seq = "text_encoder->image_encoder->audio_encoder->audio_proj->transformer->vae"
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "x0"]
-    _optional_components = ["transformer", "transformer_2", "image_encoder", "image_processor"]
+    # `audio_adapter`: a saved folder's per-block modules (`fantasy.model.saved_adapter`); always None once built.
+    _optional_components = ["transformer", "transformer_2", "image_encoder", "image_processor", "audio_adapter"]
 
     def __init__(
         self,
@@ -83,6 +91,7 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
         audio_encoder,
         feature_extractor,
         audio_proj: AudioProjModel,
+        audio_adapter: FantasyTalkingAdapter | None = None,
         image_processor=None,
         transformer_2=None,  # Wan 2.2 only; kept so diffusers' component bookkeeping matches the parent
         boundary_ratio: float | None = None,
@@ -94,15 +103,86 @@ class FantasyTalkingPipeline(WanImageToVideoPipeline):
             image_processor=image_processor, image_encoder=image_encoder, transformer=transformer,
             transformer_2=transformer_2, boundary_ratio=boundary_ratio, expand_timesteps=expand_timesteps,
         )
-        self.register_modules(audio_encoder=audio_encoder, feature_extractor=feature_extractor, audio_proj=audio_proj)
+        # The adapter's modules live in the transformer at run time; `audio_adapter` only carries a saved folder's.
+        self.register_modules(audio_encoder=audio_encoder, feature_extractor=feature_extractor, audio_proj=audio_proj,
+                              audio_adapter=None)
         self.register_to_config(default_longest_edge=default_longest_edge)  # the portrait's size unless a call says
-        self.audio_context: AudioContext | None = None  # set by `install_audio_adapter`
+        self.audio_context: AudioContext | None = None  # the audio processors' shared context, once installed
         self.motion_context = None  # `fantasy.model.motion.MotionContext`, when a motion module is installed
         self.identity_context = None  # `fantasy.model.identity.IdentityContext`, when an identity module is installed
+        if transformer is not None and audio_proj is not None and image_encoder is not None:
+            self.audio_context = self._install_audio_processors()
+            if audio_adapter is not None:
+                install_adapter(self, audio_adapter)
         self.batch_guidance = False  # run the guidance passes as one batch (same result, more memory)
         self.few_step_mode = False  # set by `fantasy.speed.distill` with the distilled LoRA's sampler
         self._window = (0, 1)  # (window being denoised, windows): `window_index`, `num_windows`
         self._interrupt = False
+
+    def _install_audio_processors(self) -> AudioContext:
+        """The (zero) audio processor on every cross-attention, or the ones a transformer already has."""
+        try:
+            return audio_processors(self.transformer)[0].audio
+        except RuntimeError:  # not installed yet
+            return install_audio_adapter(self.transformer, context_dim=self.audio_proj.config.context_dim,
+                                         num_image_tokens=clip_token_count(self.image_encoder.config))
+
+    def set_precision(self, precision: str = DEFAULT_PRECISION) -> None:
+        """The adapter computes in the DiT blocks' dtype, and the DiT follows `precision` (`fantasy.model.precision`).
+        Set it before anything else hooks the transformer (offloading, step cache, compilation)."""
+        compute_dtype = compute_dtype_of(self.transformer)
+        for processor in audio_processors(self.transformer):
+            processor.to(compute_dtype)
+        apply_precision(self.transformer, precision, compute_dtype)
+
+    # ---- a diffusers folder ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, precision: str = DEFAULT_PRECISION, **kwargs):
+        """diffusers' `from_pretrained` over a folder `save_pretrained` (or `fantasy convert --diffusers`) wrote.
+
+        One `dtype` (or `torch_dtype`) is the DiT's and umT5's compute dtype; the VAE, CLIP, wav2vec2 and the
+        audio projection load in fp32, as the release runs them (a dict chooses per component, as in diffusers).
+        The adapter's saved modules go back into the transformer, then the DiT's `precision` policy is set.
+        """
+        for name in ("dtype", "torch_dtype"):
+            if isinstance(kwargs.get(name), torch.dtype):
+                kwargs[name] = {"transformer": kwargs[name], "text_encoder": kwargs[name], "default": torch.float32}
+        pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        pipe.set_precision(precision)
+        return pipe
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """diffusers' `save_pretrained`: every component in its folder with `model_index.json`; the transformer as
+        Wan's alone (loadable by `WanTransformer3DModel`), the adapter's per-block modules in `audio_adapter/`."""
+        quantized = sorted({type(p).__name__ if type(p) is not torch.nn.Parameter else str(p.dtype)
+                            for p in self.transformer.parameters() if is_quantized_weight(p)})
+        if quantized:
+            raise InvalidSetting(f"save_pretrained writes the DiT's weights as they are, and these are quantized "
+                                 f"({', '.join(quantized)}): load the bf16 DiT (--dit bf16) to write a diffusers folder")
+        with self._adapter_as_component():
+            super().save_pretrained(save_directory, *args, **kwargs)
+
+    @contextmanager
+    def _adapter_as_component(self):
+        """For the length of a save: the adapter's modules out of the transformer, into an `audio_adapter` component
+        (sharing their tensors); everything back as it was afterwards, whatever happens."""
+        from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+        adapter = FantasyTalkingAdapter.from_transformer(self.transformer)
+        processors = audio_processors(self.transformer)
+        motion = self.transformer._modules.pop(MOTION_MODULE_NAME, None)
+        try:
+            for block in self.transformer.blocks:
+                block.attn2.set_processor(WanAttnProcessor())
+            self.register_modules(audio_adapter=adapter)
+            yield
+        finally:
+            self.register_modules(audio_adapter=None)
+            for block, processor in zip(self.transformer.blocks, processors, strict=True):
+                block.attn2.set_processor(processor)
+            if motion is not None:
+                self.transformer.add_module(MOTION_MODULE_NAME, motion)
 
     @property
     def motion_mode(self) -> str:
