@@ -105,7 +105,7 @@ def test_generate_returns_an_mp4_with_audio(client, tiny_pipe):
     assert 0 < details.pop("seconds_taken") < 300
     assert details == {
         "seed": 7, "frames": 37, "fps": 23, "width": 64, "height": 64, "seconds": round(37 / 23, 3),
-        "speech_seconds": 6.4, "speech_cut": True, "windows": 1, "steps": 2, "passes_per_step": 3, "preset": "tiny",
+        "speech_seconds": 6.408, "speech_cut": True, "windows": 1, "steps": 2, "passes_per_step": 3, "preset": "tiny",
         "demo": True, "device": "cpu", "dit": "float32", "motion_mode": "training-free (prompt + audio weight)",
         "release": False, "text_guidance": details["text_guidance"], "audio_guidance": details["audio_guidance"],
         "audio_weight": details["audio_weight"],

@@ -113,6 +113,17 @@ def test_one_dtype_is_the_dits_and_umt5s_and_the_rest_stays_fp32(saved):
     assert precision_of(loaded.transformer) == "mixed"
 
 
+def test_a_bf16_pipeline_comes_back_bit_for_bit(tmp_path):
+    """The bf16 tiny pipeline (the real preset's dtypes) saved and loaded: the same frames. Two things had to hold:
+    RoPE's fp32 tables (`fantasy.weights.quantize.keep_fp32_modules_in_fp32`) and aligned CPU weights
+    (`fantasy.model.pipeline.align_cpu_tensors`)."""
+    pipe = load_pipeline("tiny", dtype=torch.bfloat16)
+    pipe.save_pretrained(tmp_path / "bf16")
+    loaded = FantasyTalkingPipeline.from_pretrained(tmp_path / "bf16", dtype=torch.bfloat16)
+    assert all(t.data_ptr() % 64 == 0 for t in loaded.transformer.parameters())
+    assert np.array_equal(call(loaded, "np"), call(pipe, "np"))
+
+
 def test_an_adapter_of_another_model_is_refused():
     from fantasy.weights.tiny import tiny_components
 

@@ -99,6 +99,18 @@ def test_mixed_keeps_embedding_stream_and_head_fp32_and_matmuls_bf16():
     assert out.dtype == BF16 and set(watch.seen["block"]) == set(watch.seen["timestep_proj"]) == {BF16}
 
 
+def test_a_bf16_dit_keeps_ropes_tables_in_fp32():
+    """RoPE's cos/sin tables are buffers: a bf16 cast rounds them (up to 2e-3) and casting back cannot undo it, so
+    they are rebuilt in fp32, as diffusers' `from_pretrained` keeps them (the release computes RoPE in fp64)."""
+    fp32 = tiny_transformer()
+    model = bf16_transformer()
+    for name in ("freqs_cos", "freqs_sin"):
+        kept = getattr(model.rope, name)
+        assert kept.dtype == torch.float32 and torch.equal(kept, getattr(fp32.rope, name))
+    rounded = fp32.rope.freqs_cos.to(BF16).float()
+    assert (rounded - fp32.rope.freqs_cos).abs().max() > 1e-3  # what the cast alone left
+
+
 def test_a_block_computes_the_release_residual_stream():
     """With the policy, block output == the release's `x + y*e[2]`, `x + cross`, `x + ffn*e[5]` in fp32 around
     bf16 attention/FFN calls (wan_video_dit.py WanAttentionBlock), bit for bit."""

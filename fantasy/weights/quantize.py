@@ -118,6 +118,14 @@ def keep_fp32_modules_in_fp32(model) -> int:
         for name, param in model.named_parameters():
             if name.split(".")[-1] == "scale_shift_table":
                 param.data = param.data.float()
+    rope = getattr(model, "rope", None)
+    if "rope" in keep and rope is not None and any(b.dtype != torch.float32 for b in rope.buffers()):
+        # RoPE's tables are buffers, not weights: `.to(bf16)` rounded them (up to 2e-3), and casting back cannot
+        # restore them. Rebuilt from the config, in fp32, as `from_pretrained` keeps them.
+        config = model.config
+        fresh = type(rope)(config.attention_head_dim, config.patch_size, config.rope_max_seq_len)
+        model.rope = fresh.to(next(rope.buffers()).device)
+        restored += 1
     return restored
 
 
