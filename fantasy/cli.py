@@ -27,7 +27,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "download": ("fantasy.weights.command", "add_download_parser",
                  "fetch the real preset's weights from the Hugging Face Hub"),
     "convert": ("fantasy.weights.command", "add_convert_parser",
-                "released fantasytalking_model.ckpt -> safetensors (bf16)"),
+                "released fantasytalking_model.ckpt -> safetensors (bf16), or a preset -> a diffusers folder "
+                "(--diffusers)"),
     "eval": ("fantasy.metrics.command", "add_parser",
              "lip-sync proxy, identity, motion and flicker metrics for a generated video (offline)"),
     "train": ("fantasy.train.command", "add_parser",

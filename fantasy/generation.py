@@ -6,6 +6,7 @@ appears only once it is complete.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,21 +17,19 @@ import torch
 from PIL import Image
 
 from fantasy.errors import InvalidSetting
-from fantasy.long_video import MOTION_FRAMES, ColourMatch, plan_windows, total_frame_count
-from fantasy.media.audio import SAMPLE_RATE, clip_samples, load_speech
+from fantasy.long_video import plan_windows, total_frame_count
+from fantasy.media.audio import SAMPLE_RATE, load_speech
 from fantasy.media.image import load_portrait, resize_note, resize_portrait
 from fantasy.media.output import check_not_an_input, check_target, video_bytes
 from fantasy.media.video import Mp4Writer
-from fantasy.model.identity import portrait_face_crop
 from fantasy.model.pipeline import FantasyTalkingPipeline
 from fantasy.model.preview import LivePreview
 from fantasy.model.prompts import DEFAULT_PROMPT  # noqa: F401 (re-exported)
 from fantasy.model.sampling import passes_needed
-from fantasy.model.windows import split_into_windows
 from fantasy.progress import ProgressClock, ProgressFn
 from fantasy.release import check_release_pipeline, release_frame_count
 from fantasy.settings import DEFAULT_SEED, Result, Settings  # noqa: F401 (DEFAULT_SEED re-exported)
-from fantasy.weights.presets import Preset
+from fantasy.weights.presets import Preset, get_preset
 
 
 @dataclass
@@ -68,13 +67,18 @@ def prepare_inputs(image: str | Path | Image.Image, audio: str | Path, settings:
     return PreparedInputs(portrait, speech.samples, num_frames, seconds, cut, [note] if note else [])
 
 
+def pipeline_preset(pipe: FantasyTalkingPipeline) -> Preset:
+    """Where no preset is named: the real preset's defaults and bounds, at the pipeline's own default size."""
+    return dataclasses.replace(get_preset("real"), longest_edge=pipe.config.default_longest_edge)
+
+
 def generate(
     pipe: FantasyTalkingPipeline,
     image: str | Path | Image.Image,
     audio: str | Path,
-    out_path: str | Path | None,
-    settings: Settings,
-    preset: Preset,
+    out_path: str | Path | None = None,
+    settings: Settings | None = None,
+    preset: Preset | None = None,
     progress: ProgressFn | None = None,
     on_frames: Callable[[np.ndarray], None] | None = None,
     face_image: Image.Image | None = None,
@@ -83,12 +87,13 @@ def generate(
 ) -> Result:
     """Generate a talking video into `out_path` (mp4 with the speech). `on_frames` sees frames as decoded.
 
+    The file-to-file path over `pipe(...)` (`FantasyTalkingPipeline.__call__`, which does the generation: one
+    clip up to `max_frames` frames, consecutive windows for longer speech, the release's clip with
+    `settings.release`): this checks every input first, streams the frames into the mp4 as they are decoded,
+    reports progress and previews, and says what was made. `settings` default: `Settings()`; `preset`
+    default: the real preset's, at the pipeline's default size (`pipe.config.default_longest_edge`).
     `out_path` None: run everything, write nothing (the other processes of a context-parallel group).
-
-    Up to `max_frames` frames this is the release's single clip; longer speech runs consecutive windows
-    (see `fantasy.long_video`), each decoded and written as soon as it is denoised. With an identity
-    module loaded, the face crop comes from `face_image` or else from the face backend (dlib) on the portrait.
-    `settings.release`: only the release's clip, decoded as the release decodes (`fantasy.release`).
+    `face_image`: the identity module's face crop (default: the pipeline crops it from the portrait).
     `preview` gets each window's denoising estimate as a small clip (see `fantasy.model.preview`).
     `progress` gets a `fantasy.progress.Progress` after every denoising step and every decoded chunk (steps,
     window, elapsed times, ETAs); `fantasy.progress.ConsoleProgress()` shows them as the CLI does.
@@ -99,7 +104,8 @@ def generate(
     there only complete and verified (`fantasy.media.video.Mp4Writer`).
     """
     started = time.perf_counter()
-    settings = settings.resolved(preset)
+    preset = preset or pipeline_preset(pipe)
+    settings = (settings or Settings()).resolved(preset)
     if settings.release:
         check_release_pipeline(pipe, demo=preset.demo)
     if settings.motion is not None and pipe.motion_context is None:
@@ -109,53 +115,44 @@ def generate(
         check_target(out_path, 2 * inputs.output_bytes(settings.fps))  # the encoded stream and the muxed copy
         check_not_an_input(out_path, {"the portrait": None if isinstance(image, Image.Image) else image,
                                       "the speech": audio})
-    if pipe.identity_context is not None and face_image is None:
-        face_image = portrait_face_crop(inputs.portrait)
     report = progress or (lambda event: None)
     windows = plan_windows(inputs.num_frames, settings.max_frames)
     clock = ProgressClock(len(windows), settings.steps, inputs.num_frames)
-    audio_for = _audio_windows(pipe, inputs, settings, single_clip=len(windows) == 1)
-    generator = torch.Generator("cpu").manual_seed(settings.seed)
     width, height = inputs.portrait.size
+    previews: dict[int, Callable] = {}  # window -> its preview callback (its throttle starts with the window)
 
-    def on_step(done: int, total: int) -> None:
-        clock.steps = total  # the sampler's own count
-        report(clock.denoised(done))
+    def on_step(pipe, step: int, timestep, tensors: dict) -> dict:
+        index, count = pipe.window_index, pipe.num_windows
+        if index + 1 != clock.window:  # a later window: it began denoising when the last one's frames were out
+            clock.window_begins(index, at=clock.decoded_at)
+        clock.steps = pipe.num_timesteps  # the sampler's own count
+        if preview is not None:
+            if index not in previews:
+                previews[index] = preview.for_window(index, count)
+            previews[index](step + 1, pipe.num_timesteps, tensors["x0"])
+        report(clock.denoised(step + 1))  # where a stopped run raises
+        return {}
 
     writer_for = Mp4Writer if out_path is not None else _FrameTally
     with writer_for(out_path, settings.fps, width, height, audio_path=audio) as writer:
-        tail: np.ndarray | None = None  # the last frames written: the next window's motion frames
-        for index, window in enumerate(windows):
-            audio_windows, audio_lengths = audio_for(window)
 
-            clock.window_begins(index)
-            latents = pipe(
-                image=inputs.portrait, audio_windows=audio_windows, audio_lengths=audio_lengths,
-                prompt=settings.prompt, negative_prompt=settings.negative_prompt, num_frames=window.length,
-                num_inference_steps=settings.steps, text_guidance_scale=settings.text_guidance,
-                audio_guidance_scale=settings.audio_guidance, audio_weight=settings.audio_weight,
-                generator=generator, step_callback=on_step,
-                motion_frames=None if tail is None else _to_pixels(tail[-window.overlap:]),
-                motion=settings.motion, face_image=face_image, identity_scale=settings.identity_scale,
-                preview_callback=None if preview is None else preview.for_window(index, len(windows)),
-            )
-            produced: list[np.ndarray] = []
-            colour: ColourMatch | None = None
-            decoded = pipe.decode_frames(latents, release=True) if settings.release else pipe.decode_frames(latents)
-            for frames in decoded:
-                produced.append(frames)
-                done = sum(len(f) for f in produced)
-                if done <= window.overlap:
-                    if done == window.overlap:  # all repeated frames seen: fit the colour match on them
-                        colour = ColourMatch.fit(np.concatenate(produced), tail[-window.overlap:])
-                    continue
-                new = frames[max(0, len(frames) - (done - window.overlap)):]
-                new = colour.apply(new) if colour is not None else new
-                writer.write(new)
-                if on_frames is not None:
-                    on_frames(new)
-                tail = new if tail is None else np.concatenate([tail, new])[-MOTION_FRAMES:]
-                report(clock.decoded(writer.frames_written))
+        def write(frames: np.ndarray) -> None:
+            writer.write(frames)
+            if on_frames is not None:
+                on_frames(frames)
+            report(clock.decoded(writer.frames_written))
+
+        clock.window_begins(0)
+        pipe(
+            image=inputs.portrait, audio=inputs.speech, sampling_rate=SAMPLE_RATE, prompt=settings.prompt,
+            negative_prompt=settings.negative_prompt, height=height, width=width, num_frames=inputs.num_frames,
+            fps=settings.fps, window_frames=settings.max_frames, num_inference_steps=settings.steps,
+            guidance_scale=settings.text_guidance, audio_guidance_scale=settings.audio_guidance,
+            audio_weight=settings.audio_weight, generator=torch.Generator("cpu").manual_seed(settings.seed),
+            motion=settings.motion, face_image=face_image, identity_scale=settings.identity_scale,
+            release=settings.release, output_type=None, on_frames=write, callback_on_step_end=on_step,
+            callback_on_step_end_tensor_inputs=["x0"] if preview is not None else [],
+        )
     return Result(
         path=None if out_path is None else Path(out_path), num_frames=writer.frames_written, fps=settings.fps,
         width=width, height=height,
@@ -163,26 +160,6 @@ def generate(
         passes_per_step=len(passes_needed(settings.text_guidance, settings.audio_guidance)),
         windows=len(windows), speech_cut=inputs.speech_cut, motion_mode=pipe.motion_mode, release=settings.release,
     )
-
-
-def _audio_windows(pipe: FantasyTalkingPipeline, inputs: PreparedInputs, settings: Settings, single_clip: bool):
-    """Window -> (audio windows, valid lengths).
-
-    One clip: the release's path (features of `[0, num_frames/fps)`, rate `L / num_frames`). Long video:
-    features of the whole track zero-padded to the video's length, so every latent frame's tokens are
-    the ones at its absolute time, whichever window it falls in.
-    """
-    if single_clip:
-        clip = clip_samples(inputs.speech, inputs.num_frames, settings.fps)
-        encoded = pipe.encode_audio(clip, inputs.num_frames)
-        return lambda window: encoded
-    length = int(inputs.num_frames / settings.fps * SAMPLE_RATE)
-    samples = np.zeros(length, dtype=np.float32)
-    used = inputs.speech[:length]
-    samples[: len(used)] = used
-    tokens = pipe.project_audio(samples)
-    rate = tokens.shape[1] / inputs.num_frames
-    return lambda window: split_into_windows(tokens, window.length, start_frame=window.start, tokens_per_frame=rate)
 
 
 class _FrameTally:
@@ -199,8 +176,3 @@ class _FrameTally:
 
     def write(self, frames: np.ndarray) -> None:
         self.frames_written += len(frames)
-
-
-def _to_pixels(frames: np.ndarray) -> torch.Tensor:
-    """uint8 [K, H, W, 3] -> [1, 3, K, H, W] in [-1, 1]."""
-    return torch.from_numpy(frames).float().div(127.5).sub(1.0).permute(3, 0, 1, 2)[None]

@@ -56,11 +56,12 @@ class ProgressClock:
         self.first_step_at: float | None = None  # when the first window's first step started
         self.window_started = self.started
         self.window, self.step, self.frames = 1, 0, 0
+        self.decoded_at: float | None = None  # when the last decoded chunk was reported
 
-    def window_begins(self, index: int) -> None:
-        """Window `index` (0-based) starts denoising now."""
+    def window_begins(self, index: int, at: float | None = None) -> None:
+        """Window `index` (0-based) starts denoising now (or at clock time `at`)."""
         self.window, self.step = index + 1, 0
-        self.window_started = self.clock()
+        self.window_started = self.clock() if at is None else at
         if self.first_step_at is None:
             self.first_step_at = self.window_started
 
@@ -70,6 +71,7 @@ class ProgressClock:
 
     def decoded(self, frames: int) -> Progress:
         self.frames = frames
+        self.decoded_at = self.clock()
         return self._report("decode", frames / self.total_frames if self.total_frames else 1.0)
 
     def _report(self, stage: str, fraction: float) -> Progress:

@@ -21,11 +21,9 @@ naming the option, before any model work.
 
 from __future__ import annotations
 
-import torch
-
-from fantasy.errors import InvalidSetting
 from fantasy.media.audio import frame_count
 from fantasy.model.prompts import DEFAULT_NEGATIVE_PROMPT, RELEASE_PROMPT  # noqa: F401 (re-exported)
+from fantasy.model.release_check import check_release_pipeline  # noqa: F401 (re-exported)
 
 RELEASE_STEPS = 30  # hard-coded in infer.py (the app's steps slider is ignored there too)
 RELEASE_DIT = "bf16"  # ModelManager(torch_dtype=torch.bfloat16)
@@ -46,25 +44,3 @@ def release_setting_problems(steps: int, negative_prompt: str, motion) -> list[s
     if motion is not None:
         problems.append("--release runs the released adapter only: no motion coefficients")
     return problems
-
-
-def check_release_pipeline(pipe, demo: bool) -> None:
-    """Raise `InvalidSetting` unless `pipe` computes what the release computes (see the module docstring)."""
-    from fantasy.model.precision import compute_dtype_of, precision_of
-    from fantasy.weights.quantize import is_quantized_weight
-
-    transformer = pipe.transformer
-    if precision_of(transformer) != "mixed":
-        raise InvalidSetting("--release computes the DiT in the release's mixed precision; drop --precision stock")
-    if pipe.few_step_mode:
-        raise InvalidSetting("--release runs the release's 30-step sampler; drop --fast")
-    if getattr(transformer, "is_cache_enabled", False):
-        raise InvalidSetting("--release computes every block at every step; drop --step-cache")
-    if pipe.motion_context is not None or pipe.identity_context is not None:
-        raise InvalidSetting("--release runs the released adapter only; this one has trained motion/identity "
-                             "modules (use the released fantasytalking_model.ckpt)")
-    if any(is_quantized_weight(p) for p in transformer.blocks.parameters()):
-        raise InvalidSetting("--release runs the bf16 DiT (--dit bf16, no --fp8-linears); this DiT's weights are "
-                             "quantized")
-    if not demo and compute_dtype_of(transformer) != torch.bfloat16:
-        raise InvalidSetting(f"--release runs the DiT in bf16; this one computes in {compute_dtype_of(transformer)}")

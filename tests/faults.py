@@ -140,19 +140,20 @@ class GatedPipe:
     def __getattr__(self, name):
         return getattr(self._pipe, name)
 
-    def __call__(self, *args, step_callback=None, **kwargs):
+    def __call__(self, *args, callback_on_step_end=None, **kwargs):
         self.runs += 1
         first_run = self.runs == 1
 
-        def on_step(done: int, total: int) -> None:
+        def on_step(pipe, step: int, timestep, tensors: dict) -> dict:
             self.steps += 1
-            if first_run and done == 1:
+            if first_run and pipe.window_index == 0 and step == 0:
                 self.reached.set()
                 assert self.release.wait(300), "the test never released the gate"
-            if step_callback is not None:
-                step_callback(done, total)  # where a stopped run raises
+            if callback_on_step_end is None:
+                return {}
+            return callback_on_step_end(pipe, step, timestep, tensors)  # where a stopped run raises
 
-        return self._pipe(*args, step_callback=on_step, **kwargs)
+        return self._pipe(*args, callback_on_step_end=on_step, **kwargs)
 
 
 @contextlib.contextmanager

@@ -78,7 +78,7 @@ def call(pipe, case: dict) -> torch.Tensor:
     windows, lengths = pipe.encode_audio(clip_samples(speech_like(frames / 23 + 0.2), frames, 23), frames)
     extra = dict(motion=(0.8, 0.2), face_image=FACE) if case["modules"] else {}
     image = Image.new("RGB", case["size"], (90, 120, 160))
-    return pipe(image, windows, lengths, "a person is talking", num_frames=frames,
+    return pipe.denoise(image, windows, lengths, "a person is talking", num_frames=frames,
                 num_inference_steps=case["steps"], generator=torch.Generator().manual_seed(3), **extra)
 
 

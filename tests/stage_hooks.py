@@ -48,17 +48,17 @@ def install(stage: str) -> None:
         load = fantasy.weights.presets.load_pipeline
         fantasy.weights.presets.load_pipeline = lambda *a, **k: (reached(stage), load(*a, **k))[1]
     elif stage == "denoise":
-        call = FantasyTalkingPipeline.__call__
+        denoise = FantasyTalkingPipeline.denoise
 
-        def denoise(self, *args, step_callback=None, **kwargs):
-            def on_step(done: int, total: int) -> None:
-                if step_callback is not None:
-                    step_callback(done, total)
-                if done == 1:
+        def reaching(self, *args, callback_on_step_end=None, **kwargs):
+            def on_step(pipe, step: int, timestep, tensors: dict) -> dict:
+                out = callback_on_step_end(pipe, step, timestep, tensors) if callback_on_step_end is not None else {}
+                if step == 0:
                     reached(stage)
-            return call(self, *args, step_callback=on_step, **kwargs)
+                return out
+            return denoise(self, *args, callback_on_step_end=on_step, **kwargs)
 
-        FantasyTalkingPipeline.__call__ = denoise
+        FantasyTalkingPipeline.denoise = reaching
     elif stage == "decode":
         fantasy.media.video.FrameEncoder.send = after(fantasy.media.video.FrameEncoder.send, stage)
     elif stage == "mux":

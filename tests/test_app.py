@@ -82,13 +82,13 @@ def test_api_exposes_one_documented_generate_endpoint(client):
     names = [p["parameter_name"] for p in api["/generate"]["parameters"]]
     assert names == ["image", "audio", "prompt", "expression", "body", "text_guidance", "audio_guidance",
                      "audio_weight", "steps", "seed", "resolution", "max_duration"]
-    assert [r["label"] for r in api["/generate"]["returns"]] == ["Finished video (download)", "Status"]
+    assert [r["label"] for r in api["/generate"]["returns"]] == ["Finished video (download)", "Status", "Details"]
 
 
 def test_generate_returns_an_mp4_with_audio(client, tiny_pipe):
     with model_work(tiny_pipe) as ran:
-        video, status = client.predict(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH),
-                                       max_duration=1.5, seed=7, api_name="/generate", **FAST)
+        video, status, details = client.predict(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH),
+                                                max_duration=1.5, seed=7, api_name="/generate", **FAST)
     # what the bad-input test's "no model work" watches does see a generation
     assert {"audio_encoder", "audio_proj", "text_encoder", "image_encoder", "vae", "transformer"} <= set(ran)
     info = probe(video_path(video))
@@ -101,14 +101,26 @@ def test_generate_returns_an_mp4_with_audio(client, tiny_pipe):
     assert "seed 7" in status and "face check: passed (test detector)" in status
     # the 6.4 s example speech is cut to the maximum duration, and the status line says so
     assert "The speech is 6.4 s long; it was cut to the maximum duration of 1.5 s." in status
+    # ... and the same run as data
+    assert 0 < details.pop("seconds_taken") < 300
+    assert details == {
+        "seed": 7, "frames": 37, "fps": 23, "width": 64, "height": 64, "seconds": round(37 / 23, 3),
+        "speech_seconds": 6.408, "speech_cut": True, "windows": 1, "steps": 2, "passes_per_step": 3, "preset": "tiny",
+        "demo": True, "device": "cpu", "dit": "float32", "motion_mode": "training-free (prompt + audio weight)",
+        "release": False, "text_guidance": details["text_guidance"], "audio_guidance": details["audio_guidance"],
+        "audio_weight": details["audio_weight"],
+        "notices": ["The speech is 6.4 s long; it was cut to the maximum duration of 1.5 s."]}
 
 
 def test_sliders_reach_the_generation(client):
-    _, status = client.predict(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH), max_duration=1.0,
-                               expression=1.0, text_guidance=1.0, api_name="/generate", **FAST)
+    _, status, details = client.predict(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH),
+                                        max_duration=1.0, expression=1.0, text_guidance=1.0, api_name="/generate",
+                                        **FAST)
     assert "audio weight 1.40, audio guidance 7.0, text guidance 1.0" in status
     assert "2 steps × 2 passes" in status  # text guidance 1 drops the negative-prompt pass
     assert "25 frames" in status
+    assert (details["audio_weight"], details["audio_guidance"], details["text_guidance"]) == (1.4, 7.0, 1.0)
+    assert (details["frames"], details["passes_per_step"]) == (25, 2)
 
 
 def test_streaming_endpoint_plays_chunks_then_gives_the_mp4(url, tmp_path):
@@ -226,7 +238,7 @@ def test_stop_during_denoising_ends_the_run_at_that_step_and_frees_the_device(ti
                                api_name="/generate", **FAST)
         _wait_for(second, {Status.PROCESSING, Status.PROGRESS, Status.ITERATING})  # the first is still held
         gated.release.set()
-        video, _ = second.result(timeout=300)
+        video, _, _ = second.result(timeout=300)
         assert probe(video["path"]).frames == 25
         assert gated.steps == 1 + 2  # the stopped run never took its second step
         assert job.status().code == Status.CANCELLED

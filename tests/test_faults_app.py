@@ -78,7 +78,7 @@ def test_api_cancel_stops_the_run_within_a_step_and_frees_the_slot_at_once(tiny_
         second = submit(client, steps=2)
         wait_for(second, RUNNING)  # the slot is free while the cancelled run still sits in its first step
         gated.release.set()
-        video, status = second.result(timeout=300)
+        video, status, _ = second.result(timeout=300)
         assert probe(video["path"]).frames == 25 and status.startswith("**Done**")
         assert gated.steps == 1 + 2  # the cancelled run did not start a second step
         assert first.status().code == Status.CANCELLED
@@ -134,7 +134,7 @@ def test_closing_the_page_stops_the_run_within_a_step_and_frees_the_slot(tiny_pi
         second = submit(client, steps=2)
         wait_for(second, RUNNING)  # Gradio noticed, closed the run and gave the slot away
         gated.release.set()
-        video, _ = second.result(timeout=300)
+        video, _, _ = second.result(timeout=300)
         assert probe(video["path"]).frames == 25
         assert gated.steps == 1 + 2
         assert len(finished_videos(tmp_path)) == 1

@@ -57,41 +57,57 @@ def test_each_window_gets_the_audio_at_its_absolute_time():
         assert torch.equal(lengths[1:], all_lengths[first_latent + 1 : first_latent + windows.shape[1]])
 
 
-class NumberedAudioPipe:
-    """Stands in for the pipeline: token i of the whole track is the number i + 1; every call's audio is kept."""
+@pytest.fixture
+def stub(tiny_pipe, monkeypatch):
+    """The tiny pipeline with some of its steps replaced for one test: `stub(denoise=..., decode_frames=...)`.
 
-    motion_context = identity_context = None
-    motion_mode = "training-free (prompt + audio weight)"
+    Its call then runs for real around them: sizing, speech, frame rule, window plan, audio windows, stitching."""
+    tiny_pipe.set_progress_bar_config(disable=True)
 
-    def __init__(self):
-        self.tokens, self.audio = None, []
+    def replace(**methods):
+        for name, method in methods.items():
+            monkeypatch.setattr(tiny_pipe, name, method)
+        return tiny_pipe
 
-    def project_audio(self, samples):
-        count = len(samples) // 320  # 50 tokens a second, as wav2vec2
-        self.tokens = torch.arange(1, count + 1, dtype=torch.float32).view(1, count, 1)
-        return self.tokens
-
-    def encode_audio(self, samples, num_frames):
-        raise AssertionError("a long video must take its audio from the whole track, not from a clip")
-
-    def __call__(self, image, audio_windows, audio_lengths, num_frames, **kw):
-        self.audio.append((audio_windows, audio_lengths))
-        return num_frames
-
-    def decode_frames(self, num_frames):
-        yield np.zeros((num_frames, 64, 64, 3), np.uint8)
+    return replace
 
 
-def test_generate_gives_each_window_the_audio_at_its_absolute_time(tmp_path):
+def zeros_decode(latents, release=False):
+    num_frames = latents[0] if isinstance(latents, tuple) else latents
+    yield np.zeros((1, 64, 64, 3), np.uint8)
+    for start in range(1, num_frames, 4):
+        yield np.zeros((min(4, num_frames - start), 64, 64, 3), np.uint8)
+
+
+def test_the_call_gives_each_window_the_audio_at_its_absolute_time(stub, tmp_path):
     speech = tmp_path / "ten.wav"
     soundfile.write(speech, speech_like(10.0), 16_000)
-    pipe = NumberedAudioPipe()
-    generate(pipe, EXAMPLE_IMAGE, speech, tmp_path / "o.mp4", Settings(longest_edge=64, steps=1), get_preset("tiny"))
-    tokens = pipe.tokens
+    seen, audio = {}, []
+
+    def numbered(samples):  # token i of the whole track is the number i + 1, 50 tokens a second as wav2vec2
+        seen["samples"] = samples
+        count = len(samples) // 320
+        seen["tokens"] = torch.arange(1, count + 1, dtype=torch.float32).view(1, count, 1)
+        return seen["tokens"]
+
+    def record(image, audio_windows, audio_lengths, num_frames, **kw):
+        audio.append((audio_windows, audio_lengths))
+        return num_frames
+
+    def one_clip_only(samples, num_frames):
+        raise AssertionError("a long video must take its audio from the whole track, not from a clip")
+
+    pipe = stub(project_audio=numbered, encode_audio=one_clip_only, denoise=record, decode_frames=zeros_decode)
+    pipe(image=EXAMPLE_IMAGE, audio=speech, longest_edge=64, output_type=None)
+    # The whole track, zero-padded to the video's 233 frames.
+    track = soundfile.read(speech, dtype="float32")[0]
+    assert seen["samples"].dtype == np.float32 and len(seen["samples"]) == int(233 / 23 * 16_000)
+    assert np.array_equal(seen["samples"][:160_000], track) and not seen["samples"][160_000:].any()
+    tokens = seen["tokens"]
     assert tokens.shape[1] == int(233 / 23 * 16_000) // 320 == 506  # the whole video's length of speech
     everything, all_lengths = split_into_windows(tokens, 233, tokens_per_frame=506 / 233)
-    assert len(pipe.audio) == 3
-    for window, (windows, lengths) in zip(plan_windows(233), pipe.audio, strict=True):
+    assert len(audio) == 3
+    for window, (windows, lengths) in zip(plan_windows(233), audio, strict=True):
         first = window.start // 4
         count = windows.shape[1]
         assert count == (window.length - 1) // 4 + 1
@@ -104,6 +120,28 @@ def test_generate_gives_each_window_the_audio_at_its_absolute_time(tmp_path):
         assert len(full) >= count - 2
         for j in full:
             assert abs(float(windows[0, j, windows.shape[2] // 2, 0]) - (4 * (first + j) - 1) * 506 / 233) <= 1
+
+
+def test_one_window_takes_the_releases_clip_audio(stub, tmp_path):
+    """Up to one window, the audio is the release's: features of the clip [0, frames / fps), not of the track."""
+    speech = tmp_path / "two.wav"
+    soundfile.write(speech, speech_like(2.0), 16_000)
+    seen = {}
+
+    def whole_track(samples):
+        raise AssertionError("one clip takes its audio from encode_audio, as the release")
+
+    def clip(samples, num_frames):
+        seen["clip"] = (samples, num_frames)
+        return torch.zeros(1, (num_frames - 1) // 4 + 1, 4, 8), torch.full(((num_frames - 1) // 4 + 1,), 4)
+
+    pipe = stub(project_audio=whole_track, encode_audio=clip, denoise=lambda *a, num_frames, **k: num_frames,
+                decode_frames=zeros_decode)
+    pipe(image=EXAMPLE_IMAGE, audio=speech, longest_edge=64, output_type=None)
+    # [0, 49 / 23 s) of a 2 s track is all of its 32,000 samples (the release does not pad the clip)
+    samples, frames = seen["clip"]
+    assert (len(samples), frames) == (32_000, 49)
+    assert np.array_equal(samples, soundfile.read(speech, dtype="float32")[0])
 
 
 def test_colour_match_undoes_a_channel_shift():
@@ -144,101 +182,102 @@ def test_colour_match_gain_is_the_ratio_of_spreads_plus_one_grey_level_within_ha
     assert match.apply(np.array([[[0, 255, 129]]], np.uint8)).tolist() == [[[0, 255, 134]]]  # clipped to 0..255
 
 
-class DarkerWindowsPipe:
+STILL = np.random.default_rng(2).integers(40, 220, (64, 64, 3)).astype(np.uint8)
+
+
+def test_colour_is_continuous_across_the_window_seams(stub, tmp_path):
     """Every window after the first comes out darker and flatter (gain 0.75, offset -12) than the portrait's
     colours, as a drifting model would; the content itself is one still, textured frame."""
+    speech = tmp_path / "seven.wav"
+    soundfile.write(speech, speech_like(7.0), 16_000)
+    motion = []
 
-    motion_context = identity_context = None
-    motion_mode = "training-free (prompt + audio weight)"
-    STILL = np.random.default_rng(2).integers(40, 220, (64, 64, 3)).astype(np.uint8)
-
-    def __init__(self):
-        self.motion = []
-
-    def project_audio(self, samples):
-        return torch.zeros(1, max(1, len(samples) // 320), 4)
-
-    def __call__(self, image, audio_windows, audio_lengths, num_frames, motion_frames=None, **kw):
-        self.motion.append(motion_frames)
+    def denoise(image, audio_windows, audio_lengths, num_frames, motion_frames=None, **kw):
+        motion.append(motion_frames)
         return num_frames, motion_frames is not None
 
-    def decode_frames(self, latents):
+    def decode_frames(latents, release=False):
         num_frames, later = latents
-        frame = np.clip(self.STILL * 0.75 - 12, 0, 255).round().astype(np.uint8) if later else self.STILL
-        yield np.repeat(frame[None], 1, axis=0)
+        frame = np.clip(STILL * 0.75 - 12, 0, 255).round().astype(np.uint8) if later else STILL
+        yield frame[None]
         for start in range(1, num_frames, 4):
             yield np.repeat(frame[None], min(4, num_frames - start), axis=0)
 
-
-def test_colour_is_continuous_across_the_window_seams(tmp_path):
-    speech = tmp_path / "seven.wav"
-    soundfile.write(speech, speech_like(7.0), 16_000)
-    pipe, seen = DarkerWindowsPipe(), []
+    pipe, seen = stub(denoise=denoise, decode_frames=decode_frames), []
     result = generate(pipe, EXAMPLE_IMAGE, speech, tmp_path / "o.mp4", Settings(longest_edge=64, steps=1),
                       get_preset("tiny"), on_frames=seen.append)
     frames = np.concatenate(seen).astype(int)
     assert result.windows == 3 and len(frames) == result.num_frames == 165
     # Windows 2 and 3 are matched onto the colours of what was written before them (measured: max 2, mean 0.20
     # grey levels off the still; unmatched they would be ~45 levels darker).
-    error = np.abs(frames - DarkerWindowsPipe.STILL)
+    error = np.abs(frames - STILL)
     assert error.max() <= 3 and error.mean() < 0.4
     for seam in (81, 157):  # the first frame of each later window against the last one before it (0.36, 0.28)
         assert np.abs(frames[seam] - frames[seam - 1]).mean() < 0.7
     # ... and the motion frames each later window is conditioned on are the corrected ones (measured max 0, 1).
-    for motion in pipe.motion[1:]:
-        pixels = ((motion[0].permute(1, 2, 3, 0).numpy() + 1) * 127.5).round()
-        assert np.abs(pixels - DarkerWindowsPipe.STILL).max() <= 2
+    for frames_given in motion[1:]:
+        pixels = ((frames_given[0].permute(1, 2, 3, 0).numpy() + 1) * 127.5).round()
+        assert np.abs(pixels - STILL).max() <= 2
 
 
-class IndexPipe:
-    """Stands in for the pipeline: frame i of the video is a flat image whose colour encodes i.
+def index_frame(index: int, size: int = 64) -> np.ndarray:
+    """Video frame `index` in the index tests: a flat image whose colour encodes its number."""
+    return np.full((size, size, 3), [index % 256, index // 256, 7], dtype=np.uint8)
 
-    A window's start is read back from the motion frames it is given, so the test sees exactly which
-    frames generate() hands over and which it writes.
-    """
 
-    motion_context = identity_context = None
-    motion_mode = "training-free (prompt + audio weight)"
+def index_of(pixels) -> int:
+    return int(pixels[0, 0, 0]) + 256 * int(pixels[1, 0, 0])
 
-    def __init__(self, size=64):
-        self.size, self.calls = size, []
 
-    def project_audio(self, samples):
-        return torch.randn(1, max(1, len(samples) // 320), 4)
+def index_pipe(stub):
+    """Frame i of the video is `index_frame(i)`; a window's start is read back from the motion frames it is
+    given, so a test sees exactly which frames the call hands over and which it keeps. `calls`: (start,
+    frames, motion frames given)."""
+    calls = []
 
-    def encode_audio(self, samples, num_frames):
-        return split_into_windows(self.project_audio(samples), num_frames)
-
-    def __call__(self, image, audio_windows, audio_lengths, prompt, num_frames, motion_frames=None, **kw):
-        start = 0 if motion_frames is None else self.index_of(((motion_frames[0, :, 0] + 1) * 127.5).round())
+    def denoise(image, audio_windows, audio_lengths, num_frames, motion_frames=None, **kw):
+        start = 0 if motion_frames is None else index_of(((motion_frames[0, :, 0] + 1) * 127.5).round())
         assert audio_windows.shape[1] == (num_frames - 1) // 4 + 1
-        self.calls.append((start, num_frames, None if motion_frames is None else motion_frames.shape[2]))
-        return (start, num_frames)
+        if motion_frames is not None:  # the last 5 frames handed out, as pixels in [-1, 1], float32 [1, 3, 5, H, W]
+            expected = np.stack([index_frame(start + i) for i in range(5)])
+            assert motion_frames.dtype == torch.float32 and motion_frames.shape == (1, 3, 5, 64, 64)
+            assert torch.equal(motion_frames, torch.from_numpy(expected).float().div(127.5).sub(1.0)
+                               .permute(3, 0, 1, 2)[None])
+        calls.append((start, num_frames, None if motion_frames is None else motion_frames.shape[2]))
+        return start, num_frames
 
-    def decode_frames(self, latents):
+    def decode_frames(latents, release=False):
         start, num_frames = latents
-        frames = [self.frame(start + i) for i in range(num_frames)]
+        frames = [index_frame(start + i) for i in range(num_frames)]
         yield np.stack(frames[:1])
         for i in range(1, num_frames, 4):
             yield np.stack(frames[i : i + 4])
 
-    def frame(self, index):
-        return np.full((self.size, self.size, 3), [index % 256, index // 256, 7], dtype=np.uint8)
-
-    @staticmethod
-    def index_of(pixels):
-        return int(pixels[0, 0, 0]) + 256 * int(pixels[1, 0, 0])
+    return stub(denoise=denoise, decode_frames=decode_frames), calls
 
 
-def test_stitching_never_duplicates_or_skips_a_frame(tmp_path):
+def test_stitching_never_duplicates_or_skips_a_frame(stub, tmp_path):
     speech = tmp_path / "ten.wav"
     soundfile.write(speech, speech_like(10.0), 16_000)
-    pipe, seen = IndexPipe(), []
+    (pipe, calls), seen = index_pipe(stub), []
     result = generate(pipe, EXAMPLE_IMAGE, speech, tmp_path / "o.mp4", Settings(longest_edge=64, steps=1),
-                      get_preset("tiny"), on_frames=lambda f: seen.extend(IndexPipe.index_of(x.transpose(2, 0, 1)) for x in f))
-    assert pipe.calls == [(0, 81, None), (76, 81, 5), (152, 81, 5)]
+                      get_preset("tiny"), on_frames=lambda f: seen.extend(index_of(x.transpose(2, 0, 1)) for x in f))
+    assert calls == [(0, 81, None), (76, 81, 5), (152, 81, 5)]
     assert seen == list(range(233))
     assert (result.num_frames, result.windows, result.speech_cut) == (233, 3, False)
+
+
+def test_the_call_returns_the_stitched_video_or_each_windows_latents(stub, tmp_path):
+    """The call itself chains the windows: 2 s of speech in 21-frame windows is 49 frames, each once; with
+    `output_type="latent"` it returns the windows' latents, a list (decoding them: `test_pipeline.py`)."""
+    speech = tmp_path / "two.wav"
+    soundfile.write(speech, speech_like(2.0), 16_000)
+    pipe, calls = index_pipe(stub)
+    video = pipe(image=EXAMPLE_IMAGE, audio=speech, longest_edge=64, window_frames=21, output_type="pil")
+    assert [index_of(np.asarray(f).transpose(2, 0, 1)) for f in video.frames[0]] == list(range(49))
+    latents = pipe(image=EXAMPLE_IMAGE, audio=speech, longest_edge=64, window_frames=21, output_type="latent")
+    assert calls[3:] == calls[:3] == [(0, 21, None), (16, 21, 5), (32, 17, 5)]
+    assert latents.frames == [(0, 21), (16, 21), (32, 17)]
 
 
 @pytest.fixture(scope="module")
@@ -275,10 +314,11 @@ def test_the_whole_speech_is_in_the_output(ten_second_video):
     assert np.abs(muxed[len(original) + 2000 :]).max() < 0.01  # the padding past the speech is silence
 
 
-def test_speech_longer_than_the_maximum_is_cut_and_reported(tmp_path):
+def test_speech_longer_than_the_maximum_is_cut_and_reported(stub, tmp_path):
     speech = tmp_path / "long.wav"
     soundfile.write(speech, speech_like(4.0), 16_000)
-    result = generate(IndexPipe(), EXAMPLE_IMAGE, speech, tmp_path / "o.mp4",
+    pipe, _ = index_pipe(stub)
+    result = generate(pipe, EXAMPLE_IMAGE, speech, tmp_path / "o.mp4",
                       Settings(longest_edge=64, steps=1, max_duration=2.0), get_preset("tiny"))
     assert result.speech_cut and result.num_frames == 49  # int(46 // 4)*4 + 5
     assert probe(result.path).audio_duration == pytest.approx(49 / 23, abs=1.2e-3)  # measured 0.57 ms off

@@ -197,13 +197,13 @@ def test_modules_file_round_trip_installs_and_changes_the_pipeline(tmp_path, spe
     face = Image.new("RGB", (32, 32), (200, 150, 120))
     args = tiny_call_args(fresh, speech_wav)
     with pytest.raises(ValueError, match="pass the portrait's face crop"):
-        fresh(**args)
-    out_a = fresh(**args, motion=(0.2, 0.2), face_image=face)
-    out_b = fresh(**args, motion=(0.9, 0.9), face_image=face)
-    out_plain = plain(**args)
+        fresh.denoise(**args)
+    out_a = fresh.denoise(**args, motion=(0.2, 0.2), face_image=face)
+    out_b = fresh.denoise(**args, motion=(0.9, 0.9), face_image=face)
+    out_plain = plain.denoise(**args)
     assert (out_a - out_b).abs().max() > 1e-4 and (out_a - out_plain).abs().max() > 1e-4
     with pytest.raises(ValueError, match="no motion module"):
-        plain(**args, motion=(0.5, 0.5))
+        plain.denoise(**args, motion=(0.5, 0.5))
 
 
 def test_incomplete_modules_file_is_refused(tmp_path):

@@ -25,7 +25,7 @@ def conditioning(tiny_pipe):
 
 def run(pipe, conditioning, seed=3, steps=2, **kw):
     image, windows, lengths, num_frames = conditioning
-    return pipe(image, windows, lengths, "a person is talking", num_frames=num_frames, num_inference_steps=steps,
+    return pipe.denoise(image, windows, lengths, "a person is talking", num_frames=num_frames, num_inference_steps=steps,
                 generator=torch.Generator().manual_seed(seed), **kw)
 
 
@@ -89,9 +89,15 @@ def test_two_passes_when_text_guidance_is_one(tiny_pipe, conditioning):
 
 def test_steps_are_honoured_and_reported(tiny_pipe, conditioning):
     seen = []
+
+    def callback(pipe, step, timestep, tensors):
+        seen.append((step, pipe.num_timesteps, float(timestep), sorted(tensors)))
+        return {}
+
     with CallRecorder(tiny_pipe) as rec:
-        run(tiny_pipe, conditioning, steps=3, step_callback=lambda i, n: seen.append((i, n)))
-    assert seen == [(1, 3), (2, 3), (3, 3)]
+        run(tiny_pipe, conditioning, steps=3, callback_on_step_end=callback)
+    timesteps = [float(t) for t in tiny_pipe.scheduler.timesteps]
+    assert seen == [(i, 3, timesteps[i], ["latents"]) for i in range(3)]
     assert len(rec.calls) == 9
 
 
@@ -130,10 +136,10 @@ def test_progressive_decode_equals_full_decode(tiny_pipe, conditioning):
     assert np.array_equal(np.concatenate(chunks), to_uint8_frames(full))
 
 
-def test_image_must_be_resized_first(tiny_pipe, conditioning):
+def test_the_denoising_loop_takes_a_resized_image(tiny_pipe, conditioning):
     _, windows, lengths, num_frames = conditioning
     with pytest.raises(ValueError, match="multiples of 16"):
-        tiny_pipe(Image.new("RGB", (70, 64)), windows, lengths, "x", num_frames=num_frames, num_inference_steps=1)
+        tiny_pipe.denoise(Image.new("RGB", (70, 64)), windows, lengths, "x", num_frames=num_frames, num_inference_steps=1)
 
 
 def test_one_known_frame_condition_equals_diffusers_prepare_latents(tiny_pipe, conditioning):

@@ -102,6 +102,18 @@ def test_mixed_keeps_embedding_stream_and_head_fp32_and_matmuls_bf16():
     assert out.dtype == BF16 and set(watch.seen["block"]) == set(watch.seen["timestep_proj"]) == {BF16}
 
 
+def test_a_bf16_dit_keeps_ropes_tables_in_fp32():
+    """RoPE's cos/sin tables are buffers: a bf16 cast rounds them (up to 2e-3) and casting back cannot undo it, so
+    they are rebuilt in fp32, as diffusers' `from_pretrained` keeps them (the release computes RoPE in fp64)."""
+    fp32 = tiny_transformer()
+    model = bf16_transformer()
+    for name in ("freqs_cos", "freqs_sin"):
+        kept = getattr(model.rope, name)
+        assert kept.dtype == torch.float32 and torch.equal(kept, getattr(fp32.rope, name))
+    rounded = fp32.rope.freqs_cos.to(BF16).float()
+    assert (rounded - fp32.rope.freqs_cos).abs().max() > 1e-3  # what the cast alone left
+
+
 def test_a_block_computes_the_release_residual_stream():
     """With the policy, block output == the release's `x + y*e[2]`, `x + cross`, `x + ffn*e[5]` in fp32 around
     bf16 attention/FFN calls (wan_video_dit.py WanAttentionBlock), bit for bit."""
@@ -297,7 +309,7 @@ def test_latents_and_guidance_are_fp32_with_a_stock_bf16_dit():
         return original_step(velocity, t, latents, **kwargs)
 
     pipe.transformer.forward, pipe.scheduler.step = recording_forward, recording_step
-    latents = pipe(**conditioning(pipe), text_guidance_scale=5.0, audio_guidance_scale=4.0)
+    latents = pipe.denoise(**conditioning(pipe), text_guidance_scale=5.0, audio_guidance_scale=4.0)
     assert latents.dtype == torch.float32
     assert {o.dtype for o in outputs} == {BF16}  # stock precision: the DiT returns bf16
     full, text, uncond = (o.float() for o in outputs[3:6])  # step 2's passes, combined in fp32
@@ -311,12 +323,12 @@ def test_step_cache_with_the_policy_in_bf16():
 
     plain_pipe = load_pipeline("tiny", dtype=BF16)
     plain_pipe.set_progress_bar_config(disable=True)
-    plain = plain_pipe(**conditioning(plain_pipe))
+    plain = plain_pipe.denoise(**conditioning(plain_pipe))
     cached = load_pipeline("tiny", dtype=BF16)
     cached.set_progress_bar_config(disable=True)
     apply_speed(cached, SpeedOptions(step_cache="fbc", cache_threshold=0.0))
     assert precision_of(cached.transformer) == "mixed"
-    assert torch.equal(cached(**conditioning(cached)), plain)  # threshold 0: every block computed
+    assert torch.equal(cached.denoise(**conditioning(cached)), plain)  # threshold 0: every block computed
 
 
 # Nothing may come from this machine's Hugging Face cache (fixture in conftest.py).
@@ -365,8 +377,8 @@ def test_every_dit_mode_runs_in_mixed_precision(real, dit, tolerance):
 @pytest.mark.parametrize("vram", ["model-offload", "group-offload"])
 def test_offloading_gives_the_resident_result_in_mixed_precision(real, vram):
     resident, offloaded = real("q8_0"), real("q8_0", vram)
-    a = resident(**conditioning(resident))
-    b = offloaded(**conditioning(offloaded))
+    a = resident.denoise(**conditioning(resident))
+    b = offloaded.denoise(**conditioning(offloaded))
     assert a.dtype == torch.float32 and torch.equal(a, b)
 
 

@@ -152,13 +152,19 @@ def test_preview_of_the_portrait_encoded_by_a_real_shaped_vae(tmp_path):
 
 
 def run_recording(pipe, args: dict) -> tuple[torch.Tensor, list[tuple[int, int, torch.Tensor]]]:
+    """The denoising loop with a `callback_on_step_end` asking for x0: (latents, [(step, steps, x0)])."""
     seen: list[tuple[int, int, torch.Tensor]] = []
-    latents = pipe(**args, preview_callback=lambda step, steps, x0: seen.append((step, steps, x0.clone())))
+
+    def callback(pipe, step, timestep, tensors):
+        seen.append((step + 1, pipe.num_timesteps, tensors["x0"].clone()))
+        return {}
+
+    latents = pipe.denoise(**args, callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["x0"])
     return latents, seen
 
 
 def test_pipeline_hands_out_the_clean_estimate_and_changes_nothing(tiny_pipe, speech_wav):
-    plain = tiny_pipe(**tiny_call_args(tiny_pipe, speech_wav))
+    plain = tiny_pipe.denoise(**tiny_call_args(tiny_pipe, speech_wav))
     latents, seen = run_recording(tiny_pipe, tiny_call_args(tiny_pipe, speech_wav))
     assert torch.equal(latents, plain)  # the hook reads; the result and the seeded noise are untouched
     assert [(step, steps) for step, steps, _ in seen] == [(1, 2), (2, 2)]

@@ -171,7 +171,7 @@ def _run(pipe, steps: int = 1) -> torch.Tensor:
     windows = torch.randn(1, 2, 5, 16, generator=gen)
     lengths = torch.tensor([3, 5])
     image = Image.new("RGB", (32, 32), (180, 120, 90))
-    return pipe(image, windows, lengths, "a person is talking", num_frames=5, num_inference_steps=steps,
+    return pipe.denoise(image, windows, lengths, "a person is talking", num_frames=5, num_inference_steps=steps,
                 generator=torch.Generator().manual_seed(3))
 
 

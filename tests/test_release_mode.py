@@ -166,26 +166,29 @@ def test_release_generation_is_the_official_clip(pipe, tmp_path):
     from tests.mp4_probe import probe
 
     calls, frames = [], []
-    original_call = type(pipe).__call__
+    original_denoise = type(pipe).denoise
 
     def spy(self, *args, **kwargs):
-        latents = original_call(self, *args, **kwargs)
-        calls.append((kwargs, latents))
+        latents = original_denoise(self, *args, **kwargs)
+        calls.append((args, kwargs, latents))
         return latents
 
-    type(pipe).__call__ = spy
+    type(pipe).denoise = spy
     try:
         result = generate(pipe, EXAMPLE_IMAGE, EXAMPLE_SPEECH, tmp_path / "r.mp4",
                           Settings(release=True, max_frames=9, longest_edge=64), TINY, on_frames=frames.append)
     finally:
-        type(pipe).__call__ = original_call
+        type(pipe).denoise = original_denoise
     assert (result.release, result.num_frames, result.windows, result.speech_cut) == (True, 9, 1, True)
     assert probe(tmp_path / "r.mp4").frames == 9
-    (kwargs, latents), = calls
-    assert kwargs["prompt"] == RELEASE_PROMPT and kwargs["negative_prompt"] == OFFICIAL_NEGATIVE
+    (args, kwargs, latents), = calls
+    with torch.no_grad():
+        text, negative = pipe.encode_prompt(prompt=RELEASE_PROMPT, negative_prompt=OFFICIAL_NEGATIVE,
+                                            do_classifier_free_guidance=True, max_sequence_length=512)
+    assert torch.equal(kwargs["prompt_embeds"], text) and torch.equal(kwargs["negative_prompt_embeds"], negative)
     assert kwargs["num_inference_steps"] == 30 and kwargs["num_frames"] == 9
     windows, lengths = pipe.encode_audio(clip_samples(load_audio(EXAMPLE_SPEECH), 9, 23), 9)
-    assert torch.equal(kwargs["audio_windows"], windows) and torch.equal(kwargs["audio_lengths"], lengths)
+    assert torch.equal(args[1], windows) and torch.equal(args[2], lengths)
     written = np.concatenate(frames)
     with torch.no_grad():
         np.testing.assert_array_equal(written, np.concatenate(list(decode_release_tiles(pipe.vae, latents))))

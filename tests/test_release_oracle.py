@@ -78,8 +78,11 @@ def noise(case, seed: int) -> torch.Tensor:
 
 
 def ours(pipe, case, seed: int) -> torch.Tensor:
-    return pipe(case["image"], case["windows"], case["lengths"], PROMPT, DEFAULT_NEGATIVE_PROMPT,
-                num_frames=case["num_frames"], num_inference_steps=STEPS, generator=torch.Generator().manual_seed(seed))
+    """The public call, portrait and speech in, final latents out (the windows, frames and size it derives
+    from them are the case's: checked by `test_the_call_derives_the_cases_inputs`)."""
+    return pipe(image=case["image"], audio=speech_like(SECONDS), sampling_rate=16_000, prompt=PROMPT,
+                negative_prompt=DEFAULT_NEGATIVE_PROMPT, longest_edge=SIZE, num_inference_steps=STEPS,
+                generator=torch.Generator().manual_seed(seed), output_type="latent").frames
 
 
 def oracle(case, bf16: bool, seed: int) -> torch.Tensor:
@@ -165,6 +168,23 @@ def test_audio_processor_and_dit_forward_match_the_release(case):
     assert ours_out.dtype == torch.float32
     torch.testing.assert_close(ours_out, reference, rtol=0, atol=2e-6)
     assert case["lengths"].min() < case["windows"].shape[2]  # padded windows, masked by both
+
+
+def test_the_call_derives_the_cases_inputs(case, monkeypatch):
+    """`ours` gives the public call only portrait and speech: it makes the case's frames, windows and image."""
+    pipe, seen = case["pipe"], []
+    original = pipe.denoise
+    monkeypatch.setattr(pipe, "denoise", lambda *args, **kwargs: seen.append((args, kwargs)) or original(*args, **kwargs))
+    latents = pipe(
+        image=case["image"], audio=speech_like(SECONDS), sampling_rate=16_000, prompt=PROMPT, longest_edge=SIZE,
+        num_inference_steps=1, generator=torch.Generator().manual_seed(1111), output_type="latent").frames
+    (args, kwargs), = seen
+    image, windows, lengths = args
+    assert list(image.getdata()) == list(case["image"].getdata())
+    assert torch.equal(windows, case["windows"]) and torch.equal(lengths, case["lengths"])
+    assert kwargs["num_frames"] == case["num_frames"] and latents.shape == case["shape"]
+    assert torch.equal(kwargs["prompt_embeds"], case["text"])
+    assert torch.equal(kwargs["negative_prompt_embeds"], case["negative"])
 
 
 # ---- 30 steps --------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def conditioning(tiny_pipe):
 
 def run(pipe, conditioning, steps=2, **kw):
     image, windows, lengths, num_frames = conditioning
-    return pipe(image, windows, lengths, "a person is talking", num_frames=num_frames, num_inference_steps=steps,
+    return pipe.denoise(image, windows, lengths, "a person is talking", num_frames=num_frames, num_inference_steps=steps,
                 generator=torch.Generator().manual_seed(3), **kw)
 
 

@@ -204,9 +204,9 @@ def vram_mode_run(pipe, spec: dict, device) -> None:
     frames, size = spec["frames"], spec["size"]
     portrait = Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8))
     samples = np.random.default_rng(1).standard_normal(int(frames / FPS * 16_000)).astype(np.float32) * 0.1
-    windows, lengths = pipe.encode_audio(samples, frames)
-    pipe(portrait, windows, lengths, "a person is talking", num_frames=frames, num_inference_steps=1,
-         generator=torch.Generator().manual_seed(0))
+    pipe(image=portrait, audio=samples, sampling_rate=16_000, prompt="a person is talking", height=size, width=size,
+         num_frames=frames, fps=FPS, num_inference_steps=1, generator=torch.Generator().manual_seed(0),
+         output_type=None)
     sync(device)
 
 

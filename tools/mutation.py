@@ -38,7 +38,7 @@ MODULES = {
     "windows": "fantasy/model/windows.py",
     "sampling": "fantasy/model/sampling.py",
     "adapter": "fantasy/model/adapter.py",
-    "long_video": "fantasy/long_video.py",
+    "long_video": "fantasy/model/long_video.py",
     "video": "fantasy/media/video.py",
     "validation": "fantasy/app/validation.py",
     "generate": "fantasy/generation.py",

@@ -204,6 +204,26 @@ class Studio:
         line = " · ".join(p for p in parts if p)
         return "\n\n".join([line, *(f"⚠️ {notice}" for notice in job.notices)])
 
+    def details(self, job: Job, result: Result, steps_run: int | None = None) -> dict:
+        """The finished run as data (the API's JSON output beside the video and `status`'s sentence)."""
+        s = job.settings
+        choice = getattr(self.pipe, "dit_choice", None)
+        transformer = getattr(self.pipe, "transformer", None)
+        windows = max(1, result.windows)
+        return {
+            "seed": s.seed, "frames": result.num_frames, "fps": result.fps, "width": result.width,
+            "height": result.height, "seconds": round(result.num_frames / result.fps, 3),
+            "seconds_taken": round(result.seconds_taken, 2), "speech_seconds": round(result.speech_seconds, 3),
+            "speech_cut": result.speech_cut, "windows": windows,
+            "steps": s.steps if steps_run is None else steps_run // windows, "passes_per_step": result.passes_per_step,
+            "preset": self.preset.name, "demo": self.preset.demo, "device": self.device,
+            # how the DiT's weights are held: the --dit mode, or the plain dtype where none was chosen (tiny)
+            "dit": choice.mode if choice is not None else str(getattr(transformer, "dtype", "")).removeprefix("torch."),
+            "motion_mode": result.motion_mode, "release": result.release,
+            "text_guidance": s.text_guidance, "audio_guidance": s.audio_guidance, "audio_weight": s.audio_weight,
+            "notices": list(job.notices),
+        }
+
     def _clean_old_outputs(self) -> None:
         if not self.output_root.is_dir():
             return

@@ -267,7 +267,8 @@ def build_demo(
 
     def api_generate(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
                      seed, resolution, max_duration, progress=gr.Progress()):  # noqa: B008
-        """Portrait + speech -> the finished talking-video mp4 and a status line (same checks as the page)."""
+        """Portrait + speech -> the finished talking-video mp4, a status line and the run as JSON (same checks as
+        the page)."""
         # A generator, though it returns one result: Gradio stops a generator between two yields when the
         # client cancels (`job.cancel()`) or goes away, whereas a plain function would run to its end.
         # Closing it closes `run_on_gpu`, which stops the worker at its next step.
@@ -279,11 +280,12 @@ def build_demo(
         try:
             for event in run_on_gpu(job):
                 if isinstance(event, Idle | StageProgress):
-                    yield gr.skip(), gr.skip()
+                    yield gr.skip(), gr.skip(), gr.skip()
                     if isinstance(event, StageProgress):
                         _show_progress(progress, event, job)
                 elif isinstance(event, Finished):
-                    yield str(event.result.path), studio.status(job, event.result, steps_run=event.steps_run)
+                    yield (str(event.result.path), studio.status(job, event.result, steps_run=event.steps_run),
+                           studio.details(job, event.result, steps_run=event.steps_run))
                     return
         except FantasyError as exc:
             raise user_error(str(exc), "Generation failed") from None
@@ -361,7 +363,8 @@ def build_demo(
         stop_btn.click(stop_step, None, status, cancels=[streaming], queue=False, api_visibility="private")
         dice.click(lambda: random.randrange(2**31), None, seed, queue=False, api_visibility="private")
         api_trigger = gr.Button(visible=False)
-        api_trigger.click(api_generate, inputs, [final, status], concurrency_id="gpu",
+        details = gr.JSON(label="Details", visible=False)  # the API's third output: the finished run as data (`Studio.details`)
+        api_trigger.click(api_generate, inputs, [final, status, details], concurrency_id="gpu",
                           concurrency_limit=generations_at_once, api_name="generate", validator=admit_checked)
     # `admit` turns generations away at max_queue; Gradio's own bound (its fixed texts) only backs it up.
     demo.queue(max_size=4 * max_queue + 16, default_concurrency_limit=1)

@@ -51,6 +51,16 @@ PRECISIONS: dict[str, str] = {
 }
 
 
+def is_quantized_weight(param: torch.Tensor) -> bool:
+    """True for GGUF and torchao weights and for fp8 storage; False for plain float weights."""
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    if isinstance(param, GGUFParameter) or param.dtype == torch.float8_e4m3fn:
+        return True
+    data = param.data if isinstance(param, torch.nn.Parameter) else param
+    return type(data).__module__.startswith("torchao")
+
+
 def check_precision(name: str) -> str:
     from fantasy.errors import InvalidSetting
 

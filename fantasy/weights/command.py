@@ -12,13 +12,35 @@ def add_parsers(subparsers) -> None:
 
 
 def add_convert_parser(sub) -> None:
-    p = sub.add_parser("convert", help="released fantasytalking_model.ckpt -> safetensors (bf16)")
-    p.add_argument("src", help="the released fantasytalking_model.ckpt")
-    p.add_argument("dst", help="the .safetensors file to write")
+    p = sub.add_parser("convert", help="released fantasytalking_model.ckpt -> safetensors (bf16), or a preset -> "
+                                       "a diffusers folder (--diffusers)")
+    p.add_argument("src", nargs="?", help="the released .ckpt (or a training checkpoint)")
+    p.add_argument("dst", nargs="?", help="the .safetensors to write")
+    p.add_argument("--diffusers", metavar="OUT", default=None,
+                   help="write the preset's whole pipeline as a diffusers folder (model_index.json, one folder per "
+                        "component, the adapter included) for FantasyTalkingPipeline.from_pretrained and --weights")
+    p.add_argument("--preset", default="real", choices=["real", "tiny"], help="with --diffusers: which pipeline")
+    p.add_argument("--weights", default=None, help="with --diffusers: the real preset's weights dir (default weights/ "
+                                                    "or $FANTASY_WEIGHTS; needs the bf16 DiT file)")
+    p.add_argument("--adapter", default=None, help="with --diffusers: an adapter or training checkpoint instead of "
+                                                    "the released one")
     p.set_defaults(run=_run_convert)
 
 
 def _run_convert(args) -> int:
+    from fantasy.errors import InvalidSetting
+
+    if args.diffusers is not None:
+        if args.src is not None or args.dst is not None:
+            raise InvalidSetting("convert takes SRC DST, or --diffusers OUT, not both")
+        from fantasy.weights.diffusers_folder import write_diffusers_folder
+
+        out = write_diffusers_folder(args.diffusers, args.preset, args.weights, args.adapter)
+        print(f"wrote {out} (a diffusers folder: FantasyTalkingPipeline.from_pretrained('{out}') or --weights {out})")
+        return 0
+    if args.src is None or args.dst is None:
+        raise InvalidSetting("convert needs SRC DST (the released .ckpt and the .safetensors to write), "
+                             "or --diffusers OUT")
     from fantasy.weights.adapter_weights import convert_checkpoint
 
     count = convert_checkpoint(args.src, args.dst)

@@ -55,11 +55,12 @@ def load_pipeline(
     """Ready-to-run pipeline for a preset. `adapter`: an adapter or training checkpoint instead of the default
     (a training checkpoint also installs the motion / identity modules it holds, `fantasy.weights.trained_modules`).
     `dtype` (tiny: fp32 unless given; real: bf16) is the DiT's and umT5's compute dtype."""
-    get_preset(preset)
+    chosen = get_preset(preset)
     if preset == "tiny":
         from fantasy.weights.tiny import random_adapter_weights, tiny_components
 
         pipe = assemble(tiny_components(dtype=real_options.pop("dtype", torch.float32)), device or "cpu")
+        pipe.register_to_config(default_longest_edge=chosen.longest_edge)
         if adapter is None:
             random_adapter_weights(pipe)
         else:

@@ -26,11 +26,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fantasy.model.precision import is_quantized_weight  # noqa: F401 (defined with the precision policy; re-exported)
+
 # Modules of the audio adapter inside the DiT (`blocks.N.attn2.processor.{k,v}_proj`, and the identity
 # branch under it), and the motion module (`motion_intensity.*`, `fantasy.model.motion.MOTION_MODULE_NAME`).
 ADAPTER_PATTERN = "processor"
 MOTION_PATTERN = "motion_intensity"
-FP8_STORAGE = torch.float8_e4m3fn
+FP8_STORAGE = torch.float8_e4m3fn  # also fantasy.model.precision.is_quantized_weight's fp8 test
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,14 @@ def keep_fp32_modules_in_fp32(model) -> int:
         for name, param in model.named_parameters():
             if name.split(".")[-1] == "scale_shift_table":
                 param.data = param.data.float()
+    rope = getattr(model, "rope", None)
+    if "rope" in keep and rope is not None and any(b.dtype != torch.float32 for b in rope.buffers()):
+        # RoPE's tables are buffers, not weights: `.to(bf16)` rounded them (up to 2e-3), and casting back cannot
+        # restore them. Rebuilt from the config, in fp32, as `from_pretrained` keeps them.
+        config = model.config
+        fresh = type(rope)(config.attention_head_dim, config.patch_size, config.rope_max_seq_len)
+        model.rope = fresh.to(next(rope.buffers()).device)
+        restored += 1
     return restored
 
 
@@ -164,16 +174,6 @@ def enable_fp8_storage(transformer, compute_dtype: torch.dtype) -> None:
     transformer.enable_layerwise_casting(
         storage_dtype=FP8_STORAGE, compute_dtype=compute_dtype, skip_modules_pattern=patterns
     )
-
-
-def is_quantized_weight(param: torch.Tensor) -> bool:
-    """True for GGUF and torchao weights and for fp8 storage; False for plain float weights."""
-    from diffusers.quantizers.gguf.utils import GGUFParameter
-
-    if isinstance(param, GGUFParameter) or param.dtype == FP8_STORAGE:
-        return True
-    data = param.data if isinstance(param, nn.Parameter) else param
-    return type(data).__module__.startswith("torchao")
 
 
 # ---- fp8 linears (a speed switch, not a storage mode) ----------------------------------------------

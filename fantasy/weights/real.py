@@ -471,6 +471,8 @@ def load_real_pipeline(
     comfy = comfy_models_dir(comfy_models)
     device = resolve_device(device, allow_cpu)
     root = weights_dir(weights)
+    if is_diffusers_folder(root):  # `save_pretrained` / `fantasy convert --diffusers` wrote it
+        return load_diffusers_folder(root, device, adapter, dit, vram, dtype)
     choice = DitChoice(dit, False, "--dit") if dit is not None else _auto_dit(
         root, device, vram, fit_size, fit_frames, fit_batch, comfy)
     mode = get_dit_mode(choice.mode)
@@ -496,8 +498,6 @@ def _load_components(paths: dict, mode, vram: str, device: torch.device, dtype: 
     from fantasy.model.assemble import assemble
     from fantasy.model.sampling import make_scheduler
     from fantasy.weights.checkpoints import pretrained_class
-    from fantasy.weights.offload import apply_vram_mode
-    from fantasy.weights.quantize import enable_fp8_storage, quantize_weight_only
     from fantasy.weights.trained_modules import load_modules
 
     wav2vec, adapter_path = paths["wav2vec"], paths["adapter"]
@@ -527,7 +527,16 @@ def _load_components(paths: dict, mode, vram: str, device: torch.device, dtype: 
     for processor in audio_processors(pipe.transformer):
         processor.to(dtype)  # the DiT's first parameter may be GGUF/fp32; the adapter computes in `dtype`
     load_modules(pipe, adapter_path)  # a training checkpoint also installs its motion / identity modules
-    if mode.torchao:  # on the GPU when it stays there (fast, no round trip); the adapter is skipped by name
+    return place(pipe, mode, vram, device, dtype)
+
+
+def place(pipe, mode, vram: str, device: torch.device, dtype: torch.dtype):
+    """After the adapter's weights: torchao quantization or fp8 storage if asked (both skip the adapter by name),
+    then the `vram` placement (offloading last, so the adapter moves with its block)."""
+    from fantasy.weights.offload import apply_vram_mode
+    from fantasy.weights.quantize import enable_fp8_storage, quantize_weight_only
+
+    if mode.torchao:  # on the GPU when it stays there (fast, no round trip)
         quantize_weight_only(pipe.transformer, mode.torchao, device=device if vram == "resident" else None)
     if mode.fp8_storage:
         enable_fp8_storage(pipe.transformer, dtype)
@@ -589,6 +598,37 @@ def _load_vae(paths: dict):
 
         return load_vae_file(paths["comfy"]["vae"], torch.float32)
     return AutoencoderKLWan.from_pretrained(paths["wan"] / "vae", dtype=torch.float32)
+
+
+def is_diffusers_folder(path: str | Path) -> bool:
+    return (Path(path) / "model_index.json").is_file()
+
+
+def load_diffusers_folder(folder: Path, device: torch.device, adapter: str | Path | None, dit: str | None, vram: str,
+                          dtype: torch.dtype):
+    """The real preset from a diffusers-format folder (`FantasyTalkingPipeline.from_pretrained`, no network): the DiT
+    as it was saved (bf16), optionally quantized after loading (`--dit bf16-int8|bf16-fp8|bf16-fp8-storage`);
+    `adapter` replaces the saved adapter's weights; then placed for `vram` as the file layout's pipeline is."""
+    from fantasy.model.pipeline import FantasyTalkingPipeline
+    from fantasy.weights.checkpoints import quiet_loading
+    from fantasy.weights.dit_choice import DitChoice
+    from fantasy.weights.quantize import get_dit_mode
+    from fantasy.weights.trained_modules import load_modules
+
+    mode = get_dit_mode(dit or "bf16")
+    if mode.file != "bf16":
+        raise FantasyError(f"{folder} is a diffusers folder: its DiT is the saved bf16 one, not a GGUF file; use --dit "
+                           "bf16, bf16-int8, bf16-fp8 or bf16-fp8-storage (or --weights a folder with the GGUF file)")
+    if mode.torchao == "fp8":
+        _check_fp8_support(device)
+    with quiet_loading():
+        pipe = FantasyTalkingPipeline.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    enable_vae_tiling(pipe.vae)
+    if adapter is not None:
+        load_modules(pipe, given_adapter(adapter))
+    pipe.dit_choice = DitChoice(mode.name, False, "--dit") if dit is not None else DitChoice(
+        mode.name, True, "the diffusers folder's DiT")
+    return place(pipe, mode, vram, device, dtype)
 
 
 def load_text_encoder(folder: str | Path, dtype: torch.dtype = torch.bfloat16):
