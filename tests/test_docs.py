@@ -155,9 +155,10 @@ class Parsed(Exception):
     """Raised in place of running a command, once argparse has accepted its arguments."""
 
 
-def command_problems(command: str, monkeypatch) -> str | None:
+def command_problems(command: str, monkeypatch, quoted: bool = False) -> str | None:
     """Parse one documented command with the parser of the program it runs, running nothing. None if it parses,
-    else what is wrong with it."""
+    else what is wrong with it. A command `quoted` in the text names a sub-command and some options, often without
+    the required ones or with a placeholder value (`--expression E`): those pass, an unknown option does not."""
     import argparse
     import contextlib
     import importlib
@@ -166,6 +167,8 @@ def command_problems(command: str, monkeypatch) -> str | None:
     import subprocess
 
     words = [w for w in shlex.split(command) if not re.fullmatch(r"[A-Z_]+=\S*", w)]  # drop VAR=value prefixes
+    if quoted:  # placeholders (`--expression E`, `--adapter FILE`) get a value any option type takes
+        words = ["1" if re.fullmatch(r"[A-Z][A-Z_]*", w) else w for w in words]
     if "..." in words:
         return None  # an elided example ("generate ... --release"): its options are parsed elsewhere
     if words[:2] == ["pip", "install"]:
@@ -173,7 +176,7 @@ def command_problems(command: str, monkeypatch) -> str | None:
         return "; ".join(f"no {f}" for f in files if not (ROOT / f).is_file()) or None
     if words[:3] in (["python", "-m", "pytest"], ["python3", "-m", "pytest"]):
         return None
-    if "fantasy" in words and words[words.index("fantasy") - 1] == "-m":
+    if words[0] == "fantasy" or ("fantasy" in words and words[words.index("fantasy") - 1] == "-m"):
         from fantasy.cli import build_parser
         from fantasy.cli import main as run
         build_parser()  # its imports, before processes are refused below (some libraries start one at import)
@@ -198,7 +201,15 @@ def command_problems(command: str, monkeypatch) -> str | None:
     def no_process(*args, **kwargs):
         raise AssertionError(f"a documented command started a process while being parsed: {args[0]}")
 
+    original_error = argparse.ArgumentParser.error
+
+    def error_unless_incomplete(self, message):
+        if not message.startswith("the following arguments are required"):
+            original_error(self, message)
+
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    if quoted:
+        monkeypatch.setattr(argparse.ArgumentParser, "error", error_unless_incomplete)
     monkeypatch.setattr(subprocess, "run", no_process)
     monkeypatch.setattr(subprocess, "Popen", no_process)
     errors = io.StringIO()
@@ -208,19 +219,27 @@ def command_problems(command: str, monkeypatch) -> str | None:
     except Parsed:
         return None
     except SystemExit:
-        return errors.getvalue().strip().splitlines()[-1] if errors.getvalue().strip() else "exited"
+        said = errors.getvalue().strip().splitlines()[-1] if errors.getvalue().strip() else "exited"
+        return None if quoted and said.endswith("invalid choice: '1'") else said  # `--dit MODE`: a placeholder
     finally:
         monkeypatch.undo()
     return "ran without parsing its arguments"
 
 
+INLINE_COMMAND = re.compile(r"`((?:python3? -m fantasy|python3? -m tools\.|python3? tools/|python3? app\.py|fantasy |torchrun )"
+                            r"[^`]*)`")
+
+
 def test_every_documented_command_parses(monkeypatch):
-    """Every command in a ```bash block of the README and docs/ is accepted by its program's own parser (nothing
-    runs): a renamed option or sub-command breaks the docs here, not for a reader."""
+    """Every command in a ```bash block of the README and docs/, and every one quoted in their text, is accepted by
+    its program's own parser (nothing runs): a renamed option or sub-command breaks the docs here, not for a
+    reader."""
     problems = {f"{page.name}: {command}": command_problems(command, monkeypatch)
                 for page in PAGES for command in shell_commands(page.read_text())}
-    assert {c: p for c, p in problems.items() if p} == {}
-    assert len(problems) > 30  # the walk saw the docs' commands
+    quoted = {f"{page.name}: `{command}`": command_problems(command, monkeypatch, quoted=True)
+              for page in PAGES for command in INLINE_COMMAND.findall(prose(page.read_text()))}
+    assert {c: p for c, p in {**problems, **quoted}.items() if p} == {}
+    assert len(problems) > 30 and len(quoted) > 30  # the walk saw the docs' commands
 
 
 def test_a_wrong_option_or_command_is_reported(monkeypatch):
@@ -231,3 +250,8 @@ def test_a_wrong_option_or_command_is_reported(monkeypatch):
     assert command_problems("pip install -r requirements-nothing.txt", monkeypatch) == "no requirements-nothing.txt"
     assert command_problems("bash tools/x.sh", monkeypatch) == "no parser known for this program"
     assert command_problems("python -m fantasy download --dry-run", monkeypatch) is None
+    assert command_problems("python -m fantasy generate --expression E", monkeypatch, quoted=True) is None
+    assert command_problems("fantasy generate --expresion 0.5", monkeypatch, quoted=True).endswith(
+        "unrecognized arguments: --expresion 0.5")
+    assert command_problems("python -m fantasy generate --expression E", monkeypatch).endswith(
+        "argument --expression: invalid float value: 'E'")
