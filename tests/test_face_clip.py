@@ -71,6 +71,7 @@ def _sync_with(report, speech_file) -> SyncResult:
     return sync_score(np.array(report.mouth), envelope)
 
 
+@pytest.mark.slow
 def test_eval_on_a_real_face_in_sync_scores_high_and_keeps_the_identity(clip, in_sync) -> None:
     report = in_sync
     assert report.face_backend == "dlib" and report.frames_with_face == N and report.warnings == []

@@ -65,6 +65,7 @@ SETTINGS = Settings(prompt="a prompt", negative_prompt="a negative", seed=7, ste
                     audio_guidance=3.5, audio_weight=1.25, longest_edge=64, motion=(0.25, 0.75), identity_scale=0.5)
 
 
+@pytest.mark.slow
 def test_every_setting_reaches_the_pipeline_in_every_window(four_seconds, tmp_path):
     pipe, progress, face = RecordingPipe(steps=3), [], Image.new("RGB", (32, 32))
     result = generate(pipe, EXAMPLE_IMAGE, four_seconds, tmp_path / "o.mp4", SETTINGS, get_preset("tiny"),
@@ -139,6 +140,7 @@ def test_motion_coefficients_need_a_motion_module(four_seconds, tmp_path):
     assert pipe.calls == [] and list(tmp_path.iterdir()) == [four_seconds]
 
 
+@pytest.mark.slow
 def test_with_an_identity_module_the_face_crop_comes_from_the_portrait(four_seconds, tmp_path, monkeypatch):
     crops = []
     crop = Image.new("RGB", (16, 16))

@@ -170,6 +170,7 @@ class DarkerWindowsPipe:
             yield np.repeat(frame[None], min(4, num_frames - start), axis=0)
 
 
+@pytest.mark.slow
 def test_colour_is_continuous_across_the_window_seams(tmp_path):
     speech = tmp_path / "seven.wav"
     soundfile.write(speech, speech_like(7.0), 16_000)
@@ -230,6 +231,7 @@ class IndexPipe:
         return int(pixels[0, 0, 0]) + 256 * int(pixels[1, 0, 0])
 
 
+@pytest.mark.slow
 def test_stitching_never_duplicates_or_skips_a_frame(tmp_path):
     speech = tmp_path / "ten.wav"
     soundfile.write(speech, speech_like(10.0), 16_000)
@@ -251,6 +253,7 @@ def ten_second_video(tmp_path_factory, tiny_pipe):
     return speech, result
 
 
+@pytest.mark.slow
 def test_ten_seconds_of_speech_on_the_tiny_preset(ten_second_video):
     speech, result = ten_second_video
     info = probe(result.path)

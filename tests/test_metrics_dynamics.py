@@ -38,6 +38,7 @@ def _face_on(background: np.ndarray, dx: float = 0.0) -> np.ndarray:
     return out
 
 
+@pytest.mark.slow
 def test_static_clip_has_near_zero_dynamics_and_flicker(tmp_path) -> None:
     frames = talking_frames(np.zeros(20), size=W)
     decoded = read_video(write_mp4(tmp_path / "static.mp4", frames)).frames

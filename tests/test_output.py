@@ -69,6 +69,7 @@ def test_a_file_that_is_no_video_does_not_read_back_and_the_message_has_no_folde
     assert str(tmp_path) not in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_video_without_its_audio_track_is_refused(tmp_path):
     out = tmp_path / "silent.mp4"
     with Mp4Writer(out, 23, 64, 64) as writer:
@@ -112,6 +113,7 @@ def test_read_back_counts_from_ffmpegs_progress_lines(tmp_path):
     assert read_stream(ffmpeg_script(tmp_path, "echo progress=end"), tmp_path / "v.mp4", "v:0") == StreamCheck(0, 0.0)
 
 
+@pytest.mark.slow
 def test_the_audio_track_is_read_back_to_its_end(tmp_path):
     speech = tmp_path / "s.wav"
     soundfile.write(speech, speech_like(1.0), 16_000)

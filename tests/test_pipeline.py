@@ -95,6 +95,7 @@ def test_steps_are_honoured_and_reported(tiny_pipe, conditioning):
     assert len(rec.calls) == 9
 
 
+@pytest.mark.slow
 def test_same_seed_same_latents_other_seed_differs(tiny_pipe, conditioning):
     a = run(tiny_pipe, conditioning, seed=11)
     b = run(tiny_pipe, conditioning, seed=11)
@@ -121,6 +122,7 @@ def test_speech_changes_the_video(tiny_pipe, conditioning):
     assert not torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_progressive_decode_equals_full_decode(tiny_pipe, conditioning):
     latents = run(tiny_pipe, conditioning)
     chunks = list(decode_progressively(tiny_pipe.vae, latents))
@@ -153,6 +155,7 @@ def test_motion_frames_set_the_mask_of_their_latent_frames(tiny_pipe):
     assert mask[:, :2].eq(1).all() and mask[:, 2:].eq(0).all()  # 5 frames = latent frames 0 and 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text_scale, audio_scale", [(5.0, 4.0), (1.0, 4.0)])
 def test_batched_guidance_gives_the_same_result(tiny_pipe, conditioning, text_scale, audio_scale):
     plain = run(tiny_pipe, conditioning, text_guidance_scale=text_scale, audio_guidance_scale=audio_scale)

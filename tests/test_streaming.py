@@ -98,6 +98,7 @@ def chirp_wav(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_chunks_have_their_audio_slice_and_every_frame_once(tmp_path, chirp_wav):
     total = 81
     frames = coded_frames(total)
@@ -165,6 +166,7 @@ def small_settings(**overrides) -> Settings:
     return Settings(**{"steps": 2, "longest_edge": 64, **overrides})
 
 
+@pytest.mark.slow
 def test_stream_generate_yields_chunks_while_decoding_then_the_finished_video(tiny_pipe, speech_wav, tmp_path):
     from tests.conftest import EXAMPLE_IMAGE
 
@@ -243,6 +245,7 @@ def test_chunk_math_matches_durations():
     assert math.isclose(sum(sizes) / 23, 81 / 23)
 
 
+@pytest.mark.slow
 def test_a_long_video_streams_across_windows(tiny_pipe, tmp_path):
     from tests.conftest import EXAMPLE_IMAGE, speech_like
 

@@ -63,6 +63,7 @@ def fixed_eval_loss(pipe, dataset, stage: int, config: TrainConfig) -> float:
     return total / count
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2])
 def test_thirty_steps_lower_the_loss_and_the_checkpoint_reloads(training_set, tmp_path, stage, speech_wav):
     pipe = load_pipeline("tiny")
@@ -167,6 +168,7 @@ def test_bad_training_settings_are_named():
 
 
 
+@pytest.mark.slow
 def test_train_command_then_generate_with_its_checkpoint(dataset_dir, tmp_path, capsys, monkeypatch):
     import shutil
 
