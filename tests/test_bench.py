@@ -77,6 +77,7 @@ def test_peak_rates_come_from_the_device_name():
     assert peak_tflops("Tesla T4") is None
 
 
+@pytest.mark.slow
 @NO_CUDA  # on a GPU the dry run runs there, in bf16
 def test_gpu_bench_tiny_dry_run_reports_steps_pieces_floor_and_estimates(tmp_path, capsys):
     path = tmp_path / "gpu.json"

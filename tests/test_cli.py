@@ -45,6 +45,7 @@ def generate(tmp_path, *extra, image=EXAMPLE_IMAGE, audio=EXAMPLE_SPEECH):
     return code, out
 
 
+@pytest.mark.slow
 def test_settings_reach_the_video(tmp_path, capsys):
     speech = tmp_path / "s.wav"
     soundfile.write(speech, np.sin(np.linspace(0, 2000, 16_000)).astype(np.float32) * 0.3, 16_000)

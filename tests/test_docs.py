@@ -167,8 +167,9 @@ def command_problems(command: str, monkeypatch, quoted: bool = False) -> str | N
     import subprocess
 
     words = [w for w in shlex.split(command) if not re.fullmatch(r"[A-Z_]+=\S*", w)]  # drop VAR=value prefixes
-    if quoted:  # placeholders (`--expression E`, `--adapter FILE`) get a value any option type takes
-        words = ["1" if re.fullmatch(r"[A-Z][A-Z_]*", w) else w for w in words]
+    if quoted:  # placeholders (`--expression E`, `--adapter FILE`) get a value any option type takes; of
+        # alternatives (`--part vae|speech|dit`, `\|` in a table) the first
+        words = ["1" if re.fullmatch(r"[A-Z][A-Z_]*", w) else w.replace("\\|", "|").split("|")[0] for w in words]
     if "..." in words:
         return None  # an elided example ("generate ... --release"): its options are parsed elsewhere
     if words[:2] == ["pip", "install"]:
@@ -220,7 +221,8 @@ def command_problems(command: str, monkeypatch, quoted: bool = False) -> str | N
         return None
     except SystemExit:
         said = errors.getvalue().strip().splitlines()[-1] if errors.getvalue().strip() else "exited"
-        return None if quoted and said.endswith("invalid choice: '1'") else said  # `--dit MODE`: a placeholder
+        # quoted: `--dit MODE` (a placeholder the choices refuse), `--data` (an option named without its value)
+        return None if quoted and said.endswith(("invalid choice: '1'", "expected one argument")) else said
     finally:
         monkeypatch.undo()
     return "ran without parsing its arguments"
@@ -253,5 +255,6 @@ def test_a_wrong_option_or_command_is_reported(monkeypatch):
     assert command_problems("python -m fantasy generate --expression E", monkeypatch, quoted=True) is None
     assert command_problems("fantasy generate --expresion 0.5", monkeypatch, quoted=True).endswith(
         "unrecognized arguments: --expresion 0.5")
+    assert command_problems("fantasy generate --dit bf16\\|q8_0 --seed", monkeypatch, quoted=True) is None
     assert command_problems("python -m fantasy generate --expression E", monkeypatch).endswith(
         "argument --expression: invalid float value: 'E'")

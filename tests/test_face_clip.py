@@ -36,6 +36,8 @@ from tests.real_faces import (
     write_clip,
 )
 
+pytestmark = pytest.mark.slow  # the whole module: see the marker in pyproject.toml
+
 N = 81  # the release's clip: 81 frames at 23 fps, 3.52 s
 SECONDS = N / CLIP_FPS
 LAG = 3  # frames the speech is delayed by in the shifted track

@@ -46,6 +46,7 @@ def _augmented(images: list[np.ndarray], name: str) -> list[np.ndarray]:
     return images if name == "original" else [AUGMENTATIONS[name](x)[0] for x in images]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MIN_FOUND))
 def test_lfw_faces_are_found_under_each_augmentation(analyzer, faces, name) -> None:
     found = sum(bool(analyzer.faces(x)) for x in _augmented(faces, name))

@@ -53,6 +53,7 @@ def test_full_disk_is_refused_before_any_model_loads(tmp_path, capsys, no_model_
         assert names(disk) == []
 
 
+@pytest.mark.slow
 def test_disk_filling_up_during_the_write_leaves_nothing_and_keeps_the_old_file(tiny_pipe, tmp_path):
     with tmpfs(tmp_path / "disk", 4096) as disk:
         out = disk / "o.mp4"

@@ -110,6 +110,7 @@ def test_every_setting_reaches_the_pipeline_in_every_window(four_seconds, tmp_pa
     assert (info.frames, info.has_audio) == (97, True)
 
 
+@pytest.mark.slow
 def test_seconds_taken_is_the_wall_time_of_the_run(four_seconds, tmp_path):
     before = time.perf_counter()
     result = generate(RecordingPipe(steps=1), EXAMPLE_IMAGE, four_seconds, tmp_path / "o.mp4", SETTINGS,
@@ -124,6 +125,7 @@ def test_without_an_output_path_nothing_is_written_and_the_frames_are_counted(fo
     assert list(tmp_path.iterdir()) == [four_seconds]
 
 
+@pytest.mark.slow
 def test_the_output_needs_room_for_the_stream_and_its_muxed_copy(four_seconds, tmp_path, monkeypatch):
     needed = []
     monkeypatch.setattr("fantasy.generation.check_target", lambda path, needed_bytes: needed.append(needed_bytes))
@@ -168,6 +170,7 @@ def test_speech_is_decoded_up_to_what_the_video_can_use(tmp_path):
     assert (clip.num_frames, clip.speech_cut) == (81, True)
 
 
+@pytest.mark.slow
 def test_windows_follow_the_max_frames_setting(four_seconds, tmp_path):
     pipe = RecordingPipe(steps=1)
     settings = dataclasses.replace(SETTINGS, max_frames=41)
@@ -176,6 +179,7 @@ def test_windows_follow_the_max_frames_setting(four_seconds, tmp_path):
     assert [call["num_frames"] for call in pipe.calls] == [41, 41, 25] and result.windows == 3  # 97 frames
 
 
+@pytest.mark.slow
 def test_one_window_takes_the_releases_clip_audio(tmp_path):
     """Up to one window, the audio is the release's: features of the clip [0, frames / fps), not of the track."""
     speech = tmp_path / "two.wav"

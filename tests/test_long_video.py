@@ -82,6 +82,7 @@ class NumberedAudioPipe:
         yield np.zeros((num_frames, 64, 64, 3), np.uint8)
 
 
+@pytest.mark.slow
 def test_generate_gives_each_window_the_audio_at_its_absolute_time(tmp_path):
     speech = tmp_path / "ten.wav"
     soundfile.write(speech, speech_like(10.0), 16_000)
@@ -278,6 +279,7 @@ def test_the_whole_speech_is_in_the_output(ten_second_video):
     assert np.abs(muxed[len(original) + 2000 :]).max() < 0.01  # the padding past the speech is silence
 
 
+@pytest.mark.slow
 def test_speech_longer_than_the_maximum_is_cut_and_reported(tmp_path):
     speech = tmp_path / "long.wav"
     soundfile.write(speech, speech_like(4.0), 16_000)

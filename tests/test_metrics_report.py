@@ -19,6 +19,8 @@ from fantasy.metrics.report import evaluate, format_table
 from tests.synthetic_clips import speech_samples, syllable_envelope, talking_frames, write_mp4, write_wav
 from tests.synthetic_faces import FaceStyle, draw_face, measured_landmarks, template_landmarks
 
+pytestmark = pytest.mark.slow  # the whole module: see the marker in pyproject.toml
+
 N = 75
 OTHER = FaceStyle(skin=(200, 140, 100), hair=(200, 170, 80), eye=(60, 120, 60), face_aspect=1.05, texture_seed=5)
 
@@ -60,7 +62,6 @@ def _args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(["eval", *argv])
 
 
-@pytest.mark.slow
 def test_evaluate_measures_sync_identity_and_motion(files) -> None:
     same = evaluate(files["video"], files["wav"], files["portrait"], landmarks_provider=measured_landmarks)
     other = evaluate(files["video"], files["wav"], files["other"], landmarks_provider=measured_landmarks)
@@ -75,7 +76,6 @@ def test_evaluate_measures_sync_identity_and_motion(files) -> None:
     assert len(same.mouth) == len(same.envelope) == N
 
 
-@pytest.mark.slow
 def test_audio_defaults_to_the_videos_track_and_reference_to_its_first_face(files) -> None:
     result = evaluate(files["video"], landmarks_provider=measured_landmarks)
     assert result.audio == str(files["video"])
@@ -84,7 +84,6 @@ def test_audio_defaults_to_the_videos_track_and_reference_to_its_first_face(file
     assert all(i != 0 for i, _ in result.identity.per_frame)
 
 
-@pytest.mark.slow
 def test_eval_command_prints_a_table_and_writes_json_and_plot(files, drawn_landmarks, capsys) -> None:
     out_json, out_png = files["dir"] / "m.json", files["dir"] / "m.png"
     args = _args(str(files["video"]), "--audio", str(files["wav"]), "--image", str(files["portrait"]),
@@ -107,7 +106,6 @@ def test_eval_command_prints_a_table_and_writes_json_and_plot(files, drawn_landm
         assert (np.abs(png.astype(int) - colour).sum(axis=2) == 0).sum() > 500, "both curves are drawn"
 
 
-@pytest.mark.slow
 def test_eval_command_default_output_paths(files, drawn_landmarks, tmp_path) -> None:
     video = tmp_path / "clip.mp4"
     video.write_bytes(files["video"].read_bytes())
@@ -115,7 +113,6 @@ def test_eval_command_default_output_paths(files, drawn_landmarks, tmp_path) -> 
     assert (tmp_path / "clip.eval.json").is_file() and (tmp_path / "clip.sync.png").is_file()
 
 
-@pytest.mark.slow
 def test_video_without_any_face_reports_it_instead_of_crashing(files, drawn_landmarks, capsys) -> None:
     result = evaluate(files["no_face"], files["wav"], landmarks_provider=measured_landmarks)
     assert result.frames_with_face == 0 and result.sync is None and result.identity is None
@@ -128,7 +125,6 @@ def test_video_without_any_face_reports_it_instead_of_crashing(files, drawn_land
     assert json.loads((files["dir"] / "nf.json").read_text())["sync"] is None
 
 
-@pytest.mark.slow
 def test_frames_without_a_face_are_counted_and_skipped(files) -> None:
     result = evaluate(files["part_face"], files["wav"], files["portrait"], landmarks_provider=measured_landmarks)
     assert result.frames_with_face == N - 25
@@ -137,7 +133,6 @@ def test_frames_without_a_face_are_counted_and_skipped(files) -> None:
     assert np.isnan(result.mouth[0]) and result.to_dict()["mouth"][0] is None
 
 
-@pytest.mark.slow
 def test_portrait_without_a_face_skips_identity_with_a_warning(files, tmp_path) -> None:
     empty = tmp_path / "wall.png"
     Image.new("RGB", (200, 200), (90, 120, 160)).save(empty)
@@ -146,7 +141,6 @@ def test_portrait_without_a_face_skips_identity_with_a_warning(files, tmp_path) 
     assert "identity (distance)" in format_table(result)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "which, error, message",
     [
@@ -208,7 +202,6 @@ def test_tracked_landmarks_detect_every_n_frames_and_follow_the_head() -> None:
     assert tracker(frames[1]) is not None and fake.detect_calls == 4, "looked for again on the next frame"
 
 
-@pytest.mark.slow
 def test_a_plugged_in_clip_metric_lands_in_the_table_and_json(files) -> None:
     class FakeSyncNet:
         """Stands in for SyncNet: sees the same frames, fps and 16 kHz speech the proxy sees."""

@@ -207,6 +207,7 @@ def test_modules_file_round_trip_installs_and_changes_the_pipeline(tmp_path, spe
         plain(**args, motion=(0.5, 0.5))
 
 
+@pytest.mark.slow
 def test_incomplete_modules_file_is_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -79,6 +79,7 @@ def test_three_pass_guidance_equals_hand_computation(tiny_pipe, conditioning):
     assert not torch.equal(f, tx)  # the audio really enters the full pass
 
 
+@pytest.mark.slow
 def test_two_passes_when_text_guidance_is_one(tiny_pipe, conditioning):
     with CallRecorder(tiny_pipe) as rec:
         run(tiny_pipe, conditioning, steps=2, text_guidance_scale=1.0, audio_guidance_scale=4.0)
@@ -87,6 +88,7 @@ def test_two_passes_when_text_guidance_is_one(tiny_pipe, conditioning):
     assert not torch.equal(full, text)
 
 
+@pytest.mark.slow
 def test_steps_are_honoured_and_reported(tiny_pipe, conditioning):
     seen = []
     with CallRecorder(tiny_pipe) as rec:
@@ -105,6 +107,7 @@ def test_same_seed_same_latents_other_seed_differs(tiny_pipe, conditioning):
     assert not torch.equal(a, c)
 
 
+@pytest.mark.slow
 def test_rebuilding_the_tiny_preset_gives_identical_frames(tiny_pipe, conditioning):
     from fantasy.weights.presets import load_pipeline
 
@@ -115,6 +118,7 @@ def test_rebuilding_the_tiny_preset_gives_identical_frames(tiny_pipe, conditioni
     assert np.array_equal(frames_a, frames_b)
 
 
+@pytest.mark.slow
 def test_speech_changes_the_video(tiny_pipe, conditioning):
     image, windows, lengths, num_frames = conditioning
     a = run(tiny_pipe, conditioning)
@@ -138,6 +142,7 @@ def test_image_must_be_resized_first(tiny_pipe, conditioning):
         tiny_pipe(Image.new("RGB", (70, 64)), windows, lengths, "x", num_frames=num_frames, num_inference_steps=1)
 
 
+@pytest.mark.slow
 def test_one_known_frame_condition_equals_diffusers_prepare_latents(tiny_pipe, conditioning):
     image = conditioning[0]
     pixels = tiny_pipe.video_processor.preprocess(image, height=SIZE, width=SIZE)

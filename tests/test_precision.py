@@ -281,6 +281,7 @@ def conditioning(pipe):
                 num_inference_steps=2, generator=torch.Generator().manual_seed(3))
 
 
+@pytest.mark.slow
 def test_latents_and_guidance_are_fp32_with_a_stock_bf16_dit():
     pipe = load_pipeline("tiny", dtype=BF16)
     apply_precision(pipe.transformer, "stock")
@@ -401,6 +402,7 @@ def test_large_fp32_linears_are_upcast_in_row_chunks_with_the_same_result():
     assert seen == [CHUNK_ROWS, CHUNK_ROWS, 7]  # never the whole weight in fp32 at once
 
 
+@pytest.mark.slow
 def test_precision_bench_dry_run():
     """tools/precision.py's measurement on the tiny config (the CPU figures in docs/numerics.md come from its real run)."""
     from fantasy.bench.models import TINY

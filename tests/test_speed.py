@@ -367,6 +367,7 @@ def cli_generate(tmp_path, *flags):
                  str(tmp_path / "o.mp4"), "--size", "64", "--max-duration", "1", *flags])
 
 
+@pytest.mark.slow
 def test_cli_fast_mode_defaults_to_4_steps_of_1_pass(tmp_path, capsys):
     lora = write_lightx2v_lora(tmp_path / "lightx2v.safetensors")
     assert cli_generate(tmp_path, "--fast", str(lora), "--step-cache", "fbc:0") == 0

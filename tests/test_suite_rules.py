@@ -94,6 +94,7 @@ def test_mutation_scores_count_only_checked_mutants(tmp_path, monkeypatch):
     assert mutation.unchecked_sample("windows", 5) == ["d"]
 
 
+@pytest.mark.slow
 def test_a_test_that_needs_no_torch_runs_without_importing_it():
     """conftest.py imports nothing heavy: a test of the docs runs without torch, diffusers or Gradio loaded
     (`-X importtime` lists every module the run imported; `-s` keeps pytest from capturing that list)."""
