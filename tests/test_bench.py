@@ -121,6 +121,7 @@ def test_gpu_bench_bad_requests_exit_2(capsys, flags, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cpu_bench_times_the_tiny_run_end_to_end(tmp_path, capsys):
     path = tmp_path / "cpu.json"
     assert main(["bench", "--cpu", "--steps", "2", "--size", "64", "--max-duration", "1", "--json", str(path)]) == 0

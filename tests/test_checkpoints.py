@@ -117,6 +117,7 @@ def test_a_checkpoint_that_lacks_tensors_says_which(sharded):
         load_sharded(UMT5EncoderModel, folder, torch.float32)
 
 
+@pytest.mark.slow
 def test_many_missing_tensors_are_named_six_then_counted(sharded):
     from transformers import UMT5EncoderModel
 

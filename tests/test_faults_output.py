@@ -76,6 +76,7 @@ def fake_ffmpeg(tmp_path: Path, on_mux: str) -> str:
                                            f'exec {ffmpeg_executable()} "$@"')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("on_mux, message", [
     # Debian's ffmpeg 5.1 reports a failed trailer on stderr and may still exit 0: half a file, then the error.
     ('head -c 3000 /dev/urandom > "$out"; echo "[mp4 @ 0x5581] Error writing trailer of $out: '

@@ -315,6 +315,7 @@ def test_distilled_sampler_uses_lightx2v_timesteps_and_renoises():
     torch.testing.assert_close(out, (1 - 0.9375) * (x - 1.0 * v) + 0.9375 * noise)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("audio_guidance, passes", [(1.0, 1), (2.0, 2)])
 def test_few_step_mode_runs_4_steps_of_1_pass(tmp_path, audio_guidance, passes):
     from fantasy.generation import Settings, generate

@@ -351,6 +351,7 @@ def test_cache_holds_every_feature_in_the_shapes_the_pipeline_expects(cached, ti
     assert not torch.allclose(talk.prompt_embeds, sway.prompt_embeds)
 
 
+@pytest.mark.slow
 def test_cached_clip_reloads_equal_to_a_fresh_encoding(cached, tiny_pipe) -> None:
     clip = discover_clips(cached["data"])[1]
     fresh = encode_sample(tiny_pipe, load_sample(clip, CACHE_SPEC, measured_landmarks))
@@ -389,6 +390,7 @@ def test_fingerprint_tracks_spec_dtype_and_model_weights(tiny_pipe) -> None:
     assert pipeline_fingerprint(assemble(tiny_components(seed=5))) != pipeline_fingerprint(tiny_pipe)
 
 
+@pytest.mark.slow
 def test_training_set_serves_batches_with_dataset_motion_labels(cached, tiny_pipe) -> None:
     dataset = TrainingSet.from_cache_dir(cached["summary"].cache_dir)
     assert len(dataset) == 2 and dataset.names == ["sway", "talk"]

@@ -61,6 +61,7 @@ def test_a_stopped_part_continues_with_the_same_command_exactly(clips, tmp_path,
     assert len(read_log(pieces / f"{part}-run" / "log.jsonl")) == 6
 
 
+@pytest.mark.slow
 def test_another_setting_in_the_same_folder_is_refused(clips, tmp_path, capsys):
     args = ["--part", "speech", "--data", str(clips), "--out", str(tmp_path), "--steps", "1"]
     assert train(*args, "--lr", "1e-3") == 0
@@ -103,6 +104,7 @@ def test_the_dit_part_trains_on_the_trained_parts_and_resumes(clips, tmp_path, c
     assert "holds a run with other settings (lr); continue it with the same settings" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_parts_need_the_demo_preset(clips, tmp_path, capsys):
     assert main(["train", "--part", "vae", "--data", str(clips), "--out", str(tmp_path)]) == 2
     assert "--part vae trains a part of the demo model: use --preset demo" in capsys.readouterr().err
