@@ -177,7 +177,7 @@ def test_the_cli_result_line_and_the_app_status_line_show_the_choice(monkeypatch
                  "--batch-guidance"])
     assert code == 0
     assert seen == {"preset": "real", "dit": None, "vram": "resident", "weights": None, "fit_size": 64,
-                    "fit_frames": 9, "fit_batch": 3}
+                    "fit_frames": 9, "fit_batch": 3, "comfy_models": None}
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.endswith(f"; DiT: bf16 (auto: bf16 needs ~{bf16_need_bytes('resident', 64) / GiB:.1f} GiB at 64 px, "
                          "79.0 GiB free)")

@@ -20,6 +20,7 @@ from fantasy.app.flags import (
     comfy_option,
     guidance_defaults,
     lora_option,
+    preset_option,
     speed_options,
 )
 
@@ -57,7 +58,8 @@ def run(args) -> int:
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     jobs_file = Path(args.jobs)
     out_dir = Path(args.out_dir) if args.out_dir is not None else jobs_file.parent
-    preset = get_preset(args.preset)
+    chosen, said = preset_option(args, args.comfy_models)  # --preset auto: the app's rule
+    preset = get_preset(chosen)
     speed = speed_options(args)
     steps, text_guidance, audio_guidance = guidance_defaults(args)
     defaults = Settings(
@@ -79,6 +81,8 @@ def run(args) -> int:
     if not runnable:
         print(summary_table([_unrun(job) for job in jobs], time.perf_counter() - started))
         return 1 if any(job.problem for job in jobs) else 0
+    if said:
+        say(said)
     if preset.demo:
         say(f"[{preset.name}] {preset.summary}")
     real = {"dit": args.dit, "vram": args.vram, "weights": args.weights, "comfy_models": comfy,

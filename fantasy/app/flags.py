@@ -1,19 +1,32 @@
-"""The command-line flags `python -m fantasy generate`, `app.py`, `serve` and `bench` share, and what they become.
+"""The command-line flags `fantasy generate`, `batch`, the app, `serve` and `bench` share, and what they become.
 
-Flags only: each `add_*` puts a group on a parser, and `speed_options` / `parallel_option` turn the parsed
-values into options, checking them before any model loads. The modules they name are imported when a
-parser is built, not when this module is.
+Flags only: each `add_*` puts a group on a parser, and `speed_options` / `parallel_option` / `preset_option` turn
+the parsed values into options, checking them before any model loads. Building a parser imports nothing heavy:
+the choices and defaults below are the names a user types, spelled out here so that `--help` and argument errors
+answer before torch loads; tests/test_cli_parser.py keeps each equal to the module that implements it (named
+beside it).
 """
 
 from __future__ import annotations
+
+PRESET_NAMES = ("tiny", "real")  # fantasy.weights.presets.PRESETS
+DIT_MODES = ("q8_0", "q4_k_m", "bf16", "bf16-int8", "bf16-fp8", "bf16-fp8-storage")  # fantasy.weights.quantize
+VRAM_MODES = ("resident", "model-offload", "group-offload")  # fantasy.weights.offload.VRAM_MODES
+PRECISIONS = ("mixed", "stock")  # fantasy.model.precision.PRECISIONS
+DEFAULT_PRECISION = "mixed"  # fantasy.model.precision.DEFAULT_PRECISION
+ATTENTION_ALIASES = ("sdpa", "math", "cudnn", "flash-sdpa", "efficient", "flash", "flash3", "sage",
+                     "xformers")  # fantasy.speed.switches.ATTENTION_ALIASES
+DEFAULT_CACHE_THRESHOLD = 0.05  # fantasy.speed.switches.DEFAULT_CACHE_THRESHOLD
+PARALLEL_KINDS = ("ulysses", "ring")  # fantasy.speed.parallel.KINDS
+DEFAULT_SEED = 1111  # fantasy.settings.DEFAULT_SEED
+RELEASE_PROMPT = "A woman is talking."  # fantasy.release.RELEASE_PROMPT
+LORA_ENV = "FANTASY_LORA"  # fantasy.weights.loras.LORA_ENV
 
 
 def add_setting_flags(p, note: str = "") -> None:
     """The settings of one generation (`fantasy.settings.Settings`), the motion sliders included; `note` ends
     each help text (batch: "; a row's column overrides it")."""
-    from fantasy.model.prompts import DEFAULT_PROMPT
-    from fantasy.release import RELEASE_PROMPT
-    from fantasy.settings import DEFAULT_SEED
+    from fantasy.model.prompts import DEFAULT_PROMPT  # plain strings: imports nothing
 
     p.add_argument("--prompt", default=None, help=f"default: '{DEFAULT_PROMPT}' ('{RELEASE_PROMPT}' with --release){note}")
     p.add_argument("--negative-prompt", default=None, help=f"default: Wan's negative prompt + 'motionless'{note}")
@@ -24,7 +37,7 @@ def add_setting_flags(p, note: str = "") -> None:
                    help=f"default 5 (--fast: 1; 2 adds a pass per step){note}")
     p.add_argument("--audio-weight", type=float, default=1.0, help=f"default 1{note}")
     p.add_argument("--fps", type=int, default=23, help=f"default 23{note}")
-    p.add_argument("--max-frames", type=int, default=81, help=f"frames per window (the release's clip: 81){note}")
+    p.add_argument("--max-frames", type=int, default=81, help=f"frames per window; default 81, the release's clip{note}")
     p.add_argument("--max-duration", type=float, default=10.0,
                    help=f"seconds of speech to animate; longer speech is cut (default 10){note}")
     p.add_argument("--size", type=int, default=None,
@@ -36,26 +49,27 @@ def add_setting_flags(p, note: str = "") -> None:
 
 def add_model_flags(p) -> None:
     """Which models: --preset, --adapter, --device, --weights and the real preset's storage (`add_real_flags`)."""
-    p.add_argument("--preset", default="tiny", choices=["tiny", "real"], help="tiny: random demo models (CPU)")
+    p.add_argument("--preset", default="auto", choices=("auto", *PRESET_NAMES),
+                   help="auto: real with a CUDA GPU and complete weights, else tiny (random models: output is noise)")
     p.add_argument("--adapter", default=None,
                    help="adapter weights (.safetensors or the released .ckpt), or a training checkpoint "
-                        "(`python -m fantasy train`: also loads its motion / identity modules)")
-    p.add_argument("--device", default=None)
+                        "(`fantasy train`: also loads its motion / identity modules)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     add_real_flags(p)
-    p.add_argument("--weights", default=None, help="real preset: weights dir (default weights/ or $FANTASY_WEIGHTS)")
+    p.add_argument("--weights", default=None,
+                   help="real preset: weights dir (default $FANTASY_WEIGHTS, else weights/ of a checkout, else "
+                        "~/.cache/fantasy-talking-studio/weights)")
 
 
 def add_real_flags(p) -> None:
     """--dit, --vram and --comfy-models: how the real preset stores the DiT, where its models live and which
     ComfyUI folder supplies files."""
-    from fantasy.weights.comfy_folder import COMFY_ENV
-    from fantasy.weights.offload import VRAM_MODES
-    from fantasy.weights.quantize import DIT_MODES
+    from fantasy.weights.comfy_folder import COMFY_ENV  # plain names: imports nothing heavy
 
-    p.add_argument("--dit", default=None, choices=list(DIT_MODES),
+    p.add_argument("--dit", default=None, choices=DIT_MODES,
                    help="real preset: how the 14B DiT is stored (default: bf16 if it fits in free GPU memory at the "
                         "requested size, else q8_0; see docs/weights.md)")
-    p.add_argument("--vram", default="resident", choices=list(VRAM_MODES), help="real preset: offloading")
+    p.add_argument("--vram", default="resident", choices=VRAM_MODES, help="real preset: offloading")
     p.add_argument("--comfy-models", default=None, metavar="DIR",
                    help=f"real preset: a ComfyUI models folder (or ComfyUI's own folder); its Wan2.1 files (DiT, "
                         f"umT5, clip_vision_h, VAE; bf16/fp16/fp8/scaled fp8) are used instead of downloading them "
@@ -77,8 +91,6 @@ def comfy_option(args, preset: str):
 
 
 def add_lora_flags(p) -> None:
-    from fantasy.weights.loras import LORA_ENV
-
     p.add_argument("--lora", action="append", default=None, metavar="FILE[:SCALE]",
                    help=f"a Wan2.1 I2V 14B LoRA (.safetensors: ComfyUI/kijai, musubi or diffusers keys), at SCALE "
                         f"(default 1, -4..4); repeat for several; fused unless --no-fuse-lora (default ${LORA_ENV}, "
@@ -98,11 +110,8 @@ def lora_option(args):
 
 
 def add_speed_flags(p) -> None:
-    from fantasy.model.precision import DEFAULT_PRECISION, PRECISIONS
-    from fantasy.speed.switches import ATTENTION_ALIASES, DEFAULT_CACHE_THRESHOLD
-
     g = p.add_argument_group("speed", "fast paths (see docs/speed.md); all off is the release's path")
-    g.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
+    g.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
                    help="DiT numerics: mixed = the release's (fp32 timestep embedding, residual stream and head); "
                         "stock = diffusers' all-bf16 (less activation memory; see docs/numerics.md)")
     g.add_argument("--batch-guidance", action="store_true",
@@ -122,16 +131,14 @@ def add_speed_flags(p) -> None:
                         "4 steps, text and audio guidance 1 (1 pass per step) unless set")
     g.add_argument("--lora-scale", type=float, default=1.0, help="--fast: the LoRA's strength (default 1)")
     g.add_argument("--no-fuse-lora", action="store_true",
-                   help="--fast and --lora: keep LoRAs as separate layers instead of folding them into the weights")
+                   help="--fast: keep the LoRA as separate layers instead of folding it into the weights")
 
 
 def add_parallel_flags(p) -> None:
-    from fantasy.speed.parallel import KINDS
-
     g = p.add_argument_group("several GPUs", "one video split over N processes (see docs/several-gpus.md)")
     g.add_argument("--context-parallel", type=int, default=None, metavar="N",
                    help="split the DiT's video tokens over N processes; launch with `torchrun --nproc_per_node N`")
-    g.add_argument("--context-parallel-kind", default="ulysses", choices=list(KINDS),
+    g.add_argument("--context-parallel-kind", default="ulysses", choices=PARALLEL_KINDS,
                    help="ulysses (all-to-all, any backend) or ring (needs --attention flash/cudnn/sage on GPUs)")
 
 
@@ -178,3 +185,14 @@ def guidance_defaults(args) -> tuple[int | None, float, float]:
     audio = FEW_STEP_AUDIO_GUIDANCE if args.fast else plain.audio_guidance
     pick = lambda given, default: default if given is None else given  # noqa: E731
     return pick(args.steps, steps), pick(args.text_guidance, text), pick(args.audio_guidance, audio)
+
+
+def preset_option(args, comfy_models: str | None = None) -> tuple[str, str | None]:
+    """(preset name, a line saying what `--preset auto` chose and why, or None): `auto` is decided by
+    `fantasy.app.launch.auto_preset`, the app's rule."""
+    if args.preset != "auto":
+        return args.preset, None
+    from fantasy.app.launch import auto_preset
+
+    name, why = auto_preset(args.adapter, args.weights, comfy_models)
+    return name, f"preset auto: {name} ({why})"

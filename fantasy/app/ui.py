@@ -31,6 +31,7 @@ import gradio as gr
 from PIL import UnidentifiedImageError
 
 from fantasy.app.flags import (
+    PRESET_NAMES,
     add_lora_flags,
     add_parallel_flags,
     add_real_flags,
@@ -410,8 +411,9 @@ BODY_INFO = {False: "Motion wording in the prompt; 'motionless' in the negative 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="FantasyTalking Studio web app")
-    parser.add_argument("--preset", choices=["tiny", "real"], default=None,
-                        help="default: real with a CUDA GPU and the weights present, else tiny (demo, output is noise)")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default=None,
+                        help="default (auto, as the CLI's): real with a CUDA GPU and the weights present, else tiny "
+                             "(demo, output is noise)")
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=None, help="port (default: first free from 7860)")
     parser.add_argument("--share", action="store_true", help="public gradio.live link (needs internet access)")

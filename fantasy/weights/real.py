@@ -144,9 +144,17 @@ WAV2VEC_PART = RepoPart(
 
 
 def weights_dir(path: str | Path | None = None) -> Path:
+    """Where the real preset's files live: `path`, else $FANTASY_WEIGHTS, else `weights/` of the repository this
+    package runs from, else (an installed package, run from any folder) the user's cache,
+    `$XDG_CACHE_HOME/fantasy-talking-studio/weights` (`~/.cache/...`)."""
     if path is not None:
         return Path(path)
-    return Path(os.environ.get("FANTASY_WEIGHTS", Path(__file__).resolve().parents[2] / "weights"))
+    if os.environ.get("FANTASY_WEIGHTS"):
+        return Path(os.environ["FANTASY_WEIGHTS"])
+    checkout = Path(__file__).resolve().parents[2] / "weights"
+    if (checkout / "README.md").is_file():  # the repository's weights/ (its README is tracked)
+        return checkout
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fantasy-talking-studio" / "weights"
 
 
 def hub_offline() -> bool:
