@@ -34,6 +34,7 @@ def test_an_unknown_name_is_an_attribute_error():
         fantasy.genrate  # noqa: B018
 
 
+@pytest.mark.slow
 def test_import_fantasy_loads_no_heavy_package_and_each_name_on_first_use():
     code = (
         "import sys, fantasy\n"

@@ -85,6 +85,7 @@ def test_api_exposes_one_documented_generate_endpoint(client):
     assert [r["label"] for r in api["/generate"]["returns"]] == ["Finished video (download)", "Status", "Details"]
 
 
+@pytest.mark.slow
 def test_generate_returns_an_mp4_with_audio(client, tiny_pipe):
     with model_work(tiny_pipe) as ran:
         video, status, details = client.predict(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH),
@@ -112,6 +113,7 @@ def test_generate_returns_an_mp4_with_audio(client, tiny_pipe):
         "notices": ["The speech is 6.4 s long; it was cut to the maximum duration of 1.5 s."]}
 
 
+@pytest.mark.slow
 def test_sliders_reach_the_generation(client):
     _, status, details = client.predict(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH),
                                         max_duration=1.0, expression=1.0, text_guidance=1.0, api_name="/generate",
@@ -123,6 +125,7 @@ def test_sliders_reach_the_generation(client):
     assert (details["frames"], details["passes_per_step"]) == (25, 2)
 
 
+@pytest.mark.slow
 def test_streaming_endpoint_plays_chunks_then_gives_the_mp4(url, tmp_path):
     client = Client(url, verbose=False, download_files=False)  # keep the stream's URLs, not downloads
     speech = tmp_path / "speech.wav"
@@ -216,6 +219,7 @@ def _wait_for(job, codes: set, timeout: float = 60) -> None:
 # through_the_api, with the running generation held at its first step.
 
 
+@pytest.mark.slow
 def test_stop_during_denoising_ends_the_run_at_that_step_and_frees_the_device(tiny_pipe, tmp_path):
     """The page's streaming generation stopped (what Stop does) while held in its first denoising step: it takes
     no second step, writes no video, and the next generation runs while the stopped one still sits in its step."""
@@ -302,6 +306,7 @@ def test_python_app_py_starts_in_tiny_demo_mode_with_a_banner(tmp_path):
     assert not [line for line in lines if any(word in line for word in noise)], lines
 
 
+@pytest.mark.slow
 def test_on_a_space_the_app_is_built_at_import_time(monkeypatch):
     import importlib
 

@@ -77,6 +77,7 @@ def test_peak_rates_come_from_the_device_name():
     assert peak_tflops("Tesla T4") is None
 
 
+@pytest.mark.slow
 @NO_CUDA  # on a GPU the dry run runs there, in bf16
 def test_gpu_bench_tiny_dry_run_reports_steps_pieces_floor_and_estimates(tmp_path, capsys):
     path = tmp_path / "gpu.json"
@@ -120,6 +121,7 @@ def test_gpu_bench_bad_requests_exit_2(capsys, flags, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cpu_bench_times_the_tiny_run_end_to_end(tmp_path, capsys):
     path = tmp_path / "cpu.json"
     assert main(["bench", "--cpu", "--steps", "2", "--size", "64", "--max-duration", "1", "--json", str(path)]) == 0

@@ -36,6 +36,7 @@ def test_without_gpu_it_says_so(bench, capsys):
     assert "needs a CUDA GPU" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tiny_dry_run_of_the_storage_paths(bench, capsys):
     """One mode per loading path: random GGUF through from_single_file, torchao, layerwise casting."""
     assert bench.main(["--tiny", "--modes", "q4_k_m", "bf16-int8", "bf16-fp8-storage"]) == 0

@@ -82,6 +82,7 @@ def sharded(tmp_path):
     return model, folder
 
 
+@pytest.mark.slow
 def test_a_sharded_checkpoint_loads_shard_by_shard_in_the_dtype_asked(sharded):
     from transformers import UMT5EncoderModel
 
@@ -105,6 +106,7 @@ def drop_from_shards(folder, names: list[str]) -> None:
     index.write_text(json.dumps(data))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_lacks_tensors_says_which(sharded):
     from transformers import UMT5EncoderModel
 
@@ -115,6 +117,7 @@ def test_a_checkpoint_that_lacks_tensors_says_which(sharded):
         load_sharded(UMT5EncoderModel, folder, torch.float32)
 
 
+@pytest.mark.slow
 def test_many_missing_tensors_are_named_six_then_counted(sharded):
     from transformers import UMT5EncoderModel
 
@@ -128,6 +131,7 @@ def test_many_missing_tensors_are_named_six_then_counted(sharded):
         load_sharded(UMT5EncoderModel, folder, torch.float32)
 
 
+@pytest.mark.slow
 def test_six_missing_tensors_are_all_named(sharded):
     from transformers import UMT5EncoderModel
 

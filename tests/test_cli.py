@@ -1,5 +1,6 @@
 """`python -m fantasy generate` end to end on the tiny preset, and its error handling."""
 
+import shlex
 import subprocess
 import sys
 
@@ -13,14 +14,19 @@ from tests.mp4_probe import moov_before_mdat, probe
 from .conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, ROOT
 
 
+@pytest.mark.slow  # the whole tiny run, 30 steps x 3 passes x 2 windows: ~25 s alone, 250 s on a loaded machine
+@pytest.mark.timeout(600)
 def test_readme_command_writes_a_talking_video(tmp_path):
-    """The exact command from the README, as a subprocess."""
+    """The README's generate command, read from the README and run as a subprocess (its output in tmp_path)."""
+    from tests.test_docs import README, shell_commands
+
+    command = next(c for c in shell_commands(README.read_text()) if c.startswith("python -m fantasy generate "))
+    words = shlex.split(command)
+    assert words[words.index("--image") + 1:][:1] == [str(EXAMPLE_IMAGE.relative_to(ROOT))]
+    assert words[words.index("--audio") + 1:][:1] == [str(EXAMPLE_SPEECH.relative_to(ROOT))]
     out = tmp_path / "out.mp4"
-    proc = subprocess.run(
-        [sys.executable, "-m", "fantasy", "generate", "--image", str(EXAMPLE_IMAGE), "--audio", str(EXAMPLE_SPEECH),
-         "--out", str(out), "--preset", "tiny"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
+    words[words.index("--out") + 1] = str(out)
+    proc = subprocess.run([sys.executable, *words[1:]], cwd=ROOT, capture_output=True, text=True, timeout=560)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "output is noise" in proc.stderr  # the demo mode says so
     info = probe(out)
@@ -39,6 +45,7 @@ def generate(tmp_path, *extra, image=EXAMPLE_IMAGE, audio=EXAMPLE_SPEECH):
     return code, out
 
 
+@pytest.mark.slow
 def test_settings_reach_the_video(tmp_path, capsys):
     speech = tmp_path / "s.wav"
     soundfile.write(speech, np.sin(np.linspace(0, 2000, 16_000)).astype(np.float32) * 0.3, 16_000)

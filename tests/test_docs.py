@@ -155,9 +155,10 @@ class Parsed(Exception):
     """Raised in place of running a command, once argparse has accepted its arguments."""
 
 
-def command_problems(command: str, monkeypatch) -> str | None:
+def command_problems(command: str, monkeypatch, quoted: bool = False) -> str | None:
     """Parse one documented command with the parser of the program it runs, running nothing. None if it parses,
-    else what is wrong with it."""
+    else what is wrong with it. A command `quoted` in the text names a sub-command and some options, often without
+    the required ones or with a placeholder value (`--expression E`): those pass, an unknown option does not."""
     import argparse
     import contextlib
     import importlib
@@ -166,6 +167,11 @@ def command_problems(command: str, monkeypatch) -> str | None:
     import subprocess
 
     words = [w for w in shlex.split(command) if not re.fullmatch(r"[A-Z_]+=\S*", w)]  # drop VAR=value prefixes
+    cut = [i for i, w in enumerate(words) if w in ("|", "&&", ";", "2>&1") or w.startswith((">", "2>"))]
+    words = words[:cut[0]] if cut else words  # `... 2>&1 | cat`: the command before the shell's plumbing
+    if quoted:  # placeholders (`--expression E`, `--adapter FILE`) get a value any option type takes; of
+        # alternatives (`--part vae|speech|dit`, `\|` in a table) the first
+        words = ["1" if re.fullmatch(r"[A-Z][A-Z_]*", w) else w.replace("\\|", "|").split("|")[0] for w in words]
     if "..." in words:
         return None  # an elided example ("generate ... --release"): its options are parsed elsewhere
     if words[:2] == ["pip", "install"]:
@@ -201,7 +207,15 @@ def command_problems(command: str, monkeypatch) -> str | None:
     def no_process(*args, **kwargs):
         raise AssertionError(f"a documented command started a process while being parsed: {args[0]}")
 
+    original_exit = argparse.ArgumentParser.exit
+
+    def exit_unless_incomplete(self, status=0, message=None):  # every parser's error ends in exit(2, message)
+        if not (message and "the following arguments are required" in message):
+            original_exit(self, status, message)
+
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    if quoted:
+        monkeypatch.setattr(argparse.ArgumentParser, "exit", exit_unless_incomplete)
     monkeypatch.setattr(subprocess, "run", no_process)
     monkeypatch.setattr(subprocess, "Popen", no_process)
     errors = io.StringIO()
@@ -210,20 +224,40 @@ def command_problems(command: str, monkeypatch) -> str | None:
             run(args)
     except Parsed:
         return None
-    except SystemExit:
-        return errors.getvalue().strip().splitlines()[-1] if errors.getvalue().strip() else "exited"
+    except SystemExit as done:
+        if done.code in (0, None):  # --help, --version: printed, and so parsed
+            return None
+        said = errors.getvalue().strip().splitlines()[-1] if errors.getvalue().strip() else "exited"
+        # quoted: `--dit MODE` (a placeholder the choices refuse), `--data` (an option named without its value)
+        return None if quoted and re.search(r"invalid choice: '1'|expected one argument$", said) else said
     finally:
         monkeypatch.undo()
     return "ran without parsing its arguments"
 
 
+INLINE_COMMAND = re.compile(r"`((?:python3? -m fantasy|python3? -m tools\.|python3? tools/|python3? app\.py|fantasy |torchrun )"
+                            r"[^`]*)`")
+
+
+# Commands the docs quote to show an error message: each must fail, with that message.
+WRONG_ON_PURPOSE = {"fantasy generate --steps x": "argument --steps: invalid int value: 'x'"}
+
+
+def test_commands_quoted_as_errors_fail_with_their_message(monkeypatch):
+    assert {c: command_problems(c, monkeypatch).split("error: ", 1)[1] for c in WRONG_ON_PURPOSE} == WRONG_ON_PURPOSE
+
+
 def test_every_documented_command_parses(monkeypatch):
-    """Every command in a ```bash block of the README and docs/ is accepted by its program's own parser (nothing
-    runs): a renamed option or sub-command breaks the docs here, not for a reader."""
+    """Every command in a ```bash block of the README and docs/, and every one quoted in their text, is accepted by
+    its program's own parser (nothing runs): a renamed option or sub-command breaks the docs here, not for a
+    reader."""
     problems = {f"{page.name}: {command}": command_problems(command, monkeypatch)
                 for page in PAGES for command in shell_commands(page.read_text())}
-    assert {c: p for c, p in problems.items() if p} == {}
-    assert len(problems) > 30  # the walk saw the docs' commands
+    quoted = {f"{page.name}: `{command}`": command_problems(command, monkeypatch, quoted=True)
+              for page in PAGES for command in INLINE_COMMAND.findall(prose(page.read_text()))
+              if command not in WRONG_ON_PURPOSE}
+    assert {c: p for c, p in {**problems, **quoted}.items() if p} == {}
+    assert len(problems) > 30 and len(quoted) > 30  # the walk saw the docs' commands
 
 
 def test_a_wrong_option_or_command_is_reported(monkeypatch):
@@ -234,3 +268,9 @@ def test_a_wrong_option_or_command_is_reported(monkeypatch):
     assert command_problems("pip install -r requirements-nothing.txt", monkeypatch) == "no requirements-nothing.txt"
     assert command_problems("bash tools/x.sh", monkeypatch) == "no parser known for this program"
     assert command_problems("python -m fantasy download --dry-run", monkeypatch) is None
+    assert command_problems("python -m fantasy generate --expression E", monkeypatch, quoted=True) is None
+    assert command_problems("fantasy generate --expresion 0.5", monkeypatch, quoted=True).endswith(
+        "unrecognized arguments: --expresion 0.5")
+    assert command_problems("fantasy generate --dit bf16\\|q8_0 --seed", monkeypatch, quoted=True) is None
+    assert command_problems("python -m fantasy generate --expression E", monkeypatch).endswith(
+        "argument --expression: invalid float value: 'E'")

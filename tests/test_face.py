@@ -368,6 +368,7 @@ def random_fan_weights(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     return checkpoints
 
 
+@pytest.mark.slow
 @needs_face_alignment
 def test_face_alignment_end_to_end_with_random_weights(random_fan_weights, no_network) -> None:
     backend = FaceAlignmentBackend(device="cpu")

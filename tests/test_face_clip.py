@@ -36,6 +36,8 @@ from tests.real_faces import (
     write_clip,
 )
 
+pytestmark = pytest.mark.slow  # the whole module: see the marker in pyproject.toml
+
 N = 81  # the release's clip: 81 frames at 23 fps, 3.52 s
 SECONDS = N / CLIP_FPS
 LAG = 3  # frames the speech is delayed by in the shifted track
@@ -71,6 +73,7 @@ def _sync_with(report, speech_file) -> SyncResult:
     return sync_score(np.array(report.mouth), envelope)
 
 
+@pytest.mark.slow
 def test_eval_on_a_real_face_in_sync_scores_high_and_keeps_the_identity(clip, in_sync) -> None:
     report = in_sync
     assert report.face_backend == "dlib" and report.frames_with_face == N and report.warnings == []

@@ -46,12 +46,14 @@ def _augmented(images: list[np.ndarray], name: str) -> list[np.ndarray]:
     return images if name == "original" else [AUGMENTATIONS[name](x)[0] for x in images]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MIN_FOUND))
 def test_lfw_faces_are_found_under_each_augmentation(analyzer, faces, name) -> None:
     found = sum(bool(analyzer.faces(x)) for x in _augmented(faces, name))
     assert found >= MIN_FOUND[name], f"{name}: {found}/100 faces found"
 
 
+@pytest.mark.slow
 def test_no_false_faces_on_lfw_non_faces_or_photos_without_people(analyzer) -> None:
     false_lfw = [i for i, x in enumerate(lfw_non_faces()) if analyzer.faces(x)]
     assert false_lfw == []
@@ -61,6 +63,7 @@ def test_no_false_faces_on_lfw_non_faces_or_photos_without_people(analyzer) -> N
         analyzer.find(non_face_photos()["coffee"])
 
 
+@pytest.mark.slow
 def test_the_yunet_fallback_finds_faces_dlib_misses_and_nothing_else(analyzer, hog_only, faces) -> None:
     small = _augmented(faces, "scale 0.6")  # faces ~48 px: under the HOG window without upsampling
     assert sum(bool(hog_only.faces(x)) for x in small) <= 10
@@ -89,6 +92,7 @@ def test_portrait_landmarks_stay_put_under_each_augmentation(analyzer) -> None:
     assert max(errors.values()) <= MAX_PORTRAIT_ERROR, errors
 
 
+@pytest.mark.slow
 def test_lfw_landmarks_stay_put_under_each_augmentation(analyzer, hog_only, faces) -> None:
     subset = faces[:40]
     medians = {}
@@ -143,6 +147,7 @@ def test_identity_embedding_separates_the_same_face_from_other_people(analyzer, 
     assert max(augmented_same) < np.quantile(pairs, 0.05)
 
 
+@pytest.mark.slow
 def test_the_app_checks_faces_by_default_and_its_status_line_says_which(tiny_pipe, tmp_path) -> None:
     from fantasy.app import ui as app
     from fantasy.app.studio import Controls, Studio
@@ -168,6 +173,7 @@ def test_the_app_checks_faces_by_default_and_its_status_line_says_which(tiny_pip
     assert not any(tmp_path.glob("2*")), "no job folder: refused before any model work"
 
 
+@pytest.mark.slow
 def test_the_face_bench_times_every_stage(capsys) -> None:
     from tools.faces import main
 

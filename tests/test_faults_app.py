@@ -178,6 +178,7 @@ def recorded(tiny_pipe, tmp_path_factory):
     demo.close()
 
 
+@pytest.mark.slow
 def test_uploads_reach_our_loader_untouched(recorded, tmp_path):
     """Transparency on white and 16-bit greys scaled, as in the CLI (Gradio's RGB conversion made them black
     and white); refused here by the silent speech, right after the face check saw the portrait."""
@@ -248,6 +249,7 @@ def test_a_two_hour_upload_is_decoded_once_and_costs_the_server_what_one_second_
         demo.close()
 
 
+@pytest.mark.slow
 def test_a_full_disk_on_the_server_is_refused_before_the_generation_slot(tiny_pipe, tmp_path):
     gated = GatedPipe(tiny_pipe)
     with faults.tmpfs(tmp_path / "disk", 256) as disk:

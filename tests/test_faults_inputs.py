@@ -29,6 +29,7 @@ def long_opus(tmp_path_factory) -> Path:
     return faults.long_opus(tmp_path_factory.mktemp("uploads"))
 
 
+@pytest.mark.slow
 def test_a_two_hour_file_is_decoded_only_up_to_the_limit(long_opus, tmp_path):
     # libsndfile streams Opus; ffmpeg decodes AAC (m4a) with `-t`. Both stop at the limit plus 1 s.
     long_m4a = faults.long_upload(tmp_path, ".m4a", ["-c:a", "aac", "-b:a", "24k"])

@@ -53,6 +53,7 @@ def test_full_disk_is_refused_before_any_model_loads(tmp_path, capsys, no_model_
         assert names(disk) == []
 
 
+@pytest.mark.slow
 def test_disk_filling_up_during_the_write_leaves_nothing_and_keeps_the_old_file(tiny_pipe, tmp_path):
     with tmpfs(tmp_path / "disk", 4096) as disk:
         out = disk / "o.mp4"
@@ -75,6 +76,7 @@ def fake_ffmpeg(tmp_path: Path, on_mux: str) -> str:
                                            f'exec {ffmpeg_executable()} "$@"')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("on_mux, message", [
     # Debian's ffmpeg 5.1 reports a failed trailer on stderr and may still exit 0: half a file, then the error.
     ('head -c 3000 /dev/urandom > "$out"; echo "[mp4 @ 0x5581] Error writing trailer of $out: '

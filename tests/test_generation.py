@@ -139,6 +139,7 @@ def test_without_an_output_path_nothing_is_written_and_the_frames_are_counted(fo
     assert list(tmp_path.iterdir()) == [four_seconds]
 
 
+@pytest.mark.slow
 def test_the_output_needs_room_for_the_stream_and_its_muxed_copy(four_seconds, tmp_path, monkeypatch):
     needed = []
     monkeypatch.setattr("fantasy.generation.check_target", lambda path, needed_bytes: needed.append(needed_bytes))
@@ -169,6 +170,7 @@ def test_speech_is_decoded_up_to_what_the_video_can_use(tmp_path):
     assert (clip.num_frames, clip.speech_cut) == (81, True)
 
 
+@pytest.mark.slow
 def test_windows_follow_the_max_frames_setting(four_seconds, tmp_path):
     pipe = RecordingPipe(steps=1, new_frames=(41, 36, 20))  # 97 frames: windows of 41, 41 and 25 (5 repeated)
     settings = dataclasses.replace(SETTINGS, max_frames=41)

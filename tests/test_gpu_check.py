@@ -28,6 +28,7 @@ def make_wheel(folder, name: str = "fantasy_probe_pkg", version: str = "1.0"):
     return path
 
 
+@pytest.mark.slow
 def test_missing_packages_are_installed_from_the_wheel_folder_without_an_index(tmp_path, monkeypatch):
     wheels, site = tmp_path / "whl", tmp_path / "site"
     wheels.mkdir()

@@ -290,6 +290,7 @@ def ten_second_video(tmp_path_factory, tiny_pipe):
     return speech, result
 
 
+@pytest.mark.slow
 def test_ten_seconds_of_speech_on_the_tiny_preset(ten_second_video):
     speech, result = ten_second_video
     info = probe(result.path)

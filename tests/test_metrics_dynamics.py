@@ -38,6 +38,7 @@ def _face_on(background: np.ndarray, dx: float = 0.0) -> np.ndarray:
     return out
 
 
+@pytest.mark.slow
 def test_static_clip_has_near_zero_dynamics_and_flicker(tmp_path) -> None:
     frames = talking_frames(np.zeros(20), size=W)
     decoded = read_video(write_mp4(tmp_path / "static.mp4", frames)).frames
@@ -47,6 +48,7 @@ def test_static_clip_has_near_zero_dynamics_and_flicker(tmp_path) -> None:
     assert result.flicker < 0.5
 
 
+@pytest.mark.slow
 def test_moving_head_shows_as_subject_not_background() -> None:
     frames = talking_frames(np.zeros(20), size=W, head_motion=8.0, face_size=FACE)
     result = motion_dynamics(frames, _boxes(frames))
@@ -54,6 +56,7 @@ def test_moving_head_shows_as_subject_not_background() -> None:
     assert result.background < result.subject / 3
 
 
+@pytest.mark.slow
 def test_moving_background_shows_as_background() -> None:
     wide = _texture(H, W + 60)
     frames = [_face_on(np.ascontiguousarray(wide[:, 3 * i : 3 * i + W])) for i in range(15)]
@@ -77,6 +80,7 @@ def test_flicker_counts_brightness_pumping_not_motion() -> None:
     assert panned.subject is None and panned.background is None, "no face, no subject split"
 
 
+@pytest.mark.slow
 def test_dynamics_are_on_a_512_px_scale_whatever_the_size() -> None:
     big = _texture(512, 600, seed=3)
     small = cv2.resize(big, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)

@@ -28,6 +28,7 @@ def _with_landmarks(images: list[np.ndarray]) -> tuple[list[np.ndarray], list[np
     return images, [analyzer.landmarks(image) for image in images]
 
 
+@pytest.mark.slow
 def test_the_portrait_stays_itself_and_other_people_do_not(embedder) -> None:
     ref = portrait()
     ref_points = shared_analyzer("dlib").landmarks(ref)

@@ -19,6 +19,8 @@ from fantasy.metrics.report import evaluate, format_table
 from tests.synthetic_clips import speech_samples, syllable_envelope, talking_frames, write_mp4, write_wav
 from tests.synthetic_faces import FaceStyle, draw_face, measured_landmarks, template_landmarks
 
+pytestmark = pytest.mark.slow  # the whole module: see the marker in pyproject.toml
+
 N = 75
 OTHER = FaceStyle(skin=(200, 140, 100), hair=(200, 170, 80), eye=(60, 120, 60), face_aspect=1.05, texture_seed=5)
 

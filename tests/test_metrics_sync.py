@@ -73,6 +73,7 @@ def test_lag_sign_positive_means_video_lags_audio(shift: int) -> None:
     assert list(lags) == list(range(-5, 6)) and np.nanargmax(curve) == shift + 5
 
 
+@pytest.mark.slow
 def test_mouth_following_the_speech_scores_high_at_lag_zero(clip) -> None:
     _, mouth = _measure(write_mp4(clip["dir"] / "synced.mp4", clip["frames"], audio=clip["wav"]))
     result = sync_score(mouth, _envelope(clip["wav"]))
@@ -82,6 +83,7 @@ def test_mouth_following_the_speech_scores_high_at_lag_zero(clip) -> None:
     assert not result.at_window_edge
 
 
+@pytest.mark.slow
 def test_clip_shifted_by_six_frames_reports_lag_six_in_a_wider_window(clip) -> None:
     frames = clip["frames"]
     late = np.concatenate([np.repeat(frames[:1], 6, axis=0), frames[:-6]])  # mouth 6 frames after the sound
@@ -95,6 +97,7 @@ def test_clip_shifted_by_six_frames_reports_lag_six_in_a_wider_window(clip) -> N
     assert narrow.score < wide.score - 0.2
 
 
+@pytest.mark.slow
 def test_shuffled_frames_score_low(clip) -> None:
     order = np.random.default_rng(1).permutation(N)
     _, mouth = _measure(write_mp4(clip["dir"] / "shuffled.mp4", clip["frames"][order]))

@@ -173,6 +173,7 @@ def test_identity_branch_matches_plain_attention():
 # ---- one file for all trainable modules, through the pipeline ------------------------------
 
 
+@pytest.mark.slow
 def test_modules_file_round_trip_installs_and_changes_the_pipeline(tmp_path, speech_wav):
     from fantasy.weights.presets import load_pipeline
 
@@ -206,6 +207,7 @@ def test_modules_file_round_trip_installs_and_changes_the_pipeline(tmp_path, spe
         plain.denoise(**args, motion=(0.5, 0.5))
 
 
+@pytest.mark.slow
 def test_incomplete_modules_file_is_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -226,6 +228,7 @@ def test_incomplete_modules_file_is_refused(tmp_path):
 # ---- through generate(): the result reports the mode; the identity module needs a face -------
 
 
+@pytest.mark.slow
 def test_generate_reports_the_motion_mode_and_needs_a_face_for_identity(tmp_path, speech_wav, monkeypatch):
     from fantasy.errors import NoFaceFound
     from fantasy.generation import generate

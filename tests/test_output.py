@@ -69,6 +69,7 @@ def test_a_file_that_is_no_video_does_not_read_back_and_the_message_has_no_folde
     assert str(tmp_path) not in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_video_without_its_audio_track_is_refused(tmp_path):
     out = tmp_path / "silent.mp4"
     with Mp4Writer(out, 23, 64, 64) as writer:
@@ -112,6 +113,7 @@ def test_read_back_counts_from_ffmpegs_progress_lines(tmp_path):
     assert read_stream(ffmpeg_script(tmp_path, "echo progress=end"), tmp_path / "v.mp4", "v:0") == StreamCheck(0, 0.0)
 
 
+@pytest.mark.slow
 def test_the_audio_track_is_read_back_to_its_end(tmp_path):
     speech = tmp_path / "s.wav"
     soundfile.write(speech, speech_like(1.0), 16_000)
@@ -121,6 +123,7 @@ def test_the_audio_track_is_read_back_to_its_end(tmp_path):
     assert abs(sound.end_s - 3 / 23) < 0.07  # the mux cuts at the video's end, to an AAC frame (64 ms at 16 kHz)
 
 
+@pytest.mark.slow
 def test_a_file_without_video_holds_none_of_its_frames(tmp_path):
     speech = tmp_path / "s.wav"
     soundfile.write(speech, speech_like(1.0), 16_000)
@@ -230,6 +233,7 @@ def test_a_process_runs_since_its_start(tmp_path):
     zombie.wait()
 
 
+@pytest.mark.slow
 def test_every_ffmpeg_is_tied_to_this_process(tmp_path, monkeypatch):
     """The encoder, the mux, the read-back and the speech decoder all start with the tie (`die_with_parent`)."""
     from fantasy.media.audio import load_audio

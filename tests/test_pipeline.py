@@ -79,6 +79,7 @@ def test_three_pass_guidance_equals_hand_computation(tiny_pipe, conditioning):
     assert not torch.equal(f, tx)  # the audio really enters the full pass
 
 
+@pytest.mark.slow
 def test_two_passes_when_text_guidance_is_one(tiny_pipe, conditioning):
     with CallRecorder(tiny_pipe) as rec:
         run(tiny_pipe, conditioning, steps=2, text_guidance_scale=1.0, audio_guidance_scale=4.0)
@@ -87,6 +88,7 @@ def test_two_passes_when_text_guidance_is_one(tiny_pipe, conditioning):
     assert not torch.equal(full, text)
 
 
+@pytest.mark.slow
 def test_steps_are_honoured_and_reported(tiny_pipe, conditioning):
     seen = []
 
@@ -101,6 +103,7 @@ def test_steps_are_honoured_and_reported(tiny_pipe, conditioning):
     assert len(rec.calls) == 9
 
 
+@pytest.mark.slow
 def test_same_seed_same_latents_other_seed_differs(tiny_pipe, conditioning):
     a = run(tiny_pipe, conditioning, seed=11)
     b = run(tiny_pipe, conditioning, seed=11)
@@ -110,6 +113,7 @@ def test_same_seed_same_latents_other_seed_differs(tiny_pipe, conditioning):
     assert not torch.equal(a, c)
 
 
+@pytest.mark.slow
 def test_rebuilding_the_tiny_preset_gives_identical_frames(tiny_pipe, conditioning):
     from fantasy.weights.presets import load_pipeline
 
@@ -120,6 +124,7 @@ def test_rebuilding_the_tiny_preset_gives_identical_frames(tiny_pipe, conditioni
     assert np.array_equal(frames_a, frames_b)
 
 
+@pytest.mark.slow
 def test_speech_changes_the_video(tiny_pipe, conditioning):
     image, windows, lengths, num_frames = conditioning
     a = run(tiny_pipe, conditioning)
@@ -127,6 +132,7 @@ def test_speech_changes_the_video(tiny_pipe, conditioning):
     assert not torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_progressive_decode_equals_full_decode(tiny_pipe, conditioning):
     latents = run(tiny_pipe, conditioning)
     chunks = list(decode_progressively(tiny_pipe.vae, latents))
@@ -142,6 +148,7 @@ def test_the_denoising_loop_takes_a_resized_image(tiny_pipe, conditioning):
         tiny_pipe.denoise(Image.new("RGB", (70, 64)), windows, lengths, "x", num_frames=num_frames, num_inference_steps=1)
 
 
+@pytest.mark.slow
 def test_one_known_frame_condition_equals_diffusers_prepare_latents(tiny_pipe, conditioning):
     image = conditioning[0]
     pixels = tiny_pipe.video_processor.preprocess(image, height=SIZE, width=SIZE)
@@ -159,6 +166,7 @@ def test_motion_frames_set_the_mask_of_their_latent_frames(tiny_pipe):
     assert mask[:, :2].eq(1).all() and mask[:, 2:].eq(0).all()  # 5 frames = latent frames 0 and 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text_scale, audio_scale", [(5.0, 4.0), (1.0, 4.0)])
 def test_batched_guidance_gives_the_same_result(tiny_pipe, conditioning, text_scale, audio_scale):
     plain = run(tiny_pipe, conditioning, text_guidance_scale=text_scale, audio_guidance_scale=audio_scale)

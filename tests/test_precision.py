@@ -200,6 +200,7 @@ def test_mixed_is_closer_to_the_releases_bf16_forward_than_stock():
     assert err["mixed"] < err["stock"]
 
 
+@pytest.mark.slow
 def test_compiled_blocks_share_one_graph_with_the_policy():
     """The casts are shared torch pre-hooks: 10 blocks trace to the same graph (a per-block wrapper would hit
     dynamo's recompile limit of 8 with fullgraph=True); the eager backend keeps the output bit for bit."""
@@ -292,6 +293,7 @@ def conditioning(pipe):
                 num_inference_steps=2, generator=torch.Generator().manual_seed(3))
 
 
+@pytest.mark.slow
 def test_latents_and_guidance_are_fp32_with_a_stock_bf16_dit():
     pipe = load_pipeline("tiny", dtype=BF16)
     apply_precision(pipe.transformer, "stock")
@@ -318,6 +320,7 @@ def test_latents_and_guidance_are_fp32_with_a_stock_bf16_dit():
     assert pipe.audio_proj.proj.weight.dtype == torch.float32  # the audio projection stays fp32
 
 
+@pytest.mark.slow
 def test_step_cache_with_the_policy_in_bf16():
     from fantasy.speed.switches import SpeedOptions, apply_speed
 
@@ -358,6 +361,7 @@ def dit_inputs() -> dict:
             "encoder_hidden_states_image": torch.randn(1, 17, IMAGE_DIM, generator=g).to(BF16)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dit, tolerance", [("bf16", 0.0), ("q8_0", 0.03), ("bf16-int8", 0.03), ("bf16-fp8", 0.1),
                                             ("bf16-fp8-storage", 0.1)])
 def test_every_dit_mode_runs_in_mixed_precision(real, dit, tolerance):
@@ -374,6 +378,7 @@ def test_every_dit_mode_runs_in_mixed_precision(real, dit, tolerance):
     assert real(dit).audio_proj.proj.weight.dtype == torch.float32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vram", ["model-offload", "group-offload"])
 def test_offloading_gives_the_resident_result_in_mixed_precision(real, vram):
     resident, offloaded = real("q8_0"), real("q8_0", vram)
@@ -409,6 +414,7 @@ def test_large_fp32_linears_are_upcast_in_row_chunks_with_the_same_result():
     assert seen == [CHUNK_ROWS, CHUNK_ROWS, 7]  # never the whole weight in fp32 at once
 
 
+@pytest.mark.slow
 def test_precision_bench_dry_run():
     """tools/precision.py's measurement on the tiny config (the CPU figures in docs/numerics.md come from its real run)."""
     from fantasy.bench.models import TINY

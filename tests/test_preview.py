@@ -242,6 +242,7 @@ def test_each_window_of_a_long_video_starts_with_a_preview():
     assert shown == [(0, 1), (0, 9), (1, 1), (1, 9), (2, 1), (2, 9)]
 
 
+@pytest.mark.slow
 def test_generate_previews_each_window_of_a_long_video(tiny_pipe, tmp_path, speech_wav):
     from fantasy.generation import Settings, generate
     from fantasy.weights.presets import get_preset
@@ -258,6 +259,7 @@ def test_generate_previews_each_window_of_a_long_video(tiny_pipe, tmp_path, spee
     assert live.figures()["previews"] == 4
 
 
+@pytest.mark.slow
 def test_the_stream_sends_previews_before_the_video(tiny_pipe, speech_wav, tmp_path):
     from fantasy.app.streaming import ChunkReady, Finished, PreviewReady, stream_generate
     from fantasy.generation import Settings
@@ -297,6 +299,7 @@ def test_the_app_writes_each_preview_under_a_new_name(tmp_path):
 # ---- the CLI ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_keeps_a_preview_file_while_it_runs(tmp_path, capsys):
     from fantasy.cli import main
     from tests.conftest import EXAMPLE_SPEECH

@@ -53,6 +53,7 @@ def my_adapter(tmp_path):
 # ---- --adapter ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_given_adapter_is_used_and_the_released_one_is_neither_required_nor_converted(weights, my_adapter):
     paths = check_real_weights(weights, "q8_0", adapter=my_adapter)
     assert paths["adapter"] == my_adapter
@@ -128,6 +129,7 @@ def test_the_rule_picks_bf16_when_it_fits_in_free_memory_else_q8_0():
         missing.reason
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("free_gib, expected", [(79, "bf16"), (40, "q8_0")])
 def test_the_real_loader_applies_the_rule_to_the_free_memory(weights, my_adapter, monkeypatch, free_gib, expected):
     from diffusers.quantizers.gguf.utils import GGUFParameter
@@ -139,6 +141,7 @@ def test_the_real_loader_applies_the_rule_to_the_free_memory(weights, my_adapter
     assert f"{free_gib:.1f} GiB free" in pipe.dit_choice.reason
 
 
+@pytest.mark.slow
 def test_bf16_that_fits_but_is_not_on_disk_falls_to_q8_0_and_says_so(weights, my_adapter, monkeypatch, tmp_path):
     part = DIT_FILES["bf16"]
     bf16 = weights / part.folder / part.required[0]
@@ -153,6 +156,7 @@ def test_bf16_that_fits_but_is_not_on_disk_falls_to_q8_0_and_says_so(weights, my
     assert pipe.dit_choice.mode == "q8_0" and "not on disk" in pipe.dit_choice.reason
 
 
+@pytest.mark.slow
 def test_the_cli_result_line_and_the_app_status_line_show_the_choice(monkeypatch, tmp_path, capsys):
     """--dit left out: the loader gets dit=None and the size to fit; the result line says what was picked.
 

@@ -71,6 +71,7 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).abs().max() / ref.abs().max()).item()
 
 
+@pytest.mark.slow
 def test_gguf_file_with_original_wan_keys_loads_quantized(weights, loaded, dit_inputs):
     _, info = weights
     transformer = loaded("q8_0").transformer
@@ -117,6 +118,7 @@ def test_a_different_model_is_far_outside_the_tolerance(weights, dit_inputs):
     assert relative_error(forward(other, dit_inputs), forward(info["reference"], dit_inputs)) > 0.3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dit", ["bf16-int8", "bf16-fp8"])
 def test_torchao_weight_only_stays_close_to_unquantized(loaded, dit_inputs, dit):
     reference = forward(loaded("bf16").transformer, dit_inputs)
@@ -129,6 +131,7 @@ def test_torchao_weight_only_stays_close_to_unquantized(loaded, dit_inputs, dit)
     assert 0 < err < TOLERANCE[dit]
 
 
+@pytest.mark.slow
 def test_fp8_storage_keeps_weights_in_fp8_and_output_close(loaded, dit_inputs):
     reference = forward(loaded("bf16").transformer, dit_inputs)
     transformer = loaded("bf16-fp8-storage").transformer
@@ -180,6 +183,7 @@ def _hook(module, name: str):
     return None if registry is None else HookRegistry.check_if_exists_or_initialize(module).get_hook(name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vram", ["model-offload", "group-offload"])
 def test_vram_modes_give_the_resident_result(loaded, vram):
     resident = loaded("q8_0", "resident")

@@ -142,6 +142,7 @@ def test_truncation_not_rounding():
     assert to_uint8_frames(video)[0, 0, :, 0].tolist() == [0, 0, 128, 128, 255, 255]  # ours: rounded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tile, stride", [((30, 52), (15, 26)), ((4, 6), (2, 3))])
 def test_release_decode_on_the_tiny_vae(pipe, tile, stride):
     """One tile (the release's size on a 64 px video) and many (small tiles): the release's tiled decode."""
@@ -159,6 +160,7 @@ def test_release_decode_on_the_tiny_vae(pipe, tile, stride):
 # ---- generation -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_release_generation_is_the_official_clip(pipe, tmp_path):
     """6.4 s of speech, 9-frame clips: the long-video path would chain windows over the whole track; release
     mode makes one clip from the speech's first 9/23 s, with that clip's own features, decoded the release's way."""

@@ -315,6 +315,7 @@ def test_distilled_sampler_uses_lightx2v_timesteps_and_renoises():
     torch.testing.assert_close(out, (1 - 0.9375) * (x - 1.0 * v) + 0.9375 * noise)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("audio_guidance, passes", [(1.0, 1), (2.0, 2)])
 def test_few_step_mode_runs_4_steps_of_1_pass(tmp_path, audio_guidance, passes):
     from fantasy.generation import Settings, generate
@@ -367,6 +368,7 @@ def cli_generate(tmp_path, *flags):
                  str(tmp_path / "o.mp4"), "--size", "64", "--max-duration", "1", *flags])
 
 
+@pytest.mark.slow
 def test_cli_fast_mode_defaults_to_4_steps_of_1_pass(tmp_path, capsys):
     lora = write_lightx2v_lora(tmp_path / "lightx2v.safetensors")
     assert cli_generate(tmp_path, "--fast", str(lora), "--step-cache", "fbc:0") == 0

@@ -98,6 +98,7 @@ def chirp_wav(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_chunks_have_their_audio_slice_and_every_frame_once(tmp_path, chirp_wav):
     total = 81
     frames = coded_frames(total)
@@ -125,6 +126,7 @@ def test_chunks_have_their_audio_slice_and_every_frame_once(tmp_path, chirp_wav)
     assert sorted(p.name for p in (tmp_path / "chunks").iterdir()) == ["chunk000.mp4", "chunk001.mp4", "chunk002.mp4"]
 
 
+@pytest.mark.slow
 def test_chunk_boundaries_need_not_match_arrival_batches(tmp_path, chirp_wav):
     total = 49  # chunks of 25 and 24 frames: the boundary falls inside a 4-frame batch
     frames = coded_frames(total)
@@ -137,6 +139,7 @@ def test_chunk_boundaries_need_not_match_arrival_batches(tmp_path, chirp_wav):
     assert frame_ids(done[0].path) + frame_ids(done[1].path) == list(range(total))
 
 
+@pytest.mark.slow
 def test_audio_shorter_than_the_video_is_padded_with_silence(tmp_path):
     short = tmp_path / "short.wav"
     soundfile.write(short, chirp(0.5), RATE)
@@ -165,6 +168,7 @@ def small_settings(**overrides) -> Settings:
     return Settings(**{"steps": 2, "longest_edge": 64, **overrides})
 
 
+@pytest.mark.slow
 def test_stream_generate_yields_chunks_while_decoding_then_the_finished_video(tiny_pipe, speech_wav, tmp_path):
     from tests.conftest import EXAMPLE_IMAGE
 
@@ -211,6 +215,7 @@ def test_cancel_stops_at_the_next_step_and_leaves_no_video(tiny_pipe, speech_wav
     assert not list(tmp_path.glob("**/*.mp4"))
 
 
+@pytest.mark.slow
 def test_closing_the_stream_early_stops_the_worker(tiny_pipe, speech_wav, tmp_path):
     from tests.conftest import EXAMPLE_IMAGE
 
@@ -243,6 +248,7 @@ def test_chunk_math_matches_durations():
     assert math.isclose(sum(sizes) / 23, 81 / 23)
 
 
+@pytest.mark.slow
 def test_a_long_video_streams_across_windows(tiny_pipe, tmp_path):
     from tests.conftest import EXAMPLE_IMAGE, speech_like
 

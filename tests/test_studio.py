@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 
+import pytest
+
 from fantasy.app.streaming import ChunkReady, Finished
 from fantasy.app.studio import Controls, Studio, settings_from_controls
 from fantasy.app.validation import FaceChecker
@@ -24,6 +26,7 @@ def test_controls_become_settings():
     assert defaults.steps is None and defaults.longest_edge is None  # the preset decides
 
 
+@pytest.mark.slow
 def test_a_job_runs_and_its_status_says_everything(tiny_pipe, tmp_path):
     studio = Studio(tiny_pipe, get_preset("tiny"), FaceChecker(None, "face check skipped: test"), tmp_path)
     job = studio.check(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Controls(steps=2, longest_edge=64, max_duration_s=1.0, seed=3))

@@ -9,6 +9,8 @@ import textwrap
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from .conftest import ROOT
 
 
@@ -43,6 +45,7 @@ def test_every_expected_error_names_its_message():
     ]
 
 
+@pytest.mark.slow
 def test_a_hanging_test_fails_with_its_name(tmp_path: Path, request):
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     assert config["timeout"] == 300 and float(request.config.getini("timeout")) == 300  # in force in this run
@@ -91,6 +94,7 @@ def test_mutation_scores_count_only_checked_mutants(tmp_path, monkeypatch):
     assert mutation.unchecked_sample("windows", 5) == ["d"]
 
 
+@pytest.mark.slow
 def test_a_test_that_needs_no_torch_runs_without_importing_it():
     """conftest.py imports nothing heavy: a test of the docs runs without torch, diffusers or Gradio loaded
     (`-X importtime` lists every module the run imported; `-s` keeps pytest from capturing that list)."""
@@ -103,3 +107,10 @@ def test_a_test_that_needs_no_torch_runs_without_importing_it():
     imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert {"numpy", "soundfile", "pytest"} <= imported  # the list holds conftest's own imports
     assert {"torch", "diffusers", "transformers", "gradio", "fantasy"} & imported == set()
+
+
+def test_the_fast_loops_marker_does_not_change_the_mutation_selection():
+    """mutmut runs the selected files minus explicit deselects, never `-m "not slow"`: marking a test slow for the
+    fast local loop must not drop it from the tests the recorded mutation scores were measured with."""
+    selection = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]["pytest_add_cli_args_test_selection"]
+    assert "-m" not in selection and not any(arg.startswith("-m") for arg in selection)

@@ -63,6 +63,7 @@ def fixed_eval_loss(pipe, dataset, stage: int, config: TrainConfig) -> float:
     return total / count
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2])
 def test_thirty_steps_lower_the_loss_and_the_checkpoint_reloads(training_set, tmp_path, stage, speech_wav):
     pipe = load_pipeline("tiny")
@@ -91,6 +92,7 @@ def test_thirty_steps_lower_the_loss_and_the_checkpoint_reloads(training_set, tm
     assert (reloaded.denoise(**args, face_image=face) - untrained.denoise(**args, face_image=face)).abs().max() > 1e-4
 
 
+@pytest.mark.slow
 def test_only_the_chosen_modules_train(training_set, tmp_path):
     pipe = load_pipeline("tiny")
     frozen_before = {k: v.clone() for k, v in pipe.transformer.state_dict().items() if "processor" not in k}
@@ -108,6 +110,7 @@ def test_only_the_chosen_modules_train(training_set, tmp_path):
     assert pipe.identity_context is None  # identity was not asked for, so it was not installed
 
 
+@pytest.mark.slow
 def test_stage_one_is_clip_level_and_stage_two_frame_level(training_set):
     pipe = load_pipeline("tiny")
     features = training_set[0]["audio_features"][None]
@@ -142,6 +145,7 @@ class MouthErrorTransformer:
         return (self.target + self.mouth,)
 
 
+@pytest.mark.slow
 def test_stage_two_loss_weights_the_lips(training_set):
     """With the error only inside the mouth tokens, the stage-2 loss is the weighted mean, to the last bit:
     mouth positions m of n, squared error 1 there: (1 + w) m / (n + w m). Stage 1 ignores the mask: m / n."""
@@ -167,6 +171,7 @@ def test_bad_training_settings_are_named():
 
 
 
+@pytest.mark.slow
 def test_train_command_then_generate_with_its_checkpoint(dataset_dir, tmp_path, capsys, monkeypatch):
     import shutil
 
@@ -202,6 +207,7 @@ def test_train_command_then_generate_with_its_checkpoint(dataset_dir, tmp_path, 
     assert "motion: motion module (trained weights)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_and_accumulation_run(training_set, tmp_path):
     pipe = load_pipeline("tiny")
     config = TrainConfig(data=tmp_path, out=tmp_path / "run", stage=2, steps=2, grad_accum=2, num_frames=9, fps=25.0,

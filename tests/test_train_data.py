@@ -58,6 +58,7 @@ def _mouth_centre(points: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- discovery
 
 
+@pytest.mark.slow
 def test_discover_pairs_each_video_with_its_speech_prompt_and_landmarks(tmp_path) -> None:
     _talking_clip(tmp_path, "b_talk")
     _talking_clip(tmp_path, "a_track", speech="track")
@@ -103,6 +104,7 @@ def test_sample_spec_rejects_shapes_the_model_cannot_take() -> None:
 # ---------------------------------------------------------------- samples
 
 
+@pytest.mark.slow
 def test_read_video_stops_after_max_seconds(tmp_path) -> None:
     path = write_mp4(tmp_path / "v.mp4", talking_frames(np.zeros(20), size=32))
     assert read_video(path, max_seconds=0.5).num_frames == 13  # frames shown in [0, 0.5 s) at 25 fps
@@ -123,6 +125,7 @@ def test_sample_takes_nearest_source_frames_at_the_training_rate(tmp_path) -> No
     assert np.abs(sample.frames.reshape(17, -1).mean(axis=1) - expected).max() < 3  # levels are 6 apart
 
 
+@pytest.mark.slow
 def test_speech_is_cut_or_padded_to_exactly_the_sample_span(tmp_path) -> None:
     _talking_clip(tmp_path, "long", frames=30)  # 1.2 s of speech for a 0.68 s sample: cut
     samples, rate = soundfile.read(tmp_path / "long.wav", dtype="float32")
@@ -142,6 +145,7 @@ def test_speech_is_cut_or_padded_to_exactly_the_sample_span(tmp_path) -> None:
     assert not padded[short_samples.size :].any()
 
 
+@pytest.mark.slow
 def test_speech_from_the_video_track_has_the_exact_length(tmp_path) -> None:
     _talking_clip(tmp_path, "muxed", speech="track")
     sample = load_sample(discover_clips(tmp_path)[0], SPEC, measured_landmarks)
@@ -164,6 +168,7 @@ def test_landmarks_are_moved_with_the_resize_and_centre_crop(tmp_path) -> None:
     assert np.abs(_mouth_centre(seen) - expected).max() < 1.5
 
 
+@pytest.mark.slow
 def test_clip_exactly_one_sample_long_loads_and_one_frame_less_is_too_short(tmp_path) -> None:
     _talking_clip(tmp_path, "exact", frames=17)
     assert load_sample(discover_clips(tmp_path)[0], SPEC, measured_landmarks).frames.shape[0] == 17
@@ -225,6 +230,7 @@ def test_landmarks_from_the_chosen_face_alignment_backend_need_its_weights(tmp_p
         shared_analyzer.cache_clear()
 
 
+@pytest.mark.slow
 def test_bad_landmark_file_is_an_error_naming_it(tmp_path) -> None:
     _talking_clip(tmp_path, "pts")
     np.save(tmp_path / "pts.landmarks.npy", np.zeros((20, 5, 2)))
@@ -317,6 +323,7 @@ def cached(tmp_path_factory, tiny_pipe):
     return {"data": data, "summary": summary, "events": events}
 
 
+@pytest.mark.slow
 def test_cache_holds_every_feature_in_the_shapes_the_pipeline_expects(cached, tiny_pipe) -> None:
     summary = cached["summary"]
     assert summary.encoded == ["sway", "talk"] and summary.reused == []
@@ -344,6 +351,7 @@ def test_cache_holds_every_feature_in_the_shapes_the_pipeline_expects(cached, ti
     assert not torch.allclose(talk.prompt_embeds, sway.prompt_embeds)
 
 
+@pytest.mark.slow
 def test_cached_clip_reloads_equal_to_a_fresh_encoding(cached, tiny_pipe) -> None:
     clip = discover_clips(cached["data"])[1]
     fresh = encode_sample(tiny_pipe, load_sample(clip, CACHE_SPEC, measured_landmarks))
@@ -353,6 +361,7 @@ def test_cached_clip_reloads_equal_to_a_fresh_encoding(cached, tiny_pipe) -> Non
         torch.testing.assert_close(stored.tensors()[name], tensor, msg=name)
 
 
+@pytest.mark.slow
 def test_cache_is_reused_until_a_setting_or_a_source_file_changes(cached, tiny_pipe, tmp_path) -> None:
     data = tmp_path / "copy"
     shutil.copytree(cached["data"], data)
@@ -381,6 +390,7 @@ def test_fingerprint_tracks_spec_dtype_and_model_weights(tiny_pipe) -> None:
     assert pipeline_fingerprint(assemble(tiny_components(seed=5))) != pipeline_fingerprint(tiny_pipe)
 
 
+@pytest.mark.slow
 def test_training_set_serves_batches_with_dataset_motion_labels(cached, tiny_pipe) -> None:
     dataset = TrainingSet.from_cache_dir(cached["summary"].cache_dir)
     assert len(dataset) == 2 and dataset.names == ["sway", "talk"]

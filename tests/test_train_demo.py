@@ -38,6 +38,7 @@ def assert_same(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("part", ["vae", "speech"])
 def test_a_stopped_part_continues_with_the_same_command_exactly(clips, tmp_path, part):
     """4 steps, then the same command with --steps 6, equals 6 steps in one go (weights, log, latent stats)."""
@@ -60,6 +61,7 @@ def test_a_stopped_part_continues_with_the_same_command_exactly(clips, tmp_path,
     assert len(read_log(pieces / f"{part}-run" / "log.jsonl")) == 6
 
 
+@pytest.mark.slow
 def test_another_setting_in_the_same_folder_is_refused(clips, tmp_path, capsys):
     args = ["--part", "speech", "--data", str(clips), "--out", str(tmp_path), "--steps", "1"]
     assert train(*args, "--lr", "1e-3") == 0
@@ -68,6 +70,7 @@ def test_another_setting_in_the_same_folder_is_refused(clips, tmp_path, capsys):
         capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_the_dit_part_trains_on_the_trained_parts_and_resumes(clips, tmp_path, capsys):
     from types import SimpleNamespace
 
@@ -101,6 +104,7 @@ def test_the_dit_part_trains_on_the_trained_parts_and_resumes(clips, tmp_path, c
     assert "holds a run with other settings (lr); continue it with the same settings" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_parts_need_the_demo_preset(clips, tmp_path, capsys):
     assert main(["train", "--part", "vae", "--data", str(clips), "--out", str(tmp_path)]) == 2
     assert "--part vae trains a part of the demo model: use --preset demo" in capsys.readouterr().err
@@ -115,6 +119,7 @@ def test_demo_parts_need_the_demo_preset(clips, tmp_path, capsys):
         load_demo_pipeline(tmp_path / "nothing")
 
 
+@pytest.mark.slow
 def test_the_audio_check_sees_whether_the_dit_reads_the_speech(clips, tmp_path):
     from fantasy.model.assemble import assemble
     from fantasy.train.audio_check import audio_check

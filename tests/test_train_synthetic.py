@@ -106,6 +106,7 @@ def test_a_neutral_pose_leaves_the_photo_as_it_is():
     assert np.allclose(points, face.landmarks)
 
 
+@pytest.mark.slow
 def test_dlib_finds_the_warped_landmarks_where_the_generator_put_them():
     from fantasy.face import shared_analyzer
 
@@ -123,6 +124,7 @@ def test_dlib_finds_the_warped_landmarks_where_the_generator_put_them():
 
 # ---------------------------------------------------------------- clips
 
+@pytest.mark.slow
 def test_a_clip_is_deterministic_by_seed_and_starts_neutral():
     recipe = draw_recipe(COLLINS_SEED)
     a, b = render_clip(recipe, 33), render_clip(recipe, 33)
@@ -148,6 +150,7 @@ def test_recipes_spread_over_faces_voices_and_levels():
     assert min(r.expression for r in recipes) < 0.7 and max(r.expression for r in recipes) > 1.2
 
 
+@pytest.mark.slow
 def test_written_clips_are_what_the_trainer_loads(tmp_path):
     from fantasy.train.clips import SampleSpec, discover_clips, load_sample
 

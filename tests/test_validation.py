@@ -197,6 +197,7 @@ def test_short_speech_needs_no_notice(speech_wav):
     assert checked.notices == [] and checked.num_frames == 49
 
 
+@pytest.mark.slow
 def test_default_face_check_runs_dlib_on_real_photos_before_any_model_work(tmp_path, monkeypatch):
     import fantasy.app.validation as validation
     from tests.real_faces import non_face_photos
@@ -215,6 +216,7 @@ def test_default_face_check_runs_dlib_on_real_photos_before_any_model_work(tmp_p
     assert len(prepared) == 1, "refused before the speech is even read"
 
 
+@pytest.mark.slow
 def test_default_face_check_takes_the_most_confident_of_several_faces(tmp_path):
     two = tmp_path / "two.png"
     photo = np.asarray(Image.open(EXAMPLE_IMAGE).convert("RGB"))
