@@ -28,7 +28,7 @@ from typing import Any
 import gradio as gr
 from PIL import UnidentifiedImageError
 
-from fantasy import Preset, apply_speed, get_preset, load_pipeline
+from fantasy import Preset, get_preset
 from fantasy.app.flags import (
     add_parallel_flags,
     add_real_flags,
@@ -36,6 +36,7 @@ from fantasy.app.flags import (
     parallel_option,
     speed_options,
 )
+from fantasy.app.group_loading import load_in_group
 from fantasy.app.launch import (
     DEFAULT_PROMPT,
     DEFAULT_SEED,
@@ -441,19 +442,19 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
         return create_front_end(args.serve)
     preset = get_preset(args.preset or default_preset(args.adapter))
     options = speed_options(args)  # spelling errors before the models load
-    parallel = parallel_option(args, vram=args.vram if preset.name == "real" else "resident")
+    parallel = parallel_option(args, vram=args.vram if preset.name == "real" else "resident", heads=preset.dit_heads)
     channel, device = None, None
     if parallel is not None:
         from fantasy.app.parallel_jobs import join_group
 
-        channel, device = join_group()
+        channel, device = join_group(timeout_s=parallel.timeout_s)
     say = print if channel is None or channel.leader else (lambda *a, **k: None)
     say(f"[app] preset {preset.name}: {preset.summary}", flush=True)
-    pipe = load_pipeline(preset.name, adapter=args.adapter, device=device,
-                         **(real_options(args) if preset.name == "real" else {}))
+    pipe, lines = load_in_group(preset, device, args.adapter, real_options(args) if preset.name == "real" else None,
+                                options, parallel)  # the same weights in every process of a group
     if getattr(pipe, "dit_choice", None) is not None:
         say(f"[app] DiT: {pipe.dit_choice.describe()}", flush=True)
-    for line in apply_speed(pipe, options, parallel):
+    for line in lines:
         say(f"[app] speed: {line}", flush=True)
     if channel is not None and not channel.leader:
         pipe.set_progress_bar_config(disable=True)

@@ -125,13 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             args = build_parser().parse_args(argv)  # builds the generate parser: imports torch and diffusers
             return args.run(args)
     except FantasyError as exc:
-        parallel = sys.modules.get("fantasy.speed.parallel")  # imported only when a command uses processes
-        if parallel is None or parallel.is_leader():  # a group's processes fail alike: one message
-            print(f"error: {exc}", file=sys.stderr)
+        _say_error(exc)
         return 2
     except StopRequested as stop:
-        parallel = sys.modules.get("fantasy.speed.parallel")
-        if parallel is not None and not parallel.is_leader():  # the group stops alike: rank 0 says it
+        group = sys.modules.get("fantasy.speed.group")
+        if group is not None and not group.is_leader():  # the group stops alike: rank 0 says it
             return stop.exit_status
         if stop.written:
             print(f"stopped ({stop}), {stop.written} was already complete", file=sys.stderr)
@@ -140,6 +138,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"stopped ({stop})", file=sys.stderr)
         return stop.exit_status
+    except Exception as exc:
+        group = sys.modules.get("fantasy.speed.group")
+        if group is None or not group.in_group() or not group.collective_error(exc):
+            raise
+        group.print_failure(exc)  # a peer that left, a collective that timed out: one line, said once
+        return 1
     finally:
-        if "fantasy.speed.parallel" in sys.modules:
-            sys.modules["fantasy.speed.parallel"].leave_processes()
+        if "fantasy.speed.group" in sys.modules:
+            sys.modules["fantasy.speed.group"].leave_processes()
+
+
+def _say_error(exc: FantasyError) -> None:
+    """`error: ...`; in a process group once for the group (`fantasy.speed.group.print_failure`)."""
+    group = sys.modules.get("fantasy.speed.group")  # imported only when a command uses processes
+    if group is None:
+        print(f"error: {exc}", file=sys.stderr)
+    else:
+        group.print_failure(exc)

@@ -48,25 +48,40 @@ def add_speed_flags(p) -> None:
 
 
 def add_parallel_flags(p) -> None:
-    from fantasy.speed.parallel import KINDS
+    from fantasy.speed.layout import KINDS, TIMEOUT_S
 
-    g = p.add_argument_group("several GPUs", "one video split over N processes (see README, Several GPUs)")
+    g = p.add_argument_group("several GPUs", "one video split over N processes (see docs/several-gpus.md)")
     g.add_argument("--context-parallel", type=int, default=None, metavar="N",
                    help="split the DiT's video tokens over N processes; launch with `torchrun --nproc_per_node N`")
     g.add_argument("--context-parallel-kind", default="ulysses", choices=list(KINDS),
                    help="ulysses (all-to-all, any backend) or ring (needs --attention flash/cudnn/sage on GPUs)")
+    g.add_argument("--ulysses-degree", type=int, default=None, metavar="U",
+                   help="Ulysses over U of the N processes x rings over N/U (e.g. 16 GPUs: --ulysses-degree 8; "
+                        "the ring part needs --attention flash/cudnn/sage)")
+    g.add_argument("--collective-timeout", type=float, default=TIMEOUT_S, metavar="SECONDS",
+                   help=f"how long a process waits for the others in a collective before the group stops with an "
+                        f"error (default {TIMEOUT_S:g})")
 
 
-def parallel_option(args, vram: str = "resident"):
-    """`ContextParallel` from the flags (None without them), every refusal checked before any model loads."""
-    from fantasy.speed.parallel import ContextParallel, check_context_parallel
+def parallel_option(args, vram: str = "resident", heads: int | None = None):
+    """`ContextParallel` from the flags (None without them), every refusal checked before any model loads.
+
+    `vram`: the VRAM mode (`sharded` shards the weights over the group); `heads`: the DiT's attention heads."""
+    from fantasy.errors import InvalidSetting
+    from fantasy.speed.layout import SHARDED, ContextParallel, check_context_parallel
     from fantasy.speed.switches import attention_backend_name
 
     if args.context_parallel is None:
+        if vram == SHARDED:
+            raise InvalidSetting("--vram sharded splits the weights over a context-parallel group: add "
+                                 "--context-parallel N and launch N processes with torchrun")
+        if args.ulysses_degree is not None:
+            raise InvalidSetting("--ulysses-degree needs --context-parallel N")
         return None
-    parallel = ContextParallel(args.context_parallel, args.context_parallel_kind)
+    parallel = ContextParallel(args.context_parallel, args.context_parallel_kind, ulysses_degree=args.ulysses_degree,
+                               shard_weights=vram == SHARDED, timeout_s=args.collective_timeout)
     backend = attention_backend_name(args.attention) if args.attention else None
-    check_context_parallel(parallel, attention=backend, vram=vram, device=getattr(args, "device", None))
+    check_context_parallel(parallel, attention=backend, vram=vram, device=getattr(args, "device", None), heads=heads)
     return parallel
 
 

@@ -67,18 +67,26 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    """Every check first (settings, inputs, the output path and its free space), then the models, then the video."""
+    """Every check first (settings, inputs, the output path and its free space), then the models, then the video.
+
+    Under a context-parallel launch the flags are checked before the group is joined (every process finds the
+    same fault; rank 0 says it), what each process reads or decides on its own machine after, in agreement
+    (`fantasy.app.group_loading`, `fantasy.speed.group`): a fault in any process stops all of them, said once.
+    """
+    from fantasy.app.group_loading import load_in_group
     from fantasy.generation import generate, prepare_inputs
+    from fantasy.long_video import plan_windows
     from fantasy.media.output import check_target
     from fantasy.model.pipeline import DEFAULT_NEGATIVE_PROMPT
     from fantasy.release import RELEASE_DIT
     from fantasy.settings import Settings
-    from fantasy.speed.parallel import is_leader, leader_check  # now: errors are said by rank 0 only (main)
-    from fantasy.weights.presets import get_preset, load_pipeline
+    from fantasy.speed.group import agreed, init_processes, is_leader, leader_check
+    from fantasy.speed.layout import check_token_split, video_tokens
+    from fantasy.weights.presets import get_preset
 
     if Path(args.out).suffix.lower() != ".mp4":
         raise FantasyError(f"--out must end in .mp4, got {args.out}")
-    preview = _preview_file(args.preview, args.fps)
+    _preview_suffix(args.preview)
     preset = get_preset(args.preset)
     speed = speed_options(args)
     if speed.distilled_lora and not Path(speed.distilled_lora).is_file():
@@ -93,22 +101,30 @@ def run(args) -> int:
         max_duration=args.max_duration, longest_edge=args.size, release=args.release,
     )
     settings = settings.resolved(preset)  # reject bad settings before reading anything
-    parallel = parallel_option(args, vram=args.vram if preset.name == "real" else "resident")
-    inputs = prepare_inputs(args.image, args.audio, settings)  # the speech is decoded once, up to the limit
+    parallel = parallel_option(args, vram=_parallel_vram(args, preset), heads=preset.dit_heads)
+    device = args.device
+    if parallel is not None:
+        device = init_processes(args.device, parallel.timeout_s)  # from here on, every fault is said once
+    inputs = agreed(lambda: prepare_inputs(args.image, args.audio, settings), "reading the inputs")
     face = None
     if args.face is not None:
         from fantasy.media.image import load_portrait
 
-        face = load_portrait(args.face)
-    device = args.device
-    if parallel is not None:
-        from fantasy.speed.parallel import init_processes
-
-        device = init_processes(args.device)
+        face = agreed(lambda: load_portrait(args.face), "reading --face")
+    if parallel is not None:  # sizes diffusers' even split cannot cut, for layouts without its uneven one
+        width, height = inputs.portrait.size
+        windows = plan_windows(inputs.num_frames, settings.max_frames)
+        check_token_split(parallel, [video_tokens(width, height, w.length) for w in windows], compiled=speed.compile)
     leader = is_leader()  # under context parallelism only rank 0 prints and writes
     say = (lambda text: print(text, file=sys.stderr)) if leader else (lambda text: None)
-    # only rank 0 writes: it checks the target, and every process stops alike when that fails
-    leader_check(lambda: check_target(args.out, 2 * inputs.output_bytes(settings.fps)))
+    preview = None
+
+    def check_outputs() -> None:  # only rank 0 writes: it checks, and every process stops alike when that fails
+        nonlocal preview
+        check_target(args.out, 2 * inputs.output_bytes(settings.fps))
+        preview = _preview_file(args.preview, args.fps)
+
+    leader_check(check_outputs)
     for notice in inputs.notices:
         say(f"note: {notice}")
     if preset.demo:
@@ -117,11 +133,8 @@ def run(args) -> int:
     dit = args.dit or (RELEASE_DIT if args.release else None)  # None: picked from free VRAM (README, Weights)
     real = {"dit": dit, "vram": args.vram, "weights": args.weights, "fit_size": settings.resolved(preset).longest_edge,
             "fit_frames": settings.max_frames, "fit_batch": 3 if speed.batch_guidance else 1}
-    pipe = load_pipeline(preset.name, device=device, adapter=args.adapter, **(real if preset.name == "real" else {}))
-    pipe.set_progress_bar_config(disable=True)  # our own progress lines below
-    from fantasy.speed.switches import apply_speed
-
-    for line in apply_speed(pipe, speed, parallel):
+    pipe, lines = load_in_group(preset, device, args.adapter, real if preset.name == "real" else None, speed, parallel)
+    for line in lines:
         say(f"  speed: {line}")
     if args.expression is not None or args.body is not None:
         from fantasy.app.sliders import motion_controls
@@ -178,15 +191,30 @@ def _check_release_flags(args, speed) -> None:
             raise InvalidSetting(message)
 
 
+def _parallel_vram(args, preset) -> str:
+    """The VRAM mode context parallelism sees: the real preset's `--vram`; for tiny only `sharded` means anything."""
+    from fantasy.speed.layout import SHARDED
+
+    if preset.name == "real" or args.vram == SHARDED:
+        return args.vram
+    return "resident"
+
+
+def _preview_suffix(path: str | None) -> None:
+    from fantasy.model.preview import PREVIEW_SUFFIXES
+
+    if path is not None and Path(path).suffix.lower() not in PREVIEW_SUFFIXES:
+        raise InvalidSetting(f"--preview must end in .webp or .gif, got {path}")
+
+
 def _preview_file(path: str | None, fps: int):
     """`--preview PATH` -> a `LivePreview` writing the latest estimate there; checked before any model loads."""
     if path is None:
         return None
-    from fantasy.model.preview import PREVIEW_SUFFIXES, LivePreview, PreviewFile
+    from fantasy.model.preview import LivePreview, PreviewFile
 
     target = Path(path)
-    if target.suffix.lower() not in PREVIEW_SUFFIXES:
-        raise InvalidSetting(f"--preview must end in .webp or .gif, got {path}")
+    _preview_suffix(path)
     if not target.parent.is_dir():
         raise InvalidSetting(f"--preview: folder {target.parent} does not exist")
     return LivePreview(PreviewFile(target, fps))

@@ -72,11 +72,13 @@ def check_config(config: ServeConfig) -> None:
     if config.context_parallel < 1:
         raise InvalidSetting(f"--context-parallel must be at least 1, got {config.context_parallel}")
     if config.context_parallel > 1:
-        from fantasy.speed.parallel import ContextParallel, check_context_parallel
+        from fantasy.speed.layout import ContextParallel, check_context_parallel
         from fantasy.speed.switches import attention_backend_name
+        from fantasy.weights.presets import get_preset
 
         attention = attention_backend_name(config.speed.attention) if config.speed.attention else None
-        check_context_parallel(ContextParallel(config.context_parallel), attention, world_size=config.context_parallel)
+        check_context_parallel(ContextParallel(config.context_parallel), attention, world_size=config.context_parallel,
+                               heads=get_preset(config.preset).dit_heads)
 
 
 # ---- the model replica ---------------------------------------------------------------------------------
@@ -169,19 +171,18 @@ async def _drain(pending, stream) -> None:
 
 def _load(config: ServeConfig):
     """(pipeline, speed log, job channel or None), the same in a replica and in its followers."""
-    from fantasy.speed.switches import apply_speed
-    from fantasy.weights.presets import load_pipeline
+    from fantasy.app.group_loading import load_in_group
+    from fantasy.weights.presets import get_preset
 
     parallel, channel, device = None, None, None
     if config.context_parallel > 1:
         from fantasy.app.parallel_jobs import join_group
-        from fantasy.speed.parallel import ContextParallel
+        from fantasy.speed.layout import ContextParallel
 
         parallel = ContextParallel(config.context_parallel)
-        channel, device = join_group()
-    pipe = load_pipeline(config.preset, device=device, adapter=config.adapter)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, apply_speed(pipe, config.speed, parallel), channel
+        channel, device = join_group(timeout_s=parallel.timeout_s)
+    pipe, lines = load_in_group(get_preset(config.preset), device, config.adapter, None, config.speed, parallel)
+    return pipe, lines, channel
 
 
 def _start_followers(config: ServeConfig) -> list[subprocess.Popen]:

@@ -24,11 +24,12 @@ class Preset:
     steps: int
     demo: bool  # True: random weights, the video is noise
     summary: str
+    dit_heads: int = 40  # the DiT's attention heads (context parallelism checks its layout against them)
 
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", 128, 30, True,
-                   "tiny random models built from config: runs anywhere in seconds, output is noise"),
+                   "tiny random models built from config: runs anywhere in seconds, output is noise", dit_heads=2),
     "real": Preset("real", 512, 30, False,
                    "Wan2.1-I2V-14B-720P + wav2vec2-base-960h + FantasyTalking adapter (CUDA GPU)"),
 }

@@ -309,22 +309,27 @@ def enable_vae_tiling(vae):
     return vae
 
 
+def bf16_on_disk(weights: str | Path | None = None) -> bool:
+    """Whether the bf16 DiT file is here (under the weights folder or in the Hub cache)."""
+    return locate(DIT_FILES["bf16"], weights_dir(weights)) is not None
+
+
 def _auto_dit(root: Path, device: torch.device, vram: str, fit_size: int, fit_frames: int, fit_batch: int):
     from fantasy.weights.dit_choice import choose_dit, free_vram_bytes
 
-    bf16_on_disk = locate(DIT_FILES["bf16"], root) is not None
-    return choose_dit(free_vram_bytes(device), vram, fit_size, fit_frames, fit_batch, bf16_on_disk)
+    return choose_dit(free_vram_bytes(device), vram, fit_size, fit_frames, fit_batch, bf16_on_disk(root))
 
 
 def load_real_pipeline(
     device: str | torch.device | None = None, adapter: str | Path | None = None, weights: str | Path | None = None,
     dit: str | None = None, vram: str = DEFAULT_VRAM, dtype: torch.dtype = torch.bfloat16, allow_cpu: bool = False,
-    fit_size: int = 512, fit_frames: int = 81, fit_batch: int = 1,
+    fit_size: int = 512, fit_frames: int = 81, fit_batch: int = 1, dit_choice=None,
 ):
     """The 14B pipeline with the FantasyTalking adapter, its DiT stored as `dit`, placed for `vram`.
 
     `dit=None` picks bf16 or Q8_0 from the free GPU memory at `fit_size` px x `fit_frames` frames with
-    `fit_batch` passes in a batch (`fantasy.weights.dit_choice`); `pipe.dit_choice` says what was picked and why.
+    `fit_batch` passes in a batch (`fantasy.weights.dit_choice`), unless `dit_choice` brings a choice already
+    made (by a process group, for all of its processes); `pipe.dit_choice` says what was picked and why.
     Order matters: load the DiT (GGUF stays quantized; straight onto the GPU when it stays there),
     install the adapter (cast to `dtype`), load its weights, then torchao quantization or fp8 layerwise
     casting if asked (both skip the adapter by name), and only then offloading, so the adapter moves
@@ -341,8 +346,11 @@ def load_real_pipeline(
     check_vram_mode(vram)
     device = resolve_device(device, allow_cpu)
     root = weights_dir(weights)
-    choice = DitChoice(dit, False, "--dit") if dit is not None else _auto_dit(
-        root, device, vram, fit_size, fit_frames, fit_batch)
+    if dit_choice is not None:
+        choice = dit_choice
+    else:
+        choice = DitChoice(dit, False, "--dit") if dit is not None else _auto_dit(
+            root, device, vram, fit_size, fit_frames, fit_batch)
     mode = get_dit_mode(choice.mode)
     if mode.torchao == "fp8":
         _check_fp8_support(device)
@@ -406,7 +414,7 @@ def _load_components(paths: dict[str, Path], mode, vram: str, device: torch.devi
         processor.to(dtype)  # the DiT's first parameter may be GGUF/fp32; the adapter computes in `dtype`
     load_modules(pipe, adapter_path)  # a training checkpoint also installs its motion / identity modules
     if mode.torchao:  # on the GPU when it stays there (fast, no round trip); the adapter is skipped by name
-        quantize_weight_only(pipe.transformer, mode.torchao, device=device if vram == "resident" else None)
+        quantize_weight_only(pipe.transformer, mode.torchao, device=device if vram in ("resident", "sharded") else None)
     if mode.fp8_storage:
         enable_fp8_storage(pipe.transformer, dtype)
     apply_vram_mode(pipe, vram, device)
