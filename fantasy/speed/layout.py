@@ -132,8 +132,9 @@ def check_heads(options: ContextParallel, heads: int) -> None:
         padded = -(-heads // u) * u
         raise InvalidSetting(
             f"Ulysses over {u} processes cannot split the DiT's {heads} attention heads (diffusers pads them to "
-            f"{padded} = {u} x {padded // u} and refuses a padding of {padded - heads}, not less than one process's "
-            f"{padded // u}); Ulysses degrees that work with {heads} heads: {_ranges(working_ulysses_degrees(heads))}"
+            f"{padded} = {u} x {padded // u} and refuses a padding of {padded - heads} heads, not fewer than each "
+            f"process's {padded // u}); Ulysses degrees that work with {heads} heads: "
+            f"{_ranges(working_ulysses_degrees(heads))}"
             + _suggest_hybrid(heads, options.degree)
         )
 

@@ -95,7 +95,8 @@ def _shard_model(model: nn.Module, blocks, mesh) -> str | None:
     _remember_gguf_types(model)
     for block in blocks:
         fully_shard(block, mesh=mesh, ignored_params={p for p in block.parameters() if p in kept} or None)
-    fully_shard(model, mesh=mesh, ignored_params=kept or None)
+    # The root too: FSDP2 keeps a root's parameters gathered after its forward by default (umT5's 2 GB embedding).
+    fully_shard(model, mesh=mesh, ignored_params=kept or None, reshard_after_forward=True)
     if not kept:
         return None
     return (f"{modules} layers of the {type(model).__name__} stay whole on every process: {reason}; "
