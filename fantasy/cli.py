@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except StopRequested as stop:
         group = sys.modules.get("fantasy.speed.group")
-        if group is not None and not group.is_leader():  # the group stops alike: rank 0 says it
-            return stop.exit_status
+        if group is not None and (not group.is_leader() or group.failure_reported()):
+            return stop.exit_status  # the group stops alike: rank 0 says it, unless a failure (the reason) was said
         if stop.written:
             print(f"stopped ({stop}), {stop.written} was already complete", file=sys.stderr)
         elif args is None or args.run is generate_command.run:  # generate writes its video only once it is complete
@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         return stop.exit_status
     except Exception as exc:
         group = sys.modules.get("fantasy.speed.group")
-        if group is None or not group.in_group() or not group.collective_error(exc):
+        if group is None or not group.in_group():
             raise
-        group.print_failure(exc)  # a peer that left, a collective that timed out: one line, said once
+        group.print_failure(exc)  # a device fault on one rank, a peer that left, a timeout: one line, said once
         return 1
     finally:
         if "fantasy.speed.group" in sys.modules:

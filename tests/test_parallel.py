@@ -33,6 +33,9 @@ from tests.parallel_worker import gguf_call, gguf_transformer, write_gguf
 from tests.process_watch import run_watched
 
 ROOT = Path(__file__).resolve().parent.parent
+# A group run (a fixture of the first test that needs it) takes up to a few minutes on a busy 2-core machine;
+# the watchdog (`tests.process_watch`) ends a hung one after 4 quiet minutes, before this.
+pytestmark = pytest.mark.timeout(900)
 
 
 def md5(path: Path) -> str:
@@ -83,9 +86,11 @@ def three_processes(tmp_path_factory) -> Path:
     return worker_run(tmp_path_factory.mktemp("cp3"), 3)
 
 
-@pytest.fixture(scope="module")
-def group_of(two_processes, three_processes):
-    return {2: two_processes, 3: three_processes}
+@pytest.fixture
+def group_of(request):
+    """The run of 2 or 3 processes a test asks for, started the first time one is needed (one per test's setup:
+    each takes up to a few minutes on a busy 2-core machine)."""
+    return lambda processes: request.getfixturevalue({2: "two_processes", 3: "three_processes"}[processes])
 
 
 # ---- the shard arithmetic, in one process ------------------------------------------------------------------
@@ -223,7 +228,7 @@ def test_app_as_a_front_end_refuses_context_parallel_before_contacting_the_serve
 def test_several_processes_give_the_one_process_latents(group_of, one_thread, processes, name):
     case = (CASES if processes == 2 else CASES3)[name]
     reference = call(build(case), case)
-    parallel = torch.load(group_of[processes] / f"latents-{name}.pt")
+    parallel = torch.load(group_of(processes) / f"latents-{name}.pt")
     assert torch.equal(parallel, reference), (parallel - reference).abs().max().item()
 
 
@@ -236,7 +241,7 @@ def test_sharded_weights_leave_each_rank_its_share(group_of, processes):
     cases = CASES if processes == 2 else CASES3
     for name in ("sharded+cache", "bf16-sharded"):
         whole = build(cases[name])
-        held = [json.loads((group_of[processes] / f"bytes-{name}-rank{r}.json").read_text()) for r in range(processes)]
+        held = [json.loads((group_of(processes) / f"bytes-{name}-rank{r}.json").read_text()) for r in range(processes)]
         for model in ("transformer", "text_encoder"):
             full = parameter_bytes(getattr(whole, model))
             shares = [h[model] for h in held]
@@ -248,7 +253,7 @@ def test_sharded_weights_leave_each_rank_its_share(group_of, processes):
 def test_a_gguf_q8_0_dit_shards_by_rows_and_computes_exactly(group_of, one_thread, processes):
     """GGUF Q8_0 weights sharded by FSDP2 (whole GGML blocks per row), wrapped back before each layer: the
     output equals one process's unsharded GGUF DiT, bit for bit; each rank holds a third / half of the bytes."""
-    out = group_of[processes]
+    out = group_of(processes)
     reference = gguf_call(*gguf_transformer(out / "inputs"))
     assert torch.equal(torch.load(out / "gguf.pt"), reference)
     reports = [json.loads((out / f"gguf-rank{r}.json").read_text()) for r in range(processes)]
@@ -265,7 +270,7 @@ def test_the_step_cache_decides_from_the_same_ratio_as_one_process(group_of, one
     pipe = build(case)
     call(pipe, case)
     alone = list(pipe.transformer._fantasy_cache_decision.ratios)
-    ranks = [json.loads((group_of[processes] / f"ratios-{name}-rank{r}.json").read_text()) for r in range(processes)]
+    ranks = [json.loads((group_of(processes) / f"ratios-{name}-rank{r}.json").read_text()) for r in range(processes)]
     assert len(alone) == 4 and ranks == [alone] * processes
 
 
@@ -274,7 +279,7 @@ def test_the_step_cache_decides_from_the_same_ratio_as_one_process(group_of, one
 def test_a_threshold_exactly_at_a_ratio_gives_the_one_process_video(group_of, one_thread, processes):
     """The threshold at one process's median ratio (`ratio > threshold` is then False by the last bit): the
     processes skip the same blocks as one process and give its latents."""
-    out = group_of[processes]
+    out = group_of(processes)
     reports = [json.loads((out / f"blocks-cache-at-ratio-rank{r}.json").read_text()) for r in range(processes)]
     threshold = reports[0]["threshold"]
     case = (CASES if processes == 2 else CASES3)["sharded+cache"]

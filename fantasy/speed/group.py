@@ -201,11 +201,11 @@ def agree_all(flag: bool) -> bool:
     return bool(agree_min(int(bool(flag))))
 
 
-def claim_report() -> bool:
+def claim_report(unreachable: bool = True) -> bool:
     """Whether this process should print the error it is failing with: the first process of the group to claim
     it does (its failure is the real reason; later ones follow from it). Alone, or before joining: the leader of
-    the launch (every process of a launch finds the same bad flag), and also any process that cannot reach the
-    launcher's store (it may be gone: better said twice than never)."""
+    the launch (every process of a launch finds the same bad flag). `unreachable`: the answer when the launcher's
+    store cannot be reached (it goes when the launcher tears the group down after a failure it has seen)."""
     if not in_group():
         return is_leader()
     try:
@@ -214,7 +214,19 @@ def claim_report() -> bool:
         me = str(dist.get_rank())
         return store.compare_set(REPORT_KEY, "", me).decode() == me
     except Exception:  # noqa: BLE001 - the store is the launcher's; it may have gone with it
-        return True
+        return unreachable
+
+
+def failure_reported() -> bool:
+    """Whether a process of the group has already said why it failed (then a stop that follows is no news)."""
+    if not in_group():
+        return False
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.set_timeout(STORE_TIMEOUT)
+        return store.check([REPORT_KEY])
+    except Exception:  # noqa: BLE001 - the launcher's store may be gone
+        return False
 
 
 def collective_error(exc: BaseException) -> bool:
@@ -241,8 +253,8 @@ def print_failure(exc: BaseException) -> None:
     if getattr(exc, "agreed", False):
         if not is_leader():
             return
-    elif not claim_report():
-        return
+    elif not claim_report(unreachable=not collective_error(exc)):  # a lost peer with the launcher gone: the launcher
+        return  # is tearing the group down after a failure it saw (said by that process, or by the launcher)
     message = describe_lost(exc) if collective_error(exc) else one_line(exc)
     prefix = f"rank {rank()}: " if not getattr(exc, "agreed", False) and not is_leader() else ""
     print(f"error: {prefix}{message}", file=sys.stderr, flush=True)
