@@ -70,7 +70,8 @@ DEMO_BANNER = (
 )
 BANNER_STYLE = "background:#fff4d6;border:2px solid #e0a800;border-radius:8px;padding:10px 14px;color:#5a4300"
 PLAYER_HEIGHT = 300  # px: both players, the status line and the download fit one screen whatever the video size
-STAGE_NAMES = {"audio": "Encoding speech", "denoise": "Denoising", "decode": "Decoding video"}
+STAGE_NAMES = {"audio": "Encoding speech", "denoise": "Denoising", "decode": "Decoding video",
+               "queued": "Waiting for a free GPU on the server"}
 
 
 def pass_original_upload(component: gr.Image) -> gr.Image:
