@@ -23,6 +23,7 @@ from fantasy.errors import InvalidSetting
 from fantasy.model.identity import install_identity_module
 from fantasy.model.motion import install_motion_module
 from fantasy.train.objective import STAGES, AdapterTrainingModel, Batch, sample_sigma
+from fantasy.train.processes import average_gradients_in_float64
 from fantasy.weights.trained_modules import IDENTITY_KEY, MOTION_PREFIX, save_modules, trainable_parameters
 
 MODULES = ("audio", "motion", "identity")
@@ -150,6 +151,7 @@ def train(pipe, config: TrainConfig, dataset, progress: Progress | None = None) 
     model = AdapterTrainingModel(pipe)
     optimizer = torch.optim.AdamW(list(trained.values()), lr=config.lr, weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
+    average_gradients_in_float64(model)  # exact for equal gradients on any number of processes (`processes`)
     inner = accelerator.unwrap_model(model)
     # Each process draws its own clips, noise and dropout (seeded by rank), so GPUs see different samples.
     rank_offset = 0 if config.same_samples else accelerator.process_index
