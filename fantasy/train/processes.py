@@ -64,7 +64,7 @@ def check_launch(launched: int | None, seen: int) -> None:
     )
 
 
-def _mean_in_float64(process_group, bucket) -> torch.futures.Future:
+def _mean_in_float64(process_group, bucket):  # no return annotation: DDP checks it, and ours would be a string
     """DDP communication hook: all-reduce the bucket's gradients in float64, divide by N, cast back."""
     group = process_group if process_group is not None else dist.group.WORLD
     processes = dist.get_world_size(group)
