@@ -149,8 +149,8 @@ def gguf_call(transformer, audio) -> torch.Tensor:
 
 
 def write_gguf(folder: Path) -> None:
-    """city96's Q8_0 layout (`bench.real_layout`) at a small width: every weight in Q8_0 blocks of 32."""
-    from bench import real_layout
+    """city96's Q8_0 layout (`tools.real_layout`) at a small width: every weight in Q8_0 blocks of 32."""
+    from tools import real_layout
 
     real_layout.write_city96_gguf(folder / "dit.gguf", GGUF_CONFIG)
     (folder / "config.json").write_text(json.dumps(dict(GGUF_CONFIG, _class_name="WanTransformer3DModel")))

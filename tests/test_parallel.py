@@ -210,14 +210,14 @@ def test_errors_before_the_group_is_joined_are_said_by_the_launchs_rank_0(rank, 
 
 
 def test_app_as_a_front_end_refuses_context_parallel_before_contacting_the_server(monkeypatch):
-    import app
     import fantasy.app.serve_client
+    from fantasy.app import ui as app
 
     monkeypatch.setattr(fantasy.app.serve_client, "fetch_info", lambda *a: pytest.fail("the server was contacted"))
-    with pytest.raises(SystemExit) as stopped:
+    message = ("error: --serve runs every generation on the deployment: drop --context-parallel here and start the "
+               "deployment with `python -m fantasy serve --context-parallel N`")
+    with pytest.raises(SystemExit, match=f"^{re.escape(message)}$"):
         app.main(["--serve", "http://127.0.0.1:9", "--context-parallel", "2"])
-    assert str(stopped.value) == ("error: --serve runs every generation on the deployment: drop --context-parallel "
-                                  "here and start the deployment with `python -m fantasy serve --context-parallel N`")
 
 
 # ---- 2 processes equal 1 -------------------------------------------------------------------------------------
@@ -301,7 +301,7 @@ def test_a_hang_fails_fast_with_every_ranks_stage(tmp_path):
 
     command = [*TORCHRUN, "-m", "tests.parallel_worker", str(tmp_path), "--local-cache-decisions"]
     started = time.monotonic()
-    with pytest.raises(GroupFailed) as failed:
+    with pytest.raises(GroupFailed, match=r"exited with 1; last stages: rank 0") as failed:
         run_watched(command, ROOT, dict(TORCHRUN_ENV, FANTASY_TEST_COLLECTIVE_TIMEOUT="15"), tmp_path / "stages",
                     timeout=240)
     message = str(failed.value)

@@ -17,7 +17,7 @@ from fantasy.weights.presets import load_pipeline
 from fantasy.weights.quantize import is_quantized_weight
 from fantasy.weights.tiny import tiny_transformer
 
-from .fake_weights import build_weights_dir
+from .fake_weights import IMAGE_DIM, build_weights_dir
 
 BF16 = torch.bfloat16
 
@@ -293,7 +293,7 @@ def dit_inputs() -> dict:
     g = torch.Generator().manual_seed(11)
     return {"hidden_states": torch.randn(1, 36, 3, 4, 4, generator=g).to(BF16), "timestep": torch.tensor([500.0]),
             "encoder_hidden_states": torch.randn(1, 512, 32, generator=g).to(BF16),
-            "encoder_hidden_states_image": torch.randn(1, 17, 16, generator=g).to(BF16)}
+            "encoder_hidden_states_image": torch.randn(1, 17, IMAGE_DIM, generator=g).to(BF16)}
 
 
 @pytest.mark.parametrize("dit, tolerance", [("bf16", 0.0), ("q8_0", 0.03), ("bf16-int8", 0.03), ("bf16-fp8", 0.1),
@@ -348,9 +348,9 @@ def test_large_fp32_linears_are_upcast_in_row_chunks_with_the_same_result():
 
 
 def test_precision_bench_dry_run():
-    """bench/precision.py's measurement on the tiny config (the CPU figures in the README come from its real run)."""
-    from bench.models import TINY
-    from bench.precision import measure
+    """tools/precision.py's measurement on the tiny config (the CPU figures in docs/numerics.md come from its real run)."""
+    from fantasy.bench.models import TINY
+    from tools.precision import measure
 
     rows = [measure(mode, TINY, torch.device("cpu"), (64, 64), 9, 1) for mode in ("mixed", "stock")]
     assert [(r["mode"], r["output_dtype"], r["tokens"]) for r in rows] == [("mixed", "float32", 48),

@@ -162,7 +162,7 @@ def test_stage_two_loss_weights_the_lips(training_set):
 def test_bad_training_settings_are_named():
     with pytest.raises(InvalidSetting, match="stage must be 1 or 2, got 3"):
         TrainConfig(data=".", out=".", stage=3).check()
-    with pytest.raises(InvalidSetting, match="modules must be some of audio, motion, identity, got face"):
+    with pytest.raises(InvalidSetting, match="modules must be some of audio, motion, identity, dit, got face"):
         TrainConfig(data=".", out=".", modules=("face",)).check()
 
 
@@ -186,7 +186,7 @@ def test_train_command_then_generate_with_its_checkpoint(dataset_dir, tmp_path, 
     assert "2DFAN4" in capsys.readouterr().err
     monkeypatch.delenv("FANTASY_FACE_BACKEND")
 
-    for video in data.glob("*.mp4"):  # precomputed landmarks, as the README describes
+    for video in data.glob("*.mp4"):  # precomputed landmarks, as docs/training.md describes
         np.save(data / f"{video.stem}.landmarks.npy", np.stack([measured_landmarks(f) for f in read_video(video).frames]))
     assert main(args) == 0
     out = capsys.readouterr()

@@ -15,7 +15,7 @@ def add_real_flags(p) -> None:
 
     p.add_argument("--dit", default=None, choices=list(DIT_MODES),
                    help="real preset: how the 14B DiT is stored (default: bf16 if it fits in free GPU memory at the "
-                        "requested size, else q8_0; see README, Weights)")
+                        "requested size, else q8_0; see docs/weights.md)")
     p.add_argument("--vram", default="resident", choices=list(VRAM_MODES), help="real preset: offloading")
 
 
@@ -23,10 +23,10 @@ def add_speed_flags(p) -> None:
     from fantasy.model.precision import DEFAULT_PRECISION, PRECISIONS
     from fantasy.speed.switches import ATTENTION_ALIASES, DEFAULT_CACHE_THRESHOLD
 
-    g = p.add_argument_group("speed", "fast paths (see README, Speed); all off is the release's path")
+    g = p.add_argument_group("speed", "fast paths (see docs/speed.md); all off is the release's path")
     g.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
                    help="DiT numerics: mixed = the release's (fp32 timestep embedding, residual stream and head); "
-                        "stock = diffusers' all-bf16 (less activation memory; see README, Numerics)")
+                        "stock = diffusers' all-bf16 (less activation memory; see docs/numerics.md)")
     g.add_argument("--batch-guidance", action="store_true",
                    help="run the 3 guidance passes as one batch (same result, faster on a GPU with memory to spare)")
     g.add_argument("--attention", default=None, metavar="NAME",

@@ -6,9 +6,9 @@ GGUF modes: random Q8_0 / Q4_K blocks under the original Wan key names, loaded t
 take, peak VRAM while loading and during one guidance step, and that step's time: 3 transformer
 passes (full, text-only, negative) at 512x512x81 = 21 latent frames x 32x32 patches = 21,504 tokens.
 
-    python bench/gpu_memory.py                       # all modes, resident
-    python bench/gpu_memory.py --modes q8_0 bf16-fp8 --vram group-offload
-    python bench/gpu_memory.py --tiny                # CPU dry run of the same code, tiny config (CI)
+    python tools/gpu_memory.py                       # all modes, resident
+    python tools/gpu_memory.py --modes q8_0 bf16-fp8 --vram group-offload
+    python tools/gpu_memory.py --tiny                # CPU dry run of the same code, tiny config (CI)
 
 Random weights give the same timings and memory as trained ones (same shapes, same kernels); the
 GGUF "q4_k_m" mode stores every quantizable weight as Q4_K (city96's file mixes in some Q5_K/Q6_K).
@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.models import FULL, TINY, build_random_bf16, dit_inputs, memory_gib, sync  # noqa: E402
+from fantasy.bench.models import FULL, TINY, build_random_bf16, dit_inputs, memory_gib, sync  # noqa: E402
 from fantasy.model.adapter import AudioContext, install_audio_adapter  # noqa: E402
 from fantasy.model.precision import DEFAULT_PRECISION, apply_precision  # noqa: E402
 from fantasy.weights.offload import group_offload  # noqa: E402
@@ -66,14 +66,17 @@ def _gguf_block(quant) -> tuple[int, int, list[tuple[int, int]]]:
 
 
 def random_gguf_state(config: dict, quant_name: str, seed: int = 0) -> dict:
-    """Random GGUF tensors (original Wan names) shaped like a city96 file: 2-D weights quantized."""
+    """Random GGUF tensors (original Wan names) typed as in a city96 file (`tools.real_layout.city96_type`): 2-D
+    weights quantized, `time_embedding.*` weights F16, the rest F32 (a tiny width a block does not divide: F32)."""
     import gguf
     from diffusers import WanTransformer3DModel
     from diffusers.quantizers.gguf.utils import GGUFParameter
 
-    from bench.real_layout import RandomPool
+    from fantasy.weights.wan_keys import to_original_key
+    from tools.real_layout import RandomPool, city96_type
 
     quant = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_k_m": gguf.GGMLQuantizationType.Q4_K}[quant_name]
+    plain = {gguf.GGMLQuantizationType.F16: torch.float16, gguf.GGMLQuantizationType.F32: torch.float32}
     values, size, scales = _gguf_block(quant)
     scale_bytes = torch.from_numpy(np.frombuffer(np.float16(2e-3).tobytes(), dtype=np.uint8).copy())
     with torch.device("meta"):
@@ -81,15 +84,15 @@ def random_gguf_state(config: dict, quant_name: str, seed: int = 0) -> dict:
     pool = RandomPool(seed)  # copies of one random pool: 17 GB of random bytes in seconds, not minutes
     state = {}
     for name, shape in shapes.items():
-        time_embedder = name.startswith("condition_embedder.time_embedder.")  # F16 in city96's files
-        if len(shape) == 2 and name.endswith(".weight") and shape[1] % values == 0 and not time_embedder:
+        kind = city96_type(to_original_key(name), tuple(shape))
+        if kind not in plain and shape[1] % values == 0:
             raw = pool.take(pool.bytes, shape[0] * (shape[1] // values * size)).view(shape[0], -1)
             blocks = raw.view(shape[0], -1, size)
             for lo, hi in scales:
                 blocks[..., lo:hi] = scale_bytes
             state[name] = GGUFParameter(raw, quant_type=quant)
         else:
-            state[name] = pool.weights(name, tuple(shape), torch.float16 if time_embedder else torch.bfloat16)
+            state[name] = pool.weights(name, tuple(shape), plain.get(kind, torch.float32))
     return to_original_state_dict(state)
 
 
@@ -196,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda and not args.tiny:
-        print("bench/gpu_memory.py needs a CUDA GPU (torch.cuda.is_available() is False). "
+        print("tools/gpu_memory.py needs a CUDA GPU (torch.cuda.is_available() is False). "
               "Use --tiny for a CPU dry run of the same code on a tiny config.", file=sys.stderr)
         return 2
     if args.tiny and args.vram == "group-offload" and not cuda:
