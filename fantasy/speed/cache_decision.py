@@ -14,21 +14,18 @@ and every process then sums the same table in the same order: the same ratio, bi
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from fantasy.model.frame_shards import shard_bounds
 
-if TYPE_CHECKING:
-    from fantasy.speed.parallel import TokenShard
-
 
 class CacheDecision:
     """Replaces `FBCHeadBlockHook._should_compute_remaining_blocks` (see the module docstring)."""
 
-    def __init__(self, hook, shard: TokenShard | None = None, group=None):
+    def __init__(self, hook, shard=None, group=None):
+        """`shard`: this process's `fantasy.speed.parallel.TokenShard` (None: one process); `group`: its group."""
         self.hook, self.shard, self.group = hook, shard, group
         self.ratios: deque[float] = deque(maxlen=4096)  # the latest ratios, for the log and the tests
 
@@ -56,7 +53,7 @@ class CacheDecision:
         return ratio > self.hook.threshold
 
 
-def install_cache_decision(transformer, shard: TokenShard | None = None, group=None) -> CacheDecision | None:
+def install_cache_decision(transformer, shard=None, group=None) -> CacheDecision | None:
     """Replace FirstBlockCache's decision by `CacheDecision` (one process: `shard` None), if the cache is on."""
     from diffusers.hooks import HookRegistry
 
