@@ -334,8 +334,8 @@ def test_compiled_blocks_refuse_an_uneven_split_on_every_rank(two_processes):
     for rank in (0, 1):
         message = (two_processes / f"compile-rank{rank}.txt").read_text()
         assert message == ("compiled blocks under context parallelism need the video tokens (175 = 5 latent frames "
-                           "x 5 x 7) and the 2 heads to divide by 2 processes; change the size or the frame count, "
-                           "or drop --compile")
+                           "x 5 x 7) to divide by 2 processes and the 2 heads by the Ulysses degree 2; change the size "
+                           "or the frame count, or drop --compile")
 
 
 @pytest.mark.slow

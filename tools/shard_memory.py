@@ -1,6 +1,6 @@
 """Parameter bytes per process when the DiT and umT5 are sharded with FSDP2 (`--vram sharded`), and per-GPU memory.
 
-    python -m tools.shard_memory --processes 1 2 3 [--root DIR] [--json PATH]
+    python -m tools.shard_memory --processes 1 2 3 [--root DIR] [--json PATH]   (~10 min on 2 CPU cores)
 
 Measured at the real widths with reduced depth (the configs of tests/test_real_width.py: the I2V-14B DiT with 1 of
 its 40 blocks, in bf16 and as city96's Q8_0 GGUF; umT5-XXL with 1 of its 24 layers and a 4,096-token vocabulary):
@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 GiB = 1024**3
@@ -28,26 +29,39 @@ DIT_BLOCKS, TEXT_LAYERS, TEXT_VOCAB = 40, 24, 256_384
 SMALL_BLOCKS, SMALL_LAYERS, SMALL_VOCAB = 1, 1, 4096  # tests/test_real_width.py's reduced depth
 
 
-def write_files(root: Path) -> Path:
-    """The DiT (bf16 single file and Q8_0 GGUF) and umT5 at real width, reduced depth, as the real preset reads them."""
-    from fantasy.weights.real import DIT_FILES
-    from tools import real_layout
+@dataclass(frozen=True)
+class Files:
+    """Where the measured models are: the DiT as a bf16 single file and as city96's Q8_0 GGUF (original Wan keys),
+    the folder holding the DiT's `config.json`, Wan-AI's `text_encoder/` folder."""
 
-    if (root / "done").exists():
-        return root
-    real_layout.write_umt5_folder(root / "text_encoder", SMALL_LAYERS, SMALL_VOCAB, max_shard_size="200MB")
-    config = real_layout.dit_config(SMALL_BLOCKS)
-    (root / "transformer").mkdir(parents=True, exist_ok=True)
+    dit_bf16: Path
+    dit_q8_0: Path
+    dit_config: Path
+    text_encoder: Path
+
+    def args(self) -> list[str]:
+        return [str(self.dit_bf16), str(self.dit_q8_0), str(self.dit_config), str(self.text_encoder)]
+
+
+def write_files(root: Path) -> Files:
+    """The DiT (bf16 single file and Q8_0 GGUF) and umT5 at real width, reduced depth, as the real preset reads them."""
     import torch
     from diffusers import WanTransformer3DModel
 
+    from tools import real_layout
+
+    files = Files(root / "dit-bf16.safetensors", root / "dit-q8_0.gguf", root / "transformer", root / "text_encoder")
+    if (root / "done").exists():
+        return files
+    real_layout.write_umt5_folder(files.text_encoder, SMALL_LAYERS, SMALL_VOCAB, max_shard_size="200MB")
+    config = real_layout.dit_config(SMALL_BLOCKS)
+    files.dit_config.mkdir(parents=True, exist_ok=True)
     with torch.device("meta"):
-        WanTransformer3DModel(**config).save_config(root / "transformer")
-    real_layout.write_city96_gguf(root / "dit-q8_0.gguf", config)
-    real_layout.write_bf16_single_file(root / "dit-bf16.safetensors", config)
-    assert DIT_FILES["bf16"].required[0].endswith(".safetensors")
+        WanTransformer3DModel(**config).save_config(files.dit_config)
+    real_layout.write_city96_gguf(files.dit_q8_0, config)
+    real_layout.write_bf16_single_file(files.dit_bf16, config)
     (root / "done").write_text("")
-    return root
+    return files
 
 
 def _split_bytes(model, blocks_prefix: str) -> dict[str, int]:
@@ -69,8 +83,8 @@ def embedding_bytes(text_encoder) -> int:
     return local.numel() * local.element_size()
 
 
-def worker(root: Path, out: Path) -> None:
-    """One process: load, shard over the launched group (if any), report its bytes."""
+def worker(files: Files, out: Path | None = None) -> dict:
+    """One process: load, shard over the launched group (if any), report its bytes (also to OUT/rankR.json)."""
     from types import SimpleNamespace
 
     import torch
@@ -81,16 +95,16 @@ def worker(root: Path, out: Path) -> None:
     from fantasy.weights.quantize import load_single_file_transformer
     from fantasy.weights.real import load_text_encoder
 
-    torch.set_num_threads(1)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
+        torch.set_num_threads(1)
         dist.init_process_group("gloo")
     rank = dist.get_rank() if world > 1 else 0
     report = {}
-    for storage, path in (("bf16", root / "dit-bf16.safetensors"), ("q8_0", root / "dit-q8_0.gguf")):
-        transformer = load_single_file_transformer(path, root / "transformer", torch.bfloat16,
+    for storage, path in (("bf16", files.dit_bf16), ("q8_0", files.dit_q8_0)):
+        transformer = load_single_file_transformer(path, files.dit_config, torch.bfloat16,
                                                    gguf=path.suffix == ".gguf")
-        text_encoder = load_text_encoder(root / "text_encoder", torch.bfloat16) if storage == "bf16" else None
+        text_encoder = load_text_encoder(files.text_encoder, torch.bfloat16) if storage == "bf16" else None
         if world > 1:
             mesh = init_device_mesh("cpu", (world,))
             shard_weights(SimpleNamespace(transformer=transformer, text_encoder=text_encoder), mesh)
@@ -99,19 +113,23 @@ def worker(root: Path, out: Path) -> None:
             report["umt5"] = _split_bytes(text_encoder, "encoder.block.")
             report["umt5"]["embedding"] = embedding_bytes(text_encoder)
         del transformer, text_encoder
-    (out / f"rank{rank}.json").write_text(json.dumps(report))
+    if out is not None:
+        (out / f"rank{rank}.json").write_text(json.dumps(report))
     if world > 1:
         dist.destroy_process_group()
+    return report
 
 
-def measure(root: Path, processes: int, out: Path) -> list[dict]:
-    """Each process's report for a run of `processes` (1: no group, no sharding)."""
+def measure(files: Files, processes: int, out: Path) -> list[dict]:
+    """Each process's report for a run of `processes` (1: no group, no sharding), each in its own process."""
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
-    args = ["-m", "tools.shard_memory", "--worker", str(root), str(out)]
+    args = ["-m", "tools.shard_memory", "--worker", *files.args(), str(out)]
     command = [sys.executable, *args] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), *args]
-    subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{processes} processes failed:\n{done.stderr[-3000:]}")
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
 
 
@@ -131,9 +149,11 @@ def full_model_bytes(report: dict) -> dict[str, int]:
 
 def per_gpu_table(whole: dict[str, int], gpus: tuple[int, ...] = (1, 2, 4, 8), size: int = 512,
                   frames: int = 81, batch: int = 1) -> list[dict]:
-    """GiB per GPU for each DiT storage and GPU count: today (every GPU holds the whole pipeline, umT5 streamed
-    from host RAM a layer at a time) and sharded (DiT and umT5 split N ways; 2 DiT blocks or umT5's embedding
-    gathered at a time). `whole`: `full_model_bytes` of the 1-process run."""
+    """GiB per GPU for each DiT storage and GPU count under context parallelism, with the rule of
+    `fantasy.weights.dit_choice` (its figures for what is not measured here): `resident` (every GPU holds the
+    whole DiT, umT5 comes to the GPU while it encodes) and `sharded` (DiT and umT5 split N ways; two DiT blocks,
+    or umT5's embedding and two layers, gathered at a time). Activations are split N ways by context parallelism
+    in both. `whole`: `full_model_bytes` of the 1-process run."""
     from fantasy.weights.dit_choice import (
         ACTIVATION_BYTES_PER_TOKEN,
         AUDIO_PARAMS,
@@ -151,28 +171,30 @@ def per_gpu_table(whole: dict[str, int], gpus: tuple[int, ...] = (1, 2, 4, 8), s
     for storage in ("bf16", "q8_0"):
         dit, block = whole[f"dit_{storage}"], whole[f"dit_{storage}_block"]
         for n in gpus:
-            transient = max(activations // n, VAE_DECODE_BYTES)
-            today = dit + replicated + max(umt5_layer, transient) + MARGIN_BYTES
+            resident = dit + replicated + max(whole["umt5"], activations // n, VAE_DECODE_BYTES) + MARGIN_BYTES
             gathered = max(2 * block, whole["umt5_embedding"] + 2 * umt5_layer)
-            sharded = (dit + whole["umt5"]) / n + gathered + replicated + transient + MARGIN_BYTES
-            rows.append({"storage": storage, "gpus": n, "params_per_gpu_gib": (dit + whole["umt5"]) / n / GiB,
-                         "today_gib": today / GiB, "sharded_gib": (sharded if n > 1 else today) / GiB})
+            sharded = ((dit + whole["umt5"]) // n + gathered + replicated + max(activations // n, VAE_DECODE_BYTES)
+                       + MARGIN_BYTES)
+            rows.append({"storage": storage, "gpus": n, "shards_gib": round((dit + whole["umt5"]) / n / GiB, 1),
+                         "resident_gib": round(resident / GiB, 1),
+                         "sharded_gib": round(sharded / GiB, 1) if n > 1 else None})
     return rows
 
 
 def format_table(reports: dict[int, list[dict]], rows: list[dict]) -> str:
-    lines = ["parameter bytes per process at real width, reduced depth (DiT 1 block, umT5 1 layer, vocab 4,096):", "",
+    lines = ["Parameter bytes per process at real width, reduced depth (DiT 1 block, umT5 1 layer, vocab 4,096):", "",
              "| processes | rank | DiT bf16 (MB) | DiT Q8_0 (MB) | umT5 bf16 (MB) |", "|---|---|---|---|---|"]
     for n, ranks in sorted(reports.items()):
         for r, rep in enumerate(ranks):
             total = {k: (rep[k]["blocks"] + rep[k]["rest"]) / 1e6 for k in ("dit_bf16", "dit_q8_0", "umt5")}
             lines.append(f"| {n} | {r} | {total['dit_bf16']:.1f} | {total['dit_q8_0']:.1f} | {total['umt5']:.1f} |")
-    lines += ["", "per-GPU memory at 512x512x81, on paper (GiB):", "",
-              "| DiT | GPUs | DiT + umT5 parameters per GPU | today (whole pipeline per GPU) | --vram sharded |",
+    lines += ["", "Per GPU at 512x512x81, on paper (GiB):", "",
+              "| DiT | GPUs | DiT + umT5 parameters per GPU, sharded | `--vram resident` | `--vram sharded` |",
               "|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['storage']} | {row['gpus']} | {row['params_per_gpu_gib']:.1f} | {row['today_gib']:.1f} "
-                     f"| {row['sharded_gib']:.1f} |")
+        sharded = "—" if row["sharded_gib"] is None else f"{row['sharded_gib']:.1f}"
+        lines.append(f"| {row['storage']} | {row['gpus']} | {row['shards_gib']:.1f} | {row['resident_gib']:.1f} "
+                     f"| {sharded} |")
     return "\n".join(lines)
 
 
@@ -181,13 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--root", default=None, help="where the real-width files are (written once; default: temp)")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--worker", nargs=2, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=5, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(Path(args.worker[0]), Path(args.worker[1]))
+        *paths, out = args.worker
+        worker(Files(*map(Path, paths)), Path(out))
         return 0
-    root = write_files(Path(args.root or Path(tempfile.gettempdir()) / "fantasy-shard-bench"))
-    reports = {n: measure(root, n, root / f"run-{n}") for n in args.processes}
+    root = Path(args.root or Path(tempfile.gettempdir()) / "fantasy-shard-bench")
+    files = write_files(root)
+    reports = {n: measure(files, n, root / f"run-{n}") for n in args.processes}
     whole = full_model_bytes(reports[1][0]) if 1 in reports else None
     rows = per_gpu_table(whole) if whole else []
     print(format_table(reports, rows))

@@ -98,9 +98,9 @@ class TokenShard:
         uneven = self.total % self.world != 0 or (ulysses and self.heads % self.ulysses_degree != 0)
         hybrid = ulysses and self.ring_degree > 1
         if uneven and (self.compiled or hybrid):
-            why = "Ulysses x ring" if hybrid else "compiled blocks under context parallelism"
+            why = "Ulysses x ring needs" if hybrid else "compiled blocks under context parallelism need"
             raise InvalidSetting(
-                f"{why} needs the video tokens ({self.total} = {frames // pt} latent frames x {height // ph} x "
+                f"{why} the video tokens ({self.total} = {frames // pt} latent frames x {height // ph} x "
                 f"{width // pw}) to divide by {self.world} processes and the {self.heads} heads by the Ulysses "
                 f"degree {self.ulysses_degree}; change the size or the frame count"
                 + (", or drop --compile" if self.compiled else "")
