@@ -607,14 +607,21 @@ def run(args) -> int:
         raise FantasyError("Ray Serve is not installed: pip install -r requirements-serve.txt") from None
     from fantasy.stop import stop_on_signals
 
-    ray.init(address=args.address, runtime_env={"env_vars": {"PYTHONPATH": package_root()}},
-             include_dashboard=False)
+    # The actors' logs stay in Ray's log folder: forwarded here they would print every request and, on a stop,
+    # the tracebacks of the streams Serve cuts (not ours to show).
+    context = ray.init(address=args.address, runtime_env={"env_vars": {"PYTHONPATH": package_root()}},
+                       include_dashboard=False, log_to_driver=False)
+    logs = Path(context.address_info.get("session_dir") or tempfile.gettempdir()) / "logs"
     with stop_on_signals():  # again: ray.init replaced our SIGTERM handler with a bare exit
         try:
             serve.start(http_options={"host": args.host, "port": args.port})
             print(f"serving {config.replicas} replica(s) of the {config.preset} preset on http://{args.host}:"
-                  f"{args.port} (queue bound {config.max_queued}); Ctrl-C stops", flush=True)
-            serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=True)
+                  f"{args.port} (queue bound {config.max_queued}); Ctrl-C stops; Ray's logs: {logs}", flush=True)
+            try:
+                serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=True)
+            except RuntimeError as exc:  # Serve's "Deploying application ... failed", with the replica's error
+                raise FantasyError(f"the replicas did not start: {str(exc).strip().splitlines()[-1]} (Ray's logs: "
+                                   f"{logs})") from None
         finally:  # a stop signal too: the replicas stop their generations and remove their requests' files
             shut_down(config, started_here=args.address is None)
     return 0
