@@ -5,13 +5,16 @@ The public API (README, Python API) is importable from here:
     from fantasy import FantasyTalkingPipeline, Settings, generate, get_preset, load_pipeline
 
 Each name is loaded on first use (PEP 562), so `import fantasy` itself imports none of torch, diffusers or
-Gradio. The package is usable without Gradio; the page (`fantasy.app.ui`, behind `app.py` and `fantasy-studio`) is
+Gradio. It does install `fantasy.quiet`'s filters, so every path (the API, the CLI, the app, `fantasy serve`'s
+replicas) drops the same known import noise of those libraries. The package is usable without Gradio; the page (`fantasy.app.ui`, behind `app.py` and `fantasy-studio`) is
 a thin UI over this API and `fantasy.app`.
 """
 
 from __future__ import annotations
 
 import importlib
+
+from fantasy import quiet  # noqa: F401  (first: drops the known import noise of the libraries the API loads)
 
 __version__ = "0.1.0"
 
@@ -29,6 +32,8 @@ _PUBLIC = {
     "SpeedOptions": "fantasy.speed.switches",
     "apply_speed": "fantasy.speed.switches",
     "FantasyError": "fantasy.errors",
+    "Progress": "fantasy.progress",
+    "ConsoleProgress": "fantasy.progress",
 }
 __all__ = sorted(_PUBLIC)
 

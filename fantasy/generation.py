@@ -27,6 +27,7 @@ from fantasy.model.preview import LivePreview
 from fantasy.model.prompts import DEFAULT_PROMPT  # noqa: F401 (re-exported)
 from fantasy.model.sampling import passes_needed
 from fantasy.model.windows import split_into_windows
+from fantasy.progress import ProgressClock, ProgressFn
 from fantasy.release import check_release_pipeline, release_frame_count
 from fantasy.settings import DEFAULT_SEED, Result, Settings  # noqa: F401 (DEFAULT_SEED re-exported)
 from fantasy.weights.presets import Preset
@@ -67,9 +68,6 @@ def prepare_inputs(image: str | Path | Image.Image, audio: str | Path, settings:
     return PreparedInputs(portrait, speech.samples, num_frames, seconds, cut, [note] if note else [])
 
 
-ProgressFn = Callable[[str, float], None]  # (stage, fraction of that stage done)
-
-
 def generate(
     pipe: FantasyTalkingPipeline,
     image: str | Path | Image.Image,
@@ -92,6 +90,8 @@ def generate(
     module loaded, the face crop comes from `face_image` or else from the face backend (dlib) on the portrait.
     `settings.release`: only the release's clip, decoded as the release decodes (`fantasy.release`).
     `preview` gets each window's denoising estimate as a small clip (see `fantasy.model.preview`).
+    `progress` gets a `fantasy.progress.Progress` after every denoising step and every decoded chunk (steps,
+    window, elapsed times, ETAs); `fantasy.progress.ConsoleProgress()` shows them as the CLI does.
     `inputs`: what `prepare_inputs(image, audio, settings)` already returned (the app and the CLI check
     their inputs before loading or queueing, and the speech is decoded once).
 
@@ -109,11 +109,16 @@ def generate(
         check_target(out_path, 2 * inputs.output_bytes(settings.fps))  # the encoded stream and the muxed copy
     if pipe.identity_context is not None and face_image is None:
         face_image = portrait_face_crop(inputs.portrait)
-    report = progress or (lambda stage, fraction: None)
+    report = progress or (lambda event: None)
     windows = plan_windows(inputs.num_frames, settings.max_frames)
+    clock = ProgressClock(len(windows), settings.steps, inputs.num_frames)
     audio_for = _audio_windows(pipe, inputs, settings, single_clip=len(windows) == 1)
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     width, height = inputs.portrait.size
+
+    def on_step(done: int, total: int) -> None:
+        clock.steps = total  # the sampler's own count
+        report(clock.denoised(done))
 
     writer_for = Mp4Writer if out_path is not None else _FrameTally
     with writer_for(out_path, settings.fps, width, height, audio_path=audio) as writer:
@@ -121,9 +126,7 @@ def generate(
         for index, window in enumerate(windows):
             audio_windows, audio_lengths = audio_for(window)
 
-            def on_step(done: int, total: int, index: int = index) -> None:
-                report("denoise", (index + done / total) / len(windows))
-
+            clock.window_begins(index)
             latents = pipe(
                 image=inputs.portrait, audio_windows=audio_windows, audio_lengths=audio_lengths,
                 prompt=settings.prompt, negative_prompt=settings.negative_prompt, num_frames=window.length,
@@ -150,7 +153,7 @@ def generate(
                 if on_frames is not None:
                     on_frames(new)
                 tail = new if tail is None else np.concatenate([tail, new])[-MOTION_FRAMES:]
-                report("decode", writer.frames_written / inputs.num_frames)
+                report(clock.decoded(writer.frames_written))
     return Result(
         path=None if out_path is None else Path(out_path), num_frames=writer.frames_written, fps=settings.fps,
         width=width, height=height,

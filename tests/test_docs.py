@@ -173,11 +173,14 @@ def command_problems(command: str, monkeypatch) -> str | None:
         return "; ".join(f"no {f}" for f in files if not (ROOT / f).is_file()) or None
     if words[:3] in (["python", "-m", "pytest"], ["python3", "-m", "pytest"]):
         return None
-    if "fantasy" in words and words[words.index("fantasy") - 1] == "-m":
-        from fantasy.cli import build_parser
-        from fantasy.cli import main as run
-        build_parser()  # its imports, before processes are refused below (some libraries start one at import)
+    if "fantasy" in words and (words[0] == "fantasy" or words[words.index("fantasy") - 1] == "-m"):  # or the script
+        from fantasy.cli import build_parser, command_in
+
         args = words[words.index("fantasy") + 1:]
+        parser = build_parser(command_in(args))  # its imports, before processes are refused below
+
+        def run(words: list[str]):  # looked up when called: after parse_args is replaced below
+            return parser.parse_args(words)
     elif "app.py" in words:
         from fantasy.app.ui import parse_args as run
         args = words[words.index("app.py") + 1:]

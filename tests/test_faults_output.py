@@ -59,8 +59,8 @@ def test_disk_filling_up_during_the_write_leaves_nothing_and_keeps_the_old_file(
         out.write_bytes(PREVIOUS)
         filled: list[Path] = []
 
-        def progress(stage: str, fraction: float) -> None:
-            if stage == "decode" and not filled:  # the first frames are in the encoder: now the disk is full
+        def progress(event) -> None:
+            if event.stage == "decode" and not filled:  # the first frames are in the encoder: now the disk is full
                 filled.append(fill(disk))
 
         with pytest.raises(OutputError, match=r"^could not (encode|write) 'o\.mp4': .*No space left on device$"):
@@ -131,8 +131,8 @@ def test_two_runs_to_one_path_use_their_own_temporary_files(tiny_pipe, tmp_path,
     def run(pipe) -> None:
         waited = []
 
-        def progress(stage: str, fraction: float) -> None:
-            if stage == "decode" and not waited:
+        def progress(event) -> None:
+            if event.stage == "decode" and not waited:
                 waited.append(True)
                 both_writing.wait()  # both runs are writing beside the same target now
 

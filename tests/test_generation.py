@@ -68,7 +68,7 @@ SETTINGS = Settings(prompt="a prompt", negative_prompt="a negative", seed=7, ste
 def test_every_setting_reaches_the_pipeline_in_every_window(four_seconds, tmp_path):
     pipe, progress, face = RecordingPipe(steps=3), [], Image.new("RGB", (32, 32))
     result = generate(pipe, EXAMPLE_IMAGE, four_seconds, tmp_path / "o.mp4", SETTINGS, get_preset("tiny"),
-                      progress=lambda stage, fraction: progress.append((stage, fraction)), face_image=face,
+                      progress=lambda event: progress.append((event.stage, event.fraction)), face_image=face,
                       preview=RecordingPreview())
     portrait = prepare_inputs(EXAMPLE_IMAGE, four_seconds, SETTINGS.resolved(get_preset("tiny"))).portrait
     assert len(pipe.calls) == 2  # 97 frames: windows of 81 and 21 (16 new after 5 motion frames)

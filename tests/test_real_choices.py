@@ -173,7 +173,7 @@ def test_the_cli_result_line_and_the_app_status_line_show_the_choice(monkeypatch
                  "--batch-guidance"])
     assert code == 0
     assert seen == {"preset": "real", "dit": None, "vram": "resident", "weights": None, "fit_size": 64,
-                    "fit_frames": 9, "fit_batch": 3}
+                    "fit_frames": 9, "fit_batch": 3, "comfy_models": None}
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.endswith(f"; DiT: bf16 (auto: bf16 needs ~{bf16_need_bytes('resident', 64) / GiB:.1f} GiB at 64 px, "
                          "79.0 GiB free)")
@@ -185,8 +185,12 @@ def test_the_cli_result_line_and_the_app_status_line_show_the_choice(monkeypatch
     assert " · DiT " not in studio.status(job, state="Starting")  # the tiny preset has no choice to show
 
 
-def test_app_asks_the_loader_to_fit_the_largest_resolution():
+def test_app_asks_the_loader_to_fit_the_largest_resolution(tmp_path, monkeypatch):
+    monkeypatch.delenv("FANTASY_COMFY_MODELS", raising=False)
     args = app.parse_args(["--batch-guidance"])
-    assert app.real_options(args) == {"dit": None, "vram": "resident", "fit_size": 1024, "fit_batch": 3}
+    assert app.real_options(args) == {"dit": None, "vram": "resident", "fit_size": 1024, "fit_batch": 3,
+                                      "comfy_models": None}
+    (tmp_path / "vae").mkdir()
+    assert app.real_options(app.parse_args(["--comfy-models", str(tmp_path)]))["comfy_models"] == tmp_path
     assert app.real_options(app.parse_args(["--dit", "q4_k_m", "--vram", "model-offload"]))["dit"] == "q4_k_m"
     assert get_preset("real").longest_edge <= app.APP_MAX_EDGE

@@ -162,3 +162,13 @@ def test_a_clip_that_fails_to_decode_once_is_read_again(monkeypatch, tmp_path):
     with pytest.raises(UnsupportedVideo, match="timeout"):
         vae_trainer._read_frames(tmp_path / "x.mp4", tries=2)
     assert len(calls) == 2
+
+
+def test_the_vae_settings_ignore_diffusers_bookkeeping():
+    """`_use_default_values` is a set in diffusers: its order differs between processes, which stopped a resume."""
+    from fantasy.train.vae_trainer import architecture
+
+    a = {"base_dim": 12, "z_dim": 16, "_use_default_values": ["dropout", "patch_size"], "latents_mean": [0.0]}
+    b = {"z_dim": 16, "base_dim": 12, "_use_default_values": ["patch_size", "dropout"], "latents_mean": [0.3]}
+    assert architecture(a) == architecture(b) == {"base_dim": 12, "z_dim": 16}
+    assert architecture({**a, "base_dim": 16}) != architecture(b)

@@ -14,31 +14,43 @@ from fantasy.speed.distill import FEW_STEP_AUDIO_GUIDANCE, FEW_STEP_TEXT_GUIDANC
 from fantasy.weights.presets import Preset
 
 __all__ = [  # the page's defaults and limits: the prompt, the seed, the resolution slider, the preview budget
-    "DEFAULT_PROMPT", "DEFAULT_SEED", "MIN_SIDE", "PREVIEW_BUDGET", "SIDE_MULTIPLE", "default_preset", "slider_defaults",
+    "DEFAULT_PROMPT", "DEFAULT_SEED", "MIN_SIDE", "PREVIEW_BUDGET", "SIDE_MULTIPLE", "auto_preset", "default_preset",
+    "slider_defaults",
 ]
 
 
-def default_preset(adapter: str | None = None) -> str:
-    """`real` when a CUDA GPU, the base weights (under `weights/` or in the Hub cache) and the adapter are there.
+def default_preset(adapter: str | None = None, comfy_models: str | None = None, weights: str | None = None) -> str:
+    """`--preset auto`, the app's and the CLI's default: the preset `auto_preset` picks."""
+    return auto_preset(adapter, weights, comfy_models)[0]
 
+
+def auto_preset(adapter: str | None = None, weights: str | None = None,
+                comfy_models: str | None = None) -> tuple[str, str]:
+    """(preset, why): `real` when a CUDA GPU, the base weights (under `weights` / `weights/` or in the Hub cache)
+    and the adapter are there, else `tiny`. The one place that decides `auto` (app and CLI alike).
+
+    A ComfyUI folder (`comfy_models`, else $FANTASY_COMFY_MODELS) supplies the files it holds.
     The adapter is `adapter` (--adapter / FANTASY_ADAPTER) when given, else the released one; a given
     adapter that does not exist is an error (`InputFileNotFound`), never a silent switch to `tiny`.
     """
     import torch
 
+    from fantasy.weights.comfy_folder import comfy_models_dir
     from fantasy.weights.real import check_real_weights, given_adapter, weights_dir
 
     if adapter is not None:
         given_adapter(adapter)
     if not torch.cuda.is_available():
-        return "tiny"
+        return "tiny", "no CUDA GPU"
+    comfy = comfy_models_dir(comfy_models)  # --comfy-models or $FANTASY_COMFY_MODELS: its files count as on disk
+    missing = None
     for dit in ("q8_0", "bf16"):  # either DiT file will do: `--dit` auto picks among what is on disk
         try:
-            check_real_weights(weights_dir(), dit, adapter)
-            return "real"
-        except WeightsMissing:
-            continue
-    return "tiny"
+            check_real_weights(weights_dir(weights), dit, adapter, comfy)
+            return "real", "a CUDA GPU and the real weights"
+        except WeightsMissing as exc:
+            missing = missing or exc
+    return "tiny", f"the real weights are incomplete ({missing})"
 
 
 def slider_defaults(pipe, preset: Preset) -> dict[str, float]:

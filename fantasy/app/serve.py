@@ -553,36 +553,6 @@ def package_root() -> str:
     return str(Path(__file__).resolve().parents[2])
 
 
-def add_parser(subparsers) -> None:
-    from fantasy.app.flags import add_speed_flags
-
-    p = subparsers.add_parser(
-        "serve", help="serve generations with Ray Serve: one replica per GPU, a bounded queue, streamed events",
-        description="Start a Ray Serve application (pip install -r requirements-serve.txt): --replicas copies of "
-                    "the pipeline (one GPU each on a GPU machine), each running one generation at a time; "
-                    "requests past --max-queued waiting ones get HTTP 503. GET /info; POST /generate with "
-                    "multipart image, audio and controls (JSON) streams NDJSON events (progress, mp4 chunks, "
-                    "the finished mp4). `python app.py --serve URL` puts the web page in front of it.",
-    )
-    p.add_argument("--preset", default="tiny", choices=["tiny", "real"])
-    p.add_argument("--adapter", default=None, help="adapter or training checkpoint (default: the preset's)")
-    p.add_argument("--replicas", type=int, default=None, help="pipelines to load (default: one per GPU, else 1)")
-    p.add_argument("--gpus-per-replica", type=float, default=None, help="default 1 on a GPU machine, else 0")
-    p.add_argument("--cpus-per-replica", type=float, default=1.0)
-    p.add_argument("--max-queued", type=int, default=DEFAULT_MAX_QUEUED,
-                   help=f"waiting requests before new ones get 503 (default {DEFAULT_MAX_QUEUED})")
-    p.add_argument("--host", default="127.0.0.1", help="HTTP address (0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--address", default=None, help="an existing Ray cluster (default: start one on this machine)")
-    p.add_argument("--face-check", action="store_true", help="run the face check on the replicas too")
-    p.add_argument("--context-parallel", type=int, default=1, metavar="N",
-                   help="one replica per N GPUs, each video split over them (see generate --context-parallel)")
-    p.add_argument("--work-dir", default=None, metavar="DIR",
-                   help="where replicas keep requests' uploads and videos while they run (default: the temp folder)")
-    add_speed_flags(p)
-    p.set_defaults(run=run)
-
-
 def run(args) -> int:
     """`python -m fantasy serve`: start Ray and Serve, deploy, and serve until interrupted."""
     import torch

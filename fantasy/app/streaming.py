@@ -23,6 +23,7 @@ import numpy as np
 from fantasy.errors import GenerationCancelled
 from fantasy.media.output import temp_path
 from fantasy.media.video import Mp4Writer, mux_audio
+from fantasy.progress import Progress
 
 if TYPE_CHECKING:
     from fantasy.app.parallel_jobs import JobChannel
@@ -234,11 +235,11 @@ def stream_generate(
 
     steps_run = 0
 
-    def on_progress(stage: str, fraction: float) -> None:
+    def on_progress(event: Progress) -> None:
         nonlocal steps_run
         check_cancel()
-        steps_run += stage == "denoise"
-        events.put(StageProgress(stage, fraction))
+        steps_run += event.stage == "denoise"
+        events.put(StageProgress(event.stage, event.fraction))
 
     def work() -> None:
         writer: ChunkWriter | None = None

@@ -31,9 +31,12 @@ import gradio as gr
 from PIL import UnidentifiedImageError
 
 from fantasy.app.flags import (
+    PRESET_NAMES,
+    add_lora_flags,
     add_parallel_flags,
     add_real_flags,
     add_speed_flags,
+    lora_option,
     parallel_option,
     speed_options,
 )
@@ -60,6 +63,7 @@ from fantasy.app.validation import (
 from fantasy.errors import FantasyError, GenerationCancelled, InvalidSetting
 from fantasy.examples import example_file
 from fantasy.stop import StopRequested, stop_on_signals
+from fantasy.weights.loras import load_loras
 from fantasy.weights.presets import Preset, get_preset
 
 EXAMPLES = [[str(example_file("portrait.png")), str(example_file("speech.wav"))]]
@@ -408,11 +412,13 @@ BODY_INFO = {False: "Motion wording in the prompt; 'motionless' in the negative 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="FantasyTalking Studio web app")
-    parser.add_argument("--preset", choices=["tiny", "real"], default=None,
-                        help="default: real with a CUDA GPU and the weights present, else tiny (demo, output is noise)")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default=None,
+                        help="default (auto, as the CLI's): real with a CUDA GPU and the weights present, else tiny "
+                             "(demo, output is noise)")
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=None, help="port (default: first free from 7860)")
     parser.add_argument("--share", action="store_true", help="public gradio.live link (needs internet access)")
+    add_lora_flags(parser)
     add_speed_flags(parser)
     add_parallel_flags(parser)
     parser.add_argument("--serve", default=None, metavar="URL",
@@ -429,8 +435,12 @@ APP_MAX_EDGE = 1024  # the resolution slider's maximum: the automatic DiT choice
 
 
 def real_options(args: argparse.Namespace) -> dict[str, Any]:
-    """`load_pipeline` options of the real preset: DiT storage (auto: fits the largest resolution), VRAM mode."""
-    return {"dit": args.dit, "vram": args.vram, "fit_size": APP_MAX_EDGE, "fit_batch": 3 if args.batch_guidance else 1}
+    """`load_pipeline` options of the real preset: DiT storage (auto: fits the largest resolution), VRAM mode, the
+    ComfyUI folder whose files it reads."""
+    from fantasy.app.flags import comfy_option
+
+    return {"dit": args.dit, "vram": args.vram, "fit_size": APP_MAX_EDGE, "fit_batch": 3 if args.batch_guidance else 1,
+            "comfy_models": comfy_option(args, "real")}
 
 
 def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
@@ -444,8 +454,9 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
             raise InvalidSetting("--serve runs every generation on the deployment: drop --context-parallel here and "
                                  "start the deployment with `python -m fantasy serve --context-parallel N`")
         return create_front_end(args.serve)
-    preset = get_preset(args.preset or default_preset(args.adapter))
+    preset = get_preset(args.preset or default_preset(args.adapter, args.comfy_models))
     options = speed_options(args)  # spelling errors before the models load
+    loras, lora_states = lora_option(args)  # every LoRA file read and checked before the models load
     parallel = parallel_option(args, vram=args.vram if preset.name == "real" else "resident", heads=preset.dit_heads)
     channel, device = None, None
     if parallel is not None:
@@ -454,8 +465,13 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
         channel, device = join_group(timeout_s=parallel.timeout_s)
     say = print if channel is None or channel.leader else (lambda *a, **k: None)
     say(f"[app] preset {preset.name}: {preset.summary}", flush=True)
+
+    def with_loras(pipe) -> None:
+        for applied in load_loras(pipe, loras, fuse=options.fuse_lora, states=lora_states):
+            say(f"[app] {applied}", flush=True)
+
     pipe, lines = load_in_group(preset, device, args.adapter, real_options(args) if preset.name == "real" else None,
-                                options, parallel)  # the same weights in every process of a group
+                                options, parallel, before_speed=with_loras)  # the same weights in every process
     if getattr(pipe, "dit_choice", None) is not None:
         say(f"[app] DiT: {pipe.dit_choice.describe()}", flush=True)
     for line in lines:

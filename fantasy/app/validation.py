@@ -94,6 +94,13 @@ def default_face_check(device: str | None = None, allow_download: bool | None = 
     return FaceChecker(check, f"face check: on ({analyzer.name})")
 
 
+def check_face(portrait: Image.Image, checker: FaceChecker) -> str:
+    """The face check on a loaded portrait (the app's and the CLI's): the status line's words, or `NoFaceFound`."""
+    if checker.check is None:
+        return checker.note
+    return checker.check(_face_input(portrait)) or checker.note
+
+
 def _face_input(image: Image.Image) -> np.ndarray:
     if max(image.size) > FACE_CHECK_EDGE:
         image = image.copy()
@@ -146,10 +153,7 @@ def check_inputs(
     limit_s = duration_limit(max_duration_s)
     settings = replace(settings, max_duration=limit_s).resolved(preset)
     portrait = load_portrait(image)
-    checker = face_checker or FaceChecker(None, "face check skipped")
-    face_note = checker.note
-    if checker.check is not None:
-        face_note = checker.check(_face_input(portrait)) or checker.note
+    face_note = check_face(portrait, face_checker or FaceChecker(None, "face check skipped"))
     inputs = prepare_inputs(portrait, audio, settings)
     notices = list(inputs.notices)
     if inputs.speech_cut:

@@ -19,6 +19,7 @@ import torch
 
 from fantasy.bench.report import environment, table
 from fantasy.examples import example_file
+from fantasy.progress import Progress
 from fantasy.speed.switches import SpeedOptions
 
 
@@ -41,8 +42,8 @@ class StageClock:
     started: float = field(default_factory=time.perf_counter)
     events: list[tuple[str, float]] = field(default_factory=list)
 
-    def __call__(self, stage: str, fraction: float) -> None:
-        self.events.append((stage, time.perf_counter()))
+    def __call__(self, event: Progress) -> None:
+        self.events.append((event.stage, time.perf_counter()))
 
     def split(self, finished: float) -> dict:
         step_gaps, first_steps, decode = [], [], 0.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -120,7 +121,8 @@ def _read_any(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int, f
     says is refused, not animated shorter.
     """
     try:
-        with soundfile.SoundFile(str(path)) as sound:
+        # bytes: soundfile encodes a str path strictly, so a name that is not UTF-8 would fail there
+        with soundfile.SoundFile(os.fsencode(path)) as sound:
             frames = -1 if max_seconds is None else math.ceil(max_seconds * sound.samplerate)
             data = sound.read(frames=frames, dtype="float32", always_2d=True)
             rate, stated_frames, wav = sound.samplerate, sound.frames, sound.format == "WAV"

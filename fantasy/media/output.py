@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -148,8 +149,13 @@ def ffmpeg_failure(returncode: int, stderr: str, paths: dict[Path, str] | None =
 
 
 def publish(tmp: Path, target: Path) -> Path:
-    """Move the verified file into place in one step; an existing target is replaced only now."""
-    os.replace(tmp, target)
+    """Move the verified file into place in one step; an existing target is replaced only now.
+
+    `check_replaceable` refuses the known causes before any work; this is the backstop for the rest."""
+    try:
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise OutputError(f"could not replace '{display_name(target)}': {exc.strerror or exc}") from None
     return target
 
 
@@ -203,3 +209,81 @@ def remove_quietly(*paths: Path) -> None:
 
 def _mb(num_bytes: float) -> str:
     return f"{num_bytes / 1e6:.1f} MB"
+
+
+# ---- outputs that would destroy an input, or could not be replaced ---------------------------------------------
+
+FS_IOC_GETFLAGS = 0x80086601  # <linux/fs.h>: the inode flags `lsattr` shows
+FS_UNREPLACEABLE_FLAGS = {0x10: "immutable (chattr +i)", 0x20: "append-only (chattr +a)"}
+
+
+def printable(text: str | Path) -> str:
+    """Text (a path) as a console can show it: bytes of a name that are not UTF-8 (kept by Python as surrogates)
+    become backslash escapes (\\xNN) instead of failing the print."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def display_name(path: str | Path) -> str:
+    """A file's name (no folder) as a message can show it (`printable`)."""
+    return printable(Path(path).name)
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file (device and inode: links, `./` and `..` spellings alike)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def check_not_an_input(target: str | Path, inputs: dict[str, str | Path | None], what: str = "the output") -> None:
+    """Refuse to write `target` onto one of `inputs` ({name for the message: path}), which it would destroy."""
+    for name, path in inputs.items():
+        if path is not None and same_file(target, path):
+            raise OutputError(f"{what} '{display_name(target)}' is the same file as {name}: writing it would "
+                              "overwrite that input; choose another name")
+
+
+def check_replaceable(target: str | Path, what: str = "the output") -> None:
+    """Refuse an existing `target` that the final rename could not replace, before any work: not a regular file,
+    immutable or append-only, or in a sticky folder (like /tmp) owned by another user."""
+    path = Path(target)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OutputError(f"cannot use {what} '{display_name(path)}': {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise OutputError(f"{what} '{display_name(path)}' is a directory: give a file name")
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
+        raise OutputError(f"{what} '{display_name(path)}' exists and is not a regular file: give another name")
+    flags = _inode_flags(path) if stat.S_ISREG(info.st_mode) else 0
+    for flag, words in FS_UNREPLACEABLE_FLAGS.items():
+        if flags & flag:
+            raise OutputError(f"{what} '{display_name(path)}' exists and is {words}, so it cannot be replaced: "
+                              "give another name, or clear the flag with chattr")
+    folder = os.stat(path.parent)
+    user = os.geteuid() if hasattr(os, "geteuid") else 0
+    if folder.st_mode & stat.S_ISVTX and user not in (0, info.st_uid, folder.st_uid):
+        raise OutputError(f"{what} '{display_name(path)}' belongs to another user in a shared folder (sticky bit), "
+                          "so it cannot be replaced: give another name")
+
+
+def _inode_flags(path: Path) -> int:
+    """The file's inode flags (Linux `FS_IOC_GETFLAGS`), 0 where they cannot be read."""
+    try:
+        import array
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except (ImportError, OSError):
+        return 0
+    try:
+        flags = array.array("l", [0])
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+        return int(flags[0])
+    except OSError:  # the file system keeps no such flags
+        return 0
+    finally:
+        os.close(fd)

@@ -11,8 +11,12 @@ import sys
 from pathlib import Path
 
 from fantasy.errors import FantasyError
-from fantasy.face.analyzer import BACKENDS, DEFAULT_BACKEND
-from fantasy.metrics.sync import DEFAULT_MAX_LAG
+
+# The names `--help` shows, spelled out so that building the parser imports nothing (tests/test_cli.py keeps them
+# equal to fantasy.face.analyzer.BACKENDS, DEFAULT_BACKEND and fantasy.metrics.sync.DEFAULT_MAX_LAG).
+BACKENDS = ("dlib", "face-alignment")
+DEFAULT_BACKEND = "dlib"
+DEFAULT_MAX_LAG = 5
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

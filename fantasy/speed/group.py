@@ -196,6 +196,15 @@ def agree_min(value: int) -> int:
     return min(values)
 
 
+def agree_first(value):
+    """Rank 0's `value` (any picklable object), in every process."""
+    if not in_group():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, group=_agreement_group())
+    return box[0]
+
+
 def agree_all(flag: bool) -> bool:
     """True in every process if `flag` is true in every process."""
     return bool(agree_min(int(bool(flag))))

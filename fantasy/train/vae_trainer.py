@@ -108,6 +108,12 @@ def draw_batch(frames: ClipFrames, generator: torch.Generator, temporal: bool) -
     return torch.stack(pieces), torch.stack(weights)
 
 
+def architecture(config) -> dict:
+    """The VAE config keys that fix its shape (diffusers' bookkeeping such as `_use_default_values` is a set whose
+    order changes from process to process, and the latent statistics are what training updates)."""
+    return {k: v for k, v in sorted(config.items()) if not k.startswith("_") and k not in ("latents_mean", "latents_std")}
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of two videos in [-1, 1]."""
     mse = float(((a.clamp(-1, 1) - b) / 2).pow(2).mean())
@@ -129,7 +135,7 @@ def train_vae(pipe, config: VaeConfig, progress: Callable[[int, int, dict], None
     modules = {"vae": vae, "optimizer": optimizer, "latent_stats": stats}
     run = RunFolder(config.out / "vae-run")
     run.start(modules, {"part": "vae", "lr": config.lr, "seed": config.seed, "data": str(config.data),
-                        "config": dict(vae.config)}, generator)
+                        "config": architecture(vae.config)}, generator)
     target = config.out / "vae.safetensors"
     vae.train()
     last_save = time.perf_counter()
