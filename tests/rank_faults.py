@@ -42,19 +42,19 @@ def six_heads() -> None:
 def install(fault: str, target: int) -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    import fantasy.app.group_loading
+    import fantasy.weights.presets
     from fantasy.errors import FantasyError, WeightsMissing
 
     rank = int(os.environ["RANK"])
     if fault == "missing-weights":
-        load = fantasy.app.group_loading.load_pipeline
+        load = fantasy.weights.presets.load_pipeline
 
         def missing(*args, **kwargs):
             if rank == target:
                 raise WeightsMissing("Missing weight file /node2/weights/wav2vec2-base-960h/model.safetensors (test)")
             return load(*args, **kwargs)
 
-        fantasy.app.group_loading.load_pipeline = missing
+        fantasy.weights.presets.load_pipeline = missing
         return
     step = FlowMatchEulerDiscreteScheduler.step
     seen = {"steps": 0}

@@ -15,7 +15,7 @@ import torch
 from fantasy.speed.group import agree_all, agree_first, agree_min, agreed, in_group
 from fantasy.speed.layout import ContextParallel
 from fantasy.speed.switches import SpeedOptions, apply_speed, check_options
-from fantasy.weights.presets import Preset, load_pipeline
+from fantasy.weights.presets import Preset
 
 
 def agreed_dit_choice(real: dict, device: torch.device | None, parallel: ContextParallel | None):
@@ -42,12 +42,14 @@ def load_in_group(preset: Preset, device, adapter, real: dict | None, speed: Spe
 
     `real`: the real preset's `load_pipeline` options (None for tiny). `before_speed(pipe)`: what changes the
     weights before the switches (LoRAs), in agreement too."""
+    from fantasy.weights import presets  # at call time: what is there then (tests stand a fake loader in)
+
     real = dict(real or {})
     if preset.name == "real":
         choice = agreed_dit_choice(real, device, parallel)
         if choice is not None:
             real["dit_choice"] = choice
-    pipe = agreed(lambda: load_pipeline(preset.name, device=device, adapter=adapter, **real), "loading the models")
+    pipe = agreed(lambda: presets.load_pipeline(preset.name, device=device, adapter=adapter, **real), "loading the models")
     pipe.set_progress_bar_config(disable=True)
     if before_speed is not None:
         agreed(lambda: before_speed(pipe), "loading the LoRAs")
