@@ -109,12 +109,12 @@ def main(argv: list[str] | None = None) -> int:
                 return done.code if isinstance(done.code, int) else 2
             return args.run(args)
     except FantasyError as exc:
-        if _leads():  # a group's processes fail alike: one message
-            print(f"error: {exc}", file=sys.stderr)
+        _say_error(exc)
         return 2
     except StopRequested as stop:
-        if not _leads():  # the group stops alike: rank 0 says it
-            return stop.exit_status
+        group = sys.modules.get("fantasy.speed.group")
+        if not _leads() or (group is not None and group.failure_reported()):
+            return stop.exit_status  # the group stops alike: rank 0 says it, unless a failure (the reason) was said
         if stop.written:
             print(f"stopped ({stop}), {stop.written} was already complete", file=sys.stderr)
         elif args is None or args.command == "generate":  # generate writes its video only once it is complete
@@ -122,13 +122,29 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"stopped ({stop})", file=sys.stderr)
         return stop.exit_status
+    except Exception as exc:
+        group = sys.modules.get("fantasy.speed.group")
+        if group is None or not group.in_group():
+            raise
+        group.print_failure(exc)  # a device fault on one rank, a peer that left, a timeout: one line, said once
+        return 1
     finally:
-        if "fantasy.speed.parallel" in sys.modules:
-            sys.modules["fantasy.speed.parallel"].leave_processes()
+        if "fantasy.speed.group" in sys.modules:
+            sys.modules["fantasy.speed.group"].leave_processes()
+
+
+def _say_error(exc: FantasyError) -> None:
+    """`error: ...`; in a process group once for the group (`fantasy.speed.group.print_failure`), before one by
+    the launch's rank 0 (every process finds the same bad flag)."""
+    group = sys.modules.get("fantasy.speed.group")  # imported only when a command uses processes
+    if group is not None:
+        group.print_failure(exc)
+    elif _leads():
+        print(f"error: {exc}", file=sys.stderr)
 
 
 def _leads() -> bool:
     """Whether this process speaks for its group: rank 0 of the process group once joined (the module is imported
     only when a command uses processes), else of the launch (torchrun's RANK); a plain run leads."""
-    parallel = sys.modules.get("fantasy.speed.parallel")
-    return parallel.is_leader() if parallel is not None else os.environ.get("RANK", "0") == "0"
+    group = sys.modules.get("fantasy.speed.group")
+    return group.is_leader() if group is not None else os.environ.get("RANK", "0") == "0"

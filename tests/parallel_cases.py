@@ -23,7 +23,8 @@ from fantasy.speed.switches import SpeedOptions
 from tests.conftest import speech_like
 
 FACE = Image.new("RGB", (32, 32), (190, 140, 120))
-# name -> (width, height), frames, steps, speed options, trained motion/identity modules, DiT dtype (fp32 if absent)
+# name -> (width, height), frames, steps, speed options, trained motion/identity modules, DiT dtype (fp32 if absent),
+# heads (the tiny DiT's 2 if absent), `sharded`: FSDP2 shards the DiT and umT5 over the processes (`--vram sharded`)
 CASES: dict[str, dict] = {
     # 5 latent frames x 5 x 7 = 175 tokens: 88 + 87 (diffusers' uneven split), the cut inside frame 2
     "uneven": dict(size=(112, 80), frames=17, steps=2, speed={}, modules=False),
@@ -39,16 +40,37 @@ CASES: dict[str, dict] = {
                        dtype=torch.bfloat16),
     "bf16-stock": dict(size=(112, 80), frames=17, steps=2, speed=dict(precision="stock"), modules=False,
                        dtype=torch.bfloat16),
+    # the weights sharded with FSDP2 (the split of the tokens unchanged): fp32 with the step cache, bf16 mixed
+    "sharded+cache": dict(size=(64, 64), frames=13, steps=5, sharded=True,
+                          speed=dict(batch_guidance=True, step_cache="fbc", cache_threshold=0.3), modules=True),
+    "bf16-sharded": dict(size=(112, 80), frames=17, steps=2, speed=dict(precision="mixed"), modules=False,
+                         dtype=torch.bfloat16, sharded=True),
+}
+# Three processes: Ulysses over 3 needs 3 or 6 heads (the tiny DiT's 2 do not split: refused, see the tests).
+# 175 tokens -> 59 + 58 + 58; 48 tokens -> 16 x 3.
+CASES3: dict[str, dict] = {
+    "uneven": dict(size=(112, 80), frames=17, steps=2, speed={}, modules=False, heads=6),
+    "sharded+cache": dict(size=(64, 64), frames=13, steps=5, sharded=True, heads=6, modules=True,
+                          speed=dict(batch_guidance=True, step_cache="fbc", cache_threshold=0.3)),
+    "bf16-sharded": dict(size=(112, 80), frames=17, steps=2, speed=dict(precision="mixed"), modules=False,
+                         dtype=torch.bfloat16, sharded=True, heads=6),
 }
 
 
 def build(case: dict, parallel=None):
-    """A fresh tiny pipeline for `case`, its speed options (and context parallelism) applied."""
-    from fantasy.speed.switches import apply_speed
-    from fantasy.weights.presets import load_pipeline
+    """A fresh tiny pipeline for `case`, its speed options (and context parallelism) applied; `parallel`
+    shards the weights too when the case says `sharded`."""
+    from dataclasses import replace
 
-    pipe = load_pipeline("tiny", dtype=case.get("dtype", torch.float32))
+    from fantasy.model.assemble import assemble
+    from fantasy.speed.switches import apply_speed
+    from fantasy.weights.tiny import HEADS, random_adapter_weights, tiny_components
+
+    pipe = assemble(tiny_components(dtype=case.get("dtype", torch.float32), heads=case.get("heads", HEADS)), "cpu")
+    random_adapter_weights(pipe)  # what `load_pipeline("tiny")` builds, with the case's head count
     pipe.set_progress_bar_config(disable=True)
+    if parallel is not None and case.get("sharded"):
+        parallel = replace(parallel, shard_weights=True)
     if case["modules"]:
         with_trained_modules(pipe)
     apply_speed(pipe, SpeedOptions(**case["speed"]), parallel)

@@ -1,5 +1,6 @@
 """Loading the released checkpoint layout, strictness, and conversion to safetensors."""
 
+import os
 import pickle
 import re
 from collections import OrderedDict
@@ -324,7 +325,8 @@ def test_convert_a_one_block_checkpoint_into_a_new_folder_with_our_metadata(tmp_
 
 
 def test_a_failed_write_leaves_no_partial_file_and_the_old_target(tmp_path, monkeypatch):
-    """The half-written file is `<target>.partial` in the target's folder, and is removed when the write fails."""
+    """The half-written file is `<target>.<pid>.partial` in the target's folder (the processes of a group convert
+    at once on shared storage: each its own file), and is removed when the write fails."""
     from fantasy.weights import adapter_weights
 
     torch.save(official_layout(), tmp_path / "model.ckpt")
@@ -340,7 +342,7 @@ def test_a_failed_write_leaves_no_partial_file_and_the_old_target(tmp_path, monk
     monkeypatch.setattr(adapter_weights, "save_file", disk_full)
     with pytest.raises(OSError, match="No space left on device"):
         convert_checkpoint(tmp_path / "model.ckpt", target)
-    assert written == [tmp_path / "model.safetensors.partial"]
+    assert written == [tmp_path / f"model.safetensors.{os.getpid()}.partial"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt", "model.safetensors"]
     assert target.read_bytes() == b"previous version"
 

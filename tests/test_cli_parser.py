@@ -146,7 +146,7 @@ def test_the_names_the_parsers_spell_out_are_the_implementations():
     from fantasy.model.preview import PREVIEW_SUFFIXES
     from fantasy.release import RELEASE_PROMPT
     from fantasy.settings import DEFAULT_SEED
-    from fantasy.speed.parallel import KINDS
+    from fantasy.speed.layout import KINDS, TIMEOUT_S
     from fantasy.speed.switches import ATTENTION_ALIASES, DEFAULT_CACHE_THRESHOLD
     from fantasy.train import command as train_command
     from fantasy.train.trainer import MODULES
@@ -159,6 +159,7 @@ def test_the_names_the_parsers_spell_out_are_the_implementations():
     assert (tuple(PRECISIONS), DEFAULT_PRECISION) == (flags.PRECISIONS, flags.DEFAULT_PRECISION)
     assert tuple(ATTENTION_ALIASES) == flags.ATTENTION_ALIASES
     assert flags.DEFAULT_CACHE_THRESHOLD == DEFAULT_CACHE_THRESHOLD and tuple(KINDS) == flags.PARALLEL_KINDS
+    assert flags.COLLECTIVE_TIMEOUT_S == TIMEOUT_S
     assert (flags.DEFAULT_SEED, flags.RELEASE_PROMPT) == (DEFAULT_SEED, RELEASE_PROMPT)
     assert generate_command.PREVIEW_SUFFIXES == PREVIEW_SUFFIXES
     assert (

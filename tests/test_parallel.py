@@ -1,9 +1,11 @@
-"""Context parallelism: one video over 2 CPU processes (gloo) equals one process, bit for bit.
+"""Context parallelism: one video over 2 and 3 CPU processes (gloo) equals one process, bit for bit.
 
-The 2-process runs happen once per module (`tests/parallel_worker.py` under torchrun, ~35 s; the CLI under
-torchrun, ~25 s); each test compares one of their results with a one-process reference computed here, on one
-thread as torchrun's processes are (see `tests/parallel_cases.py`). The shard arithmetic is also tested
-alone, in this process, by cutting one call into slices the way diffusers does.
+The multi-process runs happen once per module (`tests/parallel_worker.py` under torchrun, 2 and 3 processes,
+watched by `tests.process_watch`: a hang fails within minutes naming each rank's stage; the CLI under torchrun);
+each test compares one of their results with a one-process reference computed here, on one thread as torchrun's
+processes are (see `tests/parallel_cases.py`). The shard arithmetic is also tested alone, in this process, by
+cutting one call into slices the way diffusers does. Faults (a lost rank, a lost launcher, an error on one rank
+only) are in `tests/test_parallel_faults.py`; the layout rules in `tests/test_parallel_layout.py`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,11 +26,16 @@ import torch
 from fantasy.cli import main as cli_main
 from fantasy.errors import InvalidSetting
 from fantasy.model.frame_shards import FrameSpan, shard_bounds
-from fantasy.speed.parallel import PARALLEL_BACKENDS, RING_BACKENDS, ContextParallel, check_context_parallel
+from fantasy.speed.layout import PARALLEL_BACKENDS, RING_BACKENDS, ContextParallel, check_context_parallel
 from tests.conftest import EXAMPLE_IMAGE
-from tests.parallel_cases import CASES, BlockCounter, build, call, portrait_file, speech_file
+from tests.parallel_cases import CASES, CASES3, BlockCounter, build, call, portrait_file, speech_file
+from tests.parallel_worker import gguf_call, gguf_transformer, write_gguf
+from tests.process_watch import run_watched
 
 ROOT = Path(__file__).resolve().parent.parent
+# A group run (a fixture of the first test that needs it) takes up to a few minutes on a busy 2-core machine;
+# the watchdog (`tests.process_watch`) ends a hung one after 4 quiet minutes, before this.
+pytestmark = pytest.mark.timeout(900)
 
 
 def md5(path: Path) -> str:
@@ -35,7 +43,7 @@ def md5(path: Path) -> str:
 
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-TORCHRUN_ENV = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+TORCHRUN_ENV = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", FANTASY_TEST_COLLECTIVE_TIMEOUT="120")
 
 
 def run_torchrun(args: list[str], cwd: Path, timeout: int = 600, ok: bool = True) -> subprocess.CompletedProcess:
@@ -54,16 +62,35 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def two_processes(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cp")
+def worker_run(out: Path, processes: int) -> Path:
+    """The worker on `processes` ranks into `out`, under the watchdog."""
     inputs = out / "inputs"
     inputs.mkdir()
     for seconds in (1.0, 1.5):
         speech_file(inputs, seconds)
     portrait_file(inputs)
-    run_torchrun(["-m", "tests.parallel_worker", str(out)], cwd=ROOT)
+    write_gguf(inputs)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               "-m", "tests.parallel_worker", str(out)]
+    run_watched(command, ROOT, TORCHRUN_ENV, out / "stages")
     return out
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> Path:
+    return worker_run(tmp_path_factory.mktemp("cp"), 2)
+
+
+@pytest.fixture(scope="module")
+def three_processes(tmp_path_factory) -> Path:
+    return worker_run(tmp_path_factory.mktemp("cp3"), 3)
+
+
+@pytest.fixture
+def group_of(request):
+    """The run of 2 or 3 processes a test asks for, started the first time one is needed (one per test's setup:
+    each takes up to a few minutes on a busy 2-core machine)."""
+    return lambda processes: request.getfixturevalue({2: "two_processes", 3: "three_processes"}[processes])
 
 
 # ---- the shard arithmetic, in one process ------------------------------------------------------------------
@@ -221,11 +248,91 @@ def test_app_as_a_front_end_refuses_context_parallel_before_contacting_the_serve
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(CASES))
-def test_two_processes_give_the_one_process_latents(two_processes, one_thread, name):
-    reference = call(build(CASES[name]), CASES[name])
-    parallel = torch.load(two_processes / f"latents-{name}.pt")
+@pytest.mark.parametrize("processes,name", [(2, name) for name in CASES] + [(3, name) for name in CASES3])
+def test_several_processes_give_the_one_process_latents(group_of, one_thread, processes, name):
+    case = (CASES if processes == 2 else CASES3)[name]
+    reference = call(build(case), case)
+    parallel = torch.load(group_of(processes) / f"latents-{name}.pt")
     assert torch.equal(parallel, reference), (parallel - reference).abs().max().item()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [2, 3])
+def test_sharded_weights_leave_each_rank_its_share(group_of, processes):
+    """FSDP2: each rank holds about 1/N of the DiT's and umT5's parameter bytes (plus padding), together all of them."""
+    from fantasy.speed.sharding import parameter_bytes
+
+    cases = CASES if processes == 2 else CASES3
+    for name in ("sharded+cache", "bf16-sharded"):
+        whole = build(cases[name])
+        held = [json.loads((group_of(processes) / f"bytes-{name}-rank{r}.json").read_text()) for r in range(processes)]
+        for model in ("transformer", "text_encoder"):
+            full = parameter_bytes(getattr(whole, model))
+            shares = [h[model] for h in held]
+            assert sum(shares) >= full and max(shares) <= full / processes * 1.1 + 4096, (name, model, full, shares)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [2, 3])
+def test_a_gguf_q8_0_dit_shards_by_rows_and_computes_exactly(group_of, one_thread, processes):
+    """GGUF Q8_0 weights sharded by FSDP2 (whole GGML blocks per row), wrapped back before each layer: the
+    output equals one process's unsharded GGUF DiT, bit for bit; each rank holds a third / half of the bytes."""
+    out = group_of(processes)
+    reference = gguf_call(*gguf_transformer(out / "inputs"))
+    assert torch.equal(torch.load(out / "gguf.pt"), reference)
+    reports = [json.loads((out / f"gguf-rank{r}.json").read_text()) for r in range(processes)]
+    whole = reports[0]["whole"]
+    assert all(r["was_gguf"] and r["sharded_type"] == "DTensor" and r["whole"] == whole for r in reports)
+    assert sum(r["held"] for r in reports) >= whole and max(r["held"] for r in reports) <= whole / processes * 1.1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes,name", [(2, "batched+cache"), (2, "sharded+cache"), (3, "sharded+cache")])
+def test_the_step_cache_decides_from_the_same_ratio_as_one_process(group_of, one_thread, processes, name):
+    """Every rank computes exactly one process's ratios (not just close: a threshold may sit in a rounding gap)."""
+    case = (CASES if processes == 2 else CASES3)[name]
+    pipe = build(case)
+    call(pipe, case)
+    alone = list(pipe.transformer._fantasy_cache_decision.ratios)
+    ranks = [json.loads((group_of(processes) / f"ratios-{name}-rank{r}.json").read_text()) for r in range(processes)]
+    assert len(alone) == 4 and ranks == [alone] * processes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [2, 3])
+def test_a_threshold_exactly_at_a_ratio_gives_the_one_process_video(group_of, one_thread, processes):
+    """The threshold at one process's median ratio (`ratio > threshold` is then False by the last bit): the
+    processes skip the same blocks as one process and give its latents."""
+    out = group_of(processes)
+    reports = [json.loads((out / f"blocks-cache-at-ratio-rank{r}.json").read_text()) for r in range(processes)]
+    threshold = reports[0]["threshold"]
+    case = (CASES if processes == 2 else CASES3)["sharded+cache"]
+    case = dict(case, speed=dict(case["speed"], cache_threshold=threshold))
+    pipe = build(case)
+    counter = BlockCounter(pipe)
+    reference = call(pipe, case)
+    assert threshold in list(pipe.transformer._fantasy_cache_decision.ratios)
+    assert [r["blocks"] for r in reports] == [counter.count] * processes
+    assert torch.equal(torch.load(out / "latents-cache-at-ratio.pt"), reference)
+
+
+@pytest.mark.slow
+def test_a_hang_fails_fast_with_every_ranks_stage(tmp_path):
+    """The watchdog's own test: with the step cache deciding per rank (the shared decision removed) the ranks
+    wait for each other in different collectives; the collective timeout (15 s) ends them and the failure names
+    where each rank was, in well under the old 300 s of silence."""
+    from tests.process_watch import GroupFailed
+
+    command = [*TORCHRUN, "-m", "tests.parallel_worker", str(tmp_path), "--local-cache-decisions"]
+    started = time.monotonic()
+    with pytest.raises(GroupFailed, match=r"exited with 1; last stages: rank 0") as failed:
+        run_watched(command, ROOT, dict(TORCHRUN_ENV, FANTASY_TEST_COLLECTIVE_TIMEOUT="15"), tmp_path / "stages",
+                    timeout=240)
+    message = str(failed.value)
+    assert time.monotonic() - started < 200, message
+    assert re.search(r"exited with 1; last stages: rank 0: 'latents batched\+cache' \(\d+ s ago\); rank 1: "
+                     r"'latents batched\+cache'", message), message
+    assert "Timed out waiting 15000ms" in message or "Connection closed by peer" in message, message
 
 
 @pytest.mark.slow
@@ -251,8 +358,8 @@ def test_compiled_blocks_refuse_an_uneven_split_on_every_rank(two_processes):
     for rank in (0, 1):
         message = (two_processes / f"compile-rank{rank}.txt").read_text()
         assert message == ("compiled blocks under context parallelism need the video tokens (175 = 5 latent frames "
-                           "x 5 x 7) and the 2 heads to divide by 2 processes; change the size or the frame count, "
-                           "or drop --compile")
+                           "x 5 x 7) to divide by 2 processes and the 2 heads by the Ulysses degree 2; change the size "
+                           "or the frame count, or drop --compile")
 
 
 @pytest.mark.slow
@@ -324,9 +431,14 @@ def test_app_jobs_run_on_every_rank_and_stop_together(two_processes, one_thread,
     assert 1 <= follower[1][1] < checkpoints and 1 <= follower[3][1] < checkpoints
     # rank 1 wrote no video: the run's folder holds rank 0's outputs and the harness's reports, nothing else
     reports = {f"{name}-rank{r}.{ext}" for r in (0, 1)
-               for name, ext in (("blocks-batched+cache", "json"), ("compile", "txt"), ("target", "json"))}
-    outputs = {f"latents-{name}.pt" for name in CASES} | {"gen-1.mp4", "gen-2.mp4", "gen-release.mp4", "studio", "studio.json"}
-    assert {p.name for p in two_processes.iterdir()} == reports | outputs | {"inputs", "follow-rank1.json"}
+               for name, ext in (("blocks-batched+cache", "json"), ("compile", "txt"), ("target", "json"),
+                                 ("blocks-sharded+cache", "json"), ("ratios-batched+cache", "json"),
+                                 ("ratios-sharded+cache", "json"), ("bytes-sharded+cache", "json"),
+                                 ("bytes-bf16-sharded", "json"), ("blocks-cache-at-ratio", "json"), ("gguf", "json"))}
+    outputs = {f"latents-{name}.pt" for name in CASES} | {"gen-1.mp4", "gen-2.mp4", "gen-release.mp4", "studio",
+                                                         "studio.json", "latents-cache-at-ratio.pt", "gguf.pt"}
+    harness = {"inputs", "follow-rank1.json", "stages", "stages.stdout", "stages.stderr"}
+    assert {p.name for p in two_processes.iterdir()} == reports | outputs | harness
     jobs = sorted((two_processes / "studio").iterdir())  # the shut-down job's folder is gone
     assert len(jobs) == 3 and sorted((j / "talking.mp4").exists() for j in jobs) == [False, True, True]
 

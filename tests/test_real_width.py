@@ -218,3 +218,51 @@ def test_real_widths_written_as_a_diffusers_folder_load_back_to_the_same_video(r
     assert loaded.transformer.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
     assert loaded.audio_proj.proj.weight.dtype == torch.float32 and loaded.text_encoder.config.d_model == 4096
     assert torch.equal(latents(loaded), expected)
+
+
+# ---- the weights sharded over processes (FSDP2, `--vram sharded`) at real width ----------------------------
+
+
+# The full models' bytes per process alone (`tools.shard_memory.full_model_bytes` of a 1-process run: DiT = rest +
+# 40 blocks, umT5 = rest with the 256,384-token embedding + 24 layers); the docs' per-GPU table follows from these.
+WHOLE = {"dit_bf16": 32_848_151_168, "dit_q8_0": 17_509_655_168, "dit_bf16_block": 807_758_848,
+         "dit_q8_0_block": 429_288_448, "umt5": 11_361_820_672, "umt5_embedding": 2_100_297_728}
+
+
+def shard_files(root: Path):
+    from tools.shard_memory import Files
+
+    wan = root / WAN_PART.folder
+    return Files(root / DIT_FILES["bf16"].folder / DIT_FILES["bf16"].required[0],
+                 root / DIT_FILES["q8_0"].folder / DIT_FILES["q8_0"].required[0], wan / "transformer",
+                 wan / "text_encoder")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_processes_each_hold_half_of_the_dit_and_umt5_at_real_width(root, tmp_path):
+    """FSDP2 over 2 gloo processes: each holds half the parameter bytes of the 5120-wide DiT (bf16 and Q8_0) and of
+    the 4096-wide umT5, to the dim-0 padding (`python -m tools.shard_memory` measures 1, 2 and 3 for the docs)."""
+    from tools.shard_memory import full_model_bytes, measure
+
+    files = shard_files(root)
+    whole = measure(files, 1, tmp_path / "one")[0]
+    assert full_model_bytes(whole) == WHOLE
+    ranks = measure(files, 2, tmp_path / "two")
+    for model in ("dit_bf16", "dit_q8_0", "umt5"):
+        full = whole[model]["blocks"] + whole[model]["rest"]
+        held = [r[model]["blocks"] + r[model]["rest"] for r in ranks]
+        assert sum(held) >= full and max(held) <= full / 2 + 1e6, (model, full, held)
+        assert full > 4e8  # real widths: hundreds of MB per model
+
+
+def test_the_per_gpu_table_in_the_docs_is_what_the_measured_sizes_give():
+    """docs/several-gpus.md's table = `tools.shard_memory.per_gpu_table` of the full models' bytes (`WHOLE`, which
+    the test above measures again on the files it loads)."""
+    from tools.shard_memory import per_gpu_table
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "several-gpus.md").read_text()
+    for row in per_gpu_table(WHOLE):
+        sharded = "—" if row["sharded_gib"] is None else f"{row['sharded_gib']:.1f}"
+        line = f"| {row['storage']} | {row['gpus']} | {row['shards_gib']:.1f} | {row['resident_gib']:.1f} | {sharded} |"
+        assert line in doc, line

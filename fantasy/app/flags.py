@@ -11,13 +11,14 @@ from __future__ import annotations
 
 PRESET_NAMES = ("tiny", "real")  # fantasy.weights.presets.PRESETS
 DIT_MODES = ("q8_0", "q4_k_m", "bf16", "bf16-int8", "bf16-fp8", "bf16-fp8-storage")  # fantasy.weights.quantize
-VRAM_MODES = ("resident", "model-offload", "group-offload")  # fantasy.weights.offload.VRAM_MODES
+VRAM_MODES = ("resident", "model-offload", "group-offload", "sharded")  # fantasy.weights.offload.VRAM_MODES
 PRECISIONS = ("mixed", "stock")  # fantasy.model.precision.PRECISIONS
 DEFAULT_PRECISION = "mixed"  # fantasy.model.precision.DEFAULT_PRECISION
 ATTENTION_ALIASES = ("sdpa", "math", "cudnn", "flash-sdpa", "efficient", "flash", "flash3", "sage",
                      "xformers")  # fantasy.speed.switches.ATTENTION_ALIASES
 DEFAULT_CACHE_THRESHOLD = 0.05  # fantasy.speed.switches.DEFAULT_CACHE_THRESHOLD
-PARALLEL_KINDS = ("ulysses", "ring")  # fantasy.speed.parallel.KINDS
+PARALLEL_KINDS = ("ulysses", "ring")  # fantasy.speed.layout.KINDS
+COLLECTIVE_TIMEOUT_S = 600.0  # fantasy.speed.layout.TIMEOUT_S
 DEFAULT_SEED = 1111  # fantasy.settings.DEFAULT_SEED
 RELEASE_PROMPT = "A woman is talking."  # fantasy.release.RELEASE_PROMPT
 LORA_ENV = "FANTASY_LORA"  # fantasy.weights.loras.LORA_ENV
@@ -140,18 +141,33 @@ def add_parallel_flags(p) -> None:
                    help="split the DiT's video tokens over N processes; launch with `torchrun --nproc_per_node N`")
     g.add_argument("--context-parallel-kind", default="ulysses", choices=PARALLEL_KINDS,
                    help="ulysses (all-to-all, any backend) or ring (needs --attention flash/cudnn/sage on GPUs)")
+    g.add_argument("--ulysses-degree", type=int, default=None, metavar="U",
+                   help="Ulysses over U of the N processes x rings over N/U (e.g. 16 GPUs: --ulysses-degree 8; "
+                        "the ring part needs --attention flash/cudnn/sage)")
+    g.add_argument("--collective-timeout", type=float, default=COLLECTIVE_TIMEOUT_S, metavar="SECONDS",
+                   help=f"how long a process waits for the others in a collective before the group stops with an "
+                        f"error (default {COLLECTIVE_TIMEOUT_S:g})")
 
 
-def parallel_option(args, vram: str = "resident"):
-    """`ContextParallel` from the flags (None without them), every refusal checked before any model loads."""
-    from fantasy.speed.parallel import ContextParallel, check_context_parallel
+def parallel_option(args, vram: str = "resident", heads: int | None = None):
+    """`ContextParallel` from the flags (None without them), every refusal checked before any model loads.
+
+    `vram`: the VRAM mode (`sharded` shards the weights over the group); `heads`: the DiT's attention heads."""
+    from fantasy.errors import InvalidSetting
+    from fantasy.speed.layout import SHARDED, ContextParallel, check_context_parallel
     from fantasy.speed.switches import attention_backend_name
 
     if args.context_parallel is None:
+        if vram == SHARDED:
+            raise InvalidSetting("--vram sharded splits the weights over a context-parallel group: add "
+                                 "--context-parallel N and launch N processes with torchrun")
+        if args.ulysses_degree is not None:
+            raise InvalidSetting("--ulysses-degree needs --context-parallel N")
         return None
-    parallel = ContextParallel(args.context_parallel, args.context_parallel_kind)
+    parallel = ContextParallel(args.context_parallel, args.context_parallel_kind, ulysses_degree=args.ulysses_degree,
+                               shard_weights=vram == SHARDED, timeout_s=args.collective_timeout)
     backend = attention_backend_name(args.attention) if args.attention else None
-    check_context_parallel(parallel, attention=backend, vram=vram, device=getattr(args, "device", None))
+    check_context_parallel(parallel, attention=backend, vram=vram, device=getattr(args, "device", None), heads=heads)
     return parallel
 
 

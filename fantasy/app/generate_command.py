@@ -72,7 +72,9 @@ def run(args) -> int:
 def _check_paths(args, spool: Path) -> None:
     """What needs no library: every input exists (a named pipe is read once into `spool`), and every output
     can be written, can replace what is there, and is none of the inputs. Only the launch's rank 0 writes, so
-    only it checks the outputs (`leader_check` repeats the check for the whole group once it has formed)."""
+    only it checks the outputs (`leader_check` repeats the check for the whole group once it has formed); only it
+    says here that an input is missing: another rank's node may lack a file the first one has, which that rank
+    finds when the group reads the inputs together, and the group says once."""
     from fantasy.media.output import check_not_an_input, check_replaceable, check_target, printable
 
     inputs = {"--image": args.image, "--audio": args.audio, "--face": args.face, "--adapter": args.adapter,
@@ -87,7 +89,7 @@ def _check_paths(args, spool: Path) -> None:
             notes.append(f"note: {flag} {printable(given)} is a named pipe: read once into a temporary copy "
                          f"({_mb(copy.stat().st_size)}; a pipe cannot be sized in advance, at most "
                          f"{_mb(PIPE_LIMIT_BYTES)} is read)")
-        elif not Path(given).is_file():
+        elif not Path(given).is_file() and os.environ.get("RANK", "0") == "0":
             what = "is not a regular file" if Path(given).exists() else "not found"
             raise InputFileNotFound(f"{INPUT_NAMES[flag]} file {what}: {printable(given)}"
                                     + (" (given with --adapter or FANTASY_ADAPTER)" if flag == "--adapter" else ""))
@@ -153,18 +155,22 @@ def _mb(num_bytes: float) -> str:
 
 
 def _generate(args) -> int:
+    """Settings (the same in every process: said by the launch's rank 0), then, in a context-parallel group, what
+    each process reads or decides on its own machine, in agreement (`fantasy.app.group_loading`,
+    `fantasy.speed.group`): a fault in any process stops all of them, said once."""
+    from fantasy.app.group_loading import load_in_group
     from fantasy.generation import generate, prepare_inputs
+    from fantasy.long_video import plan_windows
     from fantasy.media.image import load_portrait
     from fantasy.media.output import check_target, printable
     from fantasy.model.pipeline import DEFAULT_NEGATIVE_PROMPT
     from fantasy.progress import ConsoleProgress
     from fantasy.release import RELEASE_DIT
     from fantasy.settings import Settings
-    from fantasy.speed.parallel import is_leader, leader_check  # now: errors are said by rank 0 only (main)
-    from fantasy.weights.presets import get_preset, load_pipeline
+    from fantasy.speed.group import agreed, init_processes, is_leader, leader_check
+    from fantasy.speed.layout import SHARDED, check_token_split, video_tokens
+    from fantasy.weights.presets import get_preset
 
-    leader = is_leader()  # under context parallelism only rank 0 prints and writes
-    say = (lambda text: print(text, file=sys.stderr)) if leader else (lambda text: None)
     chosen, said = preset_option(args, args.comfy_models)
     notes = [said] if said else []  # the notes are said once every check has passed
     preset = get_preset(chosen)
@@ -183,23 +189,35 @@ def _generate(args) -> int:
         max_duration=args.max_duration, longest_edge=args.size, release=args.release,
     )
     settings = settings.resolved(preset)  # reject bad settings before reading anything
-    parallel = parallel_option(args, vram=args.vram if preset.name == "real" else "resident")
-    portrait = load_portrait(args.image)
-    inputs = prepare_inputs(portrait, args.audio, settings)  # the speech is decoded once, up to the limit
-    if not args.no_face_check:
-        from fantasy.app.validation import check_face, default_face_check
-
-        notes.append(check_face(portrait, default_face_check(allow_download=False)))
-    face = load_portrait(args.face) if args.face is not None else None
-    preview = _live_preview(args.preview, args.fps) if leader else None
+    vram = args.vram if preset.name == "real" or args.vram == SHARDED else "resident"  # tiny: only `sharded` counts
+    parallel = parallel_option(args, vram=vram, heads=preset.dit_heads)
     device = args.device
     if parallel is not None:
-        from fantasy.speed.parallel import init_processes
+        device = init_processes(args.device, parallel.timeout_s)  # from here on, every fault is said once
+    leader = is_leader()  # under context parallelism only rank 0 prints and writes
+    say = (lambda text: print(text, file=sys.stderr)) if leader else (lambda text: None)
 
-        device = init_processes(args.device)
+    def read_inputs():
+        portrait = load_portrait(args.image)
+        inputs = prepare_inputs(portrait, args.audio, settings)  # the speech is decoded once, up to the limit
+        face_note = None
+        if not args.no_face_check:
+            from fantasy.app.validation import check_face, default_face_check
+
+            face_note = check_face(portrait, default_face_check(allow_download=False))
+        face = load_portrait(args.face) if args.face is not None else None
+        return inputs, face_note, face
+
+    inputs, face_note, face = agreed(read_inputs, "reading the inputs")
+    notes.append(face_note)
+    if parallel is not None:  # sizes diffusers' even split cannot cut, for layouts without its uneven one
+        width, height = inputs.portrait.size
+        windows = plan_windows(inputs.num_frames, settings.max_frames)
+        check_token_split(parallel, [video_tokens(width, height, w.length) for w in windows], compiled=speed.compile)
+    preview = _live_preview(args.preview, args.fps) if leader else None
     # only rank 0 writes: it checks the target, and every process stops alike when that fails
     leader_check(lambda: check_target(args.out, 2 * inputs.output_bytes(settings.fps)))
-    for line in notes + [f"note: {notice}" for notice in inputs.notices]:
+    for line in [n for n in notes if n] + [f"note: {notice}" for notice in inputs.notices]:
         say(line)
     if preset.demo:
         say(f"[{preset.name}] {preset.summary}")
@@ -207,14 +225,16 @@ def _generate(args) -> int:
     dit = args.dit or (RELEASE_DIT if args.release else None)  # None: picked from free VRAM (docs/weights.md)
     real = {"dit": dit, "vram": args.vram, "weights": args.weights, "fit_size": settings.longest_edge,
             "fit_frames": settings.max_frames, "fit_batch": 3 if speed.batch_guidance else 1, "comfy_models": comfy}
-    pipe = load_pipeline(preset.name, device=device, adapter=args.adapter, **(real if preset.name == "real" else {}))
-    pipe.set_progress_bar_config(disable=True)  # our own progress display below
-    from fantasy.speed.switches import apply_speed
-    from fantasy.weights.loras import load_loras
 
-    for applied in load_loras(pipe, loras, fuse=speed.fuse_lora, states=lora_states):
-        say(f"  {applied}")
-    for line in apply_speed(pipe, speed, parallel):
+    def with_loras(pipe) -> None:
+        from fantasy.weights.loras import load_loras
+
+        for applied in load_loras(pipe, loras, fuse=speed.fuse_lora, states=lora_states):
+            say(f"  {applied}")
+
+    pipe, lines = load_in_group(preset, device, args.adapter, real if preset.name == "real" else None, speed,
+                                parallel, before_speed=with_loras)
+    for line in lines:
         say(f"  speed: {line}")
     if args.expression is not None or args.body is not None:
         from fantasy.app.sliders import motion_controls

@@ -51,17 +51,18 @@ class FollowLog:
     jobs: list[tuple[str, int, str]] = field(default_factory=list)  # (audio path, checkpoints, outcome)
 
 
-def join_group(device: str | None = None) -> tuple[JobChannel, torch.device]:
+def join_group(device: str | None = None, timeout_s: float | None = None) -> tuple[JobChannel, torch.device]:
     """Join the launch's process group and open the job channel on its control group; every process calls it,
-    in the same order. Returns the channel and the device this process uses."""
-    from fantasy.speed.parallel import control_group, init_processes
+    in the same order. Returns the channel and the device this process uses. `timeout_s`: the collective
+    timeout of the generations (the channel itself waits for the next job as long as it takes)."""
+    from fantasy.speed.group import control_group, init_processes
 
-    local = init_processes(device)
+    local = init_processes(device, timeout_s)
     return JobChannel(control_group()), local
 
 
 class JobChannel:
-    """Rank 0's announcements and stop decisions on a control group (`fantasy.speed.parallel.control_group`)."""
+    """Rank 0's announcements and stop decisions on a control group (`fantasy.speed.group.control_group`)."""
 
     def __init__(self, group=None):
         self.group = group

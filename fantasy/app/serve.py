@@ -8,6 +8,15 @@ progress, each mp4 chunk as it is encoded, and the finished mp4 stream back as e
 client that goes away) stops the generation at its next step and leaves no file. `FantasyGateway` is the
 HTTP entry: `GET /info` and `POST /generate` (multipart: image, audio, controls JSON -> NDJSON events).
 
+Bounded and self-healing: the gateway reads the request body as it streams in, counting bytes, and refuses
+it (413) past the upload limit before anything reaches a replica; malformed controls get a 400 naming the
+field. A request that waits for a replica gets `queued` events (its place in the line) and every stream a
+`keepalive` when nothing else was sent for a while, so proxies keep it open. A replica's own failure (a
+device fault, a lost context-parallel follower) ends the client's stream with an `error` event and removes the
+request's files; `check_health` then fails, and Serve replaces the replica (and its followers). Requests'
+files live in the replica's folder, named after the user's files; a replica removes it when it stops, and
+the next one removes those of replicas that were killed outright.
+
 With `context_parallel` N, a replica is a context-parallel group (`fantasy.speed.parallel`) on N GPUs: it starts
 N-1 follower processes itself (`python -m fantasy.app.serve`, joined through a local TCP rendezvous) that follow
 each job as torchrun's ranks do for the app (`fantasy.app.parallel_jobs`).
@@ -20,9 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import pickle
+import re
 import shutil
 import socket
 import subprocess
@@ -32,7 +43,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from fantasy.errors import FantasyError
@@ -42,6 +53,8 @@ APP_NAME = "fantasy"
 REPLICA_NAME = "FantasyReplica"
 GATEWAY_NAME = "FantasyGateway"
 DEFAULT_MAX_QUEUED = 8
+ROOT_PREFIX = "fantasy-replica-"  # + the replica's pid: stale folders of replicas killed outright are found by it
+QUEUE_NOTICE_S = 1.0  # a request with no event from its replica after this long is told it is queued
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,9 @@ class ServeConfig:
     min_chunk_seconds: float = 1.0
     face_check: bool = False  # face-alignment on the replicas (the front end usually checks already)
     context_parallel: int = 1  # processes (GPUs) per replica, one video split over them
+    work_dir: str | None = None  # where replicas keep their requests' files (None: the system's temp folder)
+    health_check_period_s: float = 10.0  # how often Serve asks a replica whether it (and its followers) still work
+    keepalive_s: float = 15.0  # a stream quiet this long gets a keepalive (or queued) event
 
 
 def check_config(config: ServeConfig) -> None:
@@ -71,12 +87,16 @@ def check_config(config: ServeConfig) -> None:
         raise InvalidSetting("GPUs and CPUs per replica must not be negative")
     if config.context_parallel < 1:
         raise InvalidSetting(f"--context-parallel must be at least 1, got {config.context_parallel}")
+    if config.work_dir is not None and not Path(config.work_dir).is_dir():
+        raise InvalidSetting(f"--work-dir {config.work_dir} is not a folder")
     if config.context_parallel > 1:
-        from fantasy.speed.parallel import ContextParallel, check_context_parallel
+        from fantasy.speed.layout import ContextParallel, check_context_parallel
         from fantasy.speed.switches import attention_backend_name
+        from fantasy.weights.presets import get_preset
 
         attention = attention_backend_name(config.speed.attention) if config.speed.attention else None
-        check_context_parallel(ContextParallel(config.context_parallel), attention, world_size=config.context_parallel)
+        check_context_parallel(ContextParallel(config.context_parallel), attention, world_size=config.context_parallel,
+                               heads=get_preset(config.preset).dit_heads)
 
 
 # ---- the model replica ---------------------------------------------------------------------------------
@@ -92,20 +112,44 @@ class Replica:
 
         self.config = config
         self.preset = get_preset(config.preset)
+        base = Path(config.work_dir or tempfile.gettempdir())
+        remove_stale_roots(base)
+        self.root = Path(tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{os.getpid()}-", dir=base))
+        self.broken: str | None = None  # why this replica can no longer generate (its group lost a process)
         self.followers = _start_followers(config) if config.context_parallel > 1 else []
         pipe, self.speed, self.channel = _load(config)
         faces = default_face_check() if config.face_check else FaceChecker(None, "face check skipped: done by the front end")
-        self.root = Path(tempfile.mkdtemp(prefix="fantasy-replica-"))
         self.studio = Studio(pipe, self.preset, faces, self.root, min_chunk_seconds=config.min_chunk_seconds,
                              channel=self.channel)
         self.id = uuid.uuid4().hex[:8]
 
     def __del__(self):
-        """Serve stops the replica: release its followers (they also leave if this process dies)."""
-        if getattr(self, "channel", None) is not None:
+        """Serve stops the replica: stop a running generation, remove every request's files, release the followers
+        (they also leave if this process dies; its folder is then removed by the next replica that starts)."""
+        studio = getattr(self, "studio", None)
+        if studio is not None:
+            with contextlib.suppress(Exception):
+                studio.shutdown()
+        if getattr(self, "root", None) is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+        if getattr(self, "channel", None) is not None and self.broken is None:
             self.channel.shutdown()
             for follower in self.followers:
-                follower.wait(timeout=60)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    follower.wait(timeout=60)
+        for follower in getattr(self, "followers", []):
+            if follower.poll() is None:
+                follower.kill()
+
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose group lost a process cannot generate again; failing here makes
+        Serve replace it (followers included) instead of failing every later request at once."""
+        if self.broken is not None:
+            raise RuntimeError(self.broken)
+        for rank, follower in enumerate(self.followers, start=1):
+            code = follower.poll()
+            if code is not None:
+                raise RuntimeError(f"context-parallel follower rank {rank} exited with status {code}")
 
     def info(self) -> dict:
         pipe = self.studio.pipe
@@ -125,16 +169,19 @@ class Replica:
         cancel = threading.Event()
         stream, pending, ended = None, None, False
         try:
-            image = _save_upload(folder, "portrait", request["image_name"], request["image"])
-            audio = _save_upload(folder, "speech", request["audio_name"], request["audio"])
+            if self.broken is not None:
+                raise RuntimeError(self.broken)
+            image = _save_upload(folder / "image", request["image_name"], request["image"], "portrait")
+            audio = _save_upload(folder / "audio", request["audio_name"], request["audio"], "speech")
             try:
                 job = self.studio.check(image, audio, Controls(**request.get("controls", {})))
             except FantasyError as exc:
-                yield {"event": "error", "kind": type(exc).__name__, "message": str(exc)}
+                yield _error(exc, folder)
                 return
             job.folder = folder / "job"
-            yield {"event": "accepted", "replica": self.id, "request": str(folder), "frames": job.checked.num_frames,
-                   "notices": job.notices, "status": self.studio.status(job, state="Generating…")}
+            yield {"event": "accepted", "replica": self.id, "request": folder.name, "frames": job.checked.num_frames,
+                   "notices": [_scrub(n, folder) for n in job.notices],
+                   "status": _scrub(self.studio.status(job, state="Generating…"), folder)}
             stream = self.studio.run(job, cancel=cancel, heartbeat_s=None)  # Ray cancels at each await: no Idle
             while True:
                 # The generation runs in the stream's worker thread; its events are awaited off the event loop,
@@ -144,17 +191,63 @@ class Replica:
                     event = await asyncio.shield(pending)
                 except FantasyError as exc:
                     ended = True
-                    yield {"event": "error", "kind": type(exc).__name__, "message": str(exc)}
+                    yield _error(exc, folder)
                     return
                 if event is None:
                     ended = True
                     return
-                yield _wire(event, job, self.studio)
+                yield _wire(event, job, self.studio, folder)
+        except Exception as exc:  # noqa: BLE001 - not the product's own error: the replica failed; say so, clean up
+            ended = True
+            yield self._failed(exc, folder)
         finally:  # also on cancellation: stop the worker at its next step, let it clean up, then remove the files
             cancel.set()
             if stream is not None and not ended:
                 await _drain(pending, stream)
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _failed(self, exc: Exception, folder: Path) -> dict:
+        from fantasy.speed.group import collective_error, describe_lost, one_line
+
+        if collective_error(exc):  # the group is gone for good: fail the health check, Serve replaces the replica
+            self.broken = describe_lost(exc)
+        message = self.broken if collective_error(exc) else _scrub(one_line(exc), folder)
+        return {"event": "error", "kind": "ReplicaFailed",
+                "message": f"The server failed while generating ({message}); the request was cancelled and its "
+                           "files removed. Try again."}
+
+
+def remove_stale_roots(base: Path) -> list[Path]:
+    """Folders of replicas that were killed outright (their pid is gone): their uploads and partial videos."""
+    removed = []
+    for folder in base.glob(f"{ROOT_PREFIX}*"):
+        match = re.match(rf"{ROOT_PREFIX}(\d+)-", folder.name)
+        if match is None or not folder.is_dir() or _alive(int(match.group(1))):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _scrub(text: str, folder: Path) -> str:
+    """Messages name the user's files, never the server's folders."""
+    for part in ("image", "audio"):
+        text = text.replace(f"{folder / part}/", "")
+    return text.replace(str(folder), "the request")
+
+
+def _error(exc: FantasyError, folder: Path) -> dict:
+    return {"event": "error", "kind": type(exc).__name__, "message": _scrub(str(exc), folder)}
 
 
 async def _drain(pending, stream) -> None:
@@ -169,19 +262,18 @@ async def _drain(pending, stream) -> None:
 
 def _load(config: ServeConfig):
     """(pipeline, speed log, job channel or None), the same in a replica and in its followers."""
-    from fantasy.speed.switches import apply_speed
-    from fantasy.weights.presets import load_pipeline
+    from fantasy.app.group_loading import load_in_group
+    from fantasy.weights.presets import get_preset
 
     parallel, channel, device = None, None, None
     if config.context_parallel > 1:
         from fantasy.app.parallel_jobs import join_group
-        from fantasy.speed.parallel import ContextParallel
+        from fantasy.speed.layout import ContextParallel
 
         parallel = ContextParallel(config.context_parallel)
-        channel, device = join_group()
-    pipe = load_pipeline(config.preset, device=device, adapter=config.adapter)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, apply_speed(pipe, config.speed, parallel), channel
+        channel, device = join_group(timeout_s=parallel.timeout_s)
+    pipe, lines = load_in_group(get_preset(config.preset), device, config.adapter, None, config.speed, parallel)
+    return pipe, lines, channel
 
 
 def _start_followers(config: ServeConfig) -> list[subprocess.Popen]:
@@ -218,14 +310,16 @@ def _follow() -> None:
     channel.follow(pipe, get_preset(config.preset))
 
 
-def _save_upload(folder: Path, stem: str, name: str, data: bytes) -> Path:
-    suffix = Path(name or "").suffix.lower()[:8]
-    path = folder / f"{stem}{suffix}"
+def _save_upload(folder: Path, name: str, data: bytes, fallback: str) -> Path:
+    """The upload under the user's own file name (its last part, safe characters), so that messages name it."""
+    folder.mkdir()
+    base = re.sub(r"[^\w.\- ]", "_", Path(name or "").name).strip(" .")[:120]
+    path = folder / (base or fallback)
     path.write_bytes(data)
     return path
 
 
-def _wire(event, job, studio) -> dict:
+def _wire(event, job, studio, folder: Path) -> dict:
     from fantasy.app.streaming import ChunkReady, Finished, PreviewReady, StageProgress
 
     if isinstance(event, StageProgress):
@@ -241,11 +335,103 @@ def _wire(event, job, studio) -> dict:
     if isinstance(event, Finished):
         result = {k: v for k, v in asdict(event.result).items() if k != "path"}
         return {"event": "done", "result": result, "steps_run": event.steps_run, "video": event.result.path.read_bytes(),
-                "status": studio.status(job, event.result, steps_run=event.steps_run)}
+                "status": _scrub(studio.status(job, event.result, steps_run=event.steps_run), folder)}
     raise TypeError(f"unknown stream event {event!r}")
 
 
 # ---- the HTTP entry ------------------------------------------------------------------------------------
+
+
+class UploadRefused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def upload_limit() -> int:
+    """The most a POST /generate body may hold: two uploads at the app's limit, plus room for the form."""
+    from fantasy.app.validation import MAX_UPLOAD_BYTES
+
+    return 2 * MAX_UPLOAD_BYTES + 256 * 1024
+
+
+async def read_generate_form(request) -> dict:
+    """The request's uploads and controls, read as the body streams in with a running byte count: past the limit
+    the request is refused (413) without reading further (and nothing reaches a replica)."""
+    from starlette.requests import Request
+
+    from fantasy.app.validation import MAX_UPLOAD_BYTES, human_size
+
+    limit = upload_limit()
+    too_large = UploadRefused(413, f"The upload is larger than {human_size(limit)} (the limit is "
+                                   f"{human_size(MAX_UPLOAD_BYTES)} per file, portrait and speech). Use smaller files.")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    received = 0
+
+    async def counted():
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise too_large
+        return message
+
+    try:
+        form = await Request(request.scope, counted).form(max_files=2, max_fields=4)
+    except UploadRefused:
+        raise
+    except Exception as exc:  # noqa: BLE001 - starlette's parser: a body that is not a multipart form
+        raise UploadRefused(400, f"the body is not a multipart form ({exc})") from None
+    try:
+        uploads = {}
+        for name in ("image", "audio"):
+            upload = form[name]
+            if not hasattr(upload, "read"):
+                raise KeyError(name)
+            data = await upload.read()
+            if len(data) > MAX_UPLOAD_BYTES:
+                what = "portrait" if name == "image" else "speech"
+                raise UploadRefused(413, f"The {what} file '{Path(upload.filename or name).name}' is "
+                                         f"{human_size(len(data))}; the limit is {human_size(MAX_UPLOAD_BYTES)}. "
+                                         "Use a smaller file (a shorter clip, or a compressed photo).")
+            uploads[name], uploads[f"{name}_name"] = data, upload.filename
+    except KeyError:
+        raise UploadRefused(400, "send multipart fields image, audio (files) and controls (JSON)") from None
+    finally:
+        await form.close()
+    uploads["controls"] = check_controls(form.get("controls"))
+    return uploads
+
+
+def check_controls(text) -> dict:
+    """The controls JSON as `Controls` fields of the right types; a 400 naming what is wrong otherwise."""
+    from fantasy.app.studio import Controls
+
+    if text is None or text == "":
+        return {}
+    try:
+        controls = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise UploadRefused(400, f"controls: not JSON ({exc})") from None
+    if not isinstance(controls, dict):
+        raise UploadRefused(400, f"controls: a JSON object of slider values, not {type(controls).__name__}")
+    known = {f.name: f.default for f in fields(Controls)}
+    for key, value in controls.items():
+        if key not in known:
+            raise UploadRefused(400, f"controls: unknown field '{key}'; known: {', '.join(known)}")
+        expected = str if isinstance(known[key], str) else (int, float)
+        if key == "seed" or key == "steps" or key == "longest_edge":
+            expected = int
+        if value is None and known[key] is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, expected) or (
+                expected is int and isinstance(value, float)):
+            kind = "text" if expected is str else ("a whole number" if expected is int else "a number")
+            raise UploadRefused(400, f"controls: '{key}' must be {kind}, got {json.dumps(value)}")
+    return controls
 
 
 class Gateway:
@@ -254,6 +440,7 @@ class Gateway:
     def __init__(self, replica, config: ServeConfig):
         self.replica, self.config = replica, config
         self._info: dict | None = None
+        self.waiting: list[str] = []  # requests with no event from a replica yet, in arrival order
 
     async def __call__(self, request):
         from starlette.responses import JSONResponse, StreamingResponse
@@ -265,25 +452,58 @@ class Gateway:
             return JSONResponse(self._info | {"replicas": self.config.replicas, "max_queued": self.config.max_queued})
         if request.method != "POST" or not path.endswith("/generate"):
             return JSONResponse({"error": "use GET /info or POST /generate"}, status_code=404)
-        form = await request.form()
         try:
-            payload = {
-                "image": await form["image"].read(), "image_name": form["image"].filename,
-                "audio": await form["audio"].read(), "audio_name": form["audio"].filename,
-                "controls": json.loads(form.get("controls") or "{}"),
-            }
-        except (KeyError, AttributeError, ValueError):
-            return JSONResponse({"error": "send multipart fields image, audio (files) and controls (JSON)"},
-                                status_code=400)
+            payload = await read_generate_form(request)
+        except UploadRefused as refused:
+            return JSONResponse({"error": str(refused)}, status_code=refused.status)
         events = self.replica.options(stream=True).generate.remote(payload)
+        ticket = uuid.uuid4().hex
+        self.waiting.append(ticket)
+        first = asyncio.ensure_future(events.__anext__())
+        await asyncio.wait({first}, timeout=QUEUE_NOTICE_S)
+        if first.done() and first.exception() is not None:
+            self._leave(ticket)
+            busy = _backpressure(first.exception())
+            if busy is not None:
+                return JSONResponse({"event": "busy", "message": busy}, status_code=503)
+        return StreamingResponse(self._ndjson(ticket, first, events), media_type="application/x-ndjson")
+
+    def _leave(self, ticket: str) -> None:
+        with contextlib.suppress(ValueError):
+            self.waiting.remove(ticket)
+
+    async def _ndjson(self, ticket: str, first, events) -> AsyncIterator[bytes]:
+        """Events as JSON lines (bytes base64): `queued` with the request's place while it waits for a replica,
+        `keepalive` when nothing else came for `keepalive_s`, an `error` event when the replica fails; a client
+        that goes away cancels the generation."""
+        pending = first
         try:
-            first = await events.__anext__()
-        except Exception as exc:  # noqa: BLE001 - Ray wraps the backpressure error on some paths
-            busy = _backpressure(exc)
-            if busy is None:
-                raise
-            return JSONResponse({"event": "busy", "message": busy}, status_code=503)
-        return StreamingResponse(_ndjson(first, events), media_type="application/x-ndjson")
+            while True:
+                if not pending.done():
+                    if ticket in self.waiting:  # its place among the requests no replica has taken yet (1: next)
+                        yield _line({"event": "queued", "position": self.waiting.index(ticket) + 1})
+                    done, _ = await asyncio.wait({pending}, timeout=self.config.keepalive_s)
+                    if not done:
+                        if ticket not in self.waiting:
+                            yield _line({"event": "keepalive"})
+                        continue
+                self._leave(ticket)
+                try:
+                    event = pending.result()
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:  # noqa: BLE001 - the replica (or its process) failed, or the queue was full
+                    busy = _backpressure(exc)
+                    yield _line({"event": "error", "kind": "ServerBusy" if busy else "ReplicaFailed",
+                                 "message": busy or "The server failed while generating (the replica running this "
+                                                    f"request stopped: {type(exc).__name__}); try again."})
+                    return
+                yield _line(event)
+                pending = asyncio.ensure_future(events.__anext__())
+        finally:
+            self._leave(ticket)
+            pending.cancel()
+            events.cancel()
 
 
 def _backpressure(exc: BaseException) -> str | None:
@@ -294,16 +514,6 @@ def _backpressure(exc: BaseException) -> str | None:
         return None
     return (f"The server is busy: every replica is generating and the queue ({error.args[1]} waiting) is full. "
             "Try again in a moment.")
-
-
-async def _ndjson(first: dict, events) -> AsyncIterator[bytes]:
-    """Events as JSON lines (bytes base64); a client that goes away cancels the generation."""
-    try:
-        yield _line(first)
-        async for event in events:
-            yield _line(event)
-    finally:
-        events.cancel()
 
 
 def _line(event: dict) -> bytes:
@@ -321,7 +531,9 @@ def build_app(config: ServeConfig):
     check_config(config)
     replica = serve.deployment(
         Replica, name=REPLICA_NAME, num_replicas=config.replicas, max_ongoing_requests=1,
-        max_queued_requests=config.max_queued,
+        max_queued_requests=config.max_queued, health_check_period_s=config.health_check_period_s,
+        health_check_timeout_s=max(30.0, config.health_check_period_s),
+        graceful_shutdown_timeout_s=20.0, graceful_shutdown_wait_loop_s=1.0,
         ray_actor_options={"num_gpus": config.gpus_per_replica, "num_cpus": config.cpus_per_replica},
     )
     gateway = serve.deployment(Gateway, name=GATEWAY_NAME, max_ongoing_requests=1000,
@@ -355,7 +567,7 @@ def run(args) -> int:
         replicas=max(1, gpus // max(cp, 1)) if args.replicas is None else args.replicas,
         gpus_per_replica=(float(cp) if gpus else 0.0) if args.gpus_per_replica is None else args.gpus_per_replica,
         cpus_per_replica=args.cpus_per_replica, max_queued=args.max_queued, speed=speed_options(args),
-        face_check=args.face_check, context_parallel=cp,
+        face_check=args.face_check, context_parallel=cp, work_dir=args.work_dir,
     )
     check_config(config)
     try:
@@ -363,13 +575,38 @@ def run(args) -> int:
         from ray import serve
     except ImportError:
         raise FantasyError("Ray Serve is not installed: pip install -r requirements-serve.txt") from None
-    ray.init(address=args.address, runtime_env={"env_vars": {"PYTHONPATH": package_root()}},
-             include_dashboard=False)
-    serve.start(http_options={"host": args.host, "port": args.port})
-    print(f"serving {config.replicas} replica(s) of the {config.preset} preset on http://{args.host}:{args.port} "
-          f"(queue bound {config.max_queued}); Ctrl-C stops", flush=True)
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=True)
+    from fantasy.stop import stop_on_signals
+
+    # The actors' logs stay in Ray's log folder: forwarded here they would print every request and, on a stop,
+    # the tracebacks of the streams Serve cuts (not ours to show).
+    context = ray.init(address=args.address, runtime_env={"env_vars": {"PYTHONPATH": package_root()}},
+                       include_dashboard=False, log_to_driver=False)
+    logs = Path(context.address_info.get("session_dir") or tempfile.gettempdir()) / "logs"
+    with stop_on_signals():  # again: ray.init replaced our SIGTERM handler with a bare exit
+        try:
+            serve.start(http_options={"host": args.host, "port": args.port})
+            print(f"serving {config.replicas} replica(s) of the {config.preset} preset on http://{args.host}:"
+                  f"{args.port} (queue bound {config.max_queued}); Ctrl-C stops; Ray's logs: {logs}", flush=True)
+            try:
+                serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=True)
+            except RuntimeError as exc:  # Serve's "Deploying application ... failed", with the replica's error
+                raise FantasyError(f"the replicas did not start: {str(exc).strip().splitlines()[-1]} (Ray's logs: "
+                                   f"{logs})") from None
+        finally:  # a stop signal too: the replicas stop their generations and remove their requests' files
+            shut_down(config, started_here=args.address is None)
     return 0
+
+
+def shut_down(config: ServeConfig, started_here: bool) -> None:
+    """Stop Serve and Ray; then remove the folders of replicas that did not get to remove their own."""
+    import ray
+    from ray import serve
+
+    with contextlib.suppress(Exception):
+        serve.shutdown()
+    ray.shutdown()
+    if started_here:  # the replicas ran on this machine
+        remove_stale_roots(Path(config.work_dir or tempfile.gettempdir()))
 
 
 if __name__ == "__main__":  # a follower of a context-parallel replica (`_start_followers`)

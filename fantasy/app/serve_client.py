@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from fantasy.app.streaming import Chunk, ChunkReady, Finished, PreviewReady, StageProgress, StreamEvent
+from fantasy.app.streaming import Chunk, ChunkReady, Finished, Idle, PreviewReady, StageProgress, StreamEvent
 from fantasy.app.studio import Controls, Job, Studio
 from fantasy.errors import FantasyError, GenerationCancelled
 from fantasy.generation import Result
@@ -103,7 +103,7 @@ class RemoteStudio(Studio):
                 if reply.status_code == 503:
                     raise ServerBusy(json.loads(reply.read())["message"])
                 if reply.status_code != 200:
-                    raise FantasyError(f"the server answered {reply.status_code}: {reply.read().decode()[:200]}")
+                    raise FantasyError(_refusal(reply.status_code, reply.read()))
                 for line in reply.iter_lines():
                     if cancel.is_set():  # leaving the stream closes it: the server cancels the request
                         raise GenerationCancelled("Generation stopped.")
@@ -114,6 +114,10 @@ class RemoteStudio(Studio):
                             event["message"])
                     if kind == "progress":
                         yield StageProgress(event["stage"], event["fraction"])
+                    elif kind == "queued":  # every replica is busy: waiting, `position` 1 = next
+                        yield StageProgress("queued", 0.0)
+                    elif kind == "keepalive":
+                        yield Idle()
                     elif kind == "preview":
                         yield PreviewReady(_preview(event))
                     elif kind == "chunk":
@@ -135,6 +139,14 @@ class RemoteStudio(Studio):
         if cancel.is_set():
             raise GenerationCancelled("Generation stopped.")
         raise FantasyError("the server ended the stream without a video")
+
+
+def _refusal(status: int, body: bytes) -> str:
+    """The server's one-line reason (`{"error": ...}`), else the status and the start of the body."""
+    try:
+        return json.loads(body)["error"]
+    except (ValueError, KeyError, TypeError):
+        return f"the server answered {status}: {body.decode(errors='replace')[:200]}"
 
 
 def _preview(event: dict):

@@ -30,6 +30,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--face-check", action="store_true", help="run the face check on the replicas too")
     p.add_argument("--context-parallel", type=int, default=1, metavar="N",
                    help="one replica per N GPUs, each video split over them (see generate --context-parallel)")
+    p.add_argument("--work-dir", default=None, metavar="DIR",
+                   help="where replicas keep requests' uploads and videos while they run (default: the temp folder)")
     add_speed_flags(p)
     p.set_defaults(run=run)
 

@@ -40,6 +40,7 @@ from fantasy.app.flags import (
     parallel_option,
     speed_options,
 )
+from fantasy.app.group_loading import load_in_group
 from fantasy.app.launch import (
     DEFAULT_PROMPT,
     DEFAULT_SEED,
@@ -61,10 +62,9 @@ from fantasy.app.validation import (
 )
 from fantasy.errors import FantasyError, GenerationCancelled, InvalidSetting
 from fantasy.examples import example_file
-from fantasy.speed.switches import apply_speed
 from fantasy.stop import StopRequested, stop_on_signals
 from fantasy.weights.loras import load_loras
-from fantasy.weights.presets import Preset, get_preset, load_pipeline
+from fantasy.weights.presets import Preset, get_preset
 
 EXAMPLES = [[str(example_file("portrait.png")), str(example_file("speech.wav"))]]
 MAX_QUEUE = 8  # waiting generations; more are turned away with a busy message
@@ -76,7 +76,8 @@ DEMO_BANNER = (
 )
 BANNER_STYLE = "background:#fff4d6;border:2px solid #e0a800;border-radius:8px;padding:10px 14px;color:#5a4300"
 PLAYER_HEIGHT = 300  # px: both players, the status line and the download fit one screen whatever the video size
-STAGE_NAMES = {"audio": "Encoding speech", "denoise": "Denoising", "decode": "Decoding video"}
+STAGE_NAMES = {"audio": "Encoding speech", "denoise": "Denoising", "decode": "Decoding video",
+               "queued": "Waiting for a free GPU on the server"}
 
 
 def pass_original_upload(component: gr.Image) -> gr.Image:
@@ -459,21 +460,24 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
     preset = get_preset(args.preset or default_preset(args.adapter, args.comfy_models))
     options = speed_options(args)  # spelling errors before the models load
     loras, lora_states = lora_option(args)  # every LoRA file read and checked before the models load
-    parallel = parallel_option(args, vram=args.vram if preset.name == "real" else "resident")
+    parallel = parallel_option(args, vram=args.vram if preset.name == "real" else "resident", heads=preset.dit_heads)
     channel, device = None, None
     if parallel is not None:
         from fantasy.app.parallel_jobs import join_group
 
-        channel, device = join_group()
+        channel, device = join_group(timeout_s=parallel.timeout_s)
     say = print if channel is None or channel.leader else (lambda *a, **k: None)
     say(f"[app] preset {preset.name}: {preset.summary}", flush=True)
-    pipe = load_pipeline(preset.name, adapter=args.adapter, device=device,
-                         **(real_options(args) if preset.name == "real" else {}))
+
+    def with_loras(pipe) -> None:
+        for applied in load_loras(pipe, loras, fuse=options.fuse_lora, states=lora_states):
+            say(f"[app] {applied}", flush=True)
+
+    pipe, lines = load_in_group(preset, device, args.adapter, real_options(args) if preset.name == "real" else None,
+                                options, parallel, before_speed=with_loras)  # the same weights in every process
     if getattr(pipe, "dit_choice", None) is not None:
         say(f"[app] DiT: {pipe.dit_choice.describe()}", flush=True)
-    for applied in load_loras(pipe, loras, fuse=options.fuse_lora, states=lora_states):
-        say(f"[app] {applied}", flush=True)
-    for line in apply_speed(pipe, options, parallel):
+    for line in lines:
         say(f"[app] speed: {line}", flush=True)
     if channel is not None and not channel.leader:
         pipe.set_progress_bar_config(disable=True)

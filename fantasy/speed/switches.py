@@ -174,6 +174,9 @@ def enable_step_cache(transformer, kind: str = "fbc", threshold: float = DEFAULT
     if transformer.is_cache_enabled:
         transformer.disable_cache()
     transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+    from fantasy.speed.cache_decision import install_cache_decision
+
+    install_cache_decision(transformer)  # the rule every process count shares (`fantasy.speed.cache_decision`)
 
 
 def _device_of(transformer) -> torch.device:

@@ -23,6 +23,7 @@ from fantasy.errors import InvalidSetting
 from fantasy.model.identity import install_identity_module
 from fantasy.model.motion import install_motion_module
 from fantasy.train.objective import STAGES, AdapterTrainingModel, Batch, sample_sigma
+from fantasy.train.processes import average_gradients_in_float64
 from fantasy.weights.trained_modules import IDENTITY_KEY, MOTION_PREFIX, save_modules, trainable_parameters
 
 ADAPTER_MODULES = ("audio", "motion", "identity")
@@ -162,6 +163,7 @@ def train(pipe, config: TrainConfig, dataset, progress: Progress | None = None) 
     optimizer = torch.optim.AdamW(list(trained.values()), lr=config.lr, weight_decay=0.0)
     first = _resume(config, trained, optimizer)  # before accelerate wraps the optimiser
     model, optimizer = accelerator.prepare(model, optimizer)
+    average_gradients_in_float64(model)  # exact for equal gradients on any number of processes (`processes`)
     inner = accelerator.unwrap_model(model)
     # Each process draws its own clips, noise and dropout (seeded by rank), so GPUs see different samples;
     # a resumed run seeds by its first step too, so it does not replay the samples already trained on.

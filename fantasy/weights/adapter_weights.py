@@ -11,6 +11,7 @@ as the release casts them to the DiT's dtype.
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 from pathlib import Path
@@ -195,7 +196,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype = to
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")  # same folder: the rename is atomic
+    # Same folder: the rename is atomic. Named by pid: the processes of a group convert at once on shared storage.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
         save_file(tensors, str(tmp), metadata={"format": "pt", "layout": "fantasy-talking-studio/adapter-v1"})
         tmp.replace(path)

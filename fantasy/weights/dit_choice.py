@@ -10,6 +10,12 @@ The rule, per `--vram` mode, with the free memory `torch.cuda.mem_get_info` repo
   activations, umT5, CLIP, VAE + decode (each + the margin).
 - `group-offload`: always Q8_0: the DiT streams block by block from host RAM, so the transfer per
   block (and the host RAM) is what counts, and Q8_0 halves both.
+- `sharded` (over N GPUs of a context-parallel group): bf16 if DiT/N + umT5/N (FSDP2 shards)
+  + two whole DiT blocks (the running one and the prefetched one) + umT5's embedding (gathered while it encodes)
+  + CLIP + VAE + wav2vec2 + the largest of the activations/N and the VAE decode + the margin  <=  free memory.
+
+Under a group every process must load the same DiT: the group agrees on the smallest free memory and on the
+bf16 file being on every node (`fantasy.speed.group`), then applies this rule once.
 
 bf16 is also only picked when its file is on disk; otherwise Q8_0, and the note says bf16 would fit.
 Sizes are the released models' parameter counts x their dtypes; the activation and decode figures are
@@ -28,6 +34,7 @@ DIT_PARAMS = 16_394_878_784  # Wan2.1-I2V-14B transformer
 DIT_BLOCKS = 40
 ADAPTER_PARAMS = 40 * 2 * 2048 * 5120  # FantasyTalking's audio K/V, kept in the compute dtype
 UMT5_PARAMS = 5_680_910_336  # umT5-XXL encoder, bf16
+UMT5_EMBEDDING_PARAMS = 256_384 * 4096  # its token embedding (gathered whole while it encodes when sharded)
 CLIP_PARAMS = 630_766_080 + 1280 * 1024  # ViT-H/14 + its projection, fp32
 VAE_PARAMS = 126_892_531  # fp32
 AUDIO_PARAMS = 94_371_712 + 1_576_960  # wav2vec2-base + projection, fp32
@@ -52,8 +59,9 @@ def video_tokens(longest_edge: int, frames: int) -> int:
     return ((frames - 1) // 4 + 1) * (longest_edge // 16) ** 2
 
 
-def bf16_need_bytes(vram: str, longest_edge: int, frames: int = 81, batch: int = 1) -> int:
-    """GPU memory the real preset needs with the bf16 DiT in `vram` mode (see the module docstring)."""
+def bf16_need_bytes(vram: str, longest_edge: int, frames: int = 81, batch: int = 1, shards: int = 1) -> int:
+    """GPU memory the real preset needs with the bf16 DiT in `vram` mode (see the module docstring);
+    `shards`: the processes a `sharded` DiT and umT5 are split over."""
     dit = DIT_PARAMS * 2 + ADAPTER_PARAMS * 2
     activations = video_tokens(longest_edge, frames) * ACTIVATION_BYTES_PER_TOKEN * batch
     umt5, clip, vae, audio = UMT5_PARAMS * 2, CLIP_PARAMS * 4, VAE_PARAMS * 4, AUDIO_PARAMS * 4
@@ -61,6 +69,10 @@ def bf16_need_bytes(vram: str, longest_edge: int, frames: int = 81, batch: int =
         return dit + clip + vae + audio + max(umt5, activations, VAE_DECODE_BYTES) + MARGIN_BYTES
     if vram == "model-offload":
         return max(dit + activations, umt5, clip, vae + VAE_DECODE_BYTES) + MARGIN_BYTES
+    if vram == "sharded":
+        gathered = max(2 * dit // DIT_BLOCKS, UMT5_EMBEDDING_PARAMS * 2)
+        return ((dit + umt5) // shards + gathered + clip + vae + audio + max(activations // shards, VAE_DECODE_BYTES)
+                + MARGIN_BYTES)
     return 2 * dit // DIT_BLOCKS + clip + vae + audio + max(activations, VAE_DECODE_BYTES) + MARGIN_BYTES
 
 
@@ -72,15 +84,16 @@ def free_vram_bytes(device: torch.device) -> int | None:
 
 
 def choose_dit(free: int | None, vram: str, longest_edge: int, frames: int = 81, batch: int = 1,
-               bf16_on_disk: bool = True) -> DitChoice:
-    """The rule above, for `free` bytes of free GPU memory (None: no CUDA device)."""
+               bf16_on_disk: bool = True, shards: int = 1) -> DitChoice:
+    """The rule above, for `free` bytes of free GPU memory (None: no CUDA device; under a group: the smallest)."""
     if free is None:
         return DitChoice("q8_0", True, "auto: no CUDA GPU to fit bf16 on")
     if vram == "group-offload":
         return DitChoice("q8_0", True, "auto: group offloading streams the DiT, Q8_0 moves half the bytes")
-    need = bf16_need_bytes(vram, longest_edge, frames, batch)
+    need = bf16_need_bytes(vram, longest_edge, frames, batch, shards)
     fits = need <= free
-    sizes = f"bf16 needs ~{need / GiB:.1f} GiB at {longest_edge} px, {free / GiB:.1f} GiB free"
+    where = f"{free / GiB:.1f} GiB free" if shards == 1 else f"{free / GiB:.1f} GiB free on the fullest of {shards} GPUs"
+    sizes = f"bf16 needs ~{need / GiB:.1f} GiB at {longest_edge} px, {where}"
     if fits and bf16_on_disk:
         return DitChoice("bf16", True, f"auto: {sizes}")
     if fits:

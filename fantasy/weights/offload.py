@@ -8,6 +8,8 @@
   the DiT: one transformer block at a time on the GPU, the next one prefetched on a side stream.
   Needs about twice the DiT's size in pinned host RAM. CLIP, wav2vec2, the audio projection and the
   VAE stay resident (small, and our code calls pieces of them directly, outside any hook).
+- `sharded`: under context parallelism, the DiT and umT5 stay on the CPU here (memory-mapped where they
+  can be) and FSDP2 moves each process's shard to its GPU (`fantasy.speed.sharding`); the rest is resident.
 
 The audio adapter's processors are children of `blocks[i].attn2`, so install them (and apply any
 layerwise casting) *before* calling `apply_vram_mode`: they then move with their block.
@@ -21,7 +23,9 @@ VRAM_MODES: dict[str, str] = {
     "resident": "all models on the GPU (umT5 only while encoding the prompt); fastest, most VRAM",
     "model-offload": "one whole model on the GPU at a time (diffusers enable_model_cpu_offload)",
     "group-offload": "DiT and umT5 one block at a time, prefetched on a CUDA stream; least VRAM, needs host RAM",
+    "sharded": "DiT and umT5 sharded over a context-parallel group's GPUs (FSDP2; needs --context-parallel N)",
 }
+SHARDED_MODELS = ("transformer", "text_encoder")  # placed by the sharding (`fantasy.speed.sharding`), not here
 # Components left resident under group offloading.
 GROUP_OFFLOAD_RESIDENT = ("image_encoder", "audio_encoder", "audio_proj", "vae")
 
@@ -68,6 +72,10 @@ def apply_vram_mode(pipe, mode: str, device: str | torch.device) -> None:
             if isinstance(component, torch.nn.Module) and name != "text_encoder":
                 component.to(device)
         offload_text_encoder_after_use(pipe, device)
+    elif mode == "sharded":
+        for name, component in pipe.components.items():
+            if isinstance(component, torch.nn.Module) and name not in SHARDED_MODELS:
+                component.to(device)
     elif mode == "model-offload":
         pipe.enable_model_cpu_offload(device=device)
     else:

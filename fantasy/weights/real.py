@@ -418,8 +418,24 @@ def enable_vae_tiling(vae):
     return vae
 
 
-def _auto_dit(root: Path, device: torch.device, vram: str, fit_size: int, fit_frames: int, fit_batch: int,
-              comfy: Path | None = None):
+def dit_files_here(root: Path, device: torch.device | None, comfy: Path | None = None) -> dict:
+    """What this process sees for the storage rule: its GPU's free memory (None without CUDA), whether the bf16
+    and the Q8_0 DiT files are on disk, and a ComfyUI folder's DiT file name. A context-parallel group combines
+    every process's (`fantasy.app.group_loading`) before `dit_rule` decides once for all of them."""
+    from fantasy.weights.comfy_folder import find_comfy_files
+    from fantasy.weights.dit_choice import free_vram_bytes
+
+    comfy_file = find_comfy_files(comfy).dit if comfy is not None else None
+    return {
+        "free": free_vram_bytes(device) if device is not None else None,
+        "bf16": comfy_file is not None or locate(DIT_FILES["bf16"], root) is not None,
+        "q8_0": locate(DIT_FILES["q8_0"], root) is not None or (
+            comfy is not None and find_comfy_files(comfy, want_gguf="q8_0").dit is not None),
+        "comfy_dit": None if comfy_file is None else comfy_file.name,
+    }
+
+
+def dit_rule(here: dict, vram: str, fit_size: int, fit_frames: int, fit_batch: int, shards: int = 1):
     """The storage rule (`fantasy.weights.dit_choice`) over the DiT files on disk, ComfyUI's included.
 
     A ComfyUI folder usually holds one safetensors DiT (often fp8) and no GGUF: where the rule says Q8_0 but no
@@ -428,29 +444,31 @@ def _auto_dit(root: Path, device: torch.device, vram: str, fit_size: int, fit_fr
     """
     from dataclasses import replace as replaced
 
-    from fantasy.weights.comfy_folder import find_comfy_files
-    from fantasy.weights.dit_choice import choose_dit, free_vram_bytes
+    from fantasy.weights.dit_choice import choose_dit
 
-    comfy_file = find_comfy_files(comfy).dit if comfy is not None else None
-    bf16_on_disk = comfy_file is not None or locate(DIT_FILES["bf16"], root) is not None
-    choice = choose_dit(free_vram_bytes(device), vram, fit_size, fit_frames, fit_batch, bf16_on_disk)
-    q8_0_on_disk = locate(DIT_FILES["q8_0"], root) is not None or (
-        comfy is not None and find_comfy_files(comfy, want_gguf="q8_0").dit is not None)
-    if choice.mode == "q8_0" and not q8_0_on_disk and comfy_file is not None:
+    choice = choose_dit(here["free"], vram, fit_size, fit_frames, fit_batch, here["bf16"], shards)
+    if choice.mode == "q8_0" and not here["q8_0"] and here["comfy_dit"] is not None:
         return replaced(choice, mode="bf16-fp8-storage",
-                        reason=f"{choice.reason}; no Q8_0 file, so {comfy_file.name} is held in fp8 (bf16 compute)")
+                        reason=f"{choice.reason}; no Q8_0 file, so {here['comfy_dit']} is held in fp8 (bf16 compute)")
     return choice
+
+
+def _auto_dit(root: Path, device: torch.device, vram: str, fit_size: int, fit_frames: int, fit_batch: int,
+              comfy: Path | None = None):
+    return dit_rule(dit_files_here(root, device, comfy), vram, fit_size, fit_frames, fit_batch)
 
 
 def load_real_pipeline(
     device: str | torch.device | None = None, adapter: str | Path | None = None, weights: str | Path | None = None,
     dit: str | None = None, vram: str = DEFAULT_VRAM, dtype: torch.dtype = torch.bfloat16, allow_cpu: bool = False,
     fit_size: int = 512, fit_frames: int = 81, fit_batch: int = 1, comfy_models: str | Path | None = None,
+    dit_choice=None,
 ):
     """The 14B pipeline with the FantasyTalking adapter, its DiT stored as `dit`, placed for `vram`.
 
     `dit=None` picks bf16 or Q8_0 from the free GPU memory at `fit_size` px x `fit_frames` frames with
-    `fit_batch` passes in a batch (`fantasy.weights.dit_choice`); `pipe.dit_choice` says what was picked and why.
+    `fit_batch` passes in a batch (`fantasy.weights.dit_choice`), unless `dit_choice` brings a choice already
+    made (by a process group, for all of its processes); `pipe.dit_choice` says what was picked and why.
     `comfy_models` (default `$FANTASY_COMFY_MODELS`): a ComfyUI models folder whose Wan files are used first
     (`fantasy.weights.comfy_folder`); `pipe.weight_files` names every model file read.
     Order matters: load the DiT (GGUF stays quantized; straight onto the GPU when it stays there),
@@ -473,8 +491,11 @@ def load_real_pipeline(
     root = weights_dir(weights)
     if is_diffusers_folder(root):  # `save_pretrained` / `fantasy convert --diffusers` wrote it
         return load_diffusers_folder(root, device, adapter, dit, vram, dtype)
-    choice = DitChoice(dit, False, "--dit") if dit is not None else _auto_dit(
-        root, device, vram, fit_size, fit_frames, fit_batch, comfy)
+    if dit_choice is not None:
+        choice = dit_choice
+    else:
+        choice = DitChoice(dit, False, "--dit") if dit is not None else _auto_dit(
+            root, device, vram, fit_size, fit_frames, fit_batch, comfy)
     mode = get_dit_mode(choice.mode)
     if mode.torchao == "fp8":
         _check_fp8_support(device)
@@ -537,7 +558,7 @@ def place(pipe, mode, vram: str, device: torch.device, dtype: torch.dtype):
     from fantasy.weights.quantize import enable_fp8_storage, quantize_weight_only
 
     if mode.torchao:  # on the GPU when it stays there (fast, no round trip)
-        quantize_weight_only(pipe.transformer, mode.torchao, device=device if vram == "resident" else None)
+        quantize_weight_only(pipe.transformer, mode.torchao, device=device if vram in ("resident", "sharded") else None)
     if mode.fp8_storage:
         enable_fp8_storage(pipe.transformer, dtype)
     apply_vram_mode(pipe, vram, device)

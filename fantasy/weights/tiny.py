@@ -48,12 +48,13 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def tiny_transformer() -> WanTransformer3DModel:
+def tiny_transformer(heads: int = HEADS) -> WanTransformer3DModel:
+    """`heads` splits the same inner width (24) into more heads (context parallelism over 3 processes needs 3 or 6)."""
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=HEADS, attention_head_dim=HEAD_DIM, in_channels=36,
-        out_channels=16, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=CLIP_HIDDEN, added_kv_proj_dim=HEADS * HEAD_DIM,
-        rope_max_seq_len=1024,
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=HEADS * HEAD_DIM // heads,
+        in_channels=36, out_channels=16, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=CLIP_HIDDEN,
+        added_kv_proj_dim=HEADS * HEAD_DIM, rope_max_seq_len=1024,
     ).eval()
 
 
@@ -85,16 +86,17 @@ def tiny_speech_encoder() -> Wav2Vec2Model:
     return Wav2Vec2Model(config).eval()
 
 
-def tiny_components(seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
+def tiny_components(seed: int = 0, dtype: torch.dtype = torch.float32, heads: int = HEADS) -> dict:
     """Keyword arguments for `FantasyTalkingPipeline`, every model seeded on its own.
 
     `dtype`: the DiT's and umT5's compute dtype, as the real preset's `dtype` (bf16 there): the DiT is
     cast with diffusers' fp32 modules (time embedder, modulation tables, norms) kept in fp32, as
-    `from_pretrained` and the single-file loader leave them. The same seed gives the same values.
+    `from_pretrained` and the single-file loader leave them. The same seed gives the same values. `heads`: the
+    DiT's attention heads (same width; tests of 3 processes).
     """
     from fantasy.weights.quantize import keep_fp32_modules_in_fp32
 
-    transformer = _seeded(seed + 4, tiny_transformer)
+    transformer = _seeded(seed + 4, lambda: tiny_transformer(heads))
     if dtype != torch.float32:
         keep_fp32_modules_in_fp32(transformer.to(dtype))
     return {
