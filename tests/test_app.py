@@ -74,7 +74,7 @@ def test_api_exposes_one_documented_generate_endpoint(client):
     names = [p["parameter_name"] for p in api["/generate"]["parameters"]]
     assert names == ["image", "audio", "prompt", "expression", "body", "text_guidance", "audio_guidance",
                      "audio_weight", "steps", "seed", "resolution", "max_duration"]
-    assert [r["label"] for r in api["/generate"]["returns"]] == ["Finished video (download)", "Status"]
+    assert [r["label"] for r in api["/generate"]["returns"]] == ["Result", "Status"]
 
 
 def test_generate_returns_an_mp4_with_audio(client, tiny_pipe):
@@ -103,15 +103,32 @@ def test_sliders_reach_the_generation(client):
     assert "25 frames" in status
 
 
-def test_streaming_endpoint_plays_chunks_then_gives_the_mp4(url, tmp_path):
+PAGE_OUTPUTS = ["error", "progress", "status", "details", "preview", "live", "final", "download"]  # as a client sees them
+
+
+def page_run(url: str, speech: Path, **controls) -> tuple[list, list]:
+    """What the page's Generate does, through one client session (the checked job waits in the session's state):
+    `/start` (the checks), then `/generate_stream`. Their outputs, each as a dict by component (a client gets no
+    state and no layout: the live player's box is the browser test's)."""
     client = Client(url, verbose=False, download_files=False)  # keep the stream's URLs, not downloads
-    speech = tmp_path / "speech.wav"
-    soundfile.write(speech, speech_like(2.0), 16_000)  # 49 frames: two chunks of about 1 s
-    job = client.submit(handle_file(EXAMPLE_IMAGE), handle_file(speech), "A person is talking.", 0.5, 0.5, 5.0, 5.0,
-                        1.0, 2, 1111, 64, 3.5, api_name="/generate_stream")
+    values = {"prompt": "A person is talking.", "expression": 0.5, "body": 0.5, "text_guidance": 5.0,
+              "audio_guidance": 5.0, "audio_weight": 1.0, "steps": 2, "seed": 1111, "resolution": 64,
+              "max_duration": 3.5, **controls}
+    started = client.predict(handle_file(EXAMPLE_IMAGE), handle_file(speech), *values.values(), api_name="/start")
+    job = client.submit(api_name="/generate_stream")
     outputs = list(job)
     assert job.status().success
-    playlists = {o[0]["url"] for o in outputs if isinstance(o[0], dict) and o[0].get("url", "").endswith(".m3u8")}
+    return [dict(zip(PAGE_OUTPUTS, started, strict=True))], [dict(zip(PAGE_OUTPUTS, o, strict=True)) for o in outputs]
+
+
+def test_the_page_streams_chunks_in_the_result_area_then_shows_the_mp4_for_download(url, tmp_path):
+    speech = tmp_path / "speech.wav"
+    soundfile.write(speech, speech_like(2.0), 16_000)  # 49 frames: two chunks of about 1 s
+    (started,), outputs = page_run(url, speech)
+    assert started["error"]["visible"] is False and started["status"] == "Inputs look good. Starting…"
+    assert started["final"] == {"__type__": "update", "visible": True, "value": None, "label": "Result"}
+    live = [o["live"] for o in outputs if isinstance(o["live"], dict) and o["live"].get("url")]
+    playlists = {v["url"] for v in live if v["url"].endswith(".m3u8")}
     assert len(playlists) == 1  # one live stream, fed chunk by chunk
     playlist = httpx.get(playlists.pop(), timeout=30).text
     durations = [float(line[len("#EXTINF:"):].rstrip(",")) for line in playlist.splitlines()
@@ -120,16 +137,22 @@ def test_streaming_endpoint_plays_chunks_then_gives_the_mp4(url, tmp_path):
     # our two chunks (25 + 24 frames), then Gradio's closing audio-only segment
     assert durations[:2] == [pytest.approx(25 / 23, abs=0.01), pytest.approx(24 / 23, abs=0.01)]
     assert len(durations) <= 3 and sum(durations[2:]) < 0.5  # the encoder's audio tail, if any
-    info = probe(outputs[-1][1]["path"])
+    last = outputs[-1]
+    final = last["final"]["value"]
+    info = probe(final["video"]["path"] if "video" in final else final["path"])
     assert info.frames == 49 and info.has_audio
-    assert outputs[-1][2].startswith("**Done**")
-    # the live preview (a looping WebP, shown) came before the first chunk of video, which hid it
-    previews = [i for i, o in enumerate(outputs)
-                if o[3].get("visible") and str((o[3].get("value") or {}).get("url")).endswith(".webp")]
-    first_chunk = next(i for i, o in enumerate(outputs) if isinstance(o[0], dict) and o[0].get("url"))
+    assert last["final"]["visible"] is True and last["final"]["label"] == "Result: portrait-seed1111.mp4"
+    assert last["download"]["visible"] is True and last["download"]["value"]["path"].endswith("portrait-seed1111.mp4")
+    assert last["status"].startswith("**Done** in ") and ": a 2.1 s video, 64×64, seed 1111." in last["status"]
+    assert "- 49 frames 64×64 @ 23 fps (2.1 s)" in last["details"] and "- 2 steps × 3 passes" in last["details"]
+    # the live preview (a looping WebP, shown) came before the first chunk of video, which hid it, in one place
+    previews = [i for i, o in enumerate(outputs) if isinstance(o["preview"], dict) and o["preview"].get("visible")
+                and str((o["preview"].get("value") or {}).get("url")).endswith(".webp")]
+    first_chunk = next(i for i, o in enumerate(outputs) if isinstance(o["live"], dict) and o["live"].get("url"))
     assert previews and previews[-1] < first_chunk
-    assert outputs[previews[0]][3]["label"] == "Preview while denoising (step 1/2): an estimate, blurry at first"
-    assert outputs[first_chunk][3] == {"__type__": "update", "visible": False, "value": None}
+    assert outputs[previews[0]]["preview"]["label"] == "Preview while denoising (step 1/2): an estimate, blurry at first"
+    assert outputs[previews[0]]["final"] == {"__type__": "update", "visible": False}
+    assert outputs[first_chunk]["preview"] == {"__type__": "update", "visible": False, "value": None}
 
 
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple]:

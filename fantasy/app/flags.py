@@ -7,54 +7,108 @@ parser is built, not when this module is.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Mapping
 
-def add_real_flags(p) -> None:
-    """--dit and --vram: how the real preset stores the DiT and where its models live."""
+ENV_PREFIX = "FANTASY_"
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def env_variable(action) -> str:
+    """The environment variable of a flag: `--step-cache` -> `FANTASY_STEP_CACHE`."""
+    flag = next(o for o in action.option_strings if o.startswith("--"))
+    return ENV_PREFIX + flag[2:].upper().replace("-", "_")
+
+
+def defaults_from_environment(actions: Iterable, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Each flag's default from its `FANTASY_<FLAG>` variable when set (not empty); a flag given on the command
+    line still wins. A Space has no command line: this is how its owner sets `--fast`, `--dit`, ... (in the
+    Space's settings, "Variables"). Switches take 1/0 (true/false, yes/no, on/off). Returns the variables used;
+    a bad value is an `InvalidSetting` naming the variable, before any model loads."""
+    from fantasy.errors import InvalidSetting
+
+    environ = os.environ if environ is None else environ
+    used = {}
+    for action in actions:
+        name = env_variable(action)
+        value = environ.get(name, "").strip()
+        if not value:
+            continue
+        if action.nargs == 0:  # a switch (store_true)
+            if value.lower() not in _TRUE | _FALSE:
+                raise InvalidSetting(f"{name}={value}: a switch takes 1 or 0 (true or false)")
+            action.default = value.lower() in _TRUE
+        else:
+            try:
+                converted = action.type(value) if action.type is not None else value
+            except (TypeError, ValueError):
+                kind = getattr(action.type, "__name__", "value")
+                raise InvalidSetting(f"{name}={value}: not a valid {kind}") from None
+            if action.choices is not None and converted not in action.choices:
+                raise InvalidSetting(f"{name}={value}: choose one of {', '.join(map(str, action.choices))}")
+            action.default = converted
+        used[name] = value
+    return used
+
+
+def add_real_flags(p) -> list:
+    """--dit and --vram: how the real preset stores the DiT and where its models live (returns their actions)."""
     from fantasy.weights.offload import VRAM_MODES
     from fantasy.weights.quantize import DIT_MODES
 
-    p.add_argument("--dit", default=None, choices=list(DIT_MODES),
-                   help="real preset: how the 14B DiT is stored (default: bf16 if it fits in free GPU memory at the "
-                        "requested size, else q8_0; see README, Weights)")
-    p.add_argument("--vram", default="resident", choices=list(VRAM_MODES), help="real preset: offloading")
+    return [
+        p.add_argument("--dit", default=None, choices=list(DIT_MODES),
+                       help="real preset: how the 14B DiT is stored (default: bf16 if it fits in free GPU memory at "
+                            "the requested size, else q8_0; see README, Weights)"),
+        p.add_argument("--vram", default="resident", choices=list(VRAM_MODES), help="real preset: offloading"),
+    ]
 
 
-def add_speed_flags(p) -> None:
+def add_speed_flags(p) -> list:
+    """The speed group (returns its actions)."""
     from fantasy.model.precision import DEFAULT_PRECISION, PRECISIONS
     from fantasy.speed.switches import ATTENTION_ALIASES, DEFAULT_CACHE_THRESHOLD
 
     g = p.add_argument_group("speed", "fast paths (see README, Speed); all off is the release's path")
-    g.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
-                   help="DiT numerics: mixed = the release's (fp32 timestep embedding, residual stream and head); "
-                        "stock = diffusers' all-bf16 (less activation memory; see README, Numerics)")
-    g.add_argument("--batch-guidance", action="store_true",
-                   help="run the 3 guidance passes as one batch (same result, faster on a GPU with memory to spare)")
-    g.add_argument("--attention", default=None, metavar="NAME",
-                   help=f"attention backend: {', '.join(ATTENTION_ALIASES)} or a diffusers backend name "
-                        "(default: diffusers' own, torch SDPA); GPU kernels need their package")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the repeated DiT blocks (regional; the first step compiles)")
-    g.add_argument("--fp8-linears", action="store_true",
-                   help="fp8 matmuls in the DiT blocks (torchao; --dit bf16 on a GPU with compute capability >= 8.9)")
-    g.add_argument("--step-cache", default=None, metavar="fbc[:THRESH]",
-                   help=f"FirstBlockCache: reuse the other blocks' result while the first block's output barely "
-                        f"changes (threshold default {DEFAULT_CACHE_THRESHOLD}; higher = faster, less exact)")
-    g.add_argument("--fast", default=None, metavar="LORA",
-                   help="few-step mode with a lightx2v step/CFG-distilled Wan2.1-I2V-14B LoRA (.safetensors): "
-                        "4 steps, text and audio guidance 1 (1 pass per step) unless set")
-    g.add_argument("--lora-scale", type=float, default=1.0, help="--fast: the LoRA's strength (default 1)")
-    g.add_argument("--no-fuse-lora", action="store_true",
-                   help="--fast: keep the LoRA as separate layers instead of folding it into the weights")
+    actions: list = []
+
+    def add(*names, **options):
+        actions.append(g.add_argument(*names, **options))
+
+    add("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
+        help="DiT numerics: mixed = the release's (fp32 timestep embedding, residual stream and head); "
+             "stock = diffusers' all-bf16 (less activation memory; see README, Numerics)")
+    add("--batch-guidance", action="store_true",
+        help="run the 3 guidance passes as one batch (same result, faster on a GPU with memory to spare)")
+    add("--attention", default=None, metavar="NAME",
+        help=f"attention backend: {', '.join(ATTENTION_ALIASES)} or a diffusers backend name "
+             "(default: diffusers' own, torch SDPA); GPU kernels need their package")
+    add("--compile", action="store_true",
+        help="torch.compile the repeated DiT blocks (regional; the first step compiles)")
+    add("--fp8-linears", action="store_true",
+        help="fp8 matmuls in the DiT blocks (torchao; --dit bf16 on a GPU with compute capability >= 8.9)")
+    add("--step-cache", default=None, metavar="fbc[:THRESH]",
+        help=f"FirstBlockCache: reuse the other blocks' result while the first block's output barely "
+             f"changes (threshold default {DEFAULT_CACHE_THRESHOLD}; higher = faster, less exact)")
+    add("--fast", default=None, metavar="LORA",
+        help="few-step mode with a lightx2v step/CFG-distilled Wan2.1-I2V-14B LoRA (.safetensors): "
+             "4 steps, text and audio guidance 1 (1 pass per step) unless set")
+    add("--lora-scale", type=float, default=1.0, help="--fast: the LoRA's strength (default 1)")
+    add("--no-fuse-lora", action="store_true",
+        help="--fast: keep the LoRA as separate layers instead of folding it into the weights")
+    return actions
 
 
-def add_parallel_flags(p) -> None:
+def add_parallel_flags(p) -> list:
     from fantasy.speed.parallel import KINDS
 
     g = p.add_argument_group("several GPUs", "one video split over N processes (see README, Several GPUs)")
-    g.add_argument("--context-parallel", type=int, default=None, metavar="N",
-                   help="split the DiT's video tokens over N processes; launch with `torchrun --nproc_per_node N`")
-    g.add_argument("--context-parallel-kind", default="ulysses", choices=list(KINDS),
-                   help="ulysses (all-to-all, any backend) or ring (needs --attention flash/cudnn/sage on GPUs)")
+    return [
+        g.add_argument("--context-parallel", type=int, default=None, metavar="N",
+                       help="split the DiT's video tokens over N processes; launch with `torchrun --nproc_per_node N`"),
+        g.add_argument("--context-parallel-kind", default="ulysses", choices=list(KINDS),
+                       help="ulysses (all-to-all, any backend) or ring (needs --attention flash/cudnn/sage on GPUs)"),
+    ]
 
 
 def parallel_option(args, vram: str = "resident"):
