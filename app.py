@@ -301,14 +301,15 @@ def build_demo(
                            details: studio.details(job, event.result, steps_run=event.steps_run)}
         except GenerationCancelled:
             clock.finish("stopped")
-            yield {status: "**Stopped.** No video was written.", progress: clock.html(),
-                   preview: gr.Image(value=None, visible=False)}
+            yield {status: "**Stopped.** No video was written.", progress: idle_html(),
+                   preview: gr.Image(value=None, visible=False), live_box: gr.Column(visible=False),
+                   final: gr.Video(value=None, visible=True, label="Result")}
         except FantasyError as exc:
             clock.finish("stopped")
             title = error_title(exc, "Generation failed")
             yield {error: error_box(title, str(exc)), status: f"Generation failed: {title.lower()}.",
-                   progress: idle_html("The run failed; nothing was written."),
-                   preview: gr.Image(value=None, visible=False)}
+                   progress: idle_html(), preview: gr.Image(value=None, visible=False),
+                   live_box: gr.Column(visible=False), final: gr.Video(value=None, visible=True, label="Result")}
 
     def stop_step(request: gr.Request) -> Any:
         """Stop: the running worker stops at its next step (Gradio also cancels the streaming event)."""
@@ -443,7 +444,7 @@ def build_demo(
                                      preprocess=False, api_name="start", api_visibility="undocumented",
                                      show_progress="hidden")
         streaming = started.then(stream, [job_state], page_outputs, concurrency_id="gpu",
-                                 concurrency_limit=admission.slots + max_queue + 2, api_name="generate_stream",
+                                 concurrency_limit=None, api_name="generate_stream",
                                  api_visibility="undocumented", show_progress="hidden")
         stop_btn.click(stop_step, None, status, cancels=[streaming], queue=False, api_visibility="private")
         dice.click(lambda: random.randrange(2**31), None, seed, queue=False, api_visibility="private")
@@ -453,10 +454,12 @@ def build_demo(
                            api_visibility="private", show_progress="hidden")
         api_trigger = gr.Button(visible=False)
         api_trigger.click(api_generate, inputs, [final, status], concurrency_id="gpu",
-                          concurrency_limit=admission.slots + max_queue + 2, api_name="generate",
+                          concurrency_limit=None, api_name="generate",
                           validator=admit_checked, preprocess=False)
         demo.load(None, js=ARIA_STATUS_JS)
-    # Admission bounds the generations; Gradio's own queue bound only backs it up (its text is fixed).
+    # Generations enter their handler at once (concurrency_limit=None): `admission` decides, atomically, who runs,
+    # who waits (the handler reports the place in line) and who is turned away. Gradio's own queue bound only backs
+    # it up (it is checked before a join's validator, so simultaneous joins all pass it, and its text is fixed).
     demo.queue(max_size=4 * max_queue + 16, default_concurrency_limit=1)
     demo.fantasy_studio = studio  # for `main`: stop running jobs and remove their files on the way out
     demo.fantasy_channel = channel  # `main` closes the group when the page stops
@@ -574,6 +577,8 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
         channel, device = join_group()
     say = print if channel is None or channel.leader else (lambda *a, **k: None)
     say(f"[app] preset {preset.name}: {preset.summary}", flush=True)
+    if getattr(args, "from_environment", None):
+        say("[app] from the environment: " + ", ".join(f"{k}={v}" for k, v in args.from_environment.items()), flush=True)
     pipe = load_pipeline(preset.name, adapter=args.adapter, device=device,
                          **(real_options(args) if preset.name == "real" else {}))
     if getattr(pipe, "dit_choice", None) is not None:
@@ -605,14 +610,24 @@ def create_front_end(url: str) -> gr.Blocks:
 
 
 # Spaces import the app and need the models ready at import time (ZeroGPU packs them before serving).
-demo: gr.Blocks | None = create_demo(parse_args([])) if space.on_spaces() else None
+def _space_demo() -> gr.Blocks:
+    try:
+        return create_demo(parse_args([]))
+    except FantasyError as exc:  # e.g. a bad FANTASY_<FLAG> variable, weights missing: one line in the Space's log
+        raise SystemExit(f"error: {exc}") from None
+
+
+demo: gr.Blocks | None = _space_demo() if space.on_spaces() else None
 
 
 def main(argv: list[str] | None = None) -> None:
     """Build (unless a Space already did) and serve. SIGINT, SIGTERM and SIGHUP stop the server, stop a running
     generation and delete its unfinished files, then exit with 128 + the signal number."""
     global demo
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except FantasyError as exc:  # a bad FANTASY_<FLAG> variable
+        raise SystemExit(f"error: {exc}") from None
     try:
         with stop_on_signals():
             try:

@@ -156,17 +156,22 @@ def measure_queue(url: str, speech: Path, count: int) -> dict:
     jobs = simultaneously(count, lambda i: clients[i].submit(
         image=handle_file(ROOT / "examples" / "portrait.png"), audio=handle_file(speech), steps=50, resolution=256,
         max_duration=10.0, api_name="/generate"))
-    time.sleep(5)  # every join has been answered: refused ones have ended, accepted ones wait or run
-    busy, accepted = 0, 0
-    for job in jobs:
-        if isinstance(job, Exception) or (job.done() and job.exception() is not None):
-            busy += 1
-        else:
-            accepted += 1
+    settled = {Status.IN_QUEUE, Status.PROCESSING, Status.ITERATING, Status.PROGRESS}
+    deadline, stable_since, last = time.monotonic() + 600, time.monotonic(), None
+    while time.monotonic() < deadline:  # until every join is answered and nothing changes for 5 s
+        states = [("refused" if isinstance(job, Exception) or (job.done() and job.exception() is not None)
+                   else "waiting" if job.status().code in settled else "joining") for job in jobs]
+        if states != last:
+            last, stable_since = states, time.monotonic()
+        elif "joining" not in states and time.monotonic() - stable_since > 5:
+            break
+        time.sleep(0.2)
+    busy, accepted = last.count("refused"), last.count("waiting")
     for job in [long_run, *jobs]:
         if not isinstance(job, Exception):
             job.cancel()
-    return {"simultaneous_joins": count, "accepted": accepted, "refused": busy, "running_before": 1}
+    return {"simultaneous_joins": count, "accepted": accepted, "refused": busy, "running_before": 1,
+            "unanswered": last.count("joining")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -245,7 +246,7 @@ def test_stop_during_denoising_ends_the_run_at_that_step_and_frees_the_device(ti
         assert probe(video["path"]).frames == 25
         assert gated.steps == 1 + 2  # the stopped run never took its second step
         assert job.status().code == Status.CANCELLED
-        finished = list(tmp_path.glob("*/talking.mp4"))
+        finished = list(tmp_path.glob("*/*.mp4"))
         assert len(finished) == 1 and probe(finished[0]).frames == 25  # only the second one ever finished
         assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
     finally:
@@ -342,3 +343,38 @@ def test_speed_flags_reach_the_pipeline_and_few_step_mode_sets_the_slider_defaul
 
     with pytest.raises(SystemExit, match="error: LoRA file not found: .*missing.safetensors"):
         app.main(["--preset", "tiny", "--fast", str(tmp_path / "missing.safetensors")])
+
+
+def test_every_flag_but_where_to_listen_can_come_from_a_fantasy_variable(tmp_path):
+    """A Space has no command line: its owner sets FANTASY_<FLAG> variables in the Space's settings."""
+    environ = {"FANTASY_STEP_CACHE": "fbc:0.2", "FANTASY_BATCH_GUIDANCE": "1", "FANTASY_DIT": "q8_0",
+               "FANTASY_VRAM": "model-offload", "FANTASY_FAST": "/lora/lightx2v.safetensors", "FANTASY_LORA_SCALE": "0.8",
+               "FANTASY_NO_FUSE_LORA": "true", "FANTASY_PRESET": "tiny", "FANTASY_PRECISION": "stock",
+               "FANTASY_ATTENTION": "flash", "FANTASY_COMPILE": "no", "FANTASY_FP8_LINEARS": "0",
+               "FANTASY_ADAPTER": "/x/modules.safetensors", "FANTASY_CONTEXT_PARALLEL": "2",
+               "FANTASY_CONTEXT_PARALLEL_KIND": "ring", "FANTASY_SERVE": "http://127.0.0.1:8000",
+               "FANTASY_HOST": "0.0.0.0", "FANTASY_PORT": "80"}  # where to listen is not theirs to set
+    args = app.parse_args([], environ=environ)
+    assert (args.step_cache, args.batch_guidance, args.dit, args.vram, args.fast, args.lora_scale, args.no_fuse_lora,
+            args.preset, args.precision, args.attention, args.compile, args.fp8_linears, args.adapter,
+            args.context_parallel, args.context_parallel_kind, args.serve, args.host, args.port) == (
+        "fbc:0.2", True, "q8_0", "model-offload", "/lora/lightx2v.safetensors", 0.8, True, "tiny", "stock", "flash",
+        False, False, "/x/modules.safetensors", 2, "ring", "http://127.0.0.1:8000", None, None)
+    assert set(args.from_environment) == set(environ) - {"FANTASY_HOST", "FANTASY_PORT"}
+    # the command line wins
+    assert app.parse_args(["--dit", "bf16", "--lora-scale", "0.5"], environ=environ).dit == "bf16"
+    assert app.parse_args(["--lora-scale", "0.5"], environ=environ).lora_scale == 0.5
+    assert app.parse_args([], environ={"FANTASY_STEP_CACHE": " "}).step_cache is None  # empty: not set
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("FANTASY_DIT", "q9", "FANTASY_DIT=q9: choose one of q8_0, q4_k_m, bf16, bf16-int8, bf16-fp8, bf16-fp8-storage"),
+    ("FANTASY_BATCH_GUIDANCE", "maybe", "FANTASY_BATCH_GUIDANCE=maybe: a switch takes 1 or 0 (true or false)"),
+    ("FANTASY_LORA_SCALE", "strong", "FANTASY_LORA_SCALE=strong: not a valid float"),
+])
+def test_a_bad_fantasy_variable_is_named_before_any_model_loads(variable, value, message):
+    from fantasy.errors import InvalidSetting
+
+    with pytest.raises(InvalidSetting, match=f"^{re.escape(message)}$"):
+        app.parse_args([], environ={variable: value})
+

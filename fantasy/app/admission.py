@@ -60,7 +60,8 @@ class Admission:
             return len(self._running)
 
     def enter(self) -> Ticket:
-        """A place in the line, or `StudioBusy` when `max_waiting` requests already wait (all slots taken)."""
+        """A place: a slot at once when one is free and nobody waits, else in the line; `StudioBusy` when
+        `slots` run and `max_waiting` wait."""
         with self._changed:
             if len(self._running) + len(self._line) >= self.slots + self.max_waiting:
                 waiting = len(self._line)
@@ -68,25 +69,27 @@ class Admission:
             self._issued += 1
             ticket = Ticket(self._issued)
             self._line.append(ticket)
-            self._changed.notify_all()
+            self._promote()
             return ticket
 
     def wait(self, ticket: Ticket, timeout: float | None = None) -> bool:
-        """True once `ticket` holds a slot (first in line and a slot free); False after `timeout` seconds."""
+        """True once `ticket` holds a slot; False after `timeout` seconds (then ask again, or `leave`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
             while ticket not in self._running:
-                if self._line and self._line[0] is ticket and len(self._running) < self.slots:
-                    self._line.popleft()
-                    self._running.add(ticket)
-                    ticket.started = time.monotonic()
-                    self._changed.notify_all()  # the next in line may have a slot too (several slots)
-                    break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
                 self._changed.wait(left)
             return True
+
+    def _promote(self) -> None:
+        """Give free slots to the front of the line (under the lock)."""
+        while self._line and len(self._running) < self.slots:
+            ticket = self._line.popleft()
+            ticket.started = time.monotonic()
+            self._running.add(ticket)
+        self._changed.notify_all()
 
     def ahead(self, ticket: Ticket) -> int:
         """Requests before `ticket` in the line (0 when it is next, or running)."""
@@ -102,7 +105,7 @@ class Admission:
             self._running.discard(ticket)
             with suppress(ValueError):
                 self._line.remove(ticket)
-            self._changed.notify_all()
+            self._promote()
 
     @contextmanager
     def place(self) -> Iterator[Ticket]:

@@ -40,7 +40,8 @@ class Control:
         except ValueError:
             raise self._error(f"{self.label} needs a number, got {value!r}") from None
         if not math.isfinite(number) or not self.minimum <= number <= self.maximum:
-            raise self._error(f"{self.label} must be between {self.minimum:g} and {self.maximum:g}, got {value!r}")
+            low, high = (f"{int(b)}" if self.integer else f"{b:g}" for b in (self.minimum, self.maximum))
+            raise self._error(f"{self.label} must be between {low} and {high}, got {value!r}")
         if not self.integer:
             return float(number)
         if number != int(number):

@@ -187,8 +187,9 @@ def check_fits(job, model: GpuTimeModel, cap: int) -> int:
     if need <= cap:
         return need
     options, concerns = [], None
+    one_second = 4 * math.ceil(s.fps / 4) + 1  # the shortest video worth suggesting (the duration slider's bottom)
     frames = _longest_fitting(lambda f: model.seconds(f, s.steps, passes, s.longest_edge, s.max_frames) <= cap,
-                              5, job.checked.num_frames, step=4)
+                              one_second, job.checked.num_frames, step=4)
     if frames is not None:
         options.append(f"shorten the maximum duration to {math.floor(frames / s.fps * 2) / 2:g} s")
         concerns = "max_duration"
