@@ -5,7 +5,8 @@ The public API (README, Python API) is importable from here:
     from fantasy import FantasyTalkingPipeline, Settings, generate, get_preset, load_pipeline
 
 Each name is loaded on first use (PEP 562), so `import fantasy` itself imports none of torch, diffusers or
-Gradio. The package is usable without Gradio; `app.py` is a thin UI over this API and `fantasy.app`.
+Gradio. The package is usable without Gradio; the page (`fantasy.app.ui`, behind `app.py` and `fantasy-studio`) is
+a thin UI over this API and `fantasy.app`.
 """
 
 from __future__ import annotations

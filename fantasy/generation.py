@@ -103,7 +103,7 @@ def generate(
     if settings.release:
         check_release_pipeline(pipe, demo=preset.demo)
     if settings.motion is not None and pipe.motion_context is None:
-        raise InvalidSetting("motion coefficients need trained motion-module weights (see README, Training)")
+        raise InvalidSetting("motion coefficients need trained motion-module weights (see docs/training.md)")
     inputs = inputs or prepare_inputs(image, audio, settings)
     if out_path is not None:
         check_target(out_path, 2 * inputs.output_bytes(settings.fps))  # the encoded stream and the muxed copy

@@ -13,7 +13,7 @@ What the release does (fantasy-talking@8c2d0c9, `infer.py` and its DiffSynth), a
 - its decode: spatial tiles of 30x52 latents at a stride of 15x26 blended with linear ramps, then
   uint8 by truncation (`fantasy.model.decode.decode_release_tiles`).
 
-What still differs, and why, is listed in the README (Numerics). The checks here refuse anything
+What still differs, and why, is listed in docs/numerics.md. The checks here refuse anything
 that would make the result something other than the release's (a quantized DiT, the step cache,
 the few-step LoRA, trained motion/identity modules, other steps or negative prompt), with a message
 naming the option, before any model work.

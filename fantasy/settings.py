@@ -1,8 +1,8 @@
 """The values a generation takes and gives back: `Settings` (what a user can set) and `Result`.
 
 Their own module, below the generation and the app that both use them, and needing nothing of the
-models: a preset's defaults come in as two plain fields (`PresetDefaults`, which `fantasy.weights.presets.Preset`
-has).
+models: a preset's defaults and bounds come in as plain fields (`PresetDefaults`, which
+`fantasy.weights.presets.Preset` has).
 """
 
 from __future__ import annotations
@@ -12,19 +12,28 @@ from pathlib import Path
 from typing import Protocol
 
 from fantasy.errors import InvalidSetting
-from fantasy.long_video import MOTION_FRAMES
+from fantasy.long_video import MOTION_FRAMES, total_frame_count
 from fantasy.model.prompts import DEFAULT_NEGATIVE_PROMPT, default_prompt
 from fantasy.release import release_setting_problems
 
 
 class PresetDefaults(Protocol):
-    """The defaults `Settings.resolved` fills in (a `fantasy.weights.presets.Preset` has them)."""
+    """The defaults `Settings.resolved` fills in and the bounds it keeps (a `fantasy.weights.presets.Preset`)."""
 
     @property
     def steps(self) -> int: ...
 
     @property
     def longest_edge(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def max_longest_edge(self) -> int: ...
+
+    @property
+    def max_video_pixels(self) -> int: ...
 
 
 DEFAULT_SEED = 1111  # the release's CLI default
@@ -51,7 +60,7 @@ class Settings:
 
     def resolved(self, preset: PresetDefaults) -> Settings:
         """Fill preset defaults (a `fantasy.weights.presets.Preset`) and reject out-of-range values with a message naming
-        the setting."""
+        the setting, the preset's bounds on the video's size included (every entry point calls this first)."""
         s = Settings(**asdict(self))
         s.steps = preset.steps if s.steps is None else s.steps
         s.longest_edge = preset.longest_edge if s.longest_edge is None else s.longest_edge
@@ -78,10 +87,33 @@ class Settings:
         for ok, message in checks:
             if not ok:
                 raise InvalidSetting(message)
+        _check_size(s, preset)
         if s.release:
             for message in release_setting_problems(s.steps, s.negative_prompt, s.motion):
                 raise InvalidSetting(message)
         return s
+
+
+def _check_size(s: Settings, preset: PresetDefaults) -> None:
+    """The preset's bounds on the video's size, from the settings alone (nothing is read or allocated yet).
+
+    The frames are the most these settings can make (the maximum duration's, or the release's one clip), the
+    frame the largest one the resolution allows (a square: the longest edge is exactly `longest_edge`).
+    """
+    if s.longest_edge > preset.max_longest_edge:
+        raise InvalidSetting(f"resolution (longest edge) must be at most {preset.max_longest_edge} px with the "
+                             f"{preset.name} preset, got {s.longest_edge}")
+    frames = s.max_frames if s.release else total_frame_count(s.max_duration, s.fps, s.max_duration)[0]
+    pixels = s.longest_edge**2 * frames
+    if pixels > preset.max_video_pixels:
+        raise InvalidSetting(
+            f"these settings ask for up to {frames:,} frames of {s.longest_edge}x{s.longest_edge} px "
+            f"({_pixels(pixels)}); the {preset.name} preset makes at most {_pixels(preset.max_video_pixels)}: "
+            "lower the maximum duration, the frame rate or the resolution")
+
+
+def _pixels(count: int) -> str:
+    return f"{count / 1e9:.2f} gigapixels" if count >= 1e9 else f"{count / 1e6:.2f} megapixels"
 
 
 @dataclass

@@ -278,7 +278,7 @@ def test_the_official_checkpoint_is_memory_mapped_not_read_into_ram(tmp_path):
     assert grown < 8 * 2**20, f"{grown / 2**20:.1f} MB"
 
 
-@pytest.mark.parametrize(("count", "listed"), [
+@pytest.mark.parametrize("count, listed", [
     (6, "k0, k1, k2, k3, k4, k5."),
     (7, "k0, k1, k2, k3, k4, k5 (+1 more)."),
     (9, "k0, k1, k2, k3, k4, k5 (+3 more)."),

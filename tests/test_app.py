@@ -14,7 +14,7 @@ from gradio_client.exceptions import ValidationError
 from gradio_client.utils import Status
 from PIL import Image
 
-import app
+from fantasy.app import ui as app
 from fantasy.app.validation import FaceChecker
 from fantasy.weights.presets import get_preset
 from tests.conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH, NO_CUDA, bad_speech_files, speech_like
@@ -22,6 +22,7 @@ from tests.faults import GatedPipe, model_work
 from tests.mp4_probe import probe
 from tests.test_validation import no_face_on_flat_images
 
+REPO = Path(__file__).resolve().parent.parent
 FAKE_FACES = FaceChecker(no_face_on_flat_images, "face check: passed (test detector)")
 FAST = {"steps": 2, "resolution": 64}  # a tiny-preset generation in a few seconds
 UPLOAD_MB = 1
@@ -67,6 +68,13 @@ def test_flags():
     assert (defaults.preset, defaults.share) == (None, False)
     options = app.launch_options(defaults.host, defaults.port, defaults.share)
     assert options["max_file_size"] == 20 * 1024 * 1024 and options["share"] is False
+
+
+def test_the_resolution_slider_stops_at_the_presets_maximum(tiny_pipe, tmp_path):
+    """A value past the preset's bound would only be refused (`Settings.resolved`): the slider does not offer it."""
+    demo = app.build_demo(tiny_pipe, get_preset("tiny"), face_checker=FAKE_FACES, output_root=tmp_path)
+    slider = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "resolution")
+    assert (slider.minimum, slider.maximum) == (64, get_preset("tiny").max_longest_edge) == (64, 256)
 
 
 def test_api_exposes_one_documented_generate_endpoint(client):
@@ -271,7 +279,7 @@ def test_python_app_py_starts_in_tiny_demo_mode_with_a_banner(tmp_path):
     env.pop("SPACE_ID", None)
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=Path(app.__file__).parent, stdout=out, stderr=subprocess.STDOUT, env=env)
+                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -311,17 +319,19 @@ def test_on_a_space_the_app_is_built_at_import_time(monkeypatch):
 
     import gradio as gr
 
+    import app as space_entry  # the repository's app.py, the Space's entry file
+
     monkeypatch.setenv("SPACE_ID", "someone/fantasytalking-studio")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     try:
-        module = importlib.reload(app)
+        module = importlib.reload(space_entry)
         assert isinstance(module.demo, gr.Blocks)  # models loaded and page built by the import itself
         config = module.demo.get_config_file()
         assert any("The output is noise from a random model" in str(c.get("props", {}).get("value", ""))
                    for c in config["components"])
     finally:
         monkeypatch.delenv("SPACE_ID")
-        assert importlib.reload(app).demo is None  # elsewhere importing builds nothing
+        assert importlib.reload(space_entry).demo is None  # elsewhere importing builds nothing
 
 
 def test_speed_flags_reach_the_pipeline_and_few_step_mode_sets_the_slider_defaults(monkeypatch, tmp_path, capsys):

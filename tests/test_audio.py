@@ -175,3 +175,102 @@ def test_load_audio_pads_soxrs_short_output_to_librosas_length(tmp_path):
     assert len(soxr.resample(soundfile.read(path, dtype="float32")[0], 44_100, 16_000, quality="HQ")) == 16_000
     samples = load_audio(path)
     assert len(samples) == 16_001 and samples[-1] == 0.0
+
+
+@pytest.fixture(scope="module")
+def whole_files(tmp_path_factory):
+    """2.9 s of stereo 44.1 kHz speech as WAV (read by libsndfile), FLAC (libsndfile), and an m4a whose index comes
+    first (ffmpeg; +faststart, so a cut-off copy still opens)."""
+    folder = tmp_path_factory.mktemp("whole")
+    wav = folder / "speech.wav"
+    soundfile.write(wav, np.stack([speech_like(2.9, 44_100, 1), speech_like(2.9, 44_100, 2)], 1), 44_100,
+                    subtype="FLOAT")
+    flac, m4a = folder / "speech.flac", folder / "speech.m4a"
+    encode(wav, flac)
+    encode(wav, m4a, "-c:a", "aac", "-movflags", "+faststart")
+    return {"wav": wav, "flac": flac, "m4a": m4a}
+
+
+@pytest.mark.parametrize("kind, decoded", [("wav", "0.97"), ("flac", "0.[89][0-9]"), ("m4a", "0.[89][0-9]")])
+def test_a_file_that_ends_before_its_header_says_is_refused(whole_files, tmp_path, kind, decoded):
+    """A third of each file (an interrupted upload): libsndfile reads a cut WAV as a shorter one, a cut FLAC goes
+    to ffmpeg, which exits 0 with what it could decode. Each decode is checked against the header (issue 25)."""
+    whole = whole_files[kind]
+    cut = tmp_path / whole.name
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(UnsupportedAudio, match=f"^'speech.{kind}' ends after {decoded} s although its header says "
+                                               "2.90 s: the file is damaged or incomplete \\(an interrupted upload "
+                                               "or copy\\?\\); use the whole file.$"):
+        load_audio(cut)
+    assert len(load_audio(whole)) >= 2.9 * SAMPLE_RATE  # whole, each decodes (the check refuses only the cut)
+
+
+def test_a_cut_past_the_limit_is_not_refused(whole_files, tmp_path):
+    """Only what is used must be whole: a file cut after the first second still gives its first 0.5 s (+ margin)."""
+    from fantasy.media.audio import load_speech
+
+    cut = tmp_path / "speech.wav"
+    data = whole_files["wav"].read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    assert len(load_speech(cut, 0.5).samples) == int(1.5 * SAMPLE_RATE)
+
+
+def test_the_shortfall_allowed_is_a_tenth_of_a_second_and_one_percent():
+    from fantasy.media.audio import check_complete
+
+    check_complete("a.m4a", 2.87, 3.0, None)  # 3.0 - 0.1 - 0.03
+    with pytest.raises(UnsupportedAudio, match="^'a.m4a' ends after 2.87 s although its header says 3.00 s"):
+        check_complete("a.m4a", 2.8699, 3.0, None)
+    check_complete("a.m4a", 0.89, 3.0, 1.0)  # the limit: 1.0 - 0.1 - 0.01
+    with pytest.raises(UnsupportedAudio, match="ends after 0.89 s although its header says 3.00 s"):
+        check_complete("a.m4a", 0.8899, 3.0, 1.0)
+    check_complete("a.m4a", 0.5, None, None)  # nothing stated, nothing to check
+
+
+def test_a_video_whose_audio_is_shorter_is_not_refused(stereo_44k, tmp_path):
+    """The container's duration is the longest stream's: with a video stream it says nothing about the audio."""
+    from fantasy.media.audio import stated_audio_duration
+
+    wav, _ = stereo_44k
+    video = tmp_path / "clip.mp4"
+    subprocess.run([ffmpeg_executable(), "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=64x64:d=3",
+                    "-i", str(wav), "-c:v", "libx264", "-c:a", "aac", str(video)], check=True)
+    assert 1.4 * SAMPLE_RATE < len(load_audio(video)) < 1.6 * SAMPLE_RATE
+    log = "  Duration: 00:01:02.50, start: 0.000000, bitrate: 2 kb/s\n  Stream #0:0: Audio: aac (LC), 44100 Hz\n"
+    assert stated_audio_duration(log) == 62.5
+    assert stated_audio_duration(log + "  Stream #0:1: Video: mjpeg, 600x600 (attached pic)\n") == 62.5  # cover art
+    assert stated_audio_duration(log + "  Stream #0:1: Video: h264, 64x64, 25 fps\n") is None
+    assert stated_audio_duration("[mp3 @ 0x1] Estimating duration from bitrate, this may be inaccurate\n" + log) is None
+
+
+def test_a_killed_decoder_is_not_blamed_on_the_file(whole_files, tmp_path, monkeypatch):
+    from tests.faults import ffmpeg_script
+
+    fake = ffmpeg_script(tmp_path / "bin", "kill -9 $$")
+    monkeypatch.setattr("fantasy.media.audio.ffmpeg_executable", lambda: fake)
+    with pytest.raises(UnsupportedAudio, match="^decoding 'speech.m4a' was stopped by signal 9: try again$"):
+        load_audio(whole_files["m4a"])
+
+
+def wav_bytes(data_size: int, extra: bytes = b"") -> bytes:
+    """A float stereo WAV header (8 bytes a frame) stating `data_size` bytes of data, `extra` chunks before it."""
+    fmt = b"".join(v.to_bytes(n, "little") for v, n in ((3, 2), (2, 2), (44_100, 4), (352_800, 4), (8, 2), (32, 2)))
+    chunks = b"fmt " + len(fmt).to_bytes(4, "little") + fmt + extra + b"data" + data_size.to_bytes(4, "little")
+    return b"RIFF" + (4 + len(chunks)).to_bytes(4, "little") + b"WAVE" + chunks + b"\0" * 64
+
+
+@pytest.mark.parametrize("size, extra, frames", [
+    (800, b"", 100),  # 8 bytes a frame (two float channels)
+    (804, b"", 100),
+    (800, b"LIST" + (3).to_bytes(4, "little") + b"abc\0", 100),  # an odd chunk before the data: padded to even
+    (0, b"", None), (0xFFFFFFFF, b"", None),  # streamed: no size stated
+])
+def test_the_wav_header_states_the_frames_of_its_data(tmp_path, size, extra, frames):
+    from fantasy.media.audio import wav_header_frames
+
+    path = tmp_path / "h.wav"
+    path.write_bytes(wav_bytes(size, extra))
+    assert wav_header_frames(path) == frames
+    path.write_bytes(b"RIFX" + path.read_bytes()[4:])
+    assert wav_header_frames(path) is None

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from bench.flops import PassFlops, pass_flops, peak_tflops, video_tokens
-from bench.models import FULL
+from fantasy.bench.flops import PassFlops, pass_flops, peak_tflops, video_tokens
+from fantasy.bench.models import FULL
 from fantasy.cli import main
 
 from .conftest import NO_CUDA
@@ -55,7 +55,7 @@ def test_the_floor_at_512x512x81_is_091_pflop_per_pass():
 def test_full_size_models_have_the_expected_parameter_counts():
     """Built on the meta device (no memory). The DiT (16.39 B) and VAE (126.9 M) match the counts of the released
     weights; umT5-XXL's encoder (5.68 B), CLIP ViT-H/14 (0.63 B) and wav2vec2-base (94 M) their known sizes."""
-    from bench.models import build_random_bf16, built_on, full_encoders
+    from fantasy.bench.models import build_random_bf16, built_on, full_encoders
 
     meta = torch.device("meta")
     counts = {name: sum(p.numel() for p in built_on(meta, torch.bfloat16, build).parameters())
@@ -145,7 +145,7 @@ def test_cpu_bench_times_the_tiny_run_end_to_end(tmp_path, capsys):
 def test_stage_clock_splits_steps_conditioning_and_decode():
     """Two windows of 3 steps: step gaps within a window are steps; the gap before a window's first step is
     conditioning + one step; everything from a window's last step to the next denoise report is decoding."""
-    from bench.cpu_run import StageClock
+    from fantasy.bench.cpu_run import StageClock
 
     clock = StageClock(started=0.0)
     times = {"denoise": [2.0, 3.0, 4.0, 8.0, 9.0, 10.0], "decode": [5.0, 6.0, 11.0]}

@@ -1,4 +1,4 @@
-"""`bench/gpu_memory.py`: refuses to run without a GPU unless --tiny; --tiny runs the same code on CPU."""
+"""`tools/gpu_memory.py`: refuses to run without a GPU unless --tiny; --tiny runs the same code on CPU."""
 
 import importlib.util
 import sys
@@ -8,7 +8,7 @@ import pytest
 
 from .conftest import NO_CUDA
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "gpu_memory.py"
+BENCH = Path(__file__).resolve().parent.parent / "tools" / "gpu_memory.py"
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageStat
 
-import app
+from fantasy.app import ui as app
 from fantasy.weights.presets import get_preset
 from tests.conftest import EXAMPLE_SPEECH
 from tests.mp4_probe import probe

@@ -201,7 +201,7 @@ def test_the_most_confident_face_is_the_subject_not_the_largest() -> None:
     assert backend.calls[-1] == ("landmarks", face_box) and points.shape == (68, 2)
 
 
-@pytest.mark.parametrize(("centre", "words"), [((10, 10), "top left"), ((50, 50), "centre"), ((90, 50), "right"),
+@pytest.mark.parametrize("centre, words", [((10, 10), "top left"), ((50, 50), "centre"), ((90, 50), "right"),
                                                ((50, 95), "bottom centre"), ((99.9, 99.9), "bottom right")])
 def test_where_the_face_is_in_words(centre, words) -> None:
     from fantasy.face import FaceFinding

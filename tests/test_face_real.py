@@ -144,7 +144,7 @@ def test_identity_embedding_separates_the_same_face_from_other_people(analyzer, 
 
 
 def test_the_app_checks_faces_by_default_and_its_status_line_says_which(tiny_pipe, tmp_path) -> None:
-    import app
+    from fantasy.app import ui as app
     from fantasy.app.studio import Controls, Studio
     from fantasy.app.validation import default_face_check
     from fantasy.weights.presets import get_preset
@@ -169,7 +169,7 @@ def test_the_app_checks_faces_by_default_and_its_status_line_says_which(tiny_pip
 
 
 def test_the_face_bench_times_every_stage(capsys) -> None:
-    from bench.faces import main
+    from tools.faces import main
 
     assert main(["--repeats", "1"]) == 0
     printed = capsys.readouterr().out

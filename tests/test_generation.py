@@ -134,7 +134,7 @@ def test_the_output_needs_room_for_the_stream_and_its_muxed_copy(four_seconds, t
 def test_motion_coefficients_need_a_motion_module(four_seconds, tmp_path):
     pipe = RecordingPipe(steps=1, motion=False)
     with pytest.raises(InvalidSetting,
-                       match=r"^motion coefficients need trained motion-module weights \(see README, Training\)$"):
+                       match=r"^motion coefficients need trained motion-module weights \(see docs/training\.md\)$"):
         generate(pipe, EXAMPLE_IMAGE, four_seconds, tmp_path / "o.mp4", SETTINGS, get_preset("tiny"))
     assert pipe.calls == [] and list(tmp_path.iterdir()) == [four_seconds]
 

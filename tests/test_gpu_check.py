@@ -1,4 +1,4 @@
-"""`bench/gpu_check.py`, the one-shot GPU check: its offline install step, and its whole run on a tiny config (CPU)."""
+"""`tools/gpu_check.py`, the one-shot GPU check: its offline install step, and its whole run on a tiny config (CPU)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import zipfile
 import pytest
 import torch
 
-from bench import gpu_check
-from bench.fetch_wheels import command
+from tools import gpu_check
+from tools.fetch_wheels import command
 
 
 def make_wheel(folder, name: str = "fantasy_probe_pkg", version: str = "1.0"):
@@ -46,7 +46,7 @@ def test_missing_packages_are_installed_from_the_wheel_folder_without_an_index(t
 
 def test_a_package_with_no_wheel_is_one_clear_error(tmp_path):
     with pytest.raises(SystemExit, match=r"^error: missing Python packages fantasy_absent_pkg and no wheels for them "
-                                         r"in .*whl: run `python3 bench/fetch_wheels.py`"):
+                                         r"in .*whl: run `python3 tools/fetch_wheels.py`"):
         gpu_check.ensure_packages(tmp_path / "whl", tmp_path / "site", {"fantasy_absent_pkg": "fantasy-absent-pkg==1"})
 
 
@@ -81,7 +81,7 @@ def test_the_whole_check_runs_on_a_tiny_config_and_writes_json_and_markdown(tmp_
     assert all(r["error"] is None and r["peak_rss_gb"] >= 0 and r["file_gb"] > 0 for r in report["host_ram"])
     assert [r["switches"] for r in report["switches"]] == ["plain", "batched guidance", "attention math"]
     assert all(r["error"] is None and r["step_s"] > 0 for r in report["switches"])
-    pieces = report["switches"][0]["pieces"]  # the encoders and the VAE (and whatever bench.gpu_speed adds), once
+    pieces = report["switches"][0]["pieces"]  # the encoders and the VAE (and whatever fantasy.bench.gpu_speed adds), once
     assert {"text", "image", "audio", "vae_encode", "vae_decode"} <= {p["key"] for p in pieces}
     assert all(p["error"] is None and p["seconds"] > 0 for p in pieces) and report["switches"][1]["pieces"] == []
     markdown = (out / "gpu_check.md").read_text()

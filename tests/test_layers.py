@@ -1,258 +1,84 @@
-"""Imports only go down the layers, and never in a circle (README, Layout).
+"""Imports only go down the layers and never in a circle (docs/architecture.md, Layout).
 
-Every module of `fantasy/` is read with `ast` (nothing is imported): each `import` and `from ... import`, at
-module level, inside functions, under `TYPE_CHECKING` and relative ones, is an edge to the deepest module of
-the package it names. The checks fail on an import from a lower layer to a higher one (naming file, line
-and both layers) and on any circle of imports (naming it), between modules and between the layer map's units.
+The rules are import-linter contracts in pyproject.toml (`[tool.importlinter]`), which CI also runs as
+`lint-imports`. Here: they hold, they fail on each kind of break (an upward import, one inside a function or
+under `TYPE_CHECKING`, a circle, a lower module importing the public API, the CLI reaching past the app layer, a
+module without a row), and what no tool does: the docs' diagram is the contract, and app.py (a script outside
+the package, which import-linter cannot analyse) uses only the public API and the app layer.
 """
 
 from __future__ import annotations
 
 import ast
 import re
-from dataclasses import dataclass
+import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = "fantasy"
-
-# The layer map, lowest first: (layer, its units). A unit is a subpackage or a module; a module belongs to the
-# unit that names it or its package (the root package itself only by its exact name). A module may import
-# from its own layer and the ones below it.
-# LAYERS-BEGIN (tests/test_layers.py's map; the README's layer diagram shows the same)
-LAYERS: list[tuple[str, list[str]]] = [
-    ("base", ["fantasy.errors", "fantasy.stop", "fantasy.quiet"]),
-    ("media, faces", ["fantasy.media", "fantasy.face"]),
-    ("algorithm, metrics", ["fantasy.model", "fantasy.metrics"]),
-    ("weights", ["fantasy.weights"]),
-    ("speed, training", ["fantasy.speed", "fantasy.train"]),
-    ("one generation", ["fantasy.settings", "fantasy.release", "fantasy.long_video", "fantasy.generation"]),
-    ("app logic", ["fantasy.app"]),
-    ("entry points", ["fantasy.cli", "fantasy.__main__", "fantasy"]),
-]
-# LAYERS-END
+CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+CONTRACTS = {c["id"]: c for c in CONFIG["contracts"]}
 
 
-@dataclass(frozen=True)
-class Edge:
-    source: str  # importing module
-    target: str  # imported module (the deepest module of the package the import names)
-    path: Path
-    line: int
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    """`lint-imports` with this repository's contracts on the package under `root`."""
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command as c; "
+                               "sys.exit(c(['--no-cache', '--no-logo', sys.argv[1]]))", str(ROOT / "pyproject.toml")],
+        cwd=root, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120,
+    )
 
 
-def package_modules(root: Path, package: str = PACKAGE) -> dict[str, Path]:
-    """Dotted module name -> file, for every `.py` file of the package (a package is its `__init__.py`)."""
-    modules = {}
-    for path in sorted((root / package).rglob("*.py")):
-        parts = list(path.relative_to(root).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        modules[".".join(parts)] = path
-    return modules
+def test_the_package_keeps_every_contract():
+    proc = lint_imports(ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"Contracts: {len(CONTRACTS)} kept, 0 broken." in proc.stdout
 
 
-def _deepest(name: str, modules: dict[str, Path]) -> str | None:
-    while name and name not in modules:
-        name = name.rpartition(".")[0]
-    return name or None
+BREAKS = {
+    "an upward import inside a function": (
+        "fantasy/media/audio.py", "\n\ndef _break():\n    from fantasy.generation import generate\n",
+        r"fantasy\.media is not allowed to import fantasy\.generation:\n\n- fantasy\.media\.audio -> fantasy\.generation \(l\.\d+\)"),
+    "an upward import under TYPE_CHECKING": (
+        "fantasy/model/windows.py", "\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import fantasy.weights.presets\n",
+        r"fantasy\.model is not allowed to import fantasy\.weights:\n\n- fantasy\.model\.windows -> fantasy\.weights\.presets \(l\.\d+\)"),
+    "a relative upward import": (
+        "fantasy/face/geometry.py", "\n\ndef _break():\n    from ..app import studio\n",
+        r"fantasy\.face is not allowed to import fantasy\.app:\n\n- fantasy\.face\.geometry -> fantasy\.app\.studio \(l\.\d+\)"),
+    "a circle inside a package": (
+        "fantasy/model/frame_shards.py", "\n\ndef _break():\n    from fantasy.model import adapter\n",
+        r"No cycles are allowed in fantasy\.model\.\n.*removing 1 dependency:\n\n- \.frame_shards -> \.adapter"),
+    "a lower module importing the public API": (
+        "fantasy/errors.py", "\n\ndef _break():\n    import fantasy\n",
+        r"fantasy\.errors -> fantasy \(l\.\d+\)"),
+    "the CLI reaching past the app layer": (
+        "fantasy/cli.py", "\n\ndef _break():\n    from fantasy.model import pipeline\n",
+        r"fantasy\.cli -> fantasy\.model\.pipeline \(l\.\d+\)"),
+    "a new top-level module without a row": (
+        "fantasy/newcomer.py", "X = 1\n", r"fantasy\.newcomer"),
+}
 
 
-def imports_of(name: str, path: Path, modules: dict[str, Path], package: str = PACKAGE) -> list[Edge]:
-    """The edges from module `name` (its file `path`) to other modules of the package."""
-    own_package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    edges = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        targets: list[str] = []
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = own_package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1])
-                base = f"{base}.{node.module}" if node.module else base
-            else:
-                base = node.module or ""
-            # `from pkg import name`: the module pkg.name if there is one, else pkg itself
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
-        for target in targets:
-            if target == package or target.startswith(package + "."):
-                found = _deepest(target, modules)
-                if found and found != name:
-                    edges.append(Edge(name, found, path, node.lineno))
-    return edges
+def test_each_kind_of_break_is_caught_and_named(tmp_path):
+    """All the breaks in one copy of the package, one run: each is reported, with its file and line."""
+    shutil.copytree(ROOT / "fantasy", tmp_path / "fantasy", ignore=shutil.ignore_patterns("__pycache__"))
+    for path, code, _ in BREAKS.values():
+        file = tmp_path / path
+        file.write_text((file.read_text() if file.exists() else "") + code)
+    proc = lint_imports(tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"Contracts: 0 kept, {len(CONTRACTS)} broken." in proc.stdout, proc.stdout
+    assert {kind: bool(re.search(named, proc.stdout, re.S)) for kind, (_, _, named) in BREAKS.items()} == {
+        kind: True for kind in BREAKS}, proc.stdout
 
 
-def import_graph(root: Path, package: str = PACKAGE) -> tuple[dict[str, Path], list[Edge]]:
-    modules = package_modules(root, package)
-    return modules, [edge for name, path in modules.items() for edge in imports_of(name, path, modules, package)]
+# ---- what no tool does -------------------------------------------------------------------------------------
 
-
-def unit_of(module: str, layers=LAYERS, package: str = PACKAGE) -> str | None:
-    units = [u for _, members in layers for u in members
-             if module == u or (u != package and module.startswith(u + "."))]
-    return max(units, key=len) if units else None
-
-
-def layer_index(module: str, layers=LAYERS, package: str = PACKAGE) -> int | None:
-    unit = unit_of(module, layers, package)
-    return None if unit is None else next(i for i, (_, members) in enumerate(layers) if unit in members)
-
-
-def upward_imports(edges: list[Edge], root: Path, layers=LAYERS, package: str = PACKAGE) -> list[str]:
-    """One line per import from a lower layer to a higher one."""
-    found = []
-    for edge in edges:
-        low, high = layer_index(edge.source, layers, package), layer_index(edge.target, layers, package)
-        if low is not None and high is not None and high > low:
-            found.append(f"{edge.path.relative_to(root)}:{edge.line}: {edge.source} (layer {layers[low][0]}) "
-                         f"imports {edge.target} (layer {layers[high][0]})")
-    return found
-
-
-def circular_groups(pairs: set[tuple[str, str]]) -> list[tuple[list[str], set[str]]]:
-    """Each strongly connected group of the graph (Tarjan) with one of its circles, a path `[a, b, ..., a]`."""
-    graph: dict[str, list[str]] = {}
-    for a, b in sorted(pairs):
-        graph.setdefault(a, []).append(b)
-        graph.setdefault(b, [])
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    groups: list[set[str]] = []
-
-    def visit(v: str) -> None:  # recursion depth: the package's module count at most
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        for w in graph[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            group = set()
-            while True:
-                w = stack.pop()
-                group.add(w)
-                if w == v:
-                    break
-            if len(group) > 1 or v in graph[v]:
-                groups.append(group)
-
-    for v in graph:
-        if v not in index:
-            visit(v)
-    return sorted(((_circle_in(min(group), group, graph), group) for group in groups), key=lambda found: found[0])
-
-
-def cycles(pairs: set[tuple[str, str]]) -> list[list[str]]:
-    """One circle per strongly connected group."""
-    return [circle for circle, _ in circular_groups(pairs)]
-
-
-def describe(pairs: set[tuple[str, str]]) -> str:
-    return "\n".join(f"{' -> '.join(circle)} (all of {', '.join(sorted(group))} reach each other)"
-                     for circle, group in circular_groups(pairs))
-
-
-def _circle_in(start: str, group: set[str], graph: dict[str, list[str]]) -> list[str]:
-    """A shortest path from `start` back to itself inside one strongly connected group (breadth first)."""
-    previous: dict[str, str | None] = {start: None}
-    frontier = [start]
-    while frontier:
-        following = []
-        for v in frontier:
-            for w in graph[v]:
-                if w == start:
-                    path = [v]
-                    while previous[path[-1]] is not None:
-                        path.append(previous[path[-1]])
-                    return [*reversed(path), start]
-                if w in group and w not in previous:
-                    previous[w] = v
-                    following.append(w)
-        frontier = following
-    raise AssertionError(f"no circle through {start}")
-
-
-def unit_pairs(edges: list[Edge], layers=LAYERS, package: str = PACKAGE) -> set[tuple[str, str]]:
-    pairs = {(unit_of(e.source, layers, package), unit_of(e.target, layers, package)) for e in edges}
-    return {(a, b) for a, b in pairs if a and b and a != b}
-
-
-# ---- the package --------------------------------------------------------------------------------
-
-MODULES, EDGES = import_graph(ROOT)
-
-
-def test_every_module_has_a_layer():
-    assert [m for m in MODULES if unit_of(m) is None] == []
-    assert len(MODULES) > 50 and len(EDGES) > 150  # the walk saw the package
-
-
-def test_every_unit_of_the_map_exists():
-    assert [u for _, members in LAYERS for u in members if u not in MODULES] == []
-
-
-def test_no_import_goes_up_a_layer():
-    found = upward_imports(EDGES, ROOT)
-    assert not found, "imports from a lower layer to a higher one:\n" + "\n".join(found)
-
-
-def test_no_circle_of_imports_between_modules():
-    pairs = {(e.source, e.target) for e in EDGES}
-    assert not cycles(pairs), "circles of imports:\n" + describe(pairs)
-
-
-def test_no_circle_of_imports_between_units():
-    pairs = unit_pairs(EDGES)
-    assert not cycles(pairs), "circles of imports between units:\n" + describe(pairs)
-
-
-def test_paths_computed_from_a_modules_file_reach_the_repository(monkeypatch):
-    """The modules that find the repository from their own file (moving a file changes its depth)."""
-    from fantasy.app.serve import package_root
-    from fantasy.weights.real import weights_dir
-
-    monkeypatch.delenv("FANTASY_WEIGHTS", raising=False)
-    assert weights_dir() == ROOT / "weights" and package_root() == str(ROOT)
-    assert [str(p.relative_to(ROOT)) for p in MODULES.values() if "__file__" in p.read_text()] == [
-        "fantasy/app/serve.py", "fantasy/weights/real.py",
-    ]
-
-
-# ---- the entry points and the README ------------------------------------------------------------
-
-# What app.py and the CLI may import of the package: the public API (`fantasy`, its errors), the app layer, the
-# entry points' own start-up helpers, and each package's command (`python -m fantasy <command>`).
-ENTRY_IMPORTS = ("fantasy", "fantasy.errors", "fantasy.quiet", "fantasy.stop", "fantasy.app")
-
-
-def entry_point_violations(path: Path, modules: dict[str, Path], name: str) -> list[str]:
-    allowed = [m for m in ENTRY_IMPORTS if m in modules]
-    found = []
-    for edge in imports_of(name, path, modules):
-        target = edge.target
-        if target in allowed or any(target.startswith(m + ".") for m in allowed if m != PACKAGE):
-            continue
-        if name == "fantasy.cli" and target.rpartition(".")[2] == "command":
-            continue
-        found.append(f"{path.relative_to(ROOT)}:{edge.line}: imports {target}")
-    return found
-
-
-def test_app_and_cli_use_only_the_public_api_and_the_app_layer():
-    found = entry_point_violations(ROOT / "app.py", MODULES, "app")
-    found += entry_point_violations(MODULES["fantasy.cli"], MODULES, "fantasy.cli")
-    assert not found, "app.py and the CLI import past the public API and the app layer:\n" + "\n".join(found)
-
-
-def readme_layers(readme: str) -> list[set[str]]:
-    """The units of each row of README's layer diagram (the code block under '## Layout'), top row first."""
-    block = readme.split("\n## Layout\n", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+def diagram_rows(text: str) -> list[set[str]]:
+    """The units of each row of the layer diagram (the code block under '## Layout'), top row first."""
+    block = text.split("\n## Layout\n", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
     rows: list[set[str]] = [set()]
     for line in block.splitlines():
         if set(line.strip()) == {"─"}:
@@ -263,92 +89,55 @@ def readme_layers(readme: str) -> list[set[str]]:
     return [row for row in rows if row]
 
 
-def test_the_readme_diagram_is_the_layer_map():
-    rows = readme_layers((ROOT / "README.md").read_text())
-    assert rows == [set(units) for _, units in reversed(LAYERS)]
+def contract_rows() -> list[set[str]]:
+    """The layers contract's rows, top first, as dotted names; the public API (`fantasy`) sits on the top row."""
+    container = CONTRACTS["layers"]["containers"][0]
+    rows = [{f"{container}.{tail.strip()}" for tail in re.split(r"[:|]", row)} for row in CONTRACTS["layers"]["layers"]]
+    rows[0].add(container)
+    return rows
 
 
-def test_the_readme_parse_sees_each_row():
+def test_the_docs_diagram_is_the_layers_contract():
+    assert diagram_rows((ROOT / "docs" / "architecture.md").read_text()) == contract_rows()
+
+
+def test_the_diagram_parse_sees_each_row():
     text = ("x\n## Layout\n\n```text\napp.py · fantasy/cli.py · fantasy/__init__.py   entry\n───\nfantasy/app/   a\n───\n"
             "fantasy/x.py   b · fantasy/y.py c\n```\n")
-    assert readme_layers(text) == [{"fantasy.cli", "fantasy"}, {"fantasy.app"}, {"fantasy.x", "fantasy.y"}]
+    assert diagram_rows(text) == [{"fantasy.cli", "fantasy"}, {"fantasy.app"}, {"fantasy.x", "fantasy.y"}]
 
 
-def top_level_names(path: Path) -> set[str]:
-    names = set()
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names |= {t.id for t in targets if isinstance(t, ast.Name)}
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
-    return names
+# What app.py may import of the package: the public API (`fantasy`, its errors), the entry points' start-up
+# helpers and the app layer.
+APP_MAY_IMPORT = ("fantasy", "fantasy.errors", "fantasy.quiet", "fantasy.stop", "fantasy.app")
 
 
-def test_the_readme_names_only_files_and_modules_that_exist():
-    readme = (ROOT / "README.md").read_text()
-    missing = [p for p in re.findall(r"(?<![\w/.])fantasy/[\w/]+(?:\.py)?", readme)
-               if not (ROOT / p).exists() and not (ROOT / f"{p}.py").exists()]
-    for dotted in re.findall(r"(?<![\w/.])fantasy(?:\.\w+)+", readme):
-        module = _deepest(dotted, MODULES)
-        rest = dotted[len(module) + 1:].split(".")[0] if module and module != dotted else None
-        if module is None or (rest and rest not in top_level_names(MODULES[module])):
-            missing.append(dotted)
-    assert missing == []
+def package_imports_beyond(path: Path, allowed: tuple[str, ...]) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+        for name in names:
+            if (name == "fantasy" or name.startswith("fantasy.")) and not any(
+                    name == m or (m != "fantasy" and name.startswith(m + ".")) for m in allowed):
+                found.append(f"{path.name}:{node.lineno}: imports {name}")
+    return found
 
 
-# ---- the checks themselves fail when they should --------------------------------------------------
-
-SYNTHETIC = {
-    "pkg/__init__.py": "",
-    "pkg/low/__init__.py": "",
-    "pkg/low/a.py": "from pkg.low import b\n",
-    "pkg/low/b.py": "def f():\n    from . import c\n",
-    "pkg/low/c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.low.a\n",
-    "pkg/low/d.py": "import os\n\n\ndef g():\n    from ..high.top import run\n",
-    "pkg/high/__init__.py": "from .top import run\n",
-    "pkg/high/top.py": "from pkg.low.d import g\nimport pkg.low\n\nrun = g\n",
-}
-SYNTHETIC_LAYERS = [("bottom", ["pkg.low"]), ("top", ["pkg.high", "pkg"])]
+def test_app_py_uses_only_the_public_api_and_the_app_layer(tmp_path):
+    assert package_imports_beyond(ROOT / "app.py", APP_MAY_IMPORT) == []
+    script = tmp_path / "app.py"
+    script.write_text("import fantasy\nfrom fantasy.app import studio\n\n\ndef f():\n    from fantasy.model.pipeline import X\n")
+    assert package_imports_beyond(script, APP_MAY_IMPORT) == ["app.py:6: imports fantasy.model.pipeline"]
 
 
-@pytest.fixture
-def synthetic(tmp_path):
-    for name, text in SYNTHETIC.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    return tmp_path
+def test_paths_computed_from_a_modules_file_reach_the_repository(monkeypatch):
+    """The modules that find the repository from their own file (moving a file changes its depth)."""
+    from fantasy.app.serve import package_root
+    from fantasy.weights.real import weights_dir
 
-
-def test_the_walk_sees_function_level_relative_and_type_checking_imports(synthetic):
-    modules, edges = import_graph(synthetic, "pkg")
-    assert sorted((e.source, e.target, e.line) for e in edges) == [
-        ("pkg.high", "pkg.high.top", 1),
-        ("pkg.high.top", "pkg.low", 2),
-        ("pkg.high.top", "pkg.low.d", 1),
-        ("pkg.low.a", "pkg.low.b", 1),
-        ("pkg.low.b", "pkg.low.c", 2),
-        ("pkg.low.c", "pkg.low.a", 3),
-        ("pkg.low.d", "pkg.high.top", 5),
+    monkeypatch.delenv("FANTASY_WEIGHTS", raising=False)
+    assert weights_dir() == ROOT / "weights" and package_root() == str(ROOT)
+    assert sorted(str(p.relative_to(ROOT)) for p in (ROOT / "fantasy").rglob("*.py") if "__file__" in p.read_text()) == [
+        "fantasy/app/serve.py", "fantasy/examples.py", "fantasy/weights/real.py",
     ]
-
-
-def test_an_upward_import_is_named_with_file_line_and_layers(synthetic):
-    _, edges = import_graph(synthetic, "pkg")
-    assert upward_imports(edges, synthetic, SYNTHETIC_LAYERS, "pkg") == [
-        "pkg/low/d.py:5: pkg.low.d (layer bottom) imports pkg.high.top (layer top)",
-    ]
-
-
-def test_a_circle_is_named(synthetic):
-    _, edges = import_graph(synthetic, "pkg")
-    assert cycles({(e.source, e.target) for e in edges}) == [
-        ["pkg.high.top", "pkg.low.d", "pkg.high.top"],
-        ["pkg.low.a", "pkg.low.b", "pkg.low.c", "pkg.low.a"],
-    ]
-    assert cycles(unit_pairs(edges, SYNTHETIC_LAYERS, "pkg")) == [["pkg.high", "pkg.low", "pkg.high"]]
-    assert describe({("x", "y"), ("y", "z"), ("z", "x"), ("y", "x")}) == "x -> y -> x (all of x, y, z reach each other)"
-    assert cycles({("x", "x")}) == [["x", "x"]]
-    assert cycles({("x", "y"), ("y", "z")}) == []

@@ -140,7 +140,7 @@ def test_portrait_without_a_face_skips_identity_with_a_warning(files, tmp_path) 
 
 
 @pytest.mark.parametrize(
-    ("which", "error", "message"),
+    "which, error, message",
     [
         ("missing_video", InputFileNotFound, "Video file not found"),
         ("bad_video", UnsupportedVideo, "Could not read 'bad.mp4' as a video"),

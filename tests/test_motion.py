@@ -12,7 +12,7 @@ from fantasy.weights.presets import get_preset
 
 
 @pytest.mark.parametrize(
-    ("expression", "weight", "guidance"), [(0.0, 0.6, 3.0), (0.5, 1.0, 5.0), (1.0, 1.4, 7.0), (0.25, 0.8, 4.0)]
+    "expression, weight, guidance", [(0.0, 0.6, 3.0), (0.5, 1.0, 5.0), (1.0, 1.4, 7.0), (0.25, 0.8, 4.0)]
 )
 def test_expression_scales_audio_weight_and_guidance(expression, weight, guidance):
     settings, mode = training_free_controls(expression, 0.5, Settings())
@@ -73,7 +73,7 @@ def test_repeated_application_does_not_pile_up_motionless_words():
     assert twice.negative_prompt == once.negative_prompt
 
 
-@pytest.mark.parametrize(("expression", "body"), [(-0.1, 0.5), (1.01, 0.5), (0.5, 2.0)])
+@pytest.mark.parametrize("expression, body", [(-0.1, 0.5), (1.01, 0.5), (0.5, 2.0)])
 def test_out_of_range_sliders_are_rejected(expression, body):
     with pytest.raises(InvalidSetting, match="between 0 and 1"):
         training_free_controls(expression, body, Settings())

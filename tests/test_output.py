@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -147,3 +148,104 @@ def test_removing_temporaries_is_quiet_and_goes_on(tmp_path):
     (tmp_path / "f").write_bytes(b"x")
     remove_quietly(tmp_path / "dir", tmp_path / "missing", tmp_path / "f")
     assert [p.name for p in tmp_path.iterdir()] == ["dir"]
+
+
+def owned_name(stem: str, tag: str, pid: int, host: str | None = None) -> str:
+    from fantasy.media.output import _host
+
+    return f".{stem}.{tag}.{host or _host()}.{pid}.0123abcd.partial.mp4"
+
+
+def a_finished_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_temporary_names_its_owner(tmp_path):
+    import os
+
+    from fantasy.media.output import _host, temp_path
+
+    name = temp_path(tmp_path / "my.video.mp4", "mux").name
+    assert re.fullmatch(rf"\.my\.video\.mux\.{re.escape(_host())}\.{os.getpid()}\.[0-9a-f]{{8}}\.partial\.mp4", name)
+    assert temp_path(tmp_path / "p.webp", "preview").name.endswith(".partial.webp")
+
+
+def test_the_next_temporary_removes_the_temporaries_of_runs_that_are_gone(tmp_path):
+    """SIGKILL runs no cleanup (issue 25): the next run into the folder finds what a dead process left."""
+    import os
+    import time
+
+    from fantasy.media.output import temp_path
+
+    dead, ours = a_finished_pid(), os.getpid()
+    left = {
+        owned_name("o", "video", dead): True,  # this machine, its process is gone
+        owned_name("o", "mux", ours): False,  # this very process: a run in progress
+        owned_name("o", "reused", ours): True,  # our pid, but the file is older than this process: pid reused
+        owned_name("o", "video", ours, host="elsewhere"): False,  # another machine's, recent: maybe running
+        owned_name("o", "old", ours, host="elsewhere"): True,  # another machine's, over a day old
+        ".o.0123456789ab.video.partial.mp4": True,  # an earlier version's name, over a day old
+        ".o.0123456789ab.mux.partial.mp4": False,  # an earlier version's name, recent
+        ".o.partial.mp4": False, ".notes.txt": False, "o.mp4": False,  # not ours: never touched
+    }
+    for name in left:
+        (tmp_path / name).write_bytes(b"x")
+    day_ago = time.time() - 24 * 3600 - 60
+    for name in (owned_name("o", "reused", ours), owned_name("o", "old", ours, host="elsewhere"),
+                 ".o.0123456789ab.video.partial.mp4"):
+        os.utime(tmp_path / name, (day_ago, day_ago))
+    new = temp_path(tmp_path / "o.mp4", "video")
+    assert not new.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(name for name, stale in left.items() if not stale)
+
+
+def test_a_day_is_the_age_limit_for_temporaries_whose_owner_cannot_be_asked(tmp_path):
+    import os
+
+    from fantasy.media.output import STALE_AFTER_S, is_stale
+
+    other = tmp_path / owned_name("o", "video", 1, host="elsewhere")
+    other.write_bytes(b"x")
+    modified = other.stat().st_mtime
+    assert not is_stale(other, now=modified + STALE_AFTER_S)
+    assert is_stale(other, now=modified + STALE_AFTER_S + 0.01)
+    gone = tmp_path / owned_name("o", "video", os.getpid())  # a name can stop existing between listing and asking
+    assert not is_stale(gone)
+
+
+def test_a_process_runs_since_its_start(tmp_path):
+    import os
+    import time
+
+    from fantasy.media.output import running_since
+
+    assert running_since(os.getpid(), time.time())
+    assert not running_since(os.getpid(), time.time() - 10 * 24 * 3600)  # it did not run ten days ago
+    assert not running_since(a_finished_pid(), time.time())
+    zombie = subprocess.Popen(["true"])
+    time.sleep(0.5)  # exited, not reaped: still in the process table
+    assert not running_since(zombie.pid, time.time())
+    zombie.wait()
+
+
+def test_every_ffmpeg_is_tied_to_this_process(tmp_path, monkeypatch):
+    """The encoder, the mux, the read-back and the speech decoder all start with the tie (`die_with_parent`)."""
+    from fantasy.media.audio import load_audio
+
+    started = []
+    popen = subprocess.Popen
+
+    def recording(cmd, *args, **kwargs):  # `subprocess.run` starts its process through this too
+        started.append((Path(cmd[0]).name, kwargs.get("preexec_fn") is not None))
+        return popen(cmd, *args, **kwargs)
+
+    speech = tmp_path / "s.m4a"
+    soundfile.write(tmp_path / "s.wav", speech_like(1.0), 16_000)
+    subprocess.check_call([ffmpeg_executable(), "-v", "error", "-i", str(tmp_path / "s.wav"), str(speech)])
+    monkeypatch.setattr(subprocess, "Popen", recording)
+    with Mp4Writer(tmp_path / "o.mp4", 23, 64, 64, audio_path=tmp_path / "s.wav") as writer:
+        writer.write(np.zeros((3, 64, 64, 3), np.uint8))
+    load_audio(speech)
+    assert started == [("ffmpeg", True)] * 5  # encode, mux, read back video and audio, decode the speech

@@ -183,14 +183,14 @@ def test_errors_before_the_group_is_joined_are_said_by_the_launchs_rank_0(rank, 
 
 
 def test_app_as_a_front_end_refuses_context_parallel_before_contacting_the_server(monkeypatch):
-    import app
     import fantasy.app.serve_client
+    from fantasy.app import ui as app
 
     monkeypatch.setattr(fantasy.app.serve_client, "fetch_info", lambda *a: pytest.fail("the server was contacted"))
-    with pytest.raises(SystemExit) as stopped:
+    message = ("error: --serve runs every generation on the deployment: drop --context-parallel here and start the "
+               "deployment with `python -m fantasy serve --context-parallel N`")
+    with pytest.raises(SystemExit, match=f"^{re.escape(message)}$"):
         app.main(["--serve", "http://127.0.0.1:9", "--context-parallel", "2"])
-    assert str(stopped.value) == ("error: --serve runs every generation on the deployment: drop --context-parallel "
-                                  "here and start the deployment with `python -m fantasy serve --context-parallel N`")
 
 
 # ---- 2 processes equal 1 -------------------------------------------------------------------------------------

@@ -348,9 +348,9 @@ def test_large_fp32_linears_are_upcast_in_row_chunks_with_the_same_result():
 
 
 def test_precision_bench_dry_run():
-    """bench/precision.py's measurement on the tiny config (the CPU figures in the README come from its real run)."""
-    from bench.models import TINY
-    from bench.precision import measure
+    """tools/precision.py's measurement on the tiny config (the CPU figures in docs/numerics.md come from its real run)."""
+    from fantasy.bench.models import TINY
+    from tools.precision import measure
 
     rows = [measure(mode, TINY, torch.device("cpu"), (64, 64), 9, 1) for mode in ("mixed", "stock")]
     assert [(r["mode"], r["output_dtype"], r["tokens"]) for r in rows] == [("mixed", "float32", 48),

@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image, ImageSequence
 
-from bench.preview_fit import portrait_clip
 from fantasy.model.preview import (
     LATENT_RGB_SOURCE,
     WAN21_LATENT_RGB_BIAS,
@@ -29,6 +28,7 @@ from fantasy.model.preview import (
 )
 from fantasy.model.sampling import make_scheduler
 from tests.conftest import EXAMPLE_IMAGE, tiny_call_args
+from tools.preview_fit import portrait_clip
 
 # ComfyUI's Wan21.latents_mean / latents_std (same file and commit as the factors): the space it samples in,
 # and so the space its Latent2RGB previewer applies the factors in, is (z - mean) / std with these.
@@ -125,12 +125,12 @@ def test_preview_of_the_portrait_encoded_by_a_real_shaped_vae(tmp_path):
     """Wan 2.1's VAE at full width (random weights, 127 M parameters): the portrait's encoding previews as one
     frame per latent frame at 1/8 of the sides, and the map check runs on it end to end.
 
-    Random weights have no colour code, so no correlation is asserted here (README, Live preview: a map fitted
-    to this VAE is at noise level); `bench/preview_fit.py` gives the published map's figure on the real VAE.
+    Random weights have no colour code, so no correlation is asserted here (docs/architecture.md, Live preview: a map fitted
+    to this VAE is at noise level); `tools/preview_fit.py` gives the published map's figure on the real VAE.
     """
     from diffusers import AutoencoderKLWan
 
-    from bench.preview_fit import check_map
+    from tools.preview_fit import check_map
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

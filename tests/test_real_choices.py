@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import app
+from fantasy.app import ui as app
 from fantasy.app.studio import Controls, Studio
 from fantasy.app.validation import FaceChecker
 from fantasy.cli import main
@@ -128,7 +128,7 @@ def test_the_rule_picks_bf16_when_it_fits_in_free_memory_else_q8_0():
         missing.reason
 
 
-@pytest.mark.parametrize(("free_gib", "expected"), [(79, "bf16"), (40, "q8_0")])
+@pytest.mark.parametrize("free_gib, expected", [(79, "bf16"), (40, "q8_0")])
 def test_the_real_loader_applies_the_rule_to_the_free_memory(weights, my_adapter, monkeypatch, free_gib, expected):
     from diffusers.quantizers.gguf.utils import GGUFParameter
 

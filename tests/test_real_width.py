@@ -1,6 +1,6 @@
 """The real preset at real widths, on the CPU: the released file layouts, the real configurations at reduced depth.
 
-`bench/real_layout.py` writes, with random weights, every file the real preset reads, under its real
+`tools/real_layout.py` writes, with random weights, every file the real preset reads, under its real
 name and key spelling: the 720P DiT config with 1 of its 40 blocks (5120 wide, 40 heads, FFN 13824,
 the image K/V branch) as city96's GGUF Q8_0 (its tensor-type mix) and as Comfy-Org's bf16 single file,
 both with the original Wan keys; Wan-AI's folder with umT5-XXL at full width (d_model 4096, 64 heads,
@@ -12,7 +12,7 @@ umT5's vocabulary is cut from 256,384 to 4,096 tokens: the full embedding alone 
 (4.2 GB in fp32, 2.1 GB more in bf16), beyond this test's ~8 GB; every other width is the real one.
 The prompt tokenizer is a word-level `tokenizer.json` whose ids fit that vocabulary.
 
-Host RAM is measured in child processes (`bench/host_memory.py`): anonymous memory sampled every
+Host RAM is measured in child processes (`tools/host_memory.py`): anonymous memory sampled every
 millisecond (what must fit in RAM) and the kernel's peak RSS (which also counts the checkpoint's pages
 mapped from the page cache, reclaimable). Each bound is stated at its test.
 """
@@ -26,7 +26,6 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from bench import real_layout
 from fantasy.weights.real import (
     ADAPTER_PART,
     ADAPTER_SAFETENSORS,
@@ -37,6 +36,7 @@ from fantasy.weights.real import (
     files_read,
 )
 from tests.mp4_probe import probe
+from tools import real_layout
 
 from .conftest import EXAMPLE_IMAGE, EXAMPLE_SPEECH
 
@@ -157,8 +157,8 @@ def test_host_ram_of_each_loader_stays_near_the_tensor_set_it_holds(root, tmp_pa
     shard; transformers 5 kept every fp32 shard mapped: 3x), and the pickle is mapped rather than read in
     (<= 1.2x the output + the pickle; reading it in held fp32 + bf16 anonymously: 3x the output).
     """
-    from bench.host_memory import measure
-    from bench.loader_ram import loader_cases
+    from tools.host_memory import measure
+    from tools.loader_ram import loader_cases
 
     spec = loader_cases(root, tmp_path)[case]
     peak = measure(spec.step, spec.kwargs)
@@ -174,11 +174,11 @@ def test_host_ram_of_each_loader_stays_near_the_tensor_set_it_holds(root, tmp_pa
     assert peak.peak_rss <= rss_bound, figures
 
 
-def test_the_full_model_host_ram_table_in_the_readme_is_what_the_code_computes():
-    from bench.loader_ram import FULL, full_model_host_ram
+def test_the_full_model_host_ram_table_in_the_docs_is_what_the_code_computes():
+    from tools.loader_ram import FULL, full_model_host_ram
 
     assert real_layout.city96_bytes(real_layout.dit_config(40)) == FULL["dit_q8_0"]  # 17.46 GB of tensors
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "weights.md").read_text()
     needs = {(dit, vram): round(need) for dit, vram, need, _ in full_model_host_ram(1.0)}
     assert needs == {("q8_0", "resident"): 15, ("bf16", "resident"): 15, ("bf16-fp8-storage", "resident"): 33,
                      ("q8_0", "model-offload"): 34, ("bf16", "model-offload"): 49, ("q8_0", "group-offload"): 45,

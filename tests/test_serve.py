@@ -202,8 +202,9 @@ def test_the_app_as_a_thin_front_end(server, speech, tmp_path):
 
     from gradio_client import Client, handle_file
 
-    import app  # the page itself over the deployment: its API returns the server's video
+    from fantasy.app import ui as app
 
+    # the page itself over the deployment: its API returns the server's video
     demo = app.create_demo(app.parse_args(["--serve", server]))
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
     try:

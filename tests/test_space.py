@@ -23,7 +23,7 @@ def test_gpu_decorator_is_a_no_op_off_zero_gpu(monkeypatch):
     assert not module.on_zero_gpu()
 
 
-@pytest.mark.parametrize(("value", "expected"), [("true", True), ("1", True), ("false", False), ("", False)])
+@pytest.mark.parametrize("value, expected", [("true", True), ("1", True), ("false", False), ("", False)])
 def test_zero_gpu_switch(monkeypatch, value, expected):
     monkeypatch.setenv("SPACES_ZERO_GPU", value)
     assert space.on_zero_gpu() is expected

@@ -196,11 +196,15 @@ def test_cancel_stops_at_the_next_step_and_leaves_no_video(tiny_pipe, speech_wav
     stream = stream_generate(tiny_pipe, EXAMPLE_IMAGE, speech_wav, out, small_settings(steps=5), get_preset("tiny"),
                              tmp_path / "chunks", cancel=cancel)
     seen = []
-    with pytest.raises(GenerationCancelled, match=r"^Generation stopped\.$"):
+
+    def consume_and_cancel_at_the_first_step():
         for event in stream:
             seen.append(event)
             if isinstance(event, StageProgress) and event.stage == "denoise":
                 cancel.set()
+
+    with pytest.raises(GenerationCancelled, match=r"^Generation stopped\.$"):
+        consume_and_cancel_at_the_first_step()
     steps_done = [e for e in seen if isinstance(e, StageProgress) and e.stage == "denoise"]
     assert len(steps_done) == 1  # stopped right after the step that saw the flag
     assert not out.exists()

@@ -1,8 +1,8 @@
-"""Rules the suite keeps about itself: every expected error names its message; a hang fails with its name."""
+"""Rules the suite keeps about itself: every expected error names its message (ruff's PT011, checked here to
+be configured so); a hang fails with its name; the mutation bench and mutmut agree."""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 import textwrap
@@ -12,26 +12,35 @@ from pathlib import Path
 from .conftest import ROOT
 
 
-def raises_without_match() -> list[str]:
-    """`pytest.raises` calls that check no message: neither `match=` nor, for `raises(...) as name`, the whole
-    message read back in the same file (`str(name.value) == ...`, or a pattern matched against `str(name.value)`)."""
-    found = []
-    for path in sorted((ROOT / "tests").glob("*.py")):
-        source = path.read_text()
-        tree = ast.parse(source, str(path))
-        read_back = {id(item.context_expr) for node in ast.walk(tree) if isinstance(node, ast.With)
-                     for item in node.items if isinstance(item.optional_vars, ast.Name)
-                     and (f"str({item.optional_vars.id}.value) ==" in source
-                          or f"str({item.optional_vars.id}.value))" in source)}
-        for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "raises"
-                    and not any(k.arg == "match" for k in node.keywords) and id(node) not in read_back):
-                found.append(f"{path.name}:{node.lineno}")
-    return found
+def ruff_says(code: str) -> list[str]:
+    """ruff's findings, with this repository's configuration, for `code` as a test file."""
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise", "--no-cache",
+                           "--stdin-filename", "tests/test_example.py", "-"],
+                          input=code, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return [line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("tests/test_example.py:")]
 
 
 def test_every_expected_error_names_its_message():
-    assert raises_without_match() == []
+    """ruff's PT011, configured for every exception (pyproject.toml), refuses a `pytest.raises` without `match=`."""
+    code = textwrap.dedent("""\
+        import pytest
+
+        from fantasy.errors import FantasyError
+
+
+        def test_a():
+            with pytest.raises(FantasyError):
+                pass
+            with pytest.raises(KeyError):
+                pass
+            with pytest.raises(FantasyError, match="^a message$"):
+                pass
+    """)
+    assert ruff_says(code) == [
+        "PT011 `pytest.raises(fantasy.errors.FantasyError)` is too broad, set the `match` parameter or use a more "
+        "specific exception",
+        "PT011 `pytest.raises(KeyError)` is too broad, set the `match` parameter or use a more specific exception",
+    ]
 
 
 def test_a_hanging_test_fails_with_its_name(tmp_path: Path, request):
@@ -57,8 +66,8 @@ def test_a_hanging_test_fails_with_its_name(tmp_path: Path, request):
 
 
 def test_the_mutation_bench_and_mutmut_mutate_the_same_files():
-    """`bench.mutation.MODULES` is the one list to update when files move; mutmut's `only_mutate` must follow."""
-    from bench.mutation import MODULES
+    """`tools.mutation.MODULES` is the one list to update when files move; mutmut's `only_mutate` must follow."""
+    from tools.mutation import MODULES
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
     assert sorted(MODULES.values()) == sorted(config["only_mutate"])
@@ -69,7 +78,7 @@ def test_mutation_scores_count_only_checked_mutants(tmp_path, monkeypatch):
     """A partial run gives its score over the mutants it checked, and says how many of all those were."""
     import json
 
-    from bench import mutation
+    from tools import mutation
 
     meta = tmp_path / "mutants" / "fantasy" / "model" / "windows.py.meta"
     meta.parent.mkdir(parents=True)

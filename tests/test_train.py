@@ -186,7 +186,7 @@ def test_train_command_then_generate_with_its_checkpoint(dataset_dir, tmp_path, 
     assert "2DFAN4" in capsys.readouterr().err
     monkeypatch.delenv("FANTASY_FACE_BACKEND")
 
-    for video in data.glob("*.mp4"):  # precomputed landmarks, as the README describes
+    for video in data.glob("*.mp4"):  # precomputed landmarks, as docs/training.md describes
         np.save(data / f"{video.stem}.landmarks.npy", np.stack([measured_landmarks(f) for f in read_video(video).frames]))
     assert main(args) == 0
     out = capsys.readouterr()

@@ -46,7 +46,7 @@ def no_face_on_flat_images(image_rgb: np.ndarray) -> None:
 FAKE_FACES = FaceChecker(no_face_on_flat_images, "face check: passed (test detector)")
 
 
-@pytest.mark.parametrize(("requested", "limit"), [(None, 10.0), (5.0, 5.0), (0.1, 1.0), (100.0, 30.0)])
+@pytest.mark.parametrize("requested, limit", [(None, 10.0), (5.0, 5.0), (0.1, 1.0), (100.0, 30.0)])
 def test_duration_limit_comes_from_one_constant(requested, limit):
     assert (DEFAULT_DURATION_S, MAX_DURATION_S) == (10.0, 30.0)
     assert duration_limit(requested) == limit

@@ -60,9 +60,14 @@ def test_longer_audio_is_cut_to_the_video(tmp_path):
 
 def test_failure_leaves_no_file(tmp_path):
     out = tmp_path / "out.mp4"
-    with pytest.raises(RuntimeError, match="decoder broke"), Mp4Writer(out, 23, 96, 64) as writer:
-        writer.write(frames(5))
-        raise RuntimeError("decoder broke")
+
+    def write_then_fail():
+        with Mp4Writer(out, 23, 96, 64) as writer:
+            writer.write(frames(5))
+            raise RuntimeError("decoder broke")
+
+    with pytest.raises(RuntimeError, match="decoder broke"):
+        write_then_fail()
     assert list(tmp_path.iterdir()) == []
 
 
@@ -89,8 +94,8 @@ def test_one_frame_at_a_time_into_missing_folders_through_hidden_named_temporari
     with Mp4Writer(out, 23, 96, 64) as writer:
         for frame in frames(3):
             writer.write(frame)  # [H, W, 3]: one frame
-        assert re.fullmatch(r"\.o\.[0-9a-f]{12}\.video\.partial\.mp4", writer._video_tmp.name)
-    assert re.fullmatch(r"\.o\.[0-9a-f]{12}\.mux\.partial\.mp4", muxed_into[0])
+        assert re.fullmatch(r"\.o\.video\.[A-Za-z0-9-]+\.\d+\.[0-9a-f]{8}\.partial\.mp4", writer._video_tmp.name)
+    assert re.fullmatch(r"\.o\.mux\.[A-Za-z0-9-]+\.\d+\.[0-9a-f]{8}\.partial\.mp4", muxed_into[0])
     assert writer.frames_written == 3 and probe(out).frames == 3 and list(out.parent.iterdir()) == [out]
 
 

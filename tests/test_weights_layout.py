@@ -67,7 +67,7 @@ def test_complete_dir_resolves_every_path(complete):
 REQUIRED = [(part, entry) for part in (WAN_PART, DIT_FILES["q8_0"], WAV2VEC_PART) for entry in part.required]
 
 
-@pytest.mark.parametrize(("part", "entry"), REQUIRED, ids=[f"{p.folder}/{e}" for p, e in REQUIRED])
+@pytest.mark.parametrize("part, entry", REQUIRED, ids=[f"{p.folder}/{e}" for p, e in REQUIRED])
 def test_each_missing_file_names_file_repo_and_command(complete, monkeypatch, part, entry):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     for alternative in entry.split("|"):

@@ -9,7 +9,7 @@ parameter's name, so an API client reads it against that parameter. The recommen
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fantasy.errors import InvalidSetting
 from fantasy.media.image import MIN_SIDE, SIDE_MULTIPLE
@@ -80,9 +80,11 @@ CONTROLS: dict[str, Control] = {c.name: c for c in (
 )}
 
 
-def check_controls(**values) -> dict[str, float | int | str]:
+def check_controls(max_edge: int = MAX_EDGE, **values) -> dict[str, float | int | str]:
     """Every given control's value checked (numbers as numbers); the prompt is text of at most
-    `MAX_PROMPT_CHARS`. Raises `InvalidSetting` concerning the first control that is out of range."""
+    `MAX_PROMPT_CHARS`; `max_edge`: the resolution's top for this preset. Raises `InvalidSetting` concerning the
+    first control that is out of range."""
+    controls = {**CONTROLS, "resolution": replace(CONTROLS["resolution"], maximum=min(MAX_EDGE, max_edge))}
     checked: dict[str, float | int | str] = {}
     for name, value in values.items():
         if name == "prompt":
@@ -92,7 +94,7 @@ def check_controls(**values) -> dict[str, float | int | str]:
                 raise _prompt_error(f"The prompt is {len(value)} characters long; the limit is {MAX_PROMPT_CHARS}.")
             checked[name] = value or ""
         else:
-            checked[name] = CONTROLS[name].check(value)
+            checked[name] = controls[name].check(value)
     return checked
 
 

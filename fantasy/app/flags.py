@@ -59,7 +59,7 @@ def add_real_flags(p) -> list:
     return [
         p.add_argument("--dit", default=None, choices=list(DIT_MODES),
                        help="real preset: how the 14B DiT is stored (default: bf16 if it fits in free GPU memory at "
-                            "the requested size, else q8_0; see README, Weights)"),
+                            "the requested size, else q8_0; see docs/weights.md)"),
         p.add_argument("--vram", default="resident", choices=list(VRAM_MODES), help="real preset: offloading"),
     ]
 
@@ -69,7 +69,7 @@ def add_speed_flags(p) -> list:
     from fantasy.model.precision import DEFAULT_PRECISION, PRECISIONS
     from fantasy.speed.switches import ATTENTION_ALIASES, DEFAULT_CACHE_THRESHOLD
 
-    g = p.add_argument_group("speed", "fast paths (see README, Speed); all off is the release's path")
+    g = p.add_argument_group("speed", "fast paths (see docs/speed.md); all off is the release's path")
     actions: list = []
 
     def add(*names, **options):
@@ -77,7 +77,7 @@ def add_speed_flags(p) -> list:
 
     add("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
         help="DiT numerics: mixed = the release's (fp32 timestep embedding, residual stream and head); "
-             "stock = diffusers' all-bf16 (less activation memory; see README, Numerics)")
+             "stock = diffusers' all-bf16 (less activation memory; see docs/numerics.md)")
     add("--batch-guidance", action="store_true",
         help="run the 3 guidance passes as one batch (same result, faster on a GPU with memory to spare)")
     add("--attention", default=None, metavar="NAME",
@@ -102,7 +102,7 @@ def add_speed_flags(p) -> list:
 def add_parallel_flags(p) -> list:
     from fantasy.speed.parallel import KINDS
 
-    g = p.add_argument_group("several GPUs", "one video split over N processes (see README, Several GPUs)")
+    g = p.add_argument_group("several GPUs", "one video split over N processes (see docs/several-gpus.md)")
     return [
         g.add_argument("--context-parallel", type=int, default=None, metavar="N",
                        help="split the DiT's video tokens over N processes; launch with `torchrun --nproc_per_node N`"),

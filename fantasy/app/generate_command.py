@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--preset", default="tiny", choices=["tiny", "real"], help="tiny: random demo models (CPU)")
     p.add_argument("--preview", default=None, metavar="PATH",
                    help="keep PATH (.webp or .gif) holding a looping clip of the video forming while denoising "
-                        "(a fast estimate without the VAE, updated every few steps; see README, Live preview)")
+                        "(a fast estimate without the VAE, updated every few steps; see docs/architecture.md, Live preview)")
     p.add_argument("--prompt", default=None, help=f"default: '{DEFAULT_PROMPT}' ('{RELEASE_PROMPT}' with --release)")
     p.add_argument("--negative-prompt", default=None, help="default: Wan's negative prompt + 'motionless'")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
@@ -60,7 +60,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--weights", default=None, help="real preset: weights dir (default weights/ or $FANTASY_WEIGHTS)")
     p.add_argument("--release", action="store_true",
                    help="exactly the official infer.py's clip: at most 81 frames from the start of the speech, the "
-                        "bf16 DiT, its prompt, its tiled decode and uint8 truncation (see README, Numerics)")
+                        "bf16 DiT, its prompt, its tiled decode and uint8 truncation (see docs/numerics.md)")
     add_speed_flags(p)
     add_parallel_flags(p)
     p.set_defaults(run=run)
@@ -114,7 +114,7 @@ def run(args) -> int:
     if preset.demo:
         say(f"[{preset.name}] {preset.summary}")
     started = time.perf_counter()
-    dit = args.dit or (RELEASE_DIT if args.release else None)  # None: picked from free VRAM (README, Weights)
+    dit = args.dit or (RELEASE_DIT if args.release else None)  # None: picked from free VRAM (docs/weights.md)
     real = {"dit": dit, "vram": args.vram, "weights": args.weights, "fit_size": settings.resolved(preset).longest_edge,
             "fit_frames": settings.max_frames, "fit_batch": 3 if speed.batch_guidance else 1}
     pipe = load_pipeline(preset.name, device=device, adapter=args.adapter, **(real if preset.name == "real" else {}))

@@ -1,6 +1,6 @@
-"""What `app.py` decides before it builds the page: the preset, and the sliders' defaults and limits.
+"""What the app decides before it builds the page: the preset, and the sliders' defaults and limits.
 
-`app.py` uses this module, the rest of the app layer and the public API (`fantasy`) only (tests/test_layers.py).
+The page (`fantasy.app.ui`) uses this module, the rest of the app layer and the public API (`fantasy`) only (tests/test_layers.py).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fantasy.errors import GenerationCancelled
+from fantasy.media.output import temp_path
 from fantasy.media.video import Mp4Writer, mux_audio
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ class ChunkWriter:
         self._writer = None
         first = sum(self.sizes[:index])
         path = self.out_dir / f"{self.prefix}{index:03d}.mp4"
-        partial = path.with_name(f".{path.stem}.partial.mp4")
+        partial = temp_path(path, "mux")
         try:
             mux_audio(video, self.audio_path, partial, start_s=first / self.fps,
                       duration_s=self.sizes[index] / self.fps)

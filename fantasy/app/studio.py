@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fantasy.app.admission import Admission
-from fantasy.app.controls import check_controls
+from fantasy.app.controls import MAX_EDGE, check_controls
 from fantasy.app.memory import release_freed_memory
 from fantasy.app.sliders import motion_controls
 from fantasy.app.streaming import MIN_CHUNK_SECONDS, StreamEvent, stream_generate
@@ -53,14 +53,15 @@ class Controls:
     max_duration_s: float | None = None
 
 
-def checked_controls(controls: Controls) -> Controls:
-    """`controls` with every value within its control's range (`fantasy.app.controls`), numbers as numbers;
-    None keeps the preset's default. Raises `InvalidSetting` concerning the first control out of range."""
+def checked_controls(controls: Controls, max_edge: int = MAX_EDGE) -> Controls:
+    """`controls` with every value within its control's range (`fantasy.app.controls`; the resolution up to
+    `max_edge`), numbers as numbers; None keeps the preset's default. Raises `InvalidSetting` concerning the first
+    control out of range."""
     given = {"prompt": controls.prompt, "expression": controls.expression, "body": controls.body,
              "text_guidance": controls.text_guidance, "audio_guidance": controls.audio_guidance,
              "audio_weight": controls.audio_weight, "seed": controls.seed, "steps": controls.steps,
              "resolution": controls.longest_edge, "max_duration": controls.max_duration_s}
-    values = check_controls(**{k: v for k, v in given.items() if v is not None})
+    values = check_controls(max_edge, **{k: v for k, v in given.items() if v is not None})
     return Controls(
         prompt=values.get("prompt", DEFAULT_PROMPT), expression=values["expression"], body=values["body"],
         text_guidance=values["text_guidance"], audio_guidance=values["audio_guidance"],
@@ -178,7 +179,7 @@ class Studio:
         The controls' ranges first (no file is read for a bad value), then the files, at most `checks_at_once`
         checks decoding at a time; what they decoded is handed back to the system when they end.
         """
-        controls = checked_controls(controls)
+        controls = checked_controls(controls, getattr(self.preset, "max_longest_edge", MAX_EDGE))
         settings, mode = settings_from_controls(controls, trained_motion=getattr(self.pipe, "motion_context", None) is not None)
         with self._checking:
             try:

@@ -128,7 +128,7 @@ class FaceAlignmentBackend:
                 import face_alignment
             except ImportError:
                 raise WeightsMissing("The face backend 'face-alignment' is not installed: run `pip install "
-                                     "--no-deps face-alignment==1.5.0` (see README, Face analysis).") from None
+                                     "--no-deps face-alignment==1.5.0` (see docs/face-analysis.md).") from None
             try:
                 self._model = face_alignment.FaceAlignment(
                     face_alignment.LandmarksType.TWO_D,

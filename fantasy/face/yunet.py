@@ -1,7 +1,7 @@
 """YuNet (OpenCV Zoo, run by OpenCV's `FaceDetectorYN`): the detector the dlib backend falls back on.
 
 dlib's HOG detector misses faces under ~80 px (without upsampling), tilted more than ~25°, heavily
-compressed or very dark; YuNet finds most of those (measured in README "Face analysis"). It runs only
+compressed or very dark; YuNet finds most of those (measured in docs/face-analysis.md). It runs only
 where dlib finds nothing, so dlib's boxes, and the landmarks fitted from them, stay the default.
 
 Its boxes are taller than dlib's and sit higher on the face, so each is mapped to the square box

@@ -2,17 +2,18 @@
 
 Decoding matches `librosa.load(path, sr=16000)` used by the official release (channel mean, then
 soxr "HQ" resampling) without pulling librosa and numba in. Containers libsndfile cannot read
-(m4a/aac, a video's audio track) are decoded by ffmpeg first, at their native rate, so every
-format goes through the same mixing and resampling.
+(m4a/aac, a video's audio track) are decoded by ffmpeg first, at their native rate and into a pipe, so every
+format goes through the same mixing and resampling. Every decode is checked against the file's header: one
+that ends early (a cut-off upload) is refused, never animated shorter.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import soxr
 import torch
 
 from fantasy.errors import AudioTooShort, InputFileNotFound, SilentAudio, UnsupportedAudio
+from fantasy.media.tethered import die_with_parent
 
 SAMPLE_RATE = 16_000
 MIN_DURATION_S = 0.2
@@ -32,6 +34,10 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 # Decoded past a duration limit: covers the frame rule's extra frames (5/fps, 0.625 s at 8 fps) and the
 # resampler's filter, so the samples that are used equal those of a whole decode.
 DECODE_MARGIN_S = 1.0
+# A decode may fall short of its header's duration by this much (codec priming and padding, a duration stated to
+# 0.01 s: WMA decodes 0.05 s short of it); more means the file ends early (`check_complete`).
+SHORT_DECODE_S = 0.1
+SHORT_DECODE_SHARE = 0.01
 
 
 def ffmpeg_executable() -> str:
@@ -47,40 +53,100 @@ def ffmpeg_executable() -> str:
 def _decode_with_ffmpeg(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int, float | None]:
     """Decode the first audio stream of any container to float32 PCM at its native rate and channels.
 
-    With `max_seconds`, ffmpeg stops reading there (`-t`). Returns (samples, rate, the whole stream's
-    duration from the container when it states one).
+    ffmpeg writes a WAV stream to a pipe, not a file: a full temporary folder cannot cut the speech short
+    (a file in it did: ffmpeg exited 0 with the samples that fitted). With `max_seconds`, ffmpeg stops
+    reading there (`-t`). Returns (samples, rate, the audio's duration from the container's header when it
+    states one that is the audio's: not when a video stream sets it or ffmpeg estimates it from the bitrate).
     """
-    with tempfile.TemporaryDirectory(prefix="fantasy-audio-") as tmp:
-        wav = Path(tmp) / "decoded.wav"
-        limit = [] if max_seconds is None else ["-t", f"{max_seconds:.3f}"]
-        cmd = [ffmpeg_executable(), "-nostdin", "-hide_banner", "-nostats", "-v", "info", "-y", *limit,
-               "-i", str(path), "-map", "0:a:0", "-vn", "-acodec", "pcm_f32le", str(wav)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not wav.exists():
-            lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
-            detail = (lines[-1] if lines else "unknown decoder error").replace(str(path), path.name)
-            if "matches no streams" in proc.stderr or "does not contain any stream" in proc.stderr:
-                raise UnsupportedAudio(f"'{path.name}' has no audio track: upload a speech recording.")
-            raise UnsupportedAudio(
-                f"Could not read '{path.name}' as audio ({detail}). "
-                f"Use a speech file in one of: {', '.join(e[1:] for e in AUDIO_EXTENSIONS)}, "
-                "or a video with an audio track."
-            )
-        data, rate = soundfile.read(str(wav), dtype="float32", always_2d=True)
-    stated = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", proc.stderr)
-    duration = None if stated is None else int(stated[1]) * 3600 + int(stated[2]) * 60 + float(stated[3])
-    return data, rate, duration
+    limit = [] if max_seconds is None else ["-t", f"{max_seconds:.3f}"]
+    cmd = [ffmpeg_executable(), "-nostdin", "-hide_banner", "-nostats", "-v", "info", *limit,
+           "-i", str(path), "-map", "0:a:0", "-vn", "-acodec", "pcm_f32le", "-f", "wav", "-"]
+    proc = subprocess.run(cmd, capture_output=True, preexec_fn=die_with_parent())
+    stderr = proc.stderr.decode(errors="replace")
+    if proc.returncode < 0:  # killed (out of memory, a signal): nothing to do with the file's format
+        raise UnsupportedAudio(f"decoding '{path.name}' was stopped by signal {-proc.returncode}: try again")
+    if proc.returncode != 0 or not proc.stdout:
+        lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+        detail = (lines[-1] if lines else "unknown decoder error").replace(str(path), path.name)
+        if "matches no streams" in stderr or "does not contain any stream" in stderr:
+            raise UnsupportedAudio(f"'{path.name}' has no audio track: upload a speech recording.")
+        raise UnsupportedAudio(
+            f"Could not read '{path.name}' as audio ({detail}). "
+            f"Use a speech file in one of: {', '.join(e[1:] for e in AUDIO_EXTENSIONS)}, "
+            "or a video with an audio track."
+        )
+    with soundfile.SoundFile(io.BytesIO(proc.stdout)) as sound:
+        data, rate = sound.read(dtype="float32", always_2d=True), sound.samplerate
+    return data, rate, stated_audio_duration(stderr)
+
+
+def stated_audio_duration(ffmpeg_log: str) -> float | None:
+    """The input's duration from ffmpeg's description of it, where that is the audio's own: None when ffmpeg
+    says it estimated it from the bitrate, or when a video stream (not a cover picture) may set it."""
+    stated = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", ffmpeg_log)
+    video = [line for line in ffmpeg_log.splitlines() if "Video:" in line and "(attached pic)" not in line]
+    if stated is None or video or "Estimating duration from bitrate" in ffmpeg_log:
+        return None
+    return int(stated[1]) * 3600 + int(stated[2]) * 60 + float(stated[3])
+
+
+def wav_header_frames(path: Path) -> int | None:
+    """Frames a WAV file's header says its data chunk holds (libsndfile counts what the file holds instead,
+    so a cut-off WAV reads as a shorter one). None: not a WAV, or a streamed one that states no size."""
+    with path.open("rb") as file:
+        head = file.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while chunk := file.read(8):
+            if len(chunk) < 8:
+                return None
+            kind, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if kind == b"fmt ":
+                block_align = int.from_bytes(file.read(size)[12:14], "little")
+                file.seek(size % 2, 1)
+            elif kind == b"data":
+                unknown = size in (0, 0xFFFFFFFF) or not block_align
+                return None if unknown else size // block_align
+            else:
+                file.seek(size + size % 2, 1)
+    return None
 
 
 def _read_any(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int, float | None]:
-    """(samples [n, channels], rate, whole duration if known): libsndfile streams, stopping at `max_seconds`."""
+    """(samples [n, channels], rate, whole duration if known): libsndfile streams, stopping at `max_seconds`.
+
+    Every decode is checked against the file's header (`check_complete`): a file that ends before its header
+    says is refused, not animated shorter.
+    """
     try:
         with soundfile.SoundFile(str(path)) as sound:
             frames = -1 if max_seconds is None else math.ceil(max_seconds * sound.samplerate)
             data = sound.read(frames=frames, dtype="float32", always_2d=True)
-            return data, sound.samplerate, sound.frames / sound.samplerate if sound.frames > 0 else None
+            rate, stated_frames, wav = sound.samplerate, sound.frames, sound.format == "WAV"
     except (soundfile.LibsndfileError, RuntimeError, TypeError):
-        return _decode_with_ffmpeg(path, max_seconds)
+        data, rate, stated = _decode_with_ffmpeg(path, max_seconds)
+        check_complete(path.name, len(data) / rate, stated, max_seconds)
+        return data, rate, stated
+    header = wav_header_frames(path) if wav else None
+    stated = (max(header, stated_frames) if header else stated_frames) / rate if stated_frames > 0 else None
+    check_complete(path.name, len(data) / rate, stated, max_seconds)
+    return data, rate, stated
+
+
+def check_complete(name: str, decoded_s: float, stated_s: float | None, max_seconds: float | None) -> None:
+    """Refuse a decode that stops short of what the header states (up to `max_seconds`).
+
+    Allowed: 0.1 s plus 1 % (codec priming and padding; a container states its duration to 0.01 s).
+    """
+    if stated_s is None:
+        return
+    expected = stated_s if max_seconds is None else min(stated_s, max_seconds)
+    if decoded_s < expected - SHORT_DECODE_S - SHORT_DECODE_SHARE * expected:
+        raise UnsupportedAudio(
+            f"'{name}' ends after {decoded_s:.2f} s although its header says {stated_s:.2f} s: the file is damaged "
+            "or incomplete (an interrupted upload or copy?); use the whole file."
+        )
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from fantasy.errors import (
     ImageTooLarge,
     ImageTooSmall,
     InputFileNotFound,
+    InvalidSetting,
     UnsupportedImage,
 )
 
@@ -181,12 +182,19 @@ def target_size(width: int, height: int, longest_edge: int) -> tuple[int, int]:
 
 
 def resize_portrait(image: Image.Image, longest_edge: int) -> Image.Image:
-    """Resize as the release does: LANCZOS to the longest edge, then bicubic to the 16-multiple size."""
+    """Resize as the release does: LANCZOS to the longest edge, then bicubic to the 16-multiple size.
+
+    The size is checked before anything is allocated: a resized portrait is never larger than an upload may be
+    (`MAX_PIXELS`). This is the last line; `Settings.resolved` holds every entry point to its preset's bound.
+    """
     if longest_edge < MIN_SIDE or longest_edge % SIDE_MULTIPLE:
         raise ValueError(f"longest edge must be a multiple of {SIDE_MULTIPLE} and >= {MIN_SIDE}, got {longest_edge}")
+    final = target_size(image.width, image.height, longest_edge)
+    if final[0] * final[1] > MAX_PIXELS:
+        raise InvalidSetting(f"resolution (longest edge) {longest_edge} px would make the portrait {final[0]}x{final[1]} "
+                             f"px; the limit is {MAX_PIXELS / 1e6:.0f} megapixels")
     scale = longest_edge / max(image.size)
     first = image.resize((int(image.width * scale), int(image.height * scale)), Image.Resampling.LANCZOS)
-    final = target_size(image.width, image.height, longest_edge)
     return first if first.size == final else first.resize(final, Image.Resampling.BICUBIC)
 
 

@@ -1,6 +1,10 @@
 """Where a finished video goes: the target is checked before any work, temporary files get unique names
 beside it (so the final rename is atomic and two runs never share one), ffmpeg's failures are recognised
 even when it exits 0, and the finished file is verified before it is moved into place.
+
+A temporary's name says whose it is (`.o.video.<host>.<pid>.<random>.partial.mp4`): a process killed with
+SIGKILL cleans nothing up, so each new temporary first removes the folder's stale ones, those of processes of
+this machine that no longer run, and any older than a day (another machine's, on a shared folder).
 """
 
 from __future__ import annotations
@@ -9,16 +13,19 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from fantasy.errors import OutputError
+from fantasy.media.tethered import die_with_parent
 
 # Room a video needs, as an upper bound: H.264 at CRF 18 takes 0.63-0.66 byte per pixel for uniform random noise
-# (the worst case; the tiny preset's output takes 0.1, faces far less; see README "Reliability"); AAC at
+# (the worst case; the tiny preset's output takes 0.1, faces far less; see docs/reliability.md); AAC at
 # 192 kbit/s; plus a fixed slack.
 BYTES_PER_PIXEL = 0.75
 AUDIO_BYTES_PER_S = 192_000 // 8
@@ -64,8 +71,68 @@ def check_target(path: str | Path, needed_bytes: int = 0) -> Path:
 
 
 def temp_path(target: Path, tag: str) -> Path:
-    """A hidden, unique name beside `target` (same directory, so `os.replace` onto the target is atomic)."""
-    return target.with_name(f".{target.stem}.{uuid.uuid4().hex[:12]}.{tag}.partial{target.suffix}")
+    """A hidden, unique name beside `target` (same directory, so `os.replace` onto the target is atomic) that names
+    this process; the folder's stale temporaries are removed first (see the module docstring)."""
+    remove_stale_temporaries(target.parent)
+    owner = f"{_host()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    return target.with_name(f".{target.stem}.{tag}.{owner}{TEMP_MARK}{target.suffix}")
+
+
+TEMP_MARK = ".partial"
+STALE_AFTER_S = 24 * 3600  # a temporary of another machine, or one without an owner, is left alone for a day
+_OWNED = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.partial\.\w+$")
+_UNOWNED = re.compile(r"^\..+\.[0-9a-f]{12}\.\w+\.partial\.mp4$")  # written before names had owners
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "localhost"
+
+
+def is_stale(path: Path, now: float | None = None) -> bool:
+    """Whether a temporary (named by `temp_path`) was left by a run that is gone; anything else is not."""
+    owned, unowned = _OWNED.match(path.name), _UNOWNED.match(path.name)
+    if not (owned or unowned):
+        return False
+    try:
+        modified = path.stat().st_mtime
+    except OSError:
+        return False
+    if owned and owned["host"] == _host():
+        return not running_since(int(owned["pid"]), modified)
+    return (time.time() if now is None else now) - modified > STALE_AFTER_S
+
+
+def running_since(pid: int, moment: float) -> bool:
+    """Whether process `pid` runs and already ran at `moment` (a newer process with a reused pid does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: it runs
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, ValueError, StopIteration):
+        return True  # no /proc (macOS): alive is all that is known
+    if fields[0] in ("Z", "X"):  # exited, not yet reaped
+        return False
+    started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return started <= moment + 2.0  # btime has whole seconds
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the folder's stale temporaries (`is_stale`); returns what was removed."""
+    try:
+        names = [entry.name for entry in os.scandir(folder) if entry.name.startswith(".") and TEMP_MARK in entry.name]
+    except OSError:
+        return []
+    now = time.time()
+    stale = [folder / name for name in names if is_stale(folder / name, now)]
+    remove_quietly(*stale)
+    return stale
 
 
 def ffmpeg_failure(returncode: int, stderr: str, paths: dict[Path, str] | None = None) -> str | None:
@@ -102,7 +169,7 @@ def read_stream(ffmpeg: str, path: Path, stream: str) -> StreamCheck | None:
     """
     cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-map", f"0:{stream}", "-c", "copy", "-f", "null",
            "-progress", "pipe:1", "-"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=die_with_parent())
     if "matches no streams" in proc.stderr:
         return None
     lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]

@@ -22,6 +22,7 @@ import numpy as np
 from fantasy.errors import OutputError
 from fantasy.media.audio import ffmpeg_executable
 from fantasy.media.output import ffmpeg_failure, publish, remove_quietly, temp_path, verify_mp4
+from fantasy.media.tethered import die_with_parent
 from fantasy.stop import StopRequested, held_signals
 
 CRF = 18  # visually lossless for faces; the default 23 smears lips
@@ -32,7 +33,8 @@ class FrameEncoder:
 
     Replaces imageio-ffmpeg's `write_frames`, which lets ffmpeg print to our console, never reads its exit
     status and polls with sleeps when closing. ffmpeg runs in its own session, so a Ctrl-C reaches only us
-    and we decide what happens to its file.
+    and we decide what happens to its file, and dies with us (`fantasy.media.tethered`): killed with SIGKILL, we
+    leave a cut-off temporary (removed by the next run into the folder), never a video ffmpeg finished alone.
     """
 
     def __init__(self, path: Path, fps: float, width: int, height: int, name: str):
@@ -42,7 +44,7 @@ class FrameEncoder:
                "-s", f"{width}x{height}", "-r", rate, "-i", "-", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p",
                "-crf", str(CRF), str(path)]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=die_with_parent())
         self._errors: list[bytes] = []
         self._reader = threading.Thread(target=self._read_errors, name="ffmpeg-stderr", daemon=True)
         self._reader.start()
@@ -166,7 +168,7 @@ def mux_audio(
         if duration_s is not None:
             cmd += ["-t", f"{duration_s:.6f}"]
     cmd += ["-c:v", "copy", "-movflags", "+faststart", str(out_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True, preexec_fn=die_with_parent())
     shown = name or out_path.name
     problem = ffmpeg_failure(proc.returncode, proc.stderr, {
         out_path: shown, video_path: shown, **({audio_path: audio_path.name} if audio_path else {})})

@@ -3,7 +3,7 @@
 The paper's IDC is the cosine similarity of ArcFace embeddings; ArcFace's weights do not ship in any
 package we can install. We measure with a real face recogniser that does: dlib's ResNet (the default
 face backend's `embed`), a 128-d embedding compared by **euclidean distance**. 0 is the same picture;
-dlib calls two faces the same person below 0.6. Measured (README "Face analysis"): copies of one
+dlib calls two faces the same person below 0.6. Measured (docs/face-analysis.md): copies of one
 picture flipped, rotated, rescaled, darkened or JPEG-compressed 0.04-0.27; the example portrait talking
 (mouth warped open, H.264) 0.25-0.35; the portrait against other people ≥ 0.68. Lower is better, and the
 numbers are on dlib's scale: never compare them with published IDC values.

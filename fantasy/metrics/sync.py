@@ -6,7 +6,7 @@ Three pieces, all at the video's frame rate:
   so it does not change with face size or distance),
 - their normalised cross-correlation over a window of lags; the peak is the score, its lag the offset.
 
-This is a proxy for SyncNet's Sync-C/Sync-D, whose weights we cannot ship (see README).
+This is a proxy for SyncNet's Sync-C/Sync-D, whose weights we cannot ship (see docs/metrics.md).
 
 Lag sign convention: a positive lag means the video lags the audio (the mouth moves `lag` frames
 after the sound); negative means the mouth moves early. At lag L we correlate mouth[t] with

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fantasy.media.output import temp_path
+
 # Comfy-Org/ComfyUI (formerly comfyanonymous/ComfyUI), comfy/latent_formats.py, class Wan21,
 # `latent_rgb_factors` (16 rows: latent channels; 3 columns: R, G, B) and `latent_rgb_factors_bias`,
 # at commit 9a9a69fd745de98e89b0f1a629cd3bc43d513a42. Applied to normalised latents; output in [-1, 1].
@@ -107,7 +109,7 @@ def write_clip(frames: np.ndarray, path: str | Path, fps: float) -> Path:
     if suffix not in PREVIEW_SUFFIXES:
         raise ValueError(f"a preview is a .webp or .gif file, got {path.name}")
     images = [Image.fromarray(f) for f in frames]
-    partial = path.with_name(f".{path.stem}.partial{suffix}")
+    partial = temp_path(path, "preview")  # names its owner: a killed run's is removed by the next
     options = {"lossless": False, "quality": 80, "method": 0} if suffix == ".webp" else {"optimize": False}
     try:
         images[0].save(partial, save_all=True, append_images=images[1:], loop=0,
@@ -249,7 +251,7 @@ def _pixels(x: torch.Tensor) -> torch.Tensor:
 def fit_latent_rgb(latents: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Least-squares factors [C, 3] and bias [3] taking normalised latents [N, C, T, h, w] to the cell means of
     their decoded videos [N, 3, F, H, W] in [-1, 1]: a way to make such a map for a VAE, and to check or refit
-    ours for another one (`bench/preview_fit.py`)."""
+    ours for another one (`tools/preview_fit.py`)."""
     x = _pixels(latents)
     y = _pixels(latent_cell_means(video))
     solution = torch.linalg.lstsq(torch.cat([x, torch.ones(len(x), 1)], dim=1), y).solution

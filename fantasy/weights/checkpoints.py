@@ -1,6 +1,6 @@
 """Reading the real preset's weight files without holding more host RAM than the loaded models, and quietly.
 
-Measured at real width (tests/test_real_width.py, `bench/host_memory.py`): the stock loaders peak well
+Measured at real width (tests/test_real_width.py, `tools/host_memory.py`): the stock loaders peak well
 above what they keep, because they hold a second copy of the file while converting.
 
 - GGUF DiT: diffusers' `load_gguf_checkpoint` copies every tensor out of gguf's memory map

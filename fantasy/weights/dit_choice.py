@@ -13,7 +13,7 @@ The rule, per `--vram` mode, with the free memory `torch.cuda.mem_get_info` repo
 
 bf16 is also only picked when its file is on disk; otherwise Q8_0, and the note says bf16 would fit.
 Sizes are the released models' parameter counts x their dtypes; the activation and decode figures are
-estimates (`ACTIVATION_BYTES_PER_TOKEN`, `VAE_DECODE_BYTES`) until `bench/gpu_check.py` has measured
+estimates (`ACTIVATION_BYTES_PER_TOKEN`, `VAE_DECODE_BYTES`) until `tools/gpu_check.py` has measured
 them on a GPU. The choice and its reason are shown in the CLI's result line and the app's status line.
 """
 

@@ -24,13 +24,21 @@ class Preset:
     steps: int
     demo: bool  # True: random weights, the video is noise
     summary: str
+    # Upper bounds every entry point enforces (`fantasy.settings.Settings.resolved`), before reading any input:
+    max_longest_edge: int  # px: more than the model was trained for only costs memory and time
+    max_video_pixels: int  # width x height x frames of the largest video the settings may ask for
 
+
+TEN_MINUTES_FRAMES = 13_805  # 600 s (the longest maximum duration) at the release's 23 fps: int(23 * 600 // 4) * 4 + 5
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", 128, 30, True,
-                   "tiny random models built from config: runs anywhere in seconds, output is noise"),
+                   "tiny random models built from config: runs anywhere in seconds, output is noise",
+                   max_longest_edge=256, max_video_pixels=256 * 256 * TEN_MINUTES_FRAMES),
+    # Wan2.1-I2V-14B-720P is trained at 1280x720: 1280 px is its largest useful edge, ten minutes of 720p its video.
     "real": Preset("real", 512, 30, False,
-                   "Wan2.1-I2V-14B-720P + wav2vec2-base-960h + FantasyTalking adapter (CUDA GPU)"),
+                   "Wan2.1-I2V-14B-720P + wav2vec2-base-960h + FantasyTalking adapter (CUDA GPU)",
+                   max_longest_edge=1280, max_video_pixels=1280 * 720 * TEN_MINUTES_FRAMES),
 }
 
 

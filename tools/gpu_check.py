@@ -1,13 +1,13 @@
-"""The one-shot GPU check: everything README's GPU figures need, in one command on a bare CUDA machine.
+"""The one-shot GPU check: everything the docs' GPU figures need, in one command on a bare CUDA machine.
 
-    python3 bench/fetch_wheels.py                   # here, with network: the missing packages' wheels -> .whl/
-    python3 bench/gpu_check.py --out OUT            # there: installs what is missing from .whl/, measures, writes
-                                                    #   OUT/gpu_check.json and OUT/gpu_check.md (README's tables)
-    python3 bench/gpu_check.py --tiny --out OUT     # any CPU: the same code on a tiny config (CI runs this)
+    python3 tools/fetch_wheels.py                   # here, with network: the missing packages' wheels -> .whl/
+    python3 tools/gpu_check.py --out OUT            # there: installs what is missing from .whl/, measures, writes
+                                                    #   OUT/gpu_check.json and OUT/gpu_check.md (the docs' tables)
+    python3 tools/gpu_check.py --tiny --out OUT     # any CPU: the same code on a tiny config (CI runs this)
 
 A bare CUDA machine has torch, transformers, accelerate, peft, safetensors but no diffusers, gguf,
 torchao, ftfy...: `REQUIRED` lists what the check imports; whatever is missing is installed from the
-wheels in `.whl/` (git-ignored; `bench/fetch_wheels.py` downloads them for CPython 3.12 manylinux
+wheels in `.whl/` (git-ignored; `tools/fetch_wheels.py` downloads them for CPython 3.12 manylinux
 x86-64) into a private folder with `pip --no-index --no-deps`, so nothing is fetched there.
 
 Measured at 512x512x81 (21,504 tokens) on random full-size weights (random weights time and weigh
@@ -16,12 +16,12 @@ ends within ~8 minutes on an H100/H200), the most wanted first; a section that w
 recorded as skipped, and the JSON is rewritten after every section, so a cut-off run keeps its figures:
 
 1. every `--dit` mode that fits: load time, weights and peak GiB, s/step (3 passes), s/pass, fraction
-   of the FLOP floor (`bench.flops`), through `bench.gpu_memory.run_mode` (the loader's own code);
+   of the FLOP floor (`fantasy.bench.flops`), through `tools.gpu_memory.run_mode` (the loader's own code);
 2. peak VRAM per `--vram` mode (Q8_0 DiT + umT5 + CLIP + VAE + wav2vec2, `fantasy.weights.offload.apply_vram_mode`):
    prompt + negative, image tokens, speech, condition encode, one guidance step, the 81-frame decode;
 3. host RAM while loading city96's Q8_0 GGUF (written full-size to disk) straight onto the GPU, in a
-   child process (`bench.host_memory`): anonymous peak and peak RSS;
-4. the speed switches on the bf16 DiT (`bench.gpu_speed.run_gpu_bench`): plain (with the encoders and
+   child process (`tools.host_memory`): anonymous peak and peak RSS;
+4. the speed switches on the bf16 DiT (`fantasy.bench.gpu_speed.run_gpu_bench`): plain (with the encoders and
    VAE), batched guidance, cuDNN and flash SDPA attention, fp8 linears, regional compile;
 5. host RAM while loading the bf16 single file (33 GB on disk), if time is left.
 """
@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WHEELS = ROOT / ".whl"
 SITE = Path(tempfile.gettempdir()) / "fantasy-gpu-check-site"
-# import name -> the wheel bench/fetch_wheels.py downloads (pins: what CI tests with; torchao 0.18 needs torch >= 2.11)
+# import name -> the wheel tools/fetch_wheels.py downloads (pins: what CI tests with; torchao 0.18 needs torch >= 2.11)
 REQUIRED = {
     "diffusers": "diffusers==0.42.1", "importlib_metadata": "importlib_metadata==10.2.0", "gguf": "gguf==0.19.0",
     "torchao": "torchao==0.18.0", "ftfy": "ftfy==6.3.1", "wcwidth": "wcwidth==0.7.0",
@@ -76,7 +76,7 @@ def ensure_packages(wheels: Path = WHEELS, site: Path = SITE, required: dict[str
         still = missing_modules(missing)
         if still:
             raise SystemExit(f"error: missing Python packages {', '.join(still)} and no wheels for them in {wheels}: "
-                             "run `python3 bench/fetch_wheels.py` where pip can reach PyPI, then carry .whl/ along")
+                             "run `python3 tools/fetch_wheels.py` where pip can reach PyPI, then carry .whl/ along")
     return missing
 
 
@@ -112,9 +112,9 @@ def floor_fraction(spec: dict, step_s: float | None, peaks, frames: int, size: i
     """The FLOP floor of a 3-pass step (audio-on pass + 2 audio-off passes) over the measured time."""
     import torch
 
-    from bench.flops import video_tokens
-    from bench.gpu_speed import step_floor
-    from bench.models import dit_inputs
+    from fantasy.bench.flops import video_tokens
+    from fantasy.bench.gpu_speed import step_floor
+    from fantasy.bench.models import dit_inputs
 
     if step_s is None or peaks is None:
         return None
@@ -127,8 +127,8 @@ def floor_fraction(spec: dict, step_s: float | None, peaks, frames: int, size: i
 def section_dit_modes(spec: dict, device, dtype, peaks, budget: Budget) -> list[dict]:
     import torch
 
-    from bench.gpu_memory import run_mode
     from fantasy.weights.quantize import DIT_MODES
+    from tools.gpu_memory import run_mode
 
     rows = []
     for mode in DIT_MODES:
@@ -154,7 +154,7 @@ def _cpu_components(spec: dict, device, dtype) -> dict:
     """Random encoders and VAE, made on `device` (fast) and kept on the CPU, as the real loader leaves them."""
     from transformers import Wav2Vec2FeatureExtractor
 
-    from bench.models import ENCODER_DTYPES, TINY, built_on, full_encoders, tiny_encoders
+    from fantasy.bench.models import ENCODER_DTYPES, TINY, built_on, full_encoders, tiny_encoders
     from fantasy.model.clip_processor import clip_image_processor_class
     from fantasy.model.sampling import make_scheduler
     from fantasy.weights import tiny
@@ -199,7 +199,7 @@ def vram_mode_run(pipe, spec: dict, device) -> None:
     import torch
     from PIL import Image
 
-    from bench.models import FPS, sync
+    from fantasy.bench.models import FPS, sync
 
     frames, size = spec["frames"], spec["size"]
     portrait = Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8))
@@ -216,10 +216,10 @@ def section_vram_modes(spec: dict, device, dtype, budget: Budget) -> list[dict]:
 
     import torch
 
-    from bench.gpu_memory import random_gguf_state
-    from bench.models import memory_gib, reset_peak
+    from fantasy.bench.models import memory_gib, reset_peak
     from fantasy.model.assemble import assemble
     from fantasy.weights.offload import VRAM_MODES, apply_vram_mode
+    from tools.gpu_memory import random_gguf_state
 
     masters = _cpu_components(spec, device, dtype)
     state = random_gguf_state(spec["config"], "q8_0")
@@ -266,8 +266,8 @@ def section_host_ram(spec: dict, device, kind: str, scratch: Path) -> dict:
     import torch
     from diffusers import WanTransformer3DModel
 
-    from bench import real_layout
-    from bench.host_memory import measure
+    from tools import real_layout
+    from tools.host_memory import measure
 
     folder = Path(tempfile.mkdtemp(dir=scratch))
     try:
@@ -311,7 +311,7 @@ def switch_variants(device) -> list:
 
 
 def section_switches(spec: dict, tiny: bool, device, budget: Budget) -> list[dict]:
-    from bench.gpu_speed import GpuBenchConfig, run_gpu_bench
+    from fantasy.bench.gpu_speed import GpuBenchConfig, run_gpu_bench
 
     rows = []
     per = COST_S["switches"] * budget.scale / 6
@@ -337,7 +337,7 @@ def section_switches(spec: dict, tiny: bool, device, budget: Budget) -> list[dic
 
 
 def markdown(report: dict) -> str:
-    from bench.report import table
+    from fantasy.bench.report import table
 
     env = report["environment"]
     lines = [f"GPU check ({'TINY config, ' if report['tiny'] else ''}{report['size']}, {report['tokens']} tokens, "
@@ -371,9 +371,9 @@ def run(tiny: bool, out: Path, budget_s: float, installed: list[str], only: list
     """Measure every section in `COST_S` order (or only those in `only`); write OUT/gpu_check.{json,md}."""
     import torch
 
-    from bench.flops import peak_tflops, video_tokens
-    from bench.models import FULL, TINY
-    from bench.report import environment
+    from fantasy.bench.flops import peak_tflops, video_tokens
+    from fantasy.bench.models import FULL, TINY
+    from fantasy.bench.report import environment
 
     cuda = torch.cuda.is_available()
     if not cuda and not tiny:

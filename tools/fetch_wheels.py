@@ -1,8 +1,8 @@
-"""Download the wheels `bench/gpu_check.py` installs on a bare CUDA machine (CPython 3.12, manylinux x86-64).
+"""Download the wheels `tools/gpu_check.py` installs on a bare CUDA machine (CPython 3.12, manylinux x86-64).
 
-    python3 bench/fetch_wheels.py            # -> .whl/ (git-ignored), then carry .whl/ to the GPU machine
+    python3 tools/fetch_wheels.py            # -> .whl/ (git-ignored), then carry .whl/ to the GPU machine
 
-One pinned wheel per package of `bench.gpu_check.REQUIRED`, each without its dependencies (they are
+One pinned wheel per package of `tools.gpu_check.REQUIRED`, each without its dependencies (they are
 listed there too): pip matches manylinux tags exactly, so every tag the wheels use is offered.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.gpu_check import REQUIRED, WHEELS  # noqa: E402  (stdlib-only at import)
+from tools.gpu_check import REQUIRED, WHEELS  # noqa: E402  (stdlib-only at import)
 
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64", "manylinux_2_31_x86_64", "manylinux_2_34_x86_64"]

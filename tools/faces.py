@@ -1,6 +1,6 @@
-"""`python -m bench.faces`: CPU time of each face-analysis stage on the example portrait (512²), per frame.
+"""`python -m tools.faces`: CPU time of each face-analysis stage on the example portrait (512²), per frame.
 
-The README's "per-frame CPU speed" figures. Each stage runs `repeats` times after one warm-up call; the
+docs/face-analysis.md's "per-frame CPU cost" figures. Each stage runs `repeats` times after one warm-up call; the
 median CPU time of the process (`time.process_time`: all its threads, unaffected by other processes on a
 busy machine) and the median wall time are reported. dlib runs on one core.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.report import table
+from fantasy.bench.report import table
 
 ROOT = Path(__file__).resolve().parent.parent
 

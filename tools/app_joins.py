@@ -1,6 +1,6 @@
 """The app under simultaneous joins: its memory with pixel-bomb uploads, and how many generations its queue accepts.
 
-    python -m bench.app_joins --out OUT.json             # `python app.py` (tiny preset) in a child process
+    python -m tools.app_joins --out OUT.json             # `python app.py` (tiny preset) in a child process
 
 Two measurements on the real app, driven over HTTP with `gradio_client`, one thread per client, all released at
 once by a barrier:

@@ -17,12 +17,9 @@ from pathlib import Path
 
 import torch
 
-from bench.report import environment, table
+from fantasy.bench.report import environment, table
+from fantasy.examples import example_file
 from fantasy.speed.switches import SpeedOptions
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_IMAGE = ROOT / "examples" / "portrait.png"
-EXAMPLE_SPEECH = ROOT / "examples" / "speech.wav"
 
 
 @dataclass
@@ -32,8 +29,8 @@ class CpuBenchConfig:
     max_duration: float = 10.0
     text_guidance: float = 5.0
     audio_guidance: float = 5.0
-    image: Path = EXAMPLE_IMAGE
-    audio: Path = EXAMPLE_SPEECH
+    image: Path = field(default_factory=lambda: example_file("portrait.png"))
+    audio: Path = field(default_factory=lambda: example_file("speech.wav"))
     speed: SpeedOptions = field(default_factory=SpeedOptions)
 
 
@@ -65,7 +62,7 @@ class StageClock:
 
 
 def run_cpu_bench(config: CpuBenchConfig) -> dict:
-    from bench.preview_cost import LastPreview, run_figures, time_preview
+    from fantasy.bench.preview_cost import LastPreview, run_figures, time_preview
     from fantasy.generation import Settings, generate
     from fantasy.model.preview import LivePreview
     from fantasy.speed.switches import apply_speed

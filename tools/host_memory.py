@@ -15,7 +15,7 @@ dtype). Two peaks come back, each over the child's memory just before the step:
 counting tensors that merely view a memory-mapped file twice), or the int the function returned.
 Linux only (/proc).
 
-    python -m bench.host_memory fantasy.weights.real:load_dit '{"path": "...", ...}'   # the child side
+    python -m tools.host_memory fantasy.weights.real:load_dit '{"path": "...", ...}'   # the child side
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def measure(step: str, kwargs: dict, timeout: float = 900.0, env: dict | None = 
     """Run `step(**kwargs)` in a fresh Python and return its peaks (raises with the child's stderr on failure)."""
     with tempfile.TemporaryFile("w+") as errors:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.host_memory", step, json.dumps(kwargs)], cwd=ROOT, text=True,
+            [sys.executable, "-m", "tools.host_memory", step, json.dumps(kwargs)], cwd=ROOT, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, env=env or os.environ.copy(),
         )
         try:

@@ -17,7 +17,7 @@ with random weights at any depth (the real widths always; fewer layers where ask
   convolution is stored as `weight_g`/`weight_v`, like the file on the Hub.
 - FantasyTalking's `fantasytalking_model.ckpt`: the fp32 pickle of `proj_model` + `audio_processor`.
 
-Used by the real-width tests (tests/test_real_width.py) and the one-shot GPU check (bench/gpu_check.py).
+Used by the real-width tests (tests/test_real_width.py) and the one-shot GPU check (tools/gpu_check.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.models import FULL
+from fantasy.bench.models import FULL
 
 Q8_0_SCALE = np.float16(1e-4)  # weights of a random Q8_0 block: int8 x 1e-4, i.e. uniform in +-0.0127
 UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,

@@ -6,9 +6,9 @@ GGUF modes: random Q8_0 / Q4_K blocks under the original Wan key names, loaded t
 take, peak VRAM while loading and during one guidance step, and that step's time: 3 transformer
 passes (full, text-only, negative) at 512x512x81 = 21 latent frames x 32x32 patches = 21,504 tokens.
 
-    python bench/gpu_memory.py                       # all modes, resident
-    python bench/gpu_memory.py --modes q8_0 bf16-fp8 --vram group-offload
-    python bench/gpu_memory.py --tiny                # CPU dry run of the same code, tiny config (CI)
+    python tools/gpu_memory.py                       # all modes, resident
+    python tools/gpu_memory.py --modes q8_0 bf16-fp8 --vram group-offload
+    python tools/gpu_memory.py --tiny                # CPU dry run of the same code, tiny config (CI)
 
 Random weights give the same timings and memory as trained ones (same shapes, same kernels); the
 GGUF "q4_k_m" mode stores every quantizable weight as Q4_K (city96's file mixes in some Q5_K/Q6_K).
@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.models import FULL, TINY, build_random_bf16, dit_inputs, memory_gib, sync  # noqa: E402
+from fantasy.bench.models import FULL, TINY, build_random_bf16, dit_inputs, memory_gib, sync  # noqa: E402
 from fantasy.model.adapter import AudioContext, install_audio_adapter  # noqa: E402
 from fantasy.model.precision import DEFAULT_PRECISION, apply_precision  # noqa: E402
 from fantasy.weights.offload import group_offload  # noqa: E402
@@ -71,7 +71,7 @@ def random_gguf_state(config: dict, quant_name: str, seed: int = 0) -> dict:
     from diffusers import WanTransformer3DModel
     from diffusers.quantizers.gguf.utils import GGUFParameter
 
-    from bench.real_layout import RandomPool
+    from tools.real_layout import RandomPool
 
     quant = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_k_m": gguf.GGMLQuantizationType.Q4_K}[quant_name]
     values, size, scales = _gguf_block(quant)
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda and not args.tiny:
-        print("bench/gpu_memory.py needs a CUDA GPU (torch.cuda.is_available() is False). "
+        print("tools/gpu_memory.py needs a CUDA GPU (torch.cuda.is_available() is False). "
               "Use --tiny for a CPU dry run of the same code on a tiny config.", file=sys.stderr)
         return 2
     if args.tiny and args.vram == "group-offload" and not cuda:

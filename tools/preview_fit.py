@@ -1,4 +1,4 @@
-"""How well the live preview's latent->RGB map matches a VAE's decoded frames: `python -m bench.preview_fit`.
+"""How well the live preview's latent->RGB map matches a VAE's decoded frames: `python -m tools.preview_fit`.
 
 A clip of the example portrait (a slow pan) is encoded with the VAE, normalised as the pipeline does, and
 decoded again. Per colour channel it reports Pearson r between the decoded frames' mean colour over each
@@ -61,7 +61,7 @@ def check_map(vae, video: torch.Tensor) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.preview_fit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.preview_fit", description=__doc__.splitlines()[0])
     parser.add_argument("--vae", default=None, help="a diffusers AutoencoderKLWan folder (default: random weights)")
     parser.add_argument("--frames", type=int, default=17, help="clip length, 4k+1 (default 17)")
     parser.add_argument("--size", type=int, default=256, help="clip side in px, a multiple of 8 (default 256)")

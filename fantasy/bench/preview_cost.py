@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bench.models import sync
+from fantasy.bench.models import sync
 from fantasy.model.preview import LatentRGB, Preview, clean_estimate, upscale, write_clip
 
 REAL_LATENT = (1, 16, 21, 64, 64)  # 512x512, 81 frames

@@ -1,13 +1,13 @@
 """`python -m fantasy bench --gpu`: the full I2V-14B DiT + adapter, the encoders and the VAE, timed on one GPU.
 
-Everything is built with random weights directly on the GPU (`bench.models`), and timed through the
+Everything is built with random weights directly on the GPU (`fantasy.bench.models`), and timed through the
 pipeline's own code: `guided_velocity` for a whole guidance step (the 3 passes full / text / uncond,
 or one batch with --batch-guidance), `encode_image_tokens`, `project_audio`, `prepare_condition` (VAE
 encode of the 81-frame condition video) and `decode_frames` (progressive VAE decode). Speed switches
 go through `fantasy.speed.switches.apply_speed`, as in a real run.
 
 Per size it reports s/step, s/pass (one audio-on pass alone), peak GiB (weights included) and the
-fraction of the floor: FLOPs from the config and token counts (`bench.flops`) at the GPU's dense
+fraction of the floor: FLOPs from the config and token counts (`fantasy.bench.flops`) at the GPU's dense
 peak, over the measured time. A clip estimate adds the measured parts: encoders + condition encode +
 steps x s/step + decode; the few-step estimate uses 4 x s/pass.
 
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.flops import pass_flops, peak_tflops, video_tokens
-from bench.models import (
+from fantasy.bench.flops import pass_flops, peak_tflops, video_tokens
+from fantasy.bench.models import (
     ENCODER_DTYPES,
     FPS,
     FULL,
@@ -42,7 +42,7 @@ from bench.models import (
     sync,
     tiny_encoders,
 )
-from bench.report import environment, table
+from fantasy.bench.report import environment, table
 from fantasy.errors import InvalidSetting
 from fantasy.speed.switches import SpeedOptions
 

@@ -1,7 +1,7 @@
 """Host RAM of each real-preset loader, measured at real width, and what that means for the full model.
 
-Four loaders, each run alone in a child process (`bench.host_memory`) on files in the released
-layouts (`bench.real_layout`), against the tensor set it must hold:
+Four loaders, each run alone in a child process (`tools.host_memory`) on files in the released
+layouts (`tools.real_layout`), against the tensor set it must hold:
 
 | loader | tensor set it must hold |
 |---|---|
@@ -10,10 +10,10 @@ layouts (`bench.real_layout`), against the tensor set it must hold:
 | umT5, fp32 shards -> bf16 (`load_text_encoder`) | the bf16 model |
 | released `.ckpt` -> bf16 safetensors (`convert_checkpoint`) | the bf16 output |
 
-    python -m bench.loader_ram [--root DIR] [--json PATH]   # writes the files (~4 GB) if DIR has none, prints a table
+    python -m tools.loader_ram [--root DIR] [--json PATH]   # writes the files (~4 GB) if DIR has none, prints a table
 
 The test (tests/test_real_width.py) asserts the bounds; `full_model_host_ram` turns the measured
-ratios into the README's "host RAM needed" per `--dit`/`--vram` mode.
+ratios into docs/weights.md's "host RAM needed" per `--dit`/`--vram` mode.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.host_memory import HostPeak, measure  # noqa: E402
+from tools.host_memory import HostPeak, measure  # noqa: E402
 
 GB = 1e9
 # Depths of the real-width files (widths are always the real ones): see tests/test_real_width.py.
@@ -65,8 +65,8 @@ class LoaderPeak:
 
 def write_real_width(root: Path) -> None:
     """The real-width weights dir (what tests/test_real_width.py builds), unless it is already there."""
-    from bench import real_layout
     from fantasy.weights.real import ADAPTER_PART, DIT_FILES, WAN_PART, WAV2VEC_PART
+    from tools import real_layout
 
     if (root / WAN_PART.folder / "transformer" / "config.json").is_file():
         return
@@ -82,9 +82,9 @@ def write_real_width(root: Path) -> None:
 
 def loader_cases(root: Path, scratch: Path) -> list[LoaderCase]:
     """The four loaders on the files under `root`; the adapter pickle is written into `scratch`."""
-    from bench import real_layout
     from fantasy.weights.checkpoints import index_shards
     from fantasy.weights.real import ADAPTER_PART, DIT_FILES, WAN_PART
+    from tools import real_layout
 
     wan = root / WAN_PART.folder
     config = str(wan / "transformer")
@@ -133,7 +133,7 @@ def measure_loaders(root: Path) -> list[LoaderPeak]:
 
 # What each model holds in host RAM at full size (bytes), from the parameter counts (tests/test_bench.py).
 FULL = {
-    "dit_q8_0": 17_463_844_096,  # city96's Q8_0 type mix at 16.39 B parameters (bench.real_layout.city96_bytes)
+    "dit_q8_0": 17_463_844_096,  # city96's Q8_0 type mix at 16.39 B parameters (tools.real_layout.city96_bytes)
     "dit_bf16": 16_394_878_784 * 2, "dit_fp8": 16_394_878_784,
     "adapter": 40 * 2 * 2048 * 5120 * 2,  # the audio K/V in bf16
     "umt5": 5_680_910_336 * 2, "umt5_shard": 5_000_000_000,  # bf16 model; Wan-AI's largest fp32 shard

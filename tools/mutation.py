@@ -1,18 +1,18 @@
 """Mutation testing of the core modules with mutmut: does the suite fail when the product breaks?
 
-    python -m bench.mutation                       # every core module, one after the other
-    python -m bench.mutation windows sampling      # some of them
-    python -m bench.mutation --survivors windows   # only what no test detected yet: survived, no tests, not checked
-    python -m bench.mutation --changed             # only mutants without a result: functions changed since
-    python -m bench.mutation --sample 40 video     # 40 of its unchecked mutants, drawn with a fixed seed (an estimate)
-    python -m bench.mutation --scores              # only print the scores of the last runs
+    python -m tools.mutation                       # every core module, one after the other
+    python -m tools.mutation windows sampling      # some of them
+    python -m tools.mutation --survivors windows   # only what no test detected yet: survived, no tests, not checked
+    python -m tools.mutation --changed             # only mutants without a result: functions changed since
+    python -m tools.mutation --sample 40 video     # 40 of its unchecked mutants, drawn with a fixed seed (an estimate)
+    python -m tools.mutation --scores              # only print the scores of the last runs
 
 mutmut (configured in pyproject.toml, `[tool.mutmut]`) copies `fantasy/` and `tests/` into `mutants/`, plants
 one small change at a time in a function (an operator, a constant, a dropped argument...) and runs the tests
 that call that function; a mutant that no test notices "survived". Results are kept in `mutants/`: naming a
 module tries all its mutants again; `--survivors` and `--changed` try only those without a detected result
 (mutmut resets the results of a function whose code changed). This is a bench command, not CI: on the 2-core
-CI machine all core modules take about 1 h 15 min with `--max-children 2` (see README, Test quality).
+CI machine all core modules take about 1 h 15 min with `--max-children 2` (see docs/test-quality.md).
 
 mutmut runs from a virtual environment of its own (`.venv-mutmut`, made on first use, seeing the shared
 packages): mutmut 3.8 needs libcst >= 1.9, and the shared environment must keep its own.
@@ -139,7 +139,7 @@ def run(modules: list[str], max_children: int, only_survivors: bool = False, cha
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.mutation", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.mutation", description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", metavar="MODULE", help=f"some of: {', '.join(MODULES)} (default: all)")
     parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1)")
     parser.add_argument("--survivors", action="store_true",

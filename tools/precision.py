@@ -3,9 +3,9 @@
 One audio-on transformer pass of the Wan2.1-I2V-14B DiT with random bf16 weights (real widths: 5120 wide,
 40 heads, FFN 13824, the audio adapter installed), no download:
 
-    python bench/precision.py                 # CPU: 2 of the 40 blocks, a 256x256x5 clip (512 video tokens)
-    python bench/precision.py --device cuda   # GPU: all 40 blocks, 512x512x81 (21,504 tokens) and 832x480x81
-    python bench/precision.py --tiny          # the tiny config (a dry run of this code)
+    python tools/precision.py                 # CPU: 2 of the 40 blocks, a 256x256x5 clip (512 video tokens)
+    python tools/precision.py --device cuda   # GPU: all 40 blocks, 512x512x81 (21,504 tokens) and 832x480x81
+    python tools/precision.py --tiny          # the tiny config (a dry run of this code)
 
 Time: mean of `--repeat` passes after one warm-up, as wall time and as this process's CPU time (the
 steadier figure on a shared machine). Memory: on a GPU the peak allocated during a pass
@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.models import FULL, TINY, GiB, build_dit, dit_inputs, memory_gib, reset_peak, sync  # noqa: E402
-from bench.report import environment, table, write_json  # noqa: E402
+from fantasy.bench.models import FULL, TINY, GiB, build_dit, dit_inputs, memory_gib, reset_peak, sync  # noqa: E402
+from fantasy.bench.report import environment, table, write_json  # noqa: E402
 from fantasy.model.precision import PRECISIONS, apply_precision  # noqa: E402
 
 
