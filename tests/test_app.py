@@ -377,7 +377,7 @@ def test_every_flag_but_where_to_listen_can_come_from_a_fantasy_variable(tmp_pat
     assert app.parse_args([], environ={"FANTASY_STEP_CACHE": " "}).step_cache is None  # empty: not set
 
 
-@pytest.mark.parametrize(("variable", "value", "message"), [
+@pytest.mark.parametrize("variable, value, message", [
     ("FANTASY_DIT", "q9", "FANTASY_DIT=q9: choose one of q8_0, q4_k_m, bf16, bf16-int8, bf16-fp8, bf16-fp8-storage"),
     ("FANTASY_BATCH_GUIDANCE", "maybe", "FANTASY_BATCH_GUIDANCE=maybe: a switch takes 1 or 0 (true or false)"),
     ("FANTASY_LORA_SCALE", "strong", "FANTASY_LORA_SCALE=strong: not a valid float"),

@@ -79,7 +79,7 @@ def test_window_count_follows_the_core(tiny_pipe, tmp_path):
 # ---- the controls' ranges, the download's name, the short status and its details ------------------------------
 
 
-@pytest.mark.parametrize(("name", "value", "message"), [
+@pytest.mark.parametrize("name, value, message", [
     ("steps", 60, "Denoising steps must be between 1 and 50, got 60."),
     ("steps", 2.5, "Denoising steps must be a whole number, got 2.5."),
     ("resolution", 500, "Resolution (longest edge, px) must be a multiple of 16, got 500."),
@@ -108,7 +108,7 @@ def test_the_studio_checks_the_controls_before_reading_any_file(tiny_pipe, tmp_p
         studio.check(tmp_path / "nothing.png", tmp_path / "nothing.wav", Controls(steps=0))
 
 
-@pytest.mark.parametrize(("portrait", "seed", "name"), [
+@pytest.mark.parametrize("portrait, seed, name", [
     ("anna.jpg", 7, "anna-seed7.mp4"), ("My photo (1).PNG", 1111, "My-photo-1-seed1111.mp4"),
     ("фото.webp", 3, "фото-seed3.mp4"), ("../../etc/x.png", 1, "x-seed1.mp4"), ("....png", 1, "portrait-seed1.mp4"),
 ])
@@ -175,6 +175,6 @@ def test_the_progress_line_counts_steps_over_clips_with_elapsed_time_and_an_esti
     assert 'aria-hidden="true"' in clock.html(now=250) and 'value="100"' in clock.html(now=250)
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(0, "0:00"), (7.4, "0:07"), (65, "1:05"), (3723, "1:02:03")])
+@pytest.mark.parametrize("seconds, text", [(0, "0:00"), (7.4, "0:07"), (65, "1:05"), (3723, "1:02:03")])
 def test_clock(seconds, text):
     assert clock(seconds) == text
