@@ -151,6 +151,7 @@ def test_the_page_streams_chunks_in_the_result_area_then_shows_the_mp4_for_downl
     info = probe(final["video"]["path"] if "video" in final else final["path"])
     assert info.frames == 49 and info.has_audio
     assert last["final"]["visible"] is True and last["final"]["label"] == "Result: portrait-seed1111.mp4"
+    assert last["live"] == {"__type__": "update", "visible": "hidden"}  # one player in the end, not two
     assert last["download"]["visible"] is True and last["download"]["value"]["path"].endswith("portrait-seed1111.mp4")
     assert last["status"].startswith("**Done** in ") and ": a 2.1 s video, 64×64, seed 1111." in last["status"]
     assert "- 49 frames 64×64 @ 23 fps (2.1 s)" in last["details"] and "- 2 steps × 3 passes" in last["details"]
@@ -161,7 +162,9 @@ def test_the_page_streams_chunks_in_the_result_area_then_shows_the_mp4_for_downl
     assert previews and previews[-1] < first_chunk
     assert outputs[previews[0]]["preview"]["label"] == "Preview while denoising (step 1/2): an estimate, blurry at first"
     assert outputs[previews[0]]["final"] == {"__type__": "update", "visible": False}
-    assert outputs[first_chunk]["preview"] == {"__type__": "update", "visible": False, "value": None}
+    shown = outputs[first_chunk - 1]  # the live player is shown first (it was there all along, hidden), then fed
+    assert shown["live"] == {"__type__": "update", "visible": True}
+    assert shown["preview"] == {"__type__": "update", "visible": False, "value": None}
 
 
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple]:
@@ -387,4 +390,21 @@ def test_a_bad_fantasy_variable_is_named_before_any_model_loads(variable, value,
 
     with pytest.raises(InvalidSetting, match=f"^{re.escape(message)}$"):
         app.parse_args([], environ={variable: value})
+
+
+def test_the_space_doc_lists_exactly_the_variables_the_app_reads():
+    from fantasy.app.flags import env_variable
+
+    table = (REPO / "docs" / "space.md").read_text()
+    listed = set(re.findall(r"^\| `(FANTASY_[A-Z0-9_]+)` \| `(--[a-z0-9-]+)` \|", table, flags=re.M))
+    _, from_env = app.app_parser()
+    assert listed == {(env_variable(a), a.option_strings[0]) for a in from_env}
+
+
+def test_the_controls_doc_matches_the_code():
+    from fantasy.app.controls import CONTROLS
+
+    rows = re.findall(r"^\| ([A-Z][^|]+?) \| ([0-9.]+)–([0-9.]+|2⁶³−1) \|", (REPO / "docs" / "app.md").read_text(), flags=re.M)
+    documented = {label: (float(low), 2**63 - 1 if high == "2⁶³−1" else float(high)) for label, low, high in rows}
+    assert documented == {c.label: (c.minimum, c.maximum) for c in CONTROLS.values()}
 

@@ -228,7 +228,7 @@ def build_demo(
         clock = RunClock(job.settings.steps, job.window_count)
         return {error: gr.Markdown(visible=False), job_state: job, progress: clock.html(),
                 status: "Inputs look good. Starting…", details: studio.details(job),
-                preview: gr.Image(value=None, visible=False), live_box: gr.Column(visible=False),
+                preview: gr.Image(value=None, visible=False), live: gr.Video(visible="hidden"),
                 final: gr.Video(value=None, visible=True, label="Result"), download: gr.DownloadButton(visible=False)}
 
     def refused(exc: FantasyError, default_title: str) -> dict:
@@ -270,7 +270,7 @@ def build_demo(
     def follow(job: Job, clock: RunClock, stop: threading.Event):
         """The run's events, as page updates."""
         shown = time.monotonic()
-        stage = None
+        stage, streaming = None, False
         try:
             for event in run_on_gpu(job):
                 now = time.monotonic()
@@ -293,27 +293,30 @@ def build_demo(
                     yield {preview: gr.Image(clip, visible=True, label=preview_caption(event.preview)),
                            final: gr.Video(visible=False)}
                 elif isinstance(event, ChunkReady):
-                    yield {live: str(event.chunk.path), live_box: gr.Column(visible=True),
-                           preview: gr.Image(value=None, visible=False), final: gr.Video(visible=False)}
+                    if not streaming:  # shown first: an update of its properties does not carry a stream's chunk
+                        streaming = True
+                        yield {live: gr.Video(visible=True), preview: gr.Image(value=None, visible=False),
+                               final: gr.Video(visible=False)}
+                    yield {live: str(event.chunk.path)}
                 elif isinstance(event, Finished):
                     clock.finish()
                     path = str(event.result.path)
                     yield {final: gr.Video(path, visible=True, label=f"Result: {event.result.path.name}"),
-                           live_box: gr.Column(visible=False), preview: gr.Image(value=None, visible=False),
+                           live: gr.Video(visible="hidden"), preview: gr.Image(value=None, visible=False),
                            download: gr.DownloadButton("⬇ Download the video", value=path, visible=True),
                            status: studio.summary(job, event.result), progress: idle_html(""),
                            details: studio.details(job, event.result, steps_run=event.steps_run)}
         except GenerationCancelled:
             clock.finish("stopped")
             yield {status: "**Stopped.** No video was written.", progress: idle_html(),
-                   preview: gr.Image(value=None, visible=False), live_box: gr.Column(visible=False),
+                   preview: gr.Image(value=None, visible=False), live: gr.Video(visible="hidden"),
                    final: gr.Video(value=None, visible=True, label="Result")}
         except FantasyError as exc:
             clock.finish("stopped")
             title = error_title(exc, "Generation failed")
             yield {error: error_box(title, str(exc)), status: f"Generation failed: {title.lower()}.",
                    progress: idle_html(), preview: gr.Image(value=None, visible=False),
-                   live_box: gr.Column(visible=False), final: gr.Video(value=None, visible=True, label="Result")}
+                   live: gr.Video(visible="hidden"), final: gr.Video(value=None, visible=True, label="Result")}
 
     def stop_step(request: gr.Request) -> Any:
         """Stop: the running worker stops at its next step (Gradio also cancels the streaming event)."""
@@ -430,11 +433,11 @@ def build_demo(
                 error = gr.Markdown(visible=False, elem_id="error")
                 preview = gr.Image(label="Preview while denoising", visible=False, interactive=False,
                                    height=PLAYER_HEIGHT, buttons=["fullscreen"], elem_id="preview")
-                with gr.Column(visible=False, elem_id="live-box") as live_box:
-                    live = gr.Video(label="Live (streams while decoding)", streaming=True, autoplay=True,
-                                    elem_id="live", height=PLAYER_HEIGHT)
+                # mounted from the start (visible="hidden"), so that its player is ready for the first chunk
+                live = gr.Video(label="Live (streams while decoding)", streaming=True, autoplay=True,
+                                elem_id="live", height=PLAYER_HEIGHT, visible="hidden")
                 final = gr.Video(label="Result", elem_id="final", height=PLAYER_HEIGHT, interactive=False,
-                                 buttons=["download"])
+                                 buttons=["download"], autoplay=True)
                 download = gr.DownloadButton("Download", visible=False, elem_id="download", variant="primary")
                 with gr.Accordion("Details", open=False, elem_id="details-box"):
                     details = gr.Markdown(f"- preset **{preset.name}**\n- device {studio.device}\n"
@@ -443,7 +446,7 @@ def build_demo(
 
         inputs = [image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
                   seed, edge, duration]
-        page_outputs = [error, job_state, progress, status, details, preview, live_box, live, final, download]
+        page_outputs = [error, job_state, progress, status, details, preview, live, final, download]
         generate_btn.click(None, js=SHOW_RESULT_JS)
         started = generate_btn.click(start, inputs, page_outputs, concurrency_id="checks", concurrency_limit=4,
                                      preprocess=False, api_name="start", api_visibility="undocumented",
