@@ -145,7 +145,9 @@ def test_the_page_streams_chunks_in_the_result_area_then_shows_the_mp4_for_downl
     assert "#EXT-X-ENDLIST" in playlist
     # our two chunks (25 + 24 frames), then Gradio's closing audio-only segment
     assert durations[:2] == [pytest.approx(25 / 23, abs=0.01), pytest.approx(24 / 23, abs=0.01)]
-    assert len(durations) <= 3 and sum(durations[2:]) < 0.5  # the encoder's audio tail, if any
+    # then at most Gradio's closing segment: its AAC encoder's buffered audio, whose length depends on when the run
+    # ended (0.1-1.3 s seen on a loaded machine, on main as well), so only its presence is bounded
+    assert len(durations) <= 3
     last = outputs[-1]
     final = last["final"]["value"]
     info = probe(final["video"]["path"] if "video" in final else final["path"])
@@ -198,6 +200,36 @@ def test_each_bad_input_comes_back_as_an_error_with_its_message(client, tiny_pip
     assert ran == []  # refused before any model work: no encoder, transformer or VAE ran
 
 
+@pytest.mark.parametrize("control, value, message", [
+    ("steps", 60, "steps: Denoising steps must be between 1 and 50, got 60."),
+    ("resolution", 512, "resolution: Resolution (longest edge, px) must be between 64 and 256, got 512."),  # tiny's top
+    ("expression", -0.5, "expression: Expression intensity must be between 0 and 1, got -0.5."),
+    ("max_duration", 31, "max_duration: Maximum duration (s) must be between 1 and 30, got 31."),
+])
+def test_a_setting_out_of_range_is_refused_on_its_own_parameter(client, tiny_pipe, control, value, message):
+    """(It came back as a bare '400 Bad Request', or on the image.)"""
+    refusal = f"1 parameter(s) failed validation:\n- {message}"
+    with model_work(tiny_pipe) as ran, pytest.raises(ValidationError, match=f"^{re.escape(refusal)}$"):
+        client.predict(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH), api_name="/generate",
+                       **{**FAST, control: value})
+    assert ran == []
+
+
+def test_the_page_checks_and_decodes_each_upload_once(url, monkeypatch):
+    """Generate on the page is two events (the checks, then the run): the run takes the checked job from the
+    session's state instead of decoding the uploads again."""
+    import fantasy.app.validation as validation
+    import fantasy.generation as generation
+
+    portraits, speeches = [], []
+    load_portrait, load_speech = validation.load_portrait, generation.load_speech
+    monkeypatch.setattr(validation, "load_portrait", lambda *a, **k: (portraits.append(a[0]), load_portrait(*a, **k))[1])
+    monkeypatch.setattr(generation, "load_speech", lambda *a, **k: (speeches.append(a[0]), load_speech(*a, **k))[1])
+    _, outputs = page_run(url, EXAMPLE_SPEECH, steps=1, max_duration=1.0)
+    assert outputs[-1]["status"].startswith("**Done**")
+    assert (len(portraits), len(speeches)) == (1, 1)
+
+
 def test_upload_over_the_size_limit_is_refused(client, tmp_path):
     big = tmp_path / "long.wav"
     soundfile.write(big, speech_like(40.0), 16_000)  # 1.3 MB > the 1 MB limit of this test app
@@ -239,8 +271,9 @@ def test_stop_during_denoising_ends_the_run_at_that_step_and_frees_the_device(ti
     url = launch(demo, server_name="127.0.0.1")
     try:
         client = Client(url, verbose=False, download_files=False)
-        job = client.submit(handle_file(EXAMPLE_IMAGE), handle_file(EXAMPLE_SPEECH), "A person is talking.", 0.5, 0.5,
-                            5.0, 5.0, 1.0, 50, 1111, 64, 1.0, api_name="/generate_stream")
+        client.predict(handle_file(EXAMPLE_IMAGE), handle_file(EXAMPLE_SPEECH), "A person is talking.", 0.5, 0.5,
+                       5.0, 5.0, 1.0, 50, 1111, 64, 1.0, api_name="/start")  # Generate's checks; then its run:
+        job = client.submit(api_name="/generate_stream")
         assert gated.reached.wait(180)
         for attempt in range(3):  # the reply waits until the server has closed the run; a loaded box can be slow
             try:
@@ -251,7 +284,12 @@ def test_stop_during_denoising_ends_the_run_at_that_step_and_frees_the_device(ti
                     raise
         second = client.submit(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH), max_duration=1.0,
                                api_name="/generate", **FAST)
-        _wait_for(second, {Status.PROCESSING, Status.PROGRESS, Status.ITERATING})  # the first is still held
+        admission = demo.fantasy_studio.admission
+        deadline = time.monotonic() + 120
+        while not (admission.running == 1 and admission.waiting == 0):  # the second holds the slot ...
+            assert time.monotonic() < deadline, (admission.running, admission.waiting)
+            time.sleep(0.05)
+        assert not gated.release.is_set() and not second.done()  # ... while the stopped one still sits in its step
         gated.release.set()
         video, _ = second.result(timeout=300)
         assert probe(video["path"]).frames == 25
@@ -295,7 +333,7 @@ def test_python_app_py_starts_in_tiny_demo_mode_with_a_banner(tmp_path):
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        assert "The output is noise from a random model" in config.text  # the banner is on the page
+        assert "a tiny random model, the output is noise" in config.text  # the banner is on the page
         assert "[app] preset tiny" in log.read_text()
         assert config.json()["max_file_size"] == 20 * 1024 * 1024
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
@@ -330,7 +368,7 @@ def test_on_a_space_the_app_is_built_at_import_time(monkeypatch):
         module = importlib.reload(space_entry)
         assert isinstance(module.demo, gr.Blocks)  # models loaded and page built by the import itself
         config = module.demo.get_config_file()
-        assert any("The output is noise from a random model" in str(c.get("props", {}).get("value", ""))
+        assert any("a tiny random model, the output is noise" in str(c.get("props", {}).get("value", ""))
                    for c in config["components"])
     finally:
         monkeypatch.delenv("SPACE_ID")

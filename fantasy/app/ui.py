@@ -68,7 +68,7 @@ DEMO_BANNER = ("⚠️ <b>Demo mode: a tiny random model, the output is noise.</
 PLAYER_HEIGHT = 360  # px: the preview, the live video and the finished video take the same place
 WAIT_TICK_S = 1.0  # while waiting for the GPU, the place in line is reported this often
 CLOCK_TICK_S = 1.0  # the progress line's clock is redrawn at least this often while a run is quiet
-JOB_STATE_TTL_S = 1800  # a checked job left in a session (the page closed before it ran) is dropped after this
+JOB_STATE_TTL_S = 600  # a checked job left in a session (the page closed before it ran) is dropped after this
 DELETE_CACHE = (1800, 3600)  # Gradio's cache: every 30 min, delete what is older than an hour
 API_JOB_TTL_S = 120  # an API request's checked job waits this long for its run (it starts at once or never)
 PARAMETERS = ("image", "audio", "prompt", "expression", "body", "text_guidance", "audio_guidance", "audio_weight",
@@ -250,12 +250,17 @@ def build_demo(
         session = request.session_hash or job.folder.name
         stop = cancels[session] = cancels[job.folder.name] = threading.Event()
         try:
+            told = None
             while not admission.wait(ticket, timeout=WAIT_TICK_S):
                 if stop.is_set():
-                    yield {status: "**Stopped.** It had not started.", progress: idle_html("Stopped."), job_state: None}
+                    yield {status: "**Stopped.** It had not started.", progress: idle_html(), job_state: None}
                     return
                 clock.waiting(admission.ahead(ticket))
-                yield {status: f"Waiting for the GPU ({clock.line().split(' · ')[1]}).", progress: clock.html()}
+                update = {progress: clock.html()}
+                if clock.ahead != told:  # the live region speaks when the place changes, not every second
+                    told = clock.ahead
+                    update[status] = f"Waiting for the GPU: {clock.line().split(' · ')[1]}."
+                yield update
             clock.stage = "starting"
             yield {status: "Generating…", progress: clock.html(), job_state: None}
             yield from follow(job, clock, stop)
@@ -370,6 +375,7 @@ def build_demo(
         try:
             while not admission.wait(ticket, timeout=WAIT_TICK_S):
                 yield gr.skip(), gr.skip()
+                progress(0.0, desc=f"Waiting for the GPU: {admission.ahead(ticket)} ahead")
             for event in run_on_gpu(job):
                 if isinstance(event, Idle | StageProgress):
                     yield gr.skip(), gr.skip()
@@ -426,7 +432,7 @@ def build_demo(
                     with gr.Row(equal_height=True):
                         seed = gr.Number(value=DEFAULT_SEED, precision=0, minimum=0, label="Seed", scale=3,
                                          info=CONTROLS["seed"].help, elem_id="seed")
-                        dice = gr.Button("🎲 Random seed", scale=1, elem_id="random-seed")
+                        dice = gr.Button("Random seed", scale=1, elem_id="random-seed")
             with gr.Column(scale=6, min_width=320, elem_id="result"):
                 status = gr.Markdown(ready_text(defaults), label="Status", elem_id="status")
                 progress = gr.HTML(idle_html(""), elem_id="progress", padding=False)
