@@ -9,7 +9,7 @@ fit the cap (`zero_gpu_defaults`), and a request that cannot fit is refused when
 (`check_fits`).
 
 The model's constants are named below. They are assumptions until a GPU run measures them: `python3
-bench/gpu_check.py --out OUT` writes `OUT/gpu_check.json`; copied to `fantasy/app/gpu_timings.json` (or named by
+tools/gpu_check.py --out OUT` writes `OUT/gpu_check.json`; copied to `fantasy/app/gpu_timings.json` (or named by
 `FANTASY_GPU_TIMINGS`) it replaces them (`GpuTimeModel.load`).
 """
 
@@ -20,6 +20,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,7 +66,7 @@ MAX_GPU_SECONDS = 1800  # never ask for more than this anywhere (a dedicated GPU
 # The longest call this app asks ZeroGPU for. ZeroGPU's per-call cap is not documented ("a few minutes"; its
 # staff gave 5 min), and spaces 0.51.3 multiplies a request by 1.5 on the half RTX Pro 6000 slice: 200 x 1.5 = 300.
 ZERO_GPU_CAP_S = 200
-TIMINGS_FILE = Path(__file__).with_name("gpu_timings.json")  # a copy of bench/gpu_check.py's gpu_check.json
+TIMINGS_FILE = "gpu_timings.json"  # in this package: a copy of tools/gpu_check.py's gpu_check.json
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class GpuTimeModel:
     def load(cls, dit: str = "q8_0", path: str | Path | None = None) -> GpuTimeModel:
         """The measured model when a GPU check's report is there (`path`, $FANTASY_GPU_TIMINGS or
         `TIMINGS_FILE`), else the assumed constants."""
-        path = Path(path or os.environ.get("FANTASY_GPU_TIMINGS") or TIMINGS_FILE)
+        path = Path(path or os.environ.get("FANTASY_GPU_TIMINGS") or str(resources.files(__package__) / TIMINGS_FILE))
         if not path.is_file():
             return cls()
         try:
@@ -196,7 +197,7 @@ def check_fits(job, model: GpuTimeModel, cap: int) -> int:
     steps = _longest_fitting(lambda n: model.seconds(job.checked.num_frames, n, passes, s.longest_edge,
                                                      s.max_frames) <= cap, 1, s.steps)
     if steps is not None:
-        options.append(f"use {steps} steps or fewer")
+        options.append(f"use {steps} step{'s' * (steps != 1)} or fewer")
         concerns = concerns or "steps"
     edge = _longest_fitting(lambda e: model.seconds(job.checked.num_frames, s.steps, passes, e, s.max_frames) <= cap,
                             64, s.longest_edge, step=16)
