@@ -238,18 +238,18 @@ def test_on_zero_gpu_the_defaults_fit_one_call_and_a_request_that_cannot_is_refu
     demo = app.build_demo(tiny_pipe, get_preset("tiny"), face_checker=FAKE_FACES, output_root=tmp_path,
                           zero_gpu=True, gpu_model=slow)
     sliders = {b.elem_id: b.value for b in demo.blocks.values() if getattr(b, "elem_id", None) in ("steps", "max-duration")}
-    assert sliders == {"steps": 7, "max-duration": 3.5}  # one clip, and the most steps that fit
+    assert sliders == {"steps": 7, "max-duration": 3.4}  # one clip, and the most steps that fit
     (status,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "status"]
     assert status.value.endswith("With these settings a video asks ZeroGPU for 192 s.")
     url = launch(demo, server_name="127.0.0.1")
     try:
         client = Client(url, verbose=False, download_files=False)
         refusal = ("1 parameter(s) failed validation:\n- max_duration: This video needs about 267 s of GPU time; a "
-                   "ZeroGPU call may take at most 200 s. To fit, shorten the maximum duration to 2 s, or use 7 steps "
+                   "ZeroGPU call may take at most 200 s. To fit, shorten the maximum duration to 2.2 s, or use 7 steps "
                    "or fewer, or lower the resolution to 96 px.")
         with model_work(tiny_pipe) as ran, pytest.raises(ValidationError, match=f"^{re.escape(refusal)}$"):
             client.predict(image=handle_file(EXAMPLE_IMAGE), audio=handle_file(EXAMPLE_SPEECH), steps=11,
-                           resolution=128, max_duration=3.5, api_name="/generate")
+                           resolution=128, max_duration=3.4, api_name="/generate")
         assert ran == []  # refused as it joined, before any GPU time
     finally:
         demo.close()

@@ -74,11 +74,11 @@ def test_zero_gpu_defaults_fit_one_call():
     model, cap = space.GpuTimeModel(), space.ZERO_GPU_CAP_S
     release = space.PageDefaults(steps=30, text_guidance=5.0, audio_guidance=5.0, max_duration_s=10.0)
     fitted = space.zero_gpu_defaults(release, 512, model, cap)
-    assert fitted.max_duration_s == 3.5  # one clip: 81 frames at 23 fps
+    assert fitted.max_duration_s == 3.4  # one clip: 81 frames at 23 fps (3.5 s would make 85, a second window)
     assert fitted.gpu_seconds <= cap < model.seconds(81, fitted.steps + 1, 3, 512)  # the most steps that fit
     assert (fitted.steps, fitted.gpu_seconds) == (8, 192)
     few_step = space.PageDefaults(steps=4, text_guidance=1.0, audio_guidance=1.0, max_duration_s=10.0)
-    assert space.zero_gpu_defaults(few_step, 512, model, cap) == space.PageDefaults(4, 1.0, 1.0, 3.5, 82)
+    assert space.zero_gpu_defaults(few_step, 512, model, cap) == space.PageDefaults(4, 1.0, 1.0, 3.4, 82)
 
 
 def test_zero_gpu_cap_from_the_environment(monkeypatch):
@@ -99,6 +99,10 @@ class _Job:
         self.checked = type("Checked", (), {"num_frames": frames})()
 
 
+def test_the_longest_duration_of_a_frame_count_follows_the_release_rule():
+    assert (space.one_clip_seconds(), space.longest_duration(85), space.longest_duration(25)) == (3.4, 3.6, 1.0)
+
+
 def test_a_request_over_the_cap_is_refused_saying_what_to_change():
     model = space.GpuTimeModel()
     assert space.check_fits(_Job(81, steps=8), model, 200) == 192
@@ -108,7 +112,7 @@ def test_a_request_over_the_cap_is_refused_saying_what_to_change():
         space.check_fits(_Job(233, steps=30), model, 200)  # the release's defaults on 10 s of speech: 3 windows
     assert refused.value.concerns == "steps"
     message = ("This video needs about 456 s of GPU time; a ZeroGPU call may take at most 200 s. To fit, shorten the "
-               "maximum duration to 3.5 s, or use 2 steps or fewer, or lower the resolution to 304 px.")
+               "maximum duration to 3.4 s, or use 2 steps or fewer, or lower the resolution to 304 px.")
     with pytest.raises(InvalidSetting, match=f"^{re.escape(message)}$") as refused:
         space.check_fits(_Job(233, steps=8), model, 200)
     assert refused.value.concerns == "max_duration"

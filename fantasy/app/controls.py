@@ -74,8 +74,8 @@ CONTROLS: dict[str, Control] = {c.name: c for c in (
     Control("resolution", "Resolution (longest edge, px)", MIN_SIDE, MAX_EDGE, SIDE_MULTIPLE,
             "The model's own size is 512; 480–720 recommended. Time grows with the square of the size.",
             integer=True),
-    Control("max_duration", "Maximum duration (s)", 1.0, 30.0, 0.5,
-            "Longer speech is cut. One clip is 3.5 s; longer videos chain clips, each costing a clip's time."),
+    Control("max_duration", "Maximum duration (s)", 1.0, 30.0, 0.1,
+            "Longer speech is cut. One clip is 3.4 s; longer videos chain clips, each costing a clip's time."),
     Control("seed", "Seed", 0, MAX_SEED, 1, "The same seed and inputs give the same video.", integer=True),
 )}
 

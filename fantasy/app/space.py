@@ -160,9 +160,20 @@ class PageDefaults:
     gpu_seconds: int | None = None  # on ZeroGPU: what the defaults ask for
 
 
+def longest_duration(frames: int, fps: int = 23, step: float = 0.1) -> float:
+    """The longest maximum duration, in `step`s, whose video has at most `frames` frames (the release's rule
+    `int(fps*d // 4)*4 + 5`): 81 frames at 23 fps is 3.4 s (3.5 s would make 85, a second window)."""
+    from fantasy.media.audio import frame_count
+
+    duration = math.floor(frames / fps / step) * step
+    while duration > step and frame_count(duration, fps, 4 * 10**9 + 1) > frames:
+        duration -= step
+    return round(duration, 6)
+
+
 def one_clip_seconds(fps: int = 23, frames: int = 81) -> float:
-    """The longest speech one window animates (81 frames at 23 fps: 3.5 s), rounded down to 0.5 s."""
-    return math.floor(frames / fps * 2) / 2
+    """The longest speech one window animates (81 frames at 23 fps: 3.4 s)."""
+    return longest_duration(frames, fps)
 
 
 def zero_gpu_defaults(base: PageDefaults, longest_edge: int, model: GpuTimeModel, cap: int,
@@ -182,17 +193,19 @@ def zero_gpu_defaults(base: PageDefaults, longest_edge: int, model: GpuTimeModel
 def check_fits(job, model: GpuTimeModel, cap: int) -> int:
     """The job's GPU request, or `InvalidSetting` naming what to change when it exceeds `cap` (ZeroGPU's per-call
     cap): the longest duration, the most steps, or the largest size that would fit, each alone."""
+    from fantasy.media.audio import frame_count
+
     s = job.settings
     passes = job_passes(s)
     need = model.seconds(job.checked.num_frames, s.steps, passes, s.longest_edge, s.max_frames)
     if need <= cap:
         return need
     options, concerns = [], None
-    one_second = 4 * math.ceil(s.fps / 4) + 1  # the shortest video worth suggesting (the duration slider's bottom)
+    one_second = frame_count(1.0, s.fps, 4 * 10**9 + 1)  # the shortest video worth suggesting (the duration slider's bottom)
     frames = _longest_fitting(lambda f: model.seconds(f, s.steps, passes, s.longest_edge, s.max_frames) <= cap,
                               one_second, job.checked.num_frames, step=4)
     if frames is not None:
-        options.append(f"shorten the maximum duration to {math.floor(frames / s.fps * 2) / 2:g} s")
+        options.append(f"shorten the maximum duration to {longest_duration(frames, s.fps):g} s")
         concerns = "max_duration"
     steps = _longest_fitting(lambda n: model.seconds(job.checked.num_frames, n, passes, s.longest_edge,
                                                      s.max_frames) <= cap, 1, s.steps)
