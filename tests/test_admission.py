@@ -80,6 +80,14 @@ def test_several_slots_run_together():
     assert gate.waiting == 0  # the block gave its place back
 
 
+def test_busy_says_what_enter_would_without_taking_a_place():
+    gate = Admission(slots=1, max_waiting=1)
+    assert gate.busy() is None
+    gate.enter(), gate.enter()
+    assert str(gate.busy()) == "The studio is busy: 1 video waiting, the most it queues. Please try again in a few minutes."
+    assert (gate.running, gate.waiting) == (1, 1)
+
+
 def test_limits_are_checked():
     with pytest.raises(ValueError, match="need slots >= 1 and max_waiting >= 0, got 0 and 8"):
         Admission(0, 8)

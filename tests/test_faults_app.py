@@ -127,11 +127,10 @@ def generate_on_the_page(url: str, session: str, steps: int):
     state), then, once it has completed, `generate_stream` (its input is that state, which the server fills in).
     Yields the stream's messages from there on."""
     join(url, session, "start", page_inputs(url, steps))
-    messages = page_messages(url, session)
-    started = next(m for m in messages if m.get("msg") == "process_completed")
-    assert started["success"], started
+    started = next(m for m in page_messages(url, session) if m.get("msg") == "process_completed")
+    assert started["success"], started  # (the server ends a session's stream when its last event completes)
     join(url, session, "generate_stream", [None])
-    yield from messages
+    yield from page_messages(url, session)  # a new stream, as the browser opens one
 
 
 @pytest.mark.slow

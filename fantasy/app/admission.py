@@ -63,9 +63,8 @@ class Admission:
         """A place: a slot at once when one is free and nobody waits, else in the line; `StudioBusy` when
         `slots` run and `max_waiting` wait."""
         with self._changed:
-            if len(self._running) + len(self._line) >= self.slots + self.max_waiting:
-                waiting = len(self._line)
-                raise StudioBusy(BUSY.format(waiting=f"{waiting} video{'s' * (waiting != 1)}"))
+            if self._full():
+                raise self._busy()
             self._issued += 1
             ticket = Ticket(self._issued)
             self._line.append(ticket)
@@ -82,6 +81,18 @@ class Admission:
                     return False
                 self._changed.wait(left)
             return True
+
+    def busy(self) -> StudioBusy | None:
+        """The refusal `enter()` would raise now, or None (a hint: only `enter()` decides)."""
+        with self._changed:
+            return self._busy() if self._full() else None
+
+    def _full(self) -> bool:
+        return len(self._running) + len(self._line) >= self.slots + self.max_waiting
+
+    def _busy(self) -> StudioBusy:
+        waiting = len(self._line)
+        return StudioBusy(BUSY.format(waiting=f"{waiting} video{'s' * (waiting != 1)}"))
 
     def _promote(self) -> None:
         """Give free slots to the front of the line (under the lock)."""

@@ -30,7 +30,7 @@ from typing import Any
 
 import gradio as gr
 
-from fantasy.app.admission import BUSY, Admission, StudioBusy
+from fantasy.app.admission import Admission, StudioBusy
 from fantasy.app.controls import CONTROLS, MAX_EDGE, MAX_PROMPT_CHARS
 from fantasy.app.flags import (
     add_parallel_flags,
@@ -219,8 +219,9 @@ def build_demo(
 
     def start(image, audio, *controls) -> dict:
         """Check the inputs, once; never raises: an error goes to the error box, which stays until the next run."""
-        if admission.waiting >= max_queue:  # (the decision itself is atomic, in `stream`; this spares the checks)
-            return refused(StudioBusy(BUSY.format(waiting=f"{admission.waiting} videos")), "Studio busy")
+        busy = admission.busy()  # (the decision itself is atomic, in `stream`; this spares the checks)
+        if busy is not None:
+            return refused(busy, "Studio busy")
         try:
             job = check(image, audio, *controls)
         except FantasyError as exc:
@@ -239,7 +240,8 @@ def build_demo(
     def stream(job: Job | None, request: gr.Request):
         """Wait for a slot (first come, first served), run, and show the preview, the live video and then the
         finished video in the same place, with the progress line above them."""
-        if job is None:  # `start` refused the inputs; its error box says why
+        if job is None:  # `start` refused the inputs; its error box says why (one update that changes nothing:
+            yield {status: gr.skip()}  # a generator's end leaves what it showed, one that showed nothing may not)
             return
         clock = RunClock(job.settings.steps, job.window_count)
         try:
@@ -338,7 +340,7 @@ def build_demo(
         time). An error about one input is reported on that parameter; others (busy, a full disk) when the
         request starts, at once. The checked job is kept for the run, so nothing is decoded twice."""
         valid = [gr.validate(True, "")] * len(values)
-        if admission.waiting >= max_queue:  # refused when it starts (atomically); no need to decode it
+        if admission.busy() is not None:  # refused when it starts (atomically); no need to decode it
             return valid
         try:
             outcome: Job | FantasyError = check(*values)
