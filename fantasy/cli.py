@@ -1,4 +1,4 @@
-"""`python -m fantasy ...`: generate, convert adapter weights, download weights, eval, train, serve, bench.
+"""`python -m fantasy ...`: generate, batch, convert adapter weights, download weights, eval, train, serve, bench.
 
 Each command lives with its layer and is mounted here (`fantasy.app.generate_command`, `fantasy.weights.command`,
 `fantasy.metrics.command`, `fantasy.train.command`, `fantasy.app.serve`, `fantasy.bench.command`).
@@ -16,6 +16,7 @@ from fantasy.errors import FantasyError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fantasy", description="FantasyTalking Studio")
     sub = parser.add_subparsers(dest="command", required=True)
+    from fantasy.app.batch_command import add_parser as add_batch
     from fantasy.app.generate_command import add_parser as add_generate
     from fantasy.app.serve import add_parser as add_serve
     from fantasy.bench.command import add_parser as add_bench
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fantasy.weights.command import add_parsers as add_weights
 
     add_generate(sub)
+    add_batch(sub)
     add_weights(sub)
     add_bench(sub)
     add_eval(sub)

@@ -52,3 +52,21 @@ def test_tiny_group_offload_and_random_gguf_blocks(bench, capsys):
     assert isinstance(weight, GGUFParameter) and weight.quant_type.name == "Q4_K" and weight.shape == (256, 144)
     assert bench.main(["--tiny", "--vram", "group-offload", "--modes", "bf16"]) == 0
     assert "vram=group-offload" in capsys.readouterr().out
+
+
+def test_random_gguf_state_is_typed_as_city96s_file(bench):
+    """The memory bench's fake GGUF carries the real file's types key by key (issue 25), as tests/fake_weights.py's."""
+    import torch
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    from tools.real_layout import city96_type
+
+    state = bench.random_gguf_state(bench.TINY["config"], "q8_0")
+    for name, tensor in state.items():
+        kind = city96_type(name, tuple(tensor.shape) if not isinstance(tensor, GGUFParameter) else (0, 0))
+        if isinstance(tensor, GGUFParameter):
+            assert tensor.quant_type.name == "Q8_0" and kind.name == "Q8_0", name
+        else:
+            assert tensor.dtype == {"F16": torch.float16, "F32": torch.float32}[kind.name], name
+    assert state["time_embedding.0.weight"].dtype == torch.float16
+    assert state["time_embedding.0.bias"].dtype == torch.float32 and state["blocks.0.modulation"].dtype == torch.float32

@@ -124,3 +124,110 @@ def test_the_name_check_sees_what_is_missing():
         "fantasy/model/nothing.py", "bench/gone.py", "tests/test_nothing_*.py", "fantasy.model.adapter.no_such_name",
         "fantasy.nothing",
     ]
+
+
+def shell_commands(text: str) -> list[str]:
+    """The command lines of a page's ```bash blocks (comments dropped, `\\` continuations joined)."""
+    commands, block, joined = [], None, ""
+    for line in text.splitlines():
+        if line.startswith("```"):
+            block = line[3:].strip() if block is None else None
+            continue
+        if block not in ("bash", "sh", "shell"):
+            continue
+        line = re.split(r"\s+#", line)[0].rstrip()
+        joined += line.removesuffix("\\")
+        if line.endswith("\\"):
+            continue
+        if joined.strip() and not joined.lstrip().startswith("#"):
+            commands.append(joined.strip())
+        joined = ""
+    return commands
+
+
+def test_the_command_parse_joins_lines_and_drops_comments():
+    text = ("```bash\n# a comment\npython -m fantasy generate --image a.png \\\n  --audio b.wav   # why\n```\n"
+            "```text\npython -m fantasy nothing\n```\n```bash\npython app.py\n```\n")
+    assert shell_commands(text) == ["python -m fantasy generate --image a.png   --audio b.wav", "python app.py"]
+
+
+class Parsed(Exception):
+    """Raised in place of running a command, once argparse has accepted its arguments."""
+
+
+def command_problems(command: str, monkeypatch) -> str | None:
+    """Parse one documented command with the parser of the program it runs, running nothing. None if it parses,
+    else what is wrong with it."""
+    import argparse
+    import contextlib
+    import importlib
+    import io
+    import shlex
+    import subprocess
+
+    words = [w for w in shlex.split(command) if not re.fullmatch(r"[A-Z_]+=\S*", w)]  # drop VAR=value prefixes
+    if "..." in words:
+        return None  # an elided example ("generate ... --release"): its options are parsed elsewhere
+    if words[:2] == ["pip", "install"]:
+        files = [words[i + 1] for i, w in enumerate(words) if w == "-r"]
+        return "; ".join(f"no {f}" for f in files if not (ROOT / f).is_file()) or None
+    if words[:3] in (["python", "-m", "pytest"], ["python3", "-m", "pytest"]):
+        return None
+    if "fantasy" in words and words[words.index("fantasy") - 1] == "-m":
+        from fantasy.cli import build_parser
+        from fantasy.cli import main as run
+        build_parser()  # its imports, before processes are refused below (some libraries start one at import)
+        args = words[words.index("fantasy") + 1:]
+    elif "app.py" in words:
+        from fantasy.app.ui import parse_args as run
+        args = words[words.index("app.py") + 1:]
+    elif words[0] in ("python", "python3") and words[1] == "-m" and words[2].startswith("tools."):
+        run, args = importlib.import_module(words[2]).main, words[3:]
+    elif words[0] in ("python", "python3") and words[1].startswith("tools/"):
+        run, args = importlib.import_module(words[1].removesuffix(".py").replace("/", ".")).main, words[2:]
+    else:
+        return "no parser known for this program"
+
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        if self.prog.split()[-1] in ("-h", "--help"):
+            return original(self, args, namespace)
+        raise Parsed(original(self, args, namespace))
+
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"a documented command started a process while being parsed: {args[0]}")
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.setattr(subprocess, "run", no_process)
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            run(args)
+    except Parsed:
+        return None
+    except SystemExit:
+        return errors.getvalue().strip().splitlines()[-1] if errors.getvalue().strip() else "exited"
+    finally:
+        monkeypatch.undo()
+    return "ran without parsing its arguments"
+
+
+def test_every_documented_command_parses(monkeypatch):
+    """Every command in a ```bash block of the README and docs/ is accepted by its program's own parser (nothing
+    runs): a renamed option or sub-command breaks the docs here, not for a reader."""
+    problems = {f"{page.name}: {command}": command_problems(command, monkeypatch)
+                for page in PAGES for command in shell_commands(page.read_text())}
+    assert {c: p for c, p in problems.items() if p} == {}
+    assert len(problems) > 30  # the walk saw the docs' commands
+
+
+def test_a_wrong_option_or_command_is_reported(monkeypatch):
+    assert command_problems("python -m fantasy generate --image a.png --audio b.wav --out c.mp4 --no-such-option 1",
+                            monkeypatch).endswith("unrecognized arguments: --no-such-option 1")
+    assert "invalid choice: 'genrate'" in command_problems("python -m fantasy genrate --image a.png", monkeypatch)
+    assert command_problems("python app.py --prest tiny", monkeypatch).endswith("unrecognized arguments: --prest tiny")
+    assert command_problems("pip install -r requirements-nothing.txt", monkeypatch) == "no requirements-nothing.txt"
+    assert command_problems("bash tools/x.sh", monkeypatch) == "no parser known for this program"
+    assert command_problems("python -m fantasy download --dry-run", monkeypatch) is None

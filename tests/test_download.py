@@ -284,3 +284,41 @@ def test_face_weights_offline_are_checked_not_fetched(hub, tmp_path, monkeypatch
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsMissing, match="2DFAN4.*download --face"):
         download("q8_0", root, out=hub.out, api=hub.api, face=True)
+
+
+def test_with_a_comfyui_folder_only_what_it_lacks_is_fetched(hub, tmp_path):
+    """Comfy-Org's umT5 carries its tokenizer: wav2vec2 and the adapter are all that is fetched; a folder whose
+    umT5 has none (kijai's) adds the three tokenizer files, and a folder without a DiT the chosen DiT file."""
+    from safetensors.torch import save_file
+
+    def touch(path, tensors=None):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors or {"x": torch.zeros(1)}, str(path))
+
+    comfy = tmp_path / "ComfyUI" / "models"
+    for name in ("diffusion_models/wan2.1_i2v_720p_14B_fp8_scaled.safetensors", "clip_vision/clip_vision_h.safetensors",
+                 "vae/wan_2.1_vae.safetensors"):
+        touch(comfy / name)
+    touch(comfy / "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+          {"shared.weight": torch.zeros(1), "spiece_model": torch.zeros(4, dtype=torch.uint8)})
+    root = tmp_path / "weights"
+    download(None, root, out=hub.out, api=hub.api, comfy=comfy)
+    assert [repo for repo, _, _ in hub.downloads] == [ADAPTER, WAV2VEC]
+    assert hub.events[0] == (f"From the ComfyUI folder {comfy}: dit wan2.1_i2v_720p_14B_fp8_scaled.safetensors, text "
+                             "encoder umt5_xxl_fp8_e4m3fn_scaled.safetensors, clip vision clip_vision_h.safetensors, vae "
+                             "wan_2.1_vae.safetensors (not downloaded)")
+    assert hub.events[-2].endswith(f"--dit bf16 --weights {root} --comfy-models {comfy} ...")
+    paths = check_real_weights(root, "bf16", comfy=comfy)
+    assert paths["wan"] is None and paths["dit"] == comfy / "diffusion_models/wan2.1_i2v_720p_14B_fp8_scaled.safetensors"
+
+    kijai = tmp_path / "kijai"
+    touch(kijai / "text_encoders/umt5-xxl-enc-bf16.safetensors", {"token_embedding.weight": torch.zeros(1)})
+    hub.downloads.clear()
+    download(None, root, out=hub.out, api=hub.api, comfy=kijai)  # no DiT there: the default GGUF
+    assert [(repo, patterns) for repo, patterns, _ in hub.downloads] == [
+        (WAN, ["tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json",
+               "image_encoder/config.json", "image_encoder/model.safetensors",
+               "image_processor/preprocessor_config.json", "vae/config.json",
+               "vae/diffusion_pytorch_model.safetensors", "transformer/config.json"]),
+        (GGUF, ["wan2.1-i2v-14b-720p-Q8_0.gguf"])]
+    assert not (root / WAN_PART.folder / "text_encoder").exists()  # umT5 comes from the ComfyUI folder

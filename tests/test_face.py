@@ -201,6 +201,21 @@ def test_the_most_confident_face_is_the_subject_not_the_largest() -> None:
     assert backend.calls[-1] == ("landmarks", face_box) and points.shape == (68, 2)
 
 
+@pytest.mark.parametrize("best, others, count", [
+    (2.0, [0.5], 2), (2.0, [0.4999], 1),  # a quarter of 2.0: exactly 0.5 counts, just under does not
+    (2.0, [0.3, 0.26], 1),  # over an absolute 0.25, under a quarter of the best: not faces
+    (0.4, [0.1, 0.0999], 2),  # a quarter of 0.4 is 0.1: counts, though under an absolute 0.25
+    (1.0, [0.9, 0.25, 0.2499], 3),  # the threshold is the best score's, not the runner-up's (0.9: 0.225)
+])
+def test_other_faces_count_from_a_quarter_of_the_best_score(best, others, count) -> None:
+    """The threshold is relative (`OTHER_FACE_SHARE` of the best score), tested at its edge and where an absolute
+    threshold of the same value would say otherwise (issue 25: a planted absolute threshold went unnoticed)."""
+    boxes = [FaceBox(0, 0, 10, 10, score, "dlib HOG") for score in others]
+    subject = FaceBox(20, 20, 60, 60, best, "dlib HOG")
+    finding = FaceAnalyzer(FakeBackend([*boxes, subject])).find(np.zeros((100, 100, 3), np.uint8))
+    assert finding.box == subject and finding.count == count
+
+
 @pytest.mark.parametrize("centre, words", [((10, 10), "top left"), ((50, 50), "centre"), ((90, 50), "right"),
                                                ((50, 95), "bottom centre"), ((99.9, 99.9), "bottom right")])
 def test_where_the_face_is_in_words(centre, words) -> None:

@@ -92,6 +92,30 @@ def test_frame_span_pads_a_slice_to_whole_frames_and_back():
     assert FrameSpan.covering(0, 88, 35) == FrameSpan(0, 3, 0, 17)
 
 
+@pytest.mark.parametrize("rank, world", [(-1, 2), (2, 2), (5, 3)])
+def test_a_rank_outside_its_group_is_refused(rank, world):
+    with pytest.raises(ValueError, match=f"^rank {rank} outside a group of {world}$"):
+        shard_bounds(12, rank, world, uneven=True)
+    assert shard_bounds(12, world - 1, world, uneven=False) == (12 - 12 // world, 12 // world)  # the last rank is in
+
+
+def test_frame_span_edges_padding_on_both_sides_and_none():
+    """A slice inside one frame pads both sides; a slice of whole frames, or the whole sequence, pads nothing."""
+    inside = FrameSpan.covering(start=37, length=10, tokens_per_frame=35)  # tokens 37..46 of frame 1
+    assert inside == FrameSpan(first=1, count=1, before=2, after=23) and inside.frames == slice(1, 2)
+    x = torch.arange(1 * 10 * 2, dtype=torch.float32).view(1, 10, 2) + 1
+    padded = inside.pad(x)
+    assert padded.shape == (1, 35, 2) and torch.equal(padded[:, 2:12], x)
+    assert not padded[:, :2].any() and not padded[:, 12:].any()
+    assert torch.equal(inside.unpad(padded), x)
+    exact = FrameSpan.covering(start=70, length=70, tokens_per_frame=35)
+    assert exact == FrameSpan(2, 2, 0, 0) and exact.frames == slice(2, 4)
+    assert exact.pad(x) is x and torch.equal(exact.unpad(x), x)
+    assert FrameSpan.whole(21) == FrameSpan(0, 21, 0, 0) and FrameSpan.whole(21).frames == slice(0, 21)
+    tail = FrameSpan.covering(start=0, length=36, tokens_per_frame=35)  # one token into frame 1
+    assert tail == FrameSpan(0, 2, 0, 34) and tail.pad(torch.ones(1, 36)).shape == (1, 70)
+
+
 class SliceOf:
     """A `token_shard` for one slice, as `fantasy.speed.parallel.TokenShard` gives it under a process group."""
 

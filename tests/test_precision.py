@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
 from diffusers.hooks import HookRegistry, ModelHook
 from PIL import Image
@@ -17,7 +18,9 @@ from fantasy.weights.presets import load_pipeline
 from fantasy.weights.quantize import is_quantized_weight
 from fantasy.weights.tiny import tiny_transformer
 
-from .fake_weights import build_weights_dir
+from .fake_weights import IMAGE_DIM, build_weights_dir
+from .release_oracle import ReleaseDiT
+from .release_oracle import sinusoid as release_sinusoid
 
 BF16 = torch.bfloat16
 
@@ -132,9 +135,56 @@ def test_switching_is_exact_both_ways():
     assert torch.equal(forward(model), forward(plain))
 
 
+def release_forward(model, x: dict, bf16: bool = False) -> torch.Tensor:
+    """The release's `WanModel.forward` over the model's weights (tests/release_oracle.py: written from the
+    release, it imports nothing of `fantasy`): a reference that shares no code with the policy under test. A
+    reference computed through the policy passed a swapped sin/cos in its timestep sinusoid (issue 25).
+    `bf16`: the release's own bf16 computation (autocast), else fp32 throughout."""
+    h = x["hidden_states"].float()
+    frames = h.shape[2]  # audio is off (scale 0) as in `forward`: zero windows of one token per latent frame
+    with torch.no_grad():
+        return ReleaseDiT(model, bf16=bf16)(h[:, :16], h[:, 16:], x["timestep"], x["encoder_hidden_states"].float(),
+                                            x["encoder_hidden_states_image"].float(), torch.zeros(1, frames, 1, 16),
+                                            torch.ones(frames, dtype=torch.long), 0.0)
+
+
+def test_the_policy_in_fp32_is_the_releases_fp32_forward():
+    model = bf16_transformer(dtype=torch.float32)
+    x = inputs(torch.float32)
+    torch.testing.assert_close(forward(model, x), release_forward(model, x), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, BF16])
+def test_the_time_embedding_is_the_releases(dtype):
+    """`e` and `e0` (temb, timestep_proj) as the release computes them: the sinusoid [cos, sin] in float64, both
+    MLPs in fp32 from the stored weights, whatever the DiT's dtype."""
+    model = bf16_transformer(dtype=dtype)
+    weights = {k: v.float() for k, v in model.condition_embedder.state_dict().items()}
+    timestep = torch.tensor([937.5, 3.0])
+    with torch.no_grad():
+        temb, projected, _, _ = model.condition_embedder(timestep, torch.zeros(2, 512, 32, dtype=dtype))
+    e = F.linear(release_sinusoid(256, timestep).float(), weights["time_embedder.linear_1.weight"],
+                 weights["time_embedder.linear_1.bias"])
+    e = F.linear(F.silu(e), weights["time_embedder.linear_2.weight"], weights["time_embedder.linear_2.bias"])
+    e0 = F.linear(F.silu(e), weights["time_proj.weight"], weights["time_proj.bias"])
+    assert temb.dtype == projected.dtype == torch.float32
+    torch.testing.assert_close(temb, e, rtol=0, atol=1e-6)
+    torch.testing.assert_close(projected, e0, rtol=0, atol=1e-6)
+
+
 def test_mixed_is_closer_to_fp32_than_stock_on_one_forward():
-    reference = forward(bf16_transformer(dtype=torch.float32), inputs(torch.float32))
+    """Against the release's fp32 forward over the same (bf16) weights: only the arithmetic differs."""
+    model = bf16_transformer()
+    reference = release_forward(model, inputs())
     err = {p: (forward(bf16_transformer(precision=p)).float() - reference).abs().mean().item() for p in ("mixed", "stock")}
+    assert err["mixed"] < err["stock"]
+
+
+def test_mixed_is_closer_to_the_releases_bf16_forward_than_stock():
+    model = bf16_transformer()
+    release_bf16 = release_forward(model, inputs(), bf16=True)
+    err = {p: (forward(bf16_transformer(precision=p)).float() - release_bf16).abs().mean().item()
+           for p in ("mixed", "stock")}
     assert err["mixed"] < err["stock"]
 
 
@@ -293,7 +343,7 @@ def dit_inputs() -> dict:
     g = torch.Generator().manual_seed(11)
     return {"hidden_states": torch.randn(1, 36, 3, 4, 4, generator=g).to(BF16), "timestep": torch.tensor([500.0]),
             "encoder_hidden_states": torch.randn(1, 512, 32, generator=g).to(BF16),
-            "encoder_hidden_states_image": torch.randn(1, 17, 16, generator=g).to(BF16)}
+            "encoder_hidden_states_image": torch.randn(1, 17, IMAGE_DIM, generator=g).to(BF16)}
 
 
 @pytest.mark.parametrize("dit, tolerance", [("bf16", 0.0), ("q8_0", 0.03), ("bf16-int8", 0.03), ("bf16-fp8", 0.1),

@@ -185,8 +185,12 @@ def test_the_cli_result_line_and_the_app_status_line_show_the_choice(monkeypatch
     assert " · DiT " not in studio.status(job, state="Starting")  # the tiny preset has no choice to show
 
 
-def test_app_asks_the_loader_to_fit_the_largest_resolution():
+def test_app_asks_the_loader_to_fit_the_largest_resolution(tmp_path, monkeypatch):
+    monkeypatch.delenv("FANTASY_COMFY_MODELS", raising=False)
     args = app.parse_args(["--batch-guidance"])
-    assert app.real_options(args) == {"dit": None, "vram": "resident", "fit_size": 1024, "fit_batch": 3}
+    assert app.real_options(args) == {"dit": None, "vram": "resident", "fit_size": 1024, "fit_batch": 3,
+                                      "comfy_models": None}
+    (tmp_path / "vae").mkdir()
+    assert app.real_options(app.parse_args(["--comfy-models", str(tmp_path)]))["comfy_models"] == tmp_path
     assert app.real_options(app.parse_args(["--dit", "q4_k_m", "--vram", "model-offload"]))["dit"] == "q4_k_m"
     assert get_preset("real").longest_edge <= app.APP_MAX_EDGE

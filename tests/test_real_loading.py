@@ -20,8 +20,9 @@ from PIL import Image
 
 from fantasy.weights.presets import load_pipeline
 from fantasy.weights.quantize import FP8_STORAGE, is_quantized_weight
+from fantasy.weights.real import DIT_FILES
 
-from .fake_weights import build_weights_dir, gguf_transformer
+from .fake_weights import IMAGE_DIM, build_weights_dir, gguf_transformer
 
 TOLERANCE = {"q8_0": 0.02, "bf16-int8": 0.02, "bf16-fp8": 0.08, "bf16-fp8-storage": 0.08}
 
@@ -57,7 +58,7 @@ def dit_inputs():
     return {
         "hidden_states": torch.randn(1, 36, 3, 4, 4, generator=gen), "timestep": torch.tensor([500.0]),
         "encoder_hidden_states": torch.randn(1, 512, 32, generator=gen),
-        "encoder_hidden_states_image": torch.randn(1, 17, 16, generator=gen),
+        "encoder_hidden_states_image": torch.randn(1, 17, IMAGE_DIM, generator=gen),
     }
 
 
@@ -78,10 +79,36 @@ def test_gguf_file_with_original_wan_keys_loads_quantized(weights, loaded, dit_i
     assert isinstance(transformer.blocks[0].attn1.to_q, GGUFLinear)
     assert isinstance(weight, GGUFParameter) and weight.quant_type.name == "Q8_0"
     quantized = [n for n, p in transformer.named_parameters() if isinstance(p, GGUFParameter)]
-    # All written Q8_0 tensors stay quantized except the two time-embedder ones diffusers keeps in fp32.
-    assert len(quantized) == info["quantized"] - 2
+    assert len(quantized) == info["quantized"]  # every Q8_0 tensor stays quantized
+    # city96's F16 time embedding (as in the real file) loads into the fp32 time embedder, exactly its F16 values
+    embedder, written = transformer.condition_embedder.time_embedder, info["reference"].condition_embedder.time_embedder
+    for linear in ("linear_1", "linear_2"):
+        loaded_weight, source = getattr(embedder, linear).weight, getattr(written, linear).weight
+        assert loaded_weight.dtype == torch.float32 and not isinstance(loaded_weight, GGUFParameter)
+        assert torch.equal(loaded_weight, source.half().float()) and not torch.equal(loaded_weight, source)
     err = relative_error(forward(transformer, dit_inputs), forward(info["reference"], dit_inputs))
     assert 0 < err < TOLERANCE["q8_0"]
+
+
+def test_the_fake_gguf_holds_city96s_tensor_types(weights):
+    """The types of the real Q8_0 file, key by key (reference/turn2-findings.md §4): a loader path for F16 that only
+    the real file exercised went untested while the fake held F32 and Q8_0 alone (issue 25)."""
+    import gguf
+
+    root, info = weights
+    reader = gguf.GGUFReader(str(root / DIT_FILES["q8_0"].folder / DIT_FILES["q8_0"].required[0]))
+    stored = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert stored == info["gguf_types"]
+    by_type: dict[str, set[str]] = {}
+    for name, kind in stored.items():
+        by_type.setdefault(kind, set()).add(name)
+    assert set(by_type) == {"F32", "F16", "Q8_0"}
+    assert by_type["F16"] == {"time_embedding.0.weight", "time_embedding.2.weight"}
+    assert all(t.data.ndim == 1 or name.endswith(".modulation") or name == "patch_embedding.weight"
+               for t in reader.tensors for name in [t.name] if name in by_type["F32"])
+    assert {"time_projection.1.weight", "img_emb.proj.1.weight", "head.head.weight", "blocks.0.ffn.0.weight",
+            "blocks.1.cross_attn.k_img.weight"} <= by_type["Q8_0"]
+    assert all(not name.endswith(".bias") for name in by_type["Q8_0"] | by_type["F16"])
 
 
 def test_a_different_model_is_far_outside_the_tolerance(weights, dit_inputs):

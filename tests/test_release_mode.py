@@ -189,6 +189,56 @@ def test_release_generation_is_the_official_clip(pipe, tmp_path):
     assert plain.num_frames == 149  # without --release: the whole speech, in windows of 9 frames
 
 
+# ---- the one clip's edges: "the speech was cut" exactly where the clip stops covering it ----------------
+
+# At 23 fps the release's rule gives 81 frames for speech of [76/23, 80/23) s = [3.3043, 3.4783) s: the clip holds
+# the speech whole, so nothing was cut; from 80/23 s on the rule asks for 85 frames and the clip keeps 81.
+@pytest.mark.parametrize("samples, frames, cut", [
+    (52_869, 77, False),  # 3.30431 s: 23 x d = 75.99994
+    (52_870, 81, False),  # 3.30438 s: the first length that needs all 81 frames
+    (55_652, 81, False),  # 3.47825 s: 23 x d = 79.99975, the last that fits
+    (55_653, 81, True),  # 3.47831 s: 23 x d = 80.00119, the rule's 85 frames are cut to 81
+])
+def test_release_mode_says_cut_exactly_past_the_clip(tmp_path, samples, frames, cut):
+    import soundfile
+
+    from fantasy.release import release_frame_count
+
+    from .conftest import speech_like
+
+    assert release_frame_count(samples / 16_000, 23, 81) == (frames, cut)
+    path = tmp_path / "speech.wav"
+    soundfile.write(path, speech_like(samples / 16_000)[:samples], 16_000)
+    inputs = prepare_inputs(EXAMPLE_IMAGE, path, Settings(release=True, longest_edge=64).resolved(TINY))
+    assert (inputs.num_frames, inputs.speech_cut, inputs.speech_seconds) == (frames, cut, samples / 16_000)
+
+
+@pytest.mark.parametrize("duration, max_frames, expected", [
+    (80 / 23, 81, (85, 81, True)), (80 / 23 - 1e-9, 81, (81, 81, False)),  # 81 frames: 80/23 s is the edge
+    (8 / 23, 9, (13, 9, True)), (8 / 23 - 1e-9, 9, (9, 9, False)),  # a 9-frame clip: 8/23 s
+])
+def test_release_frame_count_at_the_edge_of_its_clip(duration, max_frames, expected):
+    from fantasy.media.audio import frame_count
+    from fantasy.release import release_frame_count
+
+    wanted = int(23 * duration // 4) * 4 + 5
+    assert (wanted, *release_frame_count(duration, 23, max_frames)) == expected
+    assert frame_count(duration, 23, max_frames) == expected[1]
+
+
+def test_the_long_path_says_cut_only_past_the_maximum_duration(tmp_path):
+    """Without --release: speech exactly as long as the maximum duration is whole; one sample more is cut."""
+    import soundfile
+
+    from .conftest import speech_like
+
+    for samples, cut in ((32_000, False), (32_001, True)):
+        path = tmp_path / f"speech-{samples}.wav"
+        soundfile.write(path, speech_like(2.1)[:samples], 16_000)
+        inputs = prepare_inputs(EXAMPLE_IMAGE, path, Settings(longest_edge=64, max_duration=2.0).resolved(TINY))
+        assert (inputs.num_frames, inputs.speech_cut) == (49, cut)  # 46 // 4 * 4 + 5
+
+
 # ---- command line -----------------------------------------------------------------------------------
 
 

@@ -89,3 +89,17 @@ def test_mutation_scores_count_only_checked_mutants(tmp_path, monkeypatch):
     assert mutation.survivors("windows") == ["c", "f"]
     assert mutation.undetected("windows") == ["c", "d", "f"]
     assert mutation.unchecked_sample("windows", 5) == ["d"]
+
+
+def test_a_test_that_needs_no_torch_runs_without_importing_it():
+    """conftest.py imports nothing heavy: a test of the docs runs without torch, diffusers or Gradio loaded
+    (`-X importtime` lists every module the run imported; `-s` keeps pytest from capturing that list)."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+         "tests/test_docs.py::test_the_readme_is_short"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert {"numpy", "soundfile", "pytest"} <= imported  # the list holds conftest's own imports
+    assert {"torch", "diffusers", "transformers", "gradio", "fantasy"} & imported == set()

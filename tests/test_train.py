@@ -162,7 +162,7 @@ def test_stage_two_loss_weights_the_lips(training_set):
 def test_bad_training_settings_are_named():
     with pytest.raises(InvalidSetting, match="stage must be 1 or 2, got 3"):
         TrainConfig(data=".", out=".", stage=3).check()
-    with pytest.raises(InvalidSetting, match="modules must be some of audio, motion, identity, got face"):
+    with pytest.raises(InvalidSetting, match="modules must be some of audio, motion, identity, dit, got face"):
         TrainConfig(data=".", out=".", modules=("face",)).check()
 
 

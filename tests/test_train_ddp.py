@@ -23,7 +23,7 @@ from .synthetic_clips import speech_samples, syllable_envelope, talking_frames, 
 from .synthetic_faces import measured_landmarks
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_FILES = ["config.json", "modules.safetensors", "step-000003.safetensors", "train_log.jsonl"]
+RUN_FILES = ["config.json", "loss.png", "modules.safetensors", "state.pt", "step-000003.safetensors", "train_log.jsonl"]
 
 
 @pytest.fixture(scope="module")

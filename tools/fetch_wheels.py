@@ -8,6 +8,7 @@ listed there too): pip matches manylinux tags exactly, so every tag the wheels u
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,9 @@ def command(requirements: list[str], dest: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    dest = Path(argv[0]) if argv else WHEELS
+    parser = argparse.ArgumentParser(prog="python3 tools/fetch_wheels.py", description=__doc__.splitlines()[0])
+    parser.add_argument("dest", nargs="?", type=Path, default=WHEELS, help="where the wheels go (default: .whl/)")
+    dest = parser.parse_args(argv).dest
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(command(sorted(set(REQUIRED.values())), dest), check=True)
     wheels = sorted(dest.glob("*.whl"))

@@ -66,14 +66,17 @@ def _gguf_block(quant) -> tuple[int, int, list[tuple[int, int]]]:
 
 
 def random_gguf_state(config: dict, quant_name: str, seed: int = 0) -> dict:
-    """Random GGUF tensors (original Wan names) shaped like a city96 file: 2-D weights quantized."""
+    """Random GGUF tensors (original Wan names) typed as in a city96 file (`tools.real_layout.city96_type`): 2-D
+    weights quantized, `time_embedding.*` weights F16, the rest F32 (a tiny width a block does not divide: F32)."""
     import gguf
     from diffusers import WanTransformer3DModel
     from diffusers.quantizers.gguf.utils import GGUFParameter
 
-    from tools.real_layout import RandomPool
+    from fantasy.weights.wan_keys import to_original_key
+    from tools.real_layout import RandomPool, city96_type
 
     quant = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_k_m": gguf.GGMLQuantizationType.Q4_K}[quant_name]
+    plain = {gguf.GGMLQuantizationType.F16: torch.float16, gguf.GGMLQuantizationType.F32: torch.float32}
     values, size, scales = _gguf_block(quant)
     scale_bytes = torch.from_numpy(np.frombuffer(np.float16(2e-3).tobytes(), dtype=np.uint8).copy())
     with torch.device("meta"):
@@ -81,15 +84,15 @@ def random_gguf_state(config: dict, quant_name: str, seed: int = 0) -> dict:
     pool = RandomPool(seed)  # copies of one random pool: 17 GB of random bytes in seconds, not minutes
     state = {}
     for name, shape in shapes.items():
-        time_embedder = name.startswith("condition_embedder.time_embedder.")  # F16 in city96's files
-        if len(shape) == 2 and name.endswith(".weight") and shape[1] % values == 0 and not time_embedder:
+        kind = city96_type(to_original_key(name), tuple(shape))
+        if kind not in plain and shape[1] % values == 0:
             raw = pool.take(pool.bytes, shape[0] * (shape[1] // values * size)).view(shape[0], -1)
             blocks = raw.view(shape[0], -1, size)
             for lo, hi in scales:
                 blocks[..., lo:hi] = scale_bytes
             state[name] = GGUFParameter(raw, quant_type=quant)
         else:
-            state[name] = pool.weights(name, tuple(shape), torch.float16 if time_embedder else torch.bfloat16)
+            state[name] = pool.weights(name, tuple(shape), plain.get(kind, torch.float32))
     return to_original_state_dict(state)
 
 

@@ -51,8 +51,47 @@ def defaults_from_environment(actions: Iterable, environ: Mapping[str, str] | No
     return used
 
 
+def add_setting_flags(p, note: str = "") -> None:
+    """The settings of one generation (`fantasy.settings.Settings`), the motion sliders included; `note` ends
+    each help text (batch: "; a row's column overrides it")."""
+    from fantasy.model.prompts import DEFAULT_PROMPT
+    from fantasy.release import RELEASE_PROMPT
+    from fantasy.settings import DEFAULT_SEED
+
+    p.add_argument("--prompt", default=None, help=f"default: '{DEFAULT_PROMPT}' ('{RELEASE_PROMPT}' with --release){note}")
+    p.add_argument("--negative-prompt", default=None, help=f"default: Wan's negative prompt + 'motionless'{note}")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"default {DEFAULT_SEED}{note}")
+    p.add_argument("--steps", type=int, default=None, help=f"denoising steps (preset default: 30; --fast: 4){note}")
+    p.add_argument("--text-guidance", type=float, default=None, help=f"default 5 (--fast: 1){note}")
+    p.add_argument("--audio-guidance", type=float, default=None,
+                   help=f"default 5 (--fast: 1; 2 adds a pass per step){note}")
+    p.add_argument("--audio-weight", type=float, default=1.0, help=f"default 1{note}")
+    p.add_argument("--fps", type=int, default=23, help=f"default 23{note}")
+    p.add_argument("--max-frames", type=int, default=81, help=f"frames per window (the release's clip: 81){note}")
+    p.add_argument("--max-duration", type=float, default=10.0,
+                   help=f"seconds of speech to animate; longer speech is cut (default 10){note}")
+    p.add_argument("--size", type=int, default=None,
+                   help=f"longest edge in px, multiple of 16 (tiny: 128, real: 512){note}")
+    p.add_argument("--expression", type=float, default=None,
+                   help=f"expression intensity 0-1 (the app's slider; trained motion module or training-free mapping){note}")
+    p.add_argument("--body", type=float, default=None, help=f"body-motion intensity 0-1 (the app's slider){note}")
+
+
+def add_model_flags(p) -> None:
+    """Which models: --preset, --adapter, --device, --weights and the real preset's storage (`add_real_flags`)."""
+    p.add_argument("--preset", default="tiny", choices=["tiny", "real"], help="tiny: random demo models (CPU)")
+    p.add_argument("--adapter", default=None,
+                   help="adapter weights (.safetensors or the released .ckpt), or a training checkpoint "
+                        "(`python -m fantasy train`: also loads its motion / identity modules)")
+    p.add_argument("--device", default=None)
+    add_real_flags(p)
+    p.add_argument("--weights", default=None, help="real preset: weights dir (default weights/ or $FANTASY_WEIGHTS)")
+
+
 def add_real_flags(p) -> list:
-    """--dit and --vram: how the real preset stores the DiT and where its models live (returns their actions)."""
+    """--dit, --vram and --comfy-models: how the real preset stores the DiT, where its models live and which
+    ComfyUI folder supplies files (returns their actions; --comfy-models reads its own variable)."""
+    from fantasy.weights.comfy_folder import COMFY_ENV
     from fantasy.weights.offload import VRAM_MODES
     from fantasy.weights.quantize import DIT_MODES
 
@@ -61,7 +100,46 @@ def add_real_flags(p) -> list:
                        help="real preset: how the 14B DiT is stored (default: bf16 if it fits in free GPU memory at "
                             "the requested size, else q8_0; see docs/weights.md)"),
         p.add_argument("--vram", default="resident", choices=list(VRAM_MODES), help="real preset: offloading"),
+        p.add_argument("--comfy-models", default=None, metavar="DIR",
+                       help=f"real preset: a ComfyUI models folder (or ComfyUI's own folder); its Wan2.1 files (DiT, "
+                            f"umT5, clip_vision_h, VAE; bf16/fp16/fp8/scaled fp8) are used instead of downloading "
+                            f"them (default ${COMFY_ENV}; see docs/comfyui.md)"),
     ]
+
+
+def comfy_option(args, preset: str):
+    """The ComfyUI folder from --comfy-models / $FANTASY_COMFY_MODELS (checked now), or None; only the real preset
+    reads weight files."""
+    from fantasy.errors import InvalidSetting
+    from fantasy.weights.comfy_folder import comfy_models_dir
+
+    given = getattr(args, "comfy_models", None)
+    if preset != "real":
+        if given is not None:
+            raise InvalidSetting("--comfy-models reads the real model's files: use it with --preset real")
+        return None
+    return comfy_models_dir(given)
+
+
+def add_lora_flags(p) -> None:
+    from fantasy.weights.loras import LORA_ENV
+
+    p.add_argument("--lora", action="append", default=None, metavar="FILE[:SCALE]",
+                   help=f"a Wan2.1 I2V 14B LoRA (.safetensors: ComfyUI/kijai, musubi or diffusers keys), at SCALE "
+                        f"(default 1, -4..4); repeat for several; fused unless --no-fuse-lora (default ${LORA_ENV}, "
+                        f"comma-separated; see docs/lora.md)")
+
+
+def lora_option(args):
+    """(LoRA specs, their converted tensors) from --lora or $FANTASY_LORA: every file checked before any model
+    loads (`fantasy.weights.loras.read_loras`)."""
+    from fantasy.errors import InvalidSetting
+    from fantasy.weights.loras import chosen_loras, read_loras
+
+    specs = chosen_loras(getattr(args, "lora", None))
+    if specs and getattr(args, "fp8_linears", False) and getattr(args, "no_fuse_lora", False):
+        raise InvalidSetting("fp8 linears need the LoRAs fused (drop --no-fuse-lora)")
+    return specs, read_loras(specs)
 
 
 def add_speed_flags(p) -> list:
@@ -95,7 +173,7 @@ def add_speed_flags(p) -> list:
              "4 steps, text and audio guidance 1 (1 pass per step) unless set")
     add("--lora-scale", type=float, default=1.0, help="--fast: the LoRA's strength (default 1)")
     add("--no-fuse-lora", action="store_true",
-        help="--fast: keep the LoRA as separate layers instead of folding it into the weights")
+        help="--fast and --lora: keep LoRAs as separate layers instead of folding them into the weights")
     return actions
 
 

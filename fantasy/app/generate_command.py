@@ -12,10 +12,14 @@ import time
 from pathlib import Path
 
 from fantasy.app.flags import (
+    add_lora_flags,
+    add_model_flags,
     add_parallel_flags,
-    add_real_flags,
+    add_setting_flags,
     add_speed_flags,
+    comfy_option,
     guidance_defaults,
+    lora_option,
     parallel_option,
     speed_options,
 )
@@ -23,44 +27,21 @@ from fantasy.errors import FantasyError, InputFileNotFound, InvalidSetting
 
 
 def add_parser(subparsers) -> None:
-    from fantasy.model.prompts import DEFAULT_PROMPT
-    from fantasy.release import RELEASE_PROMPT
-    from fantasy.settings import DEFAULT_SEED
-
     p = subparsers.add_parser("generate", help="portrait + speech -> talking-video mp4")
     p.add_argument("--image", required=True, help="portrait (png/jpg/webp)")
     p.add_argument("--audio", required=True, help="speech (wav/mp3/flac/ogg/m4a/aac, or a video's audio track)")
     p.add_argument("--out", required=True, help="output .mp4 path")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "real"], help="tiny: random demo models (CPU)")
     p.add_argument("--preview", default=None, metavar="PATH",
                    help="keep PATH (.webp or .gif) holding a looping clip of the video forming while denoising "
                         "(a fast estimate without the VAE, updated every few steps; see docs/architecture.md, Live preview)")
-    p.add_argument("--prompt", default=None, help=f"default: '{DEFAULT_PROMPT}' ('{RELEASE_PROMPT}' with --release)")
-    p.add_argument("--negative-prompt", default=None, help="default: Wan's negative prompt + 'motionless'")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (preset default: 30; --fast: 4)")
-    p.add_argument("--text-guidance", type=float, default=None, help="default 5 (--fast: 1)")
-    p.add_argument("--audio-guidance", type=float, default=None, help="default 5 (--fast: 1; 2 adds a pass per step)")
-    p.add_argument("--audio-weight", type=float, default=1.0)
-    p.add_argument("--fps", type=int, default=23)
-    p.add_argument("--max-frames", type=int, default=81, help="frames per window (the release's clip: 81)")
-    p.add_argument("--max-duration", type=float, default=10.0,
-                   help="seconds of speech to animate; longer speech is cut (default 10)")
-    p.add_argument("--size", type=int, default=None, help="longest edge in px, multiple of 16 (tiny: 128, real: 512)")
-    p.add_argument("--adapter", default=None,
-                   help="adapter weights (.safetensors or the released .ckpt), or a training checkpoint "
-                        "(`python -m fantasy train`: also loads its motion / identity modules)")
-    p.add_argument("--expression", type=float, default=None,
-                   help="expression intensity 0-1 (the app's slider; trained motion module or training-free mapping)")
-    p.add_argument("--body", type=float, default=None, help="body-motion intensity 0-1 (the app's slider)")
+    add_setting_flags(p)
     p.add_argument("--face", default=None,
                    help="identity module: the portrait's square face crop (default: found with the face backend, dlib)")
-    p.add_argument("--device", default=None)
-    add_real_flags(p)
-    p.add_argument("--weights", default=None, help="real preset: weights dir (default weights/ or $FANTASY_WEIGHTS)")
+    add_model_flags(p)
     p.add_argument("--release", action="store_true",
                    help="exactly the official infer.py's clip: at most 81 frames from the start of the speech, the "
                         "bf16 DiT, its prompt, its tiled decode and uint8 truncation (see docs/numerics.md)")
+    add_lora_flags(p)
     add_speed_flags(p)
     add_parallel_flags(p)
     p.set_defaults(run=run)
@@ -86,6 +67,10 @@ def run(args) -> int:
     steps, text_guidance, audio_guidance = guidance_defaults(args)
     if args.release:
         _check_release_flags(args, speed)
+    comfy = comfy_option(args, preset.name)
+    loras, lora_states = lora_option(args)  # every LoRA file read and checked before any model loads
+    if args.release and loras:
+        raise InvalidSetting("--release runs the released model only; drop --lora (and unset FANTASY_LORA)")
     settings = Settings(
         prompt=args.prompt, negative_prompt=args.negative_prompt or DEFAULT_NEGATIVE_PROMPT, seed=args.seed,
         steps=steps, text_guidance=text_guidance, audio_guidance=audio_guidance,
@@ -116,11 +101,14 @@ def run(args) -> int:
     started = time.perf_counter()
     dit = args.dit or (RELEASE_DIT if args.release else None)  # None: picked from free VRAM (docs/weights.md)
     real = {"dit": dit, "vram": args.vram, "weights": args.weights, "fit_size": settings.resolved(preset).longest_edge,
-            "fit_frames": settings.max_frames, "fit_batch": 3 if speed.batch_guidance else 1}
+            "fit_frames": settings.max_frames, "fit_batch": 3 if speed.batch_guidance else 1, "comfy_models": comfy}
     pipe = load_pipeline(preset.name, device=device, adapter=args.adapter, **(real if preset.name == "real" else {}))
     pipe.set_progress_bar_config(disable=True)  # our own progress lines below
     from fantasy.speed.switches import apply_speed
+    from fantasy.weights.loras import load_loras
 
+    for applied in load_loras(pipe, loras, fuse=speed.fuse_lora, states=lora_states):
+        say(f"  {applied}")
     for line in apply_speed(pipe, speed, parallel):
         say(f"  speed: {line}")
     if args.expression is not None or args.body is not None:

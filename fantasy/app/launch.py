@@ -18,23 +18,26 @@ __all__ = [  # the page's defaults and limits: the prompt, the seed, the resolut
 ]
 
 
-def default_preset(adapter: str | None = None) -> str:
+def default_preset(adapter: str | None = None, comfy_models: str | None = None) -> str:
     """`real` when a CUDA GPU, the base weights (under `weights/` or in the Hub cache) and the adapter are there.
 
+    A ComfyUI folder (`comfy_models`, else $FANTASY_COMFY_MODELS) supplies the files it holds.
     The adapter is `adapter` (--adapter / FANTASY_ADAPTER) when given, else the released one; a given
     adapter that does not exist is an error (`InputFileNotFound`), never a silent switch to `tiny`.
     """
     import torch
 
+    from fantasy.weights.comfy_folder import comfy_models_dir
     from fantasy.weights.real import check_real_weights, given_adapter, weights_dir
 
     if adapter is not None:
         given_adapter(adapter)
     if not torch.cuda.is_available():
         return "tiny"
+    comfy = comfy_models_dir(comfy_models)  # --comfy-models or $FANTASY_COMFY_MODELS: its files count as on disk
     for dit in ("q8_0", "bf16"):  # either DiT file will do: `--dit` auto picks among what is on disk
         try:
-            check_real_weights(weights_dir(), dit, adapter)
+            check_real_weights(weights_dir(), dit, adapter, comfy)
             return "real"
         except WeightsMissing:
             continue

@@ -33,10 +33,12 @@ import gradio as gr
 from fantasy.app.admission import Admission, StudioBusy
 from fantasy.app.controls import CONTROLS, MAX_EDGE, MAX_PROMPT_CHARS
 from fantasy.app.flags import (
+    add_lora_flags,
     add_parallel_flags,
     add_real_flags,
     add_speed_flags,
     defaults_from_environment,
+    lora_option,
     parallel_option,
     speed_options,
 )
@@ -58,6 +60,7 @@ from fantasy.errors import FantasyError, GenerationCancelled, InvalidSetting
 from fantasy.examples import example_file
 from fantasy.speed.switches import apply_speed
 from fantasy.stop import StopRequested, stop_on_signals
+from fantasy.weights.loras import load_loras
 from fantasy.weights.presets import Preset, get_preset, load_pipeline
 
 EXAMPLES = [[str(example_file("portrait.png")), str(example_file("speech.wav"))]]
@@ -540,6 +543,7 @@ def app_parser() -> tuple[argparse.ArgumentParser, list]:
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=None, help="port (default: first free from 7860)")
     parser.add_argument("--share", action="store_true", help="public gradio.live link (needs internet access)")
+    add_lora_flags(parser)  # --lora reads $FANTASY_LORA itself (comma-separated LoRAs)
     from_env += add_speed_flags(parser)
     from_env += add_parallel_flags(parser)
     from_env.append(parser.add_argument(
@@ -550,7 +554,7 @@ def app_parser() -> tuple[argparse.ArgumentParser, list]:
         "--adapter", default=None,
         help="adapter or training checkpoint (modules.safetensors from `python -m fantasy train`); default the "
              "preset's"))
-    from_env += add_real_flags(parser)
+    from_env += [a for a in add_real_flags(parser) if "--comfy-models" not in a.option_strings]  # reads its own
     return parser, from_env
 
 
@@ -568,8 +572,12 @@ APP_MAX_EDGE = MAX_EDGE  # the resolution slider's maximum: the automatic DiT ch
 
 
 def real_options(args: argparse.Namespace) -> dict[str, Any]:
-    """`load_pipeline` options of the real preset: DiT storage (auto: fits the largest resolution), VRAM mode."""
-    return {"dit": args.dit, "vram": args.vram, "fit_size": APP_MAX_EDGE, "fit_batch": 3 if args.batch_guidance else 1}
+    """`load_pipeline` options of the real preset: DiT storage (auto: fits the largest resolution), VRAM mode, the
+    ComfyUI folder whose files it reads."""
+    from fantasy.app.flags import comfy_option
+
+    return {"dit": args.dit, "vram": args.vram, "fit_size": APP_MAX_EDGE, "fit_batch": 3 if args.batch_guidance else 1,
+            "comfy_models": comfy_option(args, "real")}
 
 
 def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
@@ -583,8 +591,9 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
             raise InvalidSetting("--serve runs every generation on the deployment: drop --context-parallel here and "
                                  "start the deployment with `python -m fantasy serve --context-parallel N`")
         return create_front_end(args.serve)
-    preset = get_preset(args.preset or default_preset(args.adapter))
+    preset = get_preset(args.preset or default_preset(args.adapter, args.comfy_models))
     options = speed_options(args)  # spelling errors before the models load
+    loras, lora_states = lora_option(args)  # every LoRA file read and checked before the models load
     parallel = parallel_option(args, vram=args.vram if preset.name == "real" else "resident")
     channel, device = None, None
     if parallel is not None:
@@ -599,6 +608,8 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
                          **(real_options(args) if preset.name == "real" else {}))
     if getattr(pipe, "dit_choice", None) is not None:
         say(f"[app] DiT: {pipe.dit_choice.describe()}", flush=True)
+    for applied in load_loras(pipe, loras, fuse=options.fuse_lora, states=lora_states):
+        say(f"[app] {applied}", flush=True)
     for line in apply_speed(pipe, options, parallel):
         say(f"[app] speed: {line}", flush=True)
     if channel is not None and not channel.leader:

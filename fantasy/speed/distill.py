@@ -23,9 +23,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fantasy.errors import CheckpointMismatch, InputFileNotFound
 from fantasy.model.sampling import make_scheduler
-from fantasy.weights.quantize import ADAPTER_PATTERN, is_quantized_weight
+from fantasy.weights.loras import LoraSpec, load_loras, lora_layer_names  # noqa: F401 (lora_layer_names re-exported)
 
 FEW_STEPS = 4
 FEW_STEP_TEXT_GUIDANCE = 1.0  # distilled into the LoRA
@@ -33,41 +32,13 @@ FEW_STEP_AUDIO_GUIDANCE = 1.0  # not distilled; > 1 adds an audio-off pass per s
 LORA_NAME = "distill"
 
 
-def lora_layer_names(transformer) -> list[str]:
-    """Names of the modules PEFT wrapped with a LoRA (they have a `lora_A` child)."""
-    return [name for name, module in transformer.named_modules() if hasattr(module, "lora_A")]
-
-
 def load_distilled_lora(pipe, path: str | Path, scale: float = 1.0, fuse: bool = True) -> bool:
-    """Load a Wan LoRA into the pipeline's DiT (and fuse it unless the weights are quantized).
+    """Load the few-step LoRA into the pipeline's DiT (`fantasy.weights.loras`); returns whether it was fused.
 
-    Returns whether it was fused. A GGUF DiT keeps the LoRA as separate layers: its packed weights
-    cannot take an added delta.
+    A GGUF DiT keeps the LoRA as separate layers: its packed weights cannot take an added delta.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileNotFound(f"LoRA file not found: {path}")
-    try:  # reading and key conversion: errors here are about the file
-        state = pipe.lora_state_dict(str(path))
-    except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        raise CheckpointMismatch(f"{path.name} is not a Wan2.1 LoRA that diffusers can read: {first}") from exc
-    if not any(key.startswith("transformer.") for key in state):
-        raise CheckpointMismatch(f"{path.name} holds no LoRA for the Wan DiT's layers (keys like "
-                                 "diffusion_model.blocks.0.self_attn.q.lora_down.weight)")
-    pipe.load_lora_weights(state, adapter_name=LORA_NAME)
-    wrapped = lora_layer_names(pipe.transformer)
-    if not wrapped:
-        raise CheckpointMismatch(f"{path.name} holds no LoRA for the Wan DiT's layers")
-    if any(ADAPTER_PATTERN in name.split(".") for name in wrapped):  # cannot happen with Wan key names
-        raise RuntimeError("the LoRA reached the audio adapter's layers")
-    quantized = any(is_quantized_weight(p) for n, p in pipe.transformer.named_parameters() if ".base_layer." in n)
-    if fuse and not quantized:
-        pipe.fuse_lora(components=["transformer"], lora_scale=scale, adapter_names=[LORA_NAME])
-        pipe.unload_lora_weights()  # drops the LoRA layers; the fused weights stay
-        return True
-    pipe.set_adapters([LORA_NAME], [scale])
-    return False
+    [applied] = load_loras(pipe, [LoraSpec(Path(path), scale)], fuse=fuse, names=[LORA_NAME])
+    return applied.fused
 
 
 def use_distilled_sampler(pipe) -> None:

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fantasy.train.trainer import MODULES
+from fantasy.train.trainer import ADAPTER_MODULES, MODULES
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -24,13 +24,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "optional NAME.txt prompt and NAME.landmarks.npy. The base model stays frozen.",
     )
     p.add_argument("--data", required=True, help="folder of training clips")
-    p.add_argument("--stage", type=int, required=True, choices=[1, 2], help="1: clip-level; 2: frame-level + lip mask")
+    p.add_argument("--stage", type=int, default=None, choices=[1, 2],
+                   help="1: clip-level; 2: frame-level + lip mask (needed unless --part is vae or speech)")
     p.add_argument("--out", required=True, help="run folder: step-N.safetensors, modules.safetensors, train_log.jsonl")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "real"])
+    p.add_argument("--preset", default="tiny", choices=["tiny", "demo", "real"])
+    p.add_argument("--part", default="adapters", choices=["adapters", "vae", "speech", "dit"],
+                   help="demo preset, trained part by part into one model folder (--out): vae, then speech (the "
+                        "speech encoder on espeak-ng's visemes), then dit (the base DiT with the adapters); "
+                        "default: the adapters on a frozen base. Every part resumes when run again with the same command")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared machine)")
+    p.add_argument("--save-minutes", type=float, default=5.0, help="demo parts: save a resumable state this often")
     p.add_argument("--init", default=None,
                    help="start from this checkpoint (stage 2: stage 1's modules.safetensors); default: the preset's "
                         "adapter (real: the released audio adapter; tiny: random)")
-    p.add_argument("--modules", default=",".join(MODULES), help=f"what trains, comma-separated from {','.join(MODULES)}")
+    p.add_argument("--modules", default=",".join(ADAPTER_MODULES),
+                   help=f"what trains, comma-separated from {','.join(MODULES)} (default: the adapters; the demo's "
+                        "dit part: dit,audio,motion)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--frames", type=int, default=81, help="frames per sample, 4k+1 (default 81)")
@@ -59,7 +68,7 @@ def _size(text: str | None, preset: str) -> tuple[int, int]:
     from fantasy.errors import InvalidSetting
 
     if text is None:
-        return (64, 64) if preset == "tiny" else (512, 512)
+        return {"tiny": (64, 64), "demo": (128, 128)}.get(preset, (512, 512))
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -68,6 +77,16 @@ def _size(text: str | None, preset: str) -> tuple[int, int]:
 
 
 def run(args) -> int:
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.part in ("vae", "speech"):
+        return _run_demo_part(args)
+    if args.stage is None:
+        from fantasy.errors import InvalidSetting
+
+        raise InvalidSetting("--stage 1 or 2 is needed to train the adapters or the DiT")
     from fantasy.train.cache import CACHE_DIRNAME, cache_dataset
     from fantasy.train.clips import SampleSpec
     from fantasy.train.dataset import TrainingSet
@@ -77,13 +96,32 @@ def run(args) -> int:
 
     width, height = _size(args.size, args.preset)
     modules = tuple(m.strip() for m in args.modules.split(",") if m.strip())
+    demo = args.preset == "demo"
+    if demo != (args.part == "dit"):
+        from fantasy.errors import InvalidSetting
+
+        raise InvalidSetting("the demo preset trains part by part (--part vae, speech or dit); --part dit is the "
+                             "demo's" if demo else f"--part {args.part} trains a part of the demo model: use --preset demo")
+    if "dit" in modules and not demo:
+        from fantasy.errors import InvalidSetting
+
+        raise InvalidSetting("--modules dit trains a whole base DiT, which only the demo preset does "
+                             "(--preset demo --part dit)")
+    model_dir = Path(args.out)
+    out = model_dir / "dit-run" if demo else model_dir
+    if demo and args.modules == ",".join(ADAPTER_MODULES):
+        modules = ("dit", "audio", "motion")
+    extra = {"preset": args.preset, "init": args.init}
+    if demo:
+        extra["publish"] = str(model_dir / "dit.safetensors")
+    cache = Path(args.cache) if args.cache else (out / "cache" if demo else None)
     config = TrainConfig(
-        data=Path(args.data), out=Path(args.out), stage=args.stage, steps=args.steps, lr=args.lr,
+        data=Path(args.data), out=out, stage=args.stage, steps=args.steps, lr=args.lr,
         num_frames=args.frames, fps=args.fps, width=width, height=height, modules=modules,
         lip_weight=args.lip_weight, drop_audio=args.drop_audio, drop_text=args.drop_text, grad_accum=args.grad_accum,
         save_every=args.save_every, seed=args.seed, mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing, cache_dir=Path(args.cache) if args.cache else None,
-        same_samples=args.same_samples, extra={"preset": args.preset, "init": args.init},
+        gradient_checkpointing=args.gradient_checkpointing, cache_dir=cache,
+        same_samples=args.same_samples, extra=extra,
     )
     config.check()  # before loading anything
     processes = training_processes()  # a launch that would not do what was asked stops here
@@ -94,7 +132,13 @@ def run(args) -> int:
         say("note: stage 2 usually starts from stage 1's checkpoint (--init RUN/modules.safetensors)")
     real = {"dit": args.dit, "weights": args.weights} if args.preset == "real" else {}
     device = args.device or (str(processes.device) if processes.num_processes > 1 else None)  # one GPU each
-    pipe = load_pipeline(args.preset, device=device, adapter=args.init, **real)
+    if demo:
+        from fantasy.weights.demo import install_demo_motion, load_demo_pipeline
+
+        pipe = load_demo_pipeline(model_dir, device=device, need=("vae", "speech"))
+        install_demo_motion(pipe)
+    else:
+        pipe = load_pipeline(args.preset, device=device, adapter=args.init, **real)
 
     def cached(done: int, total: int, name: str, status: str) -> None:
         say(f"  cache {done}/{total}: {name} ({status})")
@@ -110,11 +154,52 @@ def run(args) -> int:
             say(f"  step {step}/{total}: loss {loss:.4f}")
 
     result = train(pipe, config, dataset, progress=report)
-    if main:
+    if main and demo:
+        print(f"wrote {config.extra['publish']} ({result.steps} steps on {result.clips} clips, stage {config.stage}); "
+              f"the demo model in {model_dir} is complete: check it with `python -m tools.demo_go_no_go --model "
+              f"{model_dir} --heldout HELD_OUT_CLIPS`")
+    elif main:
         print(f"wrote {result.checkpoint} ({result.steps} steps on {result.clips} clips, stage {config.stage}"
               f"{f', {processes.num_processes} processes' if processes.num_processes > 1 else ''}); use it with "
               f"`python -m fantasy generate --adapter {result.checkpoint} ...` or the app's FANTASY_ADAPTER")
     return 0
+
+
+def _run_demo_part(args) -> int:
+    from fantasy.errors import InvalidSetting
+
+    if args.preset != "demo":
+        raise InvalidSetting(f"--part {args.part} trains a part of the demo model: use --preset demo")
+    out = Path(args.out)
+    every = max(1, args.steps // 200)
+
+    def report(step: int, total: int, values: dict) -> None:
+        if step % every == 0 or step == total:
+            shown = ", ".join(f"{k} {v}" for k, v in values.items())
+            print(f"  {args.part} step {step}/{total}: {shown}", file=sys.stderr)
+
+    if args.part == "vae":
+        from fantasy.train.vae_trainer import VaeConfig, train_vae
+        from fantasy.weights.demo import demo_components
+
+        pipe = _demo_parts_pipeline(demo_components())
+        path = train_vae(pipe, VaeConfig(Path(args.data), out, args.steps, args.lr, args.seed, args.save_minutes), report)
+    else:
+        from fantasy.train.speech_trainer import SpeechConfig, train_speech
+        from fantasy.weights.demo import demo_components
+
+        pipe = _demo_parts_pipeline(demo_components())
+        path = train_speech(pipe, SpeechConfig(Path(args.data), out, args.steps, args.lr, args.seed, args.save_minutes),
+                            report)
+    print(f"wrote {path}")
+    return 0
+
+
+def _demo_parts_pipeline(components: dict):
+    """The parts a part trainer needs, without assembling a pipeline (no adapter, no DiT work)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**components, motion_context=None)
 
 
 def add_clips_parser(subparsers) -> argparse.ArgumentParser:

@@ -65,15 +65,10 @@ def loss_weights(lip_mask: torch.Tensor | None, latent_shape: torch.Size, lip_we
     return 1.0 + lip_weight * upsampled
 
 
-def flow_matching_loss(
-    pipe, batch: Batch, stage: int, sigma: float, noise: torch.Tensor, lip_weight: float = 0.0
-) -> torch.Tensor:
-    """Weighted MSE between the DiT's velocity and ε - x0 at noise level σ (differentiable in the adapters).
+def velocity_error(pipe, batch: Batch, sigma: float, noise: torch.Tensor) -> torch.Tensor:
+    """[T, h, w] squared error (mean over channels) between the DiT's velocity and ε - x0 at noise level σ.
 
-    Call it, and `.backward()` on its result, inside `with conditioned(pipe, batch, stage):`: the
-    processors read audio, motion and face from the shared contexts, and gradient checkpointing
-    recomputes blocks during the backward pass.
-    """
+    Call it inside `with conditioned(pipe, batch, stage):` (see `flow_matching_loss`)."""
     x0 = batch.latents.float()
     noisy = (1.0 - sigma) * x0 + sigma * noise
     target = noise - x0
@@ -84,8 +79,20 @@ def flow_matching_loss(
         encoder_hidden_states=batch.prompt_embeds.to(dtype), encoder_hidden_states_image=batch.clip_tokens.to(dtype),
         return_dict=False,
     )[0]
-    error = (velocity.float() - target).pow(2).mean(dim=1)[0]  # [T, h, w]
-    weights = loss_weights(batch.lip_mask if stage == 2 else None, x0.shape, lip_weight).to(error.device)
+    return (velocity.float() - target).pow(2).mean(dim=1)[0]
+
+
+def flow_matching_loss(
+    pipe, batch: Batch, stage: int, sigma: float, noise: torch.Tensor, lip_weight: float = 0.0
+) -> torch.Tensor:
+    """Weighted MSE between the DiT's velocity and ε - x0 at noise level σ (differentiable in the adapters).
+
+    Call it, and `.backward()` on its result, inside `with conditioned(pipe, batch, stage):`: the
+    processors read audio, motion and face from the shared contexts, and gradient checkpointing
+    recomputes blocks during the backward pass.
+    """
+    error = velocity_error(pipe, batch, sigma, noise)
+    weights = loss_weights(batch.lip_mask if stage == 2 else None, batch.latents.shape, lip_weight).to(error.device)
     return (weights * error).sum() / weights.sum()
 
 

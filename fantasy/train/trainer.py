@@ -25,9 +25,12 @@ from fantasy.model.motion import install_motion_module
 from fantasy.train.objective import STAGES, AdapterTrainingModel, Batch, sample_sigma
 from fantasy.weights.trained_modules import IDENTITY_KEY, MOTION_PREFIX, save_modules, trainable_parameters
 
-MODULES = ("audio", "motion", "identity")
+ADAPTER_MODULES = ("audio", "motion", "identity")
+MODULES = (*ADAPTER_MODULES, "dit")  # dit: the base transformer itself (the demo preset)
 CHECKPOINT_NAME = "modules.safetensors"
 LOG_NAME = "train_log.jsonl"
+STATE_NAME = "state.pt"  # trained weights + optimiser + step: running the same command again resumes
+RESUME_SETTINGS = ("stage", "lr", "num_frames", "fps", "width", "height", "modules", "lip_weight", "seed", "extra")
 
 Progress = Callable[[int, int, float], None]  # (step, total steps, loss)
 
@@ -45,7 +48,7 @@ class TrainConfig:
     fps: float = 23.0
     width: int = 512
     height: int = 512
-    modules: tuple[str, ...] = MODULES
+    modules: tuple[str, ...] = ADAPTER_MODULES
     lip_weight: float = 1.0  # stage 2: tokens on the lips weigh 1 + lip_weight
     drop_audio: float = 0.1
     drop_text: float = 0.1
@@ -91,6 +94,7 @@ def prepare_modules(pipe, modules: tuple[str, ...]) -> dict[str, torch.nn.Parame
     """Install missing motion/identity modules (zero-initialised), freeze everything else; return what trains.
 
     Trained weights become fp32 (the processors compute their branch in their weights' dtype and cast back).
+    `dit` trains every other transformer weight too (keys `transformer.NAME`): the demo preset's small base.
     """
     if "motion" in modules and pipe.motion_context is None:
         pipe.motion_context = install_motion_module(pipe.transformer)
@@ -106,6 +110,13 @@ def prepare_modules(pipe, modules: tuple[str, ...]) -> dict[str, torch.nn.Parame
             param.data = param.data.float()  # fp32 master weights: AdamW steps vanish in bf16 weights
             param.requires_grad_(True)
             trained[key] = param
+    if "dit" in modules:
+        taken = {id(p) for p in trained.values()}
+        for name, param in pipe.transformer.named_parameters():
+            if id(param) not in taken:
+                param.data = param.data.float()
+                param.requires_grad_(True)
+                trained[f"transformer.{name}"] = param
     return trained
 
 
@@ -149,20 +160,23 @@ def train(pipe, config: TrainConfig, dataset, progress: Progress | None = None) 
     pipe.transformer.train()
     model = AdapterTrainingModel(pipe)
     optimizer = torch.optim.AdamW(list(trained.values()), lr=config.lr, weight_decay=0.0)
+    first = _resume(config, trained, optimizer)  # before accelerate wraps the optimiser
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model)
-    # Each process draws its own clips, noise and dropout (seeded by rank), so GPUs see different samples.
+    # Each process draws its own clips, noise and dropout (seeded by rank), so GPUs see different samples;
+    # a resumed run seeds by its first step too, so it does not replay the samples already trained on.
     rank_offset = 0 if config.same_samples else accelerator.process_index
-    generator = torch.Generator().manual_seed(config.seed + 1 + rank_offset)
+    generator = torch.Generator().manual_seed(config.seed + 1 + rank_offset + 1_000_003 * (first - 1))
     main = accelerator.is_main_process
     if main:
         config.out.mkdir(parents=True, exist_ok=True)
         (config.out / "config.json").write_text(json.dumps(asdict(config), default=str, indent=2))
+        _cut_log(config.out / LOG_NAME, first - 1)
     log = (config.out / LOG_NAME).open("a") if main else None
     losses: list[float] = []
     items = _shuffled(dataset, generator)
     try:
-        for step in range(1, config.steps + 1):
+        for step in range(first, config.steps + 1):
             step_loss = 0.0
             for _ in range(config.grad_accum):
                 item = next(items)
@@ -188,7 +202,8 @@ def train(pipe, config: TrainConfig, dataset, progress: Progress | None = None) 
                 if progress is not None:
                     progress(step, config.steps, step_loss)
                 if step % config.save_every == 0 or step == config.steps:
-                    _save(pipe, config.out, step)
+                    log.flush()
+                    _save(pipe, config, step, trained, optimizer)
         accelerator.wait_for_everyone()  # no process leaves before the last checkpoint is on disk
     finally:
         if log is not None:
@@ -201,6 +216,37 @@ def train(pipe, config: TrainConfig, dataset, progress: Progress | None = None) 
     return TrainResult(config.out / CHECKPOINT_NAME, losses, config.steps, len(dataset))
 
 
+def _settings(config: TrainConfig) -> dict:
+    return json.loads(json.dumps({k: getattr(config, k) for k in RESUME_SETTINGS}, default=str))
+
+
+def _resume(config: TrainConfig, trained: dict[str, torch.nn.Parameter], optimizer) -> int:
+    """The first step to run: 1, or one past the saved state's step (whose weights and optimiser are loaded)."""
+    path = config.out / STATE_NAME
+    if not path.is_file():
+        return 1
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["settings"] != _settings(config):
+        changed = sorted(k for k in RESUME_SETTINGS if state["settings"].get(k) != _settings(config).get(k))
+        raise InvalidSetting(f"{config.out} holds a run with other settings ({', '.join(changed)}); continue it with the "
+                             "same settings, or train into another --out")
+    if set(state["weights"]) != set(trained):
+        raise InvalidSetting(f"{config.out} holds a run that trained other weights; use another --out")
+    with torch.no_grad():
+        for key, param in trained.items():
+            param.copy_(state["weights"][key])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"]) + 1
+
+
+def _cut_log(path: Path, last_step: int) -> None:
+    """Drop log lines past `last_step` (a resumed run logs those steps again), or the whole log on a fresh start."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= last_step))
+
+
 def _mean_over_processes(accelerator, value: float) -> float:
     """The step's loss averaged over every process (each saw its own samples); itself with one process."""
     if accelerator.num_processes == 1:
@@ -209,10 +255,32 @@ def _mean_over_processes(accelerator, value: float) -> float:
     return float(accelerator.reduce(total, reduction="mean"))
 
 
-def _save(pipe, out: Path, step: int) -> None:
-    """`step-NNNNNN.safetensors` plus `modules.safetensors` (the latest), both complete files (atomic)."""
+def _save(pipe, config: TrainConfig, step: int, trained: dict[str, torch.nn.Parameter], optimizer) -> None:
+    """`step-NNNNNN.safetensors` plus `modules.safetensors` (the latest), both complete files (atomic), and the
+    resumable state. With `dit` trained they are whole demo DiT files (`fantasy.weights.demo`), and a copy goes
+    to `extra["publish"]` (the demo model folder's dit.safetensors) when given."""
+    out = config.out
     path = out / f"step-{step:06d}.safetensors"
-    save_modules(pipe, path)
+    if "dit" in config.modules:
+        from fantasy.weights.demo import save_part
+
+        save_part(pipe, "dit", path)
+    else:
+        save_modules(pipe, path)
     latest = out / (CHECKPOINT_NAME + ".partial")
     shutil.copyfile(path, latest)
     latest.replace(out / CHECKPOINT_NAME)
+    if config.extra.get("publish"):
+        publish = Path(config.extra["publish"])
+        tmp = publish.with_name(f".{publish.name}.partial")
+        shutil.copyfile(path, tmp)
+        tmp.replace(publish)
+    state = {"step": step, "settings": _settings(config), "optimizer": optimizer.state_dict(),
+             "weights": {k: p.detach().cpu().clone() for k, p in trained.items()}}
+    tmp = out / f".{STATE_NAME}.partial"
+    torch.save(state, tmp)
+    tmp.replace(out / STATE_NAME)
+    from fantasy.train.loss_plot import write_loss_plot
+    from fantasy.train.resumable import read_log
+
+    write_loss_plot(read_log(out / LOG_NAME), out / "loss.png", ("loss",), f"stage {config.stage}")

@@ -26,6 +26,7 @@ from fantasy.weights.real import (
     DEFAULT_DIT,
     RepoPart,
     adapter_file,
+    comfy_dit_mode,
     download_plan,
     fetch_command,
     hub_offline,
@@ -53,6 +54,15 @@ class PartPlan:
         if self.skip_reason:
             return 0
         return sum(size for name, size in self.files.items() if name not in self.present)
+
+
+def check_comfy(comfy: Path, dit: str) -> dict[str, Path]:
+    """The files a ComfyUI folder supplies for `dit`, by role."""
+    from fantasy.weights.comfy_folder import find_comfy_files
+    from fantasy.weights.real import dit_file_key
+
+    key = dit_file_key(dit)
+    return find_comfy_files(comfy, want_gguf=None if key == "bf16" else key).found()
 
 
 def human_size(num_bytes: float) -> str:
@@ -103,12 +113,12 @@ def list_part(api, part: RepoPart, root: Path) -> PartPlan:
     return PartPlan(part, target, patterns, chosen, present)
 
 
-def make_plan(dit: str, root: Path, api=None) -> list[PartPlan]:
+def make_plan(dit: str, root: Path, api=None, comfy: Path | None = None) -> list[PartPlan]:
     from huggingface_hub import HfApi
 
     api = api or HfApi()
     plans = []
-    for part in download_plan(dit):
+    for part in download_plan(dit, comfy):
         if part is ADAPTER_PART and (root / ADAPTER_SAFETENSORS).is_file():
             plan = PartPlan(part, root / part.folder, list(part.patterns), skip_reason=f"already converted: "
                             f"{root / ADAPTER_SAFETENSORS}")
@@ -172,11 +182,11 @@ def convert_adapter(ckpt: Path, root: Path, keep_ckpt: bool, out: Printer) -> Pa
     return target
 
 
-def report_offline(dit: str, root: Path, out: Printer) -> None:
+def report_offline(dit: str, root: Path, out: Printer, comfy: Path | None = None) -> None:
     """HF_HUB_OFFLINE=1: contact nothing; say what is there, raise for what is not."""
     out(f"HF_HUB_OFFLINE=1: not contacting the Hub; checking {root}")
     missing = []
-    for part in download_plan(dit):
+    for part in download_plan(dit, comfy):
         if part is ADAPTER_PART:
             try:
                 out(f"  ok  adapter: {adapter_file(root, dit)}")
@@ -207,21 +217,28 @@ def fetch_face_weights(dry_run: bool, out: Printer) -> None:
 
 
 def download(
-    dit: str = DEFAULT_DIT, root: str | Path | None = None, dry_run: bool = False, keep_ckpt: bool = False,
-    out: Printer = print, api=None, face: bool = False,
+    dit: str | None = DEFAULT_DIT, root: str | Path | None = None, dry_run: bool = False, keep_ckpt: bool = False,
+    out: Printer = print, api=None, face: bool = False, comfy: Path | None = None,
 ) -> list[PartPlan]:
     """Fetch what the real preset needs for `dit` into `root`; print sizes first. Returns the plan.
 
     `face`: also the optional face-alignment backend's files (torch hub cache, not `root`).
+    `comfy`: a ComfyUI models folder; what it holds is not fetched (`dit` None: the DiT it holds, if any).
     """
     root = weights_dir(root)
+    if comfy is not None:
+        dit = dit or comfy_dit_mode(comfy) or DEFAULT_DIT
+        held = ", ".join(f"{role.replace('_', ' ')} {path.name}" for role, path in
+                         check_comfy(comfy, dit).items()) or "nothing the real preset reads"
+        out(f"From the ComfyUI folder {comfy}: {held} (not downloaded)")
+    dit = dit or DEFAULT_DIT
     if hub_offline():
-        report_offline(dit, root, out)
+        report_offline(dit, root, out, comfy)
         if face:
             fetch_face_weights(dry_run, out)  # offline: only checks, raises `WeightsMissing` if absent
         return []
     root.mkdir(parents=True, exist_ok=True)
-    plans = make_plan(dit, root, api)
+    plans = make_plan(dit, root, api, comfy)
     needed = print_plan(plans, root, out)
     if dry_run:
         if face:
@@ -239,6 +256,7 @@ def download(
         convert_adapter(Path(source) / OFFICIAL_FILE, root, keep_ckpt, out)
     if face:
         fetch_face_weights(dry_run, out)
-    out(f"Done. Generate with: python -m fantasy generate --preset real --dit {dit} --weights {root} ...")
+    where = f" --comfy-models {comfy}" if comfy is not None else ""
+    out(f"Done. Generate with: python -m fantasy generate --preset real --dit {dit} --weights {root}{where} ...")
     out(f"(Fully offline from now on: HF_HUB_OFFLINE=1 works; re-run `{fetch_command(dit, root)}` to repair.)")
     return plans

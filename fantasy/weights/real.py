@@ -15,7 +15,12 @@ a folder named after it, holding the repo's own paths — exactly the files the 
                                      (not needed, and never converted, when --adapter names another file)
 
 A component missing from that folder is looked up in the Hugging Face cache without network access
-(`local_files_only`), so files fetched by other tools work too, offline included. Nothing here
+(`local_files_only`), so files fetched by other tools work too, offline included.
+
+A ComfyUI models folder (`comfy_models`, `--comfy-models DIR` or `$FANTASY_COMFY_MODELS`) supplies whatever Wan
+files it holds, in ComfyUI's and kijai's single-file formats (`fantasy.weights.comfy_folder`): the DiT, umT5 (its
+tokenizer rides in the file), CLIP-vision-h and the VAE. Only what it lacks is read from the layout above
+(typically wav2vec2 and the adapter; the tokenizer too when the umT5 file carries none). Nothing here
 downloads: a missing file raises `WeightsMissing` naming the file, its repo and the fetch command.
 Host RAM while loading stays near what the loaded models hold (`fantasy.weights.checkpoints`).
 """
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -106,6 +111,11 @@ WAN_FILES = (
     "image_encoder/config.json", "image_encoder/model.safetensors", "image_processor/preprocessor_config.json",
     "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "transformer/config.json",
 )
+# Which of WAN_FILES each component reads (a ComfyUI folder may supply the component instead).
+WAN_GROUPS = {
+    "tokenizer": WAN_FILES[0:3], "text_encoder": WAN_FILES[3:5], "clip_vision": WAN_FILES[5:8],
+    "vae": WAN_FILES[8:10], "transformer_config": WAN_FILES[10:11],
+}
 WAN_PART = RepoPart(
     WAN_REPO, "Wan2.1-I2V-14B-720P-Diffusers",
     patterns=tuple(alt for entry in WAN_FILES for alt in entry.split("|")) + ("text_encoder/model-*-of-*.safetensors",),
@@ -150,9 +160,34 @@ def dit_file_key(dit: str) -> str:
     return get_dit_mode(dit).file
 
 
-def download_plan(dit: str = DEFAULT_DIT) -> list[RepoPart]:
-    """Every repo part the real preset needs with this DiT mode, in download order."""
-    return [WAN_PART, DIT_FILES[dit_file_key(dit)], ADAPTER_PART, WAV2VEC_PART]
+def download_plan(dit: str = DEFAULT_DIT, comfy: Path | None = None) -> list[RepoPart]:
+    """Every repo part the real preset needs with this DiT mode, in download order; with a ComfyUI folder,
+    only what it does not hold (`check_real_weights` reads the rest from there)."""
+    if comfy is None:
+        return [WAN_PART, DIT_FILES[dit_file_key(dit)], ADAPTER_PART, WAV2VEC_PART]
+    from fantasy.weights.comfy_folder import find_comfy_files
+
+    file_key = dit_file_key(dit)
+    found = find_comfy_files(comfy, want_gguf=None if file_key == "bf16" else file_key).found()
+    needed = _wan_components_needed(found)
+    parts = [wan_part_for(needed)] if needed else []
+    if "dit" not in found:
+        parts.append(DIT_FILES[file_key])
+    return parts + [ADAPTER_PART, WAV2VEC_PART]
+
+
+def comfy_dit_mode(comfy: Path) -> str | None:
+    """The `--dit` that reads the DiT a ComfyUI folder holds ('bf16' for any safetensors DiT, else its GGUF
+    type), or None when it holds none: what `download` fetches no DiT for."""
+    from fantasy.weights.comfy_folder import find_comfy_files, gguf_quant_of
+
+    if find_comfy_files(comfy).dit is not None:
+        return "bf16"
+    for quant in ("q8_0", "q4_k_m"):
+        found = find_comfy_files(comfy, want_gguf=quant).dit
+        if found is not None:
+            return gguf_quant_of(found.name)
+    return None
 
 
 def fetch_command(dit: str, root: Path) -> str:
@@ -243,23 +278,89 @@ def given_adapter(adapter: str | Path) -> Path:
     return path
 
 
-def check_real_weights(root: Path, dit: str = DEFAULT_DIT, adapter: str | Path | None = None) -> dict[str, Path]:
+def wan_part_for(components: list[str]) -> RepoPart:
+    """WAN_PART, restricted to the files of `components` (keys of WAN_GROUPS); WAN_PART itself for all of them."""
+    if list(components) == list(WAN_GROUPS):
+        return WAN_PART
+    required = tuple(entry for component in components for entry in WAN_GROUPS[component])
+    patterns = tuple(alt for entry in required for alt in entry.split("|"))
+    shards = WAN_PART.hub_shards if "text_encoder" in components else ()
+    if shards:
+        patterns += ("text_encoder/model-*-of-*.safetensors",)
+    return replace(WAN_PART, required=required, patterns=patterns, hub_shards=shards)
+
+
+def _wan_components_needed(found: dict[str, Path]) -> list[str]:
+    """What the Wan-AI folder must still supply when a ComfyUI folder supplied `found`."""
+    from fantasy.weights.single_file import read_header
+    from fantasy.weights.umt5_file import has_tokenizer
+
+    needed = []
+    if "text_encoder" not in found:
+        needed += ["tokenizer", "text_encoder"]
+    elif not has_tokenizer(read_header(found["text_encoder"])):
+        needed.append("tokenizer")
+    needed += [name for name in ("clip_vision", "vae") if name not in found]
+    if "dit" not in found:
+        needed.append("transformer_config")
+    return needed
+
+
+def check_real_weights(root: Path, dit: str = DEFAULT_DIT, adapter: str | Path | None = None,
+                       comfy: Path | None = None) -> dict:
     """Paths of everything the real preset reads, or `WeightsMissing` for the first thing absent.
 
     With `adapter` given, that file is the adapter: the released one is neither required nor converted.
+    `comfy`: a ComfyUI models folder (`fantasy.weights.comfy_folder.comfy_models_dir`) whose files come first;
+    `paths["comfy"]` names them by role, `paths["wan"]` is None when nothing is needed from the Wan-AI folder.
     """
-    wan = require(WAN_PART, root, dit)
-    dit_part = DIT_FILES[dit_file_key(dit)]
-    dit_file = require(dit_part, root, dit) / dit_part.required[0]
+    from fantasy.weights.comfy_folder import find_comfy_files
+
+    file_key = dit_file_key(dit)
+    files = find_comfy_files(comfy, want_gguf=None if file_key == "bf16" else file_key) if comfy else None
+    found = files.found() if files is not None else {}
+    dit_part = DIT_FILES[file_key]
+    if "dit" in found:
+        dit_file = found["dit"]
+    else:
+        try:
+            dit_file = require(dit_part, root, dit) / dit_part.required[0]
+        except WeightsMissing as missing:
+            raise WeightsMissing(f"{missing}{_comfy_dit_hint(comfy, file_key)}") from None
+    needed = _wan_components_needed(found)
+    wan_part = wan_part_for(needed) if needed else None
+    try:
+        wan = require(wan_part, root, dit) if wan_part is not None else None
+    except WeightsMissing as missing:
+        hint = f" (or put its ComfyUI single file into {comfy})" if comfy else ""
+        raise WeightsMissing(f"{missing}{hint}") from None
     wav2vec = require(WAV2VEC_PART, root, dit)
     chosen = given_adapter(adapter) if adapter is not None else adapter_file(root, dit)
-    return {"wan": wan, "dit": dit_file, "wav2vec": wav2vec, "adapter": chosen}
+    return {"wan": wan, "wan_part": wan_part, "dit": dit_file, "wav2vec": wav2vec, "adapter": chosen,
+            "comfy": found, "comfy_notes": files.notes if files is not None else ()}
 
 
-def files_read(paths: dict[str, Path]) -> list[Path]:
+def _comfy_dit_hint(comfy: Path | None, file_key: str) -> str:
+    """For a DiT missing in the storage asked for: the DiT the ComfyUI folder does hold, and the --dit that reads it."""
+    from fantasy.weights.comfy_folder import find_comfy_files, gguf_quant_of
+
+    if comfy is None:
+        return ""
+    others = [find_comfy_files(comfy, want_gguf=kind).dit for kind in (None, "q8_0", "q4_k_m") if kind != file_key]
+    other = next((path for path in others if path is not None), None)
+    if other is None:
+        return f" (the ComfyUI folder {comfy} holds no Wan2.1 I2V 14B DiT either)"
+    use = gguf_quant_of(other.name) if other.suffix.lower() == ".gguf" else "bf16 (or bf16-fp8-storage)"
+    return f"; the ComfyUI folder holds {other.name}: use --dit {use} to run it"
+
+
+def files_read(paths: dict) -> list[Path]:
     """Every file `load_real_pipeline` reads for these resolved paths (what a Space must preload)."""
-    files = [paths["wan"] / name for name in WAN_PART.files_read(paths["wan"])]
+    files = []
+    if paths["wan"] is not None:
+        files += [paths["wan"] / name for name in paths["wan_part"].files_read(paths["wan"])]
     files += [paths["wav2vec"] / name for name in WAV2VEC_PART.files_read(paths["wav2vec"])]
+    files += [path for role, path in paths.get("comfy", {}).items() if role != "dit"]
     return files + [paths["dit"], paths["adapter"]]
 
 
@@ -309,22 +410,41 @@ def enable_vae_tiling(vae):
     return vae
 
 
-def _auto_dit(root: Path, device: torch.device, vram: str, fit_size: int, fit_frames: int, fit_batch: int):
+def _auto_dit(root: Path, device: torch.device, vram: str, fit_size: int, fit_frames: int, fit_batch: int,
+              comfy: Path | None = None):
+    """The storage rule (`fantasy.weights.dit_choice`) over the DiT files on disk, ComfyUI's included.
+
+    A ComfyUI folder usually holds one safetensors DiT (often fp8) and no GGUF: where the rule says Q8_0 but no
+    Q8_0 file exists, that file is held in fp8 with bf16 compute instead (`bf16-fp8-storage`, what ComfyUI
+    does with an fp8 file), at about the size of Q8_0.
+    """
+    from dataclasses import replace as replaced
+
+    from fantasy.weights.comfy_folder import find_comfy_files
     from fantasy.weights.dit_choice import choose_dit, free_vram_bytes
 
-    bf16_on_disk = locate(DIT_FILES["bf16"], root) is not None
-    return choose_dit(free_vram_bytes(device), vram, fit_size, fit_frames, fit_batch, bf16_on_disk)
+    comfy_file = find_comfy_files(comfy).dit if comfy is not None else None
+    bf16_on_disk = comfy_file is not None or locate(DIT_FILES["bf16"], root) is not None
+    choice = choose_dit(free_vram_bytes(device), vram, fit_size, fit_frames, fit_batch, bf16_on_disk)
+    q8_0_on_disk = locate(DIT_FILES["q8_0"], root) is not None or (
+        comfy is not None and find_comfy_files(comfy, want_gguf="q8_0").dit is not None)
+    if choice.mode == "q8_0" and not q8_0_on_disk and comfy_file is not None:
+        return replaced(choice, mode="bf16-fp8-storage",
+                        reason=f"{choice.reason}; no Q8_0 file, so {comfy_file.name} is held in fp8 (bf16 compute)")
+    return choice
 
 
 def load_real_pipeline(
     device: str | torch.device | None = None, adapter: str | Path | None = None, weights: str | Path | None = None,
     dit: str | None = None, vram: str = DEFAULT_VRAM, dtype: torch.dtype = torch.bfloat16, allow_cpu: bool = False,
-    fit_size: int = 512, fit_frames: int = 81, fit_batch: int = 1,
+    fit_size: int = 512, fit_frames: int = 81, fit_batch: int = 1, comfy_models: str | Path | None = None,
 ):
     """The 14B pipeline with the FantasyTalking adapter, its DiT stored as `dit`, placed for `vram`.
 
     `dit=None` picks bf16 or Q8_0 from the free GPU memory at `fit_size` px x `fit_frames` frames with
     `fit_batch` passes in a batch (`fantasy.weights.dit_choice`); `pipe.dit_choice` says what was picked and why.
+    `comfy_models` (default `$FANTASY_COMFY_MODELS`): a ComfyUI models folder whose Wan files are used first
+    (`fantasy.weights.comfy_folder`); `pipe.weight_files` names every model file read.
     Order matters: load the DiT (GGUF stays quantized; straight onto the GPU when it stays there),
     install the adapter (cast to `dtype`), load its weights, then torchao quantization or fp8 layerwise
     casting if asked (both skip the adapter by name), and only then offloading, so the adapter moves
@@ -332,6 +452,7 @@ def load_real_pipeline(
     `allow_cpu` exists for tests that push checkpoints through this exact path on a CPU.
     """
     from fantasy.weights.checkpoints import quiet_loading
+    from fantasy.weights.comfy_folder import comfy_models_dir
     from fantasy.weights.dit_choice import DitChoice
     from fantasy.weights.offload import check_vram_mode
     from fantasy.weights.quantize import get_dit_mode
@@ -339,63 +460,56 @@ def load_real_pipeline(
     if dit is not None:
         get_dit_mode(dit)
     check_vram_mode(vram)
+    comfy = comfy_models_dir(comfy_models)
     device = resolve_device(device, allow_cpu)
     root = weights_dir(weights)
     choice = DitChoice(dit, False, "--dit") if dit is not None else _auto_dit(
-        root, device, vram, fit_size, fit_frames, fit_batch)
+        root, device, vram, fit_size, fit_frames, fit_batch, comfy)
     mode = get_dit_mode(choice.mode)
     if mode.torchao == "fp8":
         _check_fp8_support(device)
-    paths = check_real_weights(root, choice.mode, adapter)
+    paths = check_real_weights(root, choice.mode, adapter, comfy)
+    if paths["comfy"]:
+        used = ", ".join(f"{role.replace('_', ' ')} {path.name}" for role, path in paths["comfy"].items())
+        print(f"from the ComfyUI folder {comfy}: {used}", file=sys.stderr)
+        for note in paths["comfy_notes"]:
+            print(f"note: chose {note}", file=sys.stderr)
     with quiet_loading():
         pipe = _load_components(paths, mode, vram, device, dtype)
     pipe.dit_choice = choice
+    pipe.weight_files = {"dit": paths["dit"], **paths["comfy"]}
     return pipe
 
 
-def _load_components(paths: dict[str, Path], mode, vram: str, device: torch.device, dtype: torch.dtype):
-    from diffusers import AutoencoderKLWan
-    from transformers import (
-        AutoTokenizer,
-        CLIPVisionModel,
-        CLIPVisionModelWithProjection,
-        Wav2Vec2FeatureExtractor,
-        Wav2Vec2ForCTC,
-        Wav2Vec2Model,
-    )
+def _load_components(paths: dict, mode, vram: str, device: torch.device, dtype: torch.dtype):
+    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Model
 
     from fantasy.model.adapter import AudioProjModel, audio_processors
     from fantasy.model.assemble import assemble
     from fantasy.model.sampling import make_scheduler
     from fantasy.weights.checkpoints import pretrained_class
     from fantasy.weights.offload import apply_vram_mode
-    from fantasy.weights.quantize import (
-        enable_fp8_storage,
-        load_single_file_transformer,
-        quantize_weight_only,
-    )
+    from fantasy.weights.quantize import enable_fp8_storage, quantize_weight_only
     from fantasy.weights.trained_modules import load_modules
 
-    wan, wav2vec, adapter_path = paths["wan"], paths["wav2vec"], paths["adapter"]
+    wav2vec, adapter_path = paths["wav2vec"], paths["adapter"]
     # Straight onto the GPU when the DiT stays there as loaded; torchao and fp8 storage shrink it first.
     direct = vram == "resident" and not mode.torchao and not mode.fp8_storage
-    transformer = load_single_file_transformer(paths["dit"], wan / "transformer", compute_dtype=dtype,
-                                               gguf=paths["dit"].suffix == ".gguf", device=device if direct else None)
-    vae = enable_vae_tiling(AutoencoderKLWan.from_pretrained(wan / "vae", dtype=torch.float32))
+    transformer = _load_transformer(paths, dtype, device if direct else None)
     # The released wav2vec2-base-960h is a CTC checkpoint: load it as one (no "unexpected lm_head"), keep the encoder.
     speech_class = pretrained_class(wav2vec, {"Wav2Vec2ForCTC": Wav2Vec2ForCTC}, Wav2Vec2Model)
     audio_encoder = speech_class.from_pretrained(wav2vec, dtype=torch.float32)
     audio_encoder = getattr(audio_encoder, "wav2vec2", audio_encoder).eval()
-    clip_class = pretrained_class(wan / "image_encoder", {"CLIPVisionModelWithProjection": CLIPVisionModelWithProjection},
-                                  CLIPVisionModel)
     audio_dim, context_dim = _adapter_dims(adapter_path, audio_encoder.config.hidden_size)
+    tokenizer, text_encoder = _load_text_side(paths, dtype)
+    image_encoder, image_processor = _load_image_side(paths)
     components = {
-        "tokenizer": AutoTokenizer.from_pretrained(wan / "tokenizer"),
-        "text_encoder": load_text_encoder(wan / "text_encoder", dtype),
-        "vae": vae,
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "vae": enable_vae_tiling(_load_vae(paths)),
         "scheduler": make_scheduler(),
-        "image_encoder": clip_class.from_pretrained(wan / "image_encoder", dtype=torch.float32).eval(),
-        "image_processor": _image_processor(wan / "image_processor"),
+        "image_encoder": image_encoder,
+        "image_processor": image_processor,
         "transformer": transformer,
         "audio_encoder": audio_encoder,
         "feature_extractor": Wav2Vec2FeatureExtractor.from_pretrained(wav2vec),
@@ -411,6 +525,62 @@ def _load_components(paths: dict[str, Path], mode, vram: str, device: torch.devi
         enable_fp8_storage(pipe.transformer, dtype)
     apply_vram_mode(pipe, vram, device)
     return pipe
+
+
+def _load_transformer(paths: dict, dtype: torch.dtype, device: torch.device | None):
+    """The DiT: a ComfyUI/kijai single file (its config read from its shapes), else our layout's file + config."""
+    from fantasy.weights.quantize import load_single_file_transformer
+
+    if "dit" in paths["comfy"]:
+        from fantasy.weights.wan_files import load_dit_file
+
+        return load_dit_file(paths["dit"], dtype, device)
+    return load_single_file_transformer(paths["dit"], paths["wan"] / "transformer", compute_dtype=dtype,
+                                        gguf=paths["dit"].suffix == ".gguf", device=device)
+
+
+def _load_text_side(paths: dict, dtype: torch.dtype):
+    """(tokenizer, umT5): ComfyUI's single file (with the tokenizer it carries), else Wan-AI's folders."""
+    from transformers import AutoTokenizer
+
+    comfy, wan = paths["comfy"], paths["wan"]
+    if "text_encoder" in comfy:
+        from fantasy.weights.umt5_file import load_umt5_file, umt5_tokenizer
+
+        tokenizer = umt5_tokenizer(comfy["text_encoder"])
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(wan / "tokenizer")
+        return tokenizer, load_umt5_file(comfy["text_encoder"], dtype)
+    return AutoTokenizer.from_pretrained(wan / "tokenizer"), load_text_encoder(wan / "text_encoder", dtype)
+
+
+def _load_image_side(paths: dict):
+    """(CLIP vision tower in fp32, its processor): ComfyUI's single file, else Wan-AI's folders."""
+    from transformers import CLIPVisionModel, CLIPVisionModelWithProjection
+
+    from fantasy.weights.checkpoints import pretrained_class
+
+    comfy, wan = paths["comfy"], paths["wan"]
+    if "clip_vision" in comfy:
+        from fantasy.model.clip_processor import clip_image_processor_class
+        from fantasy.weights.clip_vision_file import load_clip_vision_file
+
+        encoder = load_clip_vision_file(comfy["clip_vision"], torch.float32)
+        side = encoder.config.image_size  # CLIP's mean and std are the processor's defaults, as in Wan-AI's folder
+        return encoder, clip_image_processor_class()(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    clip_class = pretrained_class(wan / "image_encoder", {"CLIPVisionModelWithProjection": CLIPVisionModelWithProjection},
+                                  CLIPVisionModel)
+    return clip_class.from_pretrained(wan / "image_encoder", dtype=torch.float32).eval(), _image_processor(wan / "image_processor")
+
+
+def _load_vae(paths: dict):
+    from diffusers import AutoencoderKLWan
+
+    if "vae" in paths["comfy"]:
+        from fantasy.weights.wan_files import load_vae_file
+
+        return load_vae_file(paths["comfy"]["vae"], torch.float32)
+    return AutoencoderKLWan.from_pretrained(paths["wan"] / "vae", dtype=torch.float32)
 
 
 def load_text_encoder(folder: str | Path, dtype: torch.dtype = torch.bfloat16):

@@ -68,8 +68,8 @@ def tiny_text_encoder() -> UMT5EncoderModel:
     return UMT5EncoderModel(config).eval()
 
 
-def tiny_image_encoder() -> CLIPVisionModel:
-    config = CLIPVisionConfig(hidden_size=CLIP_HIDDEN, intermediate_size=32, num_hidden_layers=2,
+def tiny_image_encoder(hidden_size: int = CLIP_HIDDEN) -> CLIPVisionModel:
+    config = CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=32, num_hidden_layers=2,
                               num_attention_heads=2, image_size=CLIP_IMAGE, patch_size=CLIP_PATCH)
     return CLIPVisionModel(config).eval()
 
