@@ -315,7 +315,7 @@ def test_an_error_stays_on_the_page_with_its_title_until_the_next_run(served, tm
         finally:
             browser.close()
     assert not errors, errors
-    assert error.startswith("Unsupported speech file\nCould not read 'notes.mp3' as audio"), error
+    assert error.startswith("Unsupported speech file\n\nCould not read 'notes.mp3' as audio"), error
     assert "/" not in error.split("\n", 1)[1].split("(")[0]  # no server path
     assert status == "Could not generate: unsupported speech file." and error_on_screen
     assert texts[0] == "Could not generate: unsupported speech file."  # the live region said it
