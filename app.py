@@ -13,7 +13,7 @@ from fantasy.app import space  # first: on ZeroGPU `spaces` must be imported bef
 
 from fantasy.app import ui
 
-demo = ui.create_demo(ui.parse_args([])) if space.on_spaces() else None
+demo = ui.space_demo() if space.on_spaces() else None
 
 if __name__ == "__main__":
     ui.main(prebuilt=demo)

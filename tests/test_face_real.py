@@ -156,8 +156,8 @@ def test_the_app_checks_faces_by_default_and_its_status_line_says_which(tiny_pip
     from tests.conftest import EXAMPLE_SPEECH
 
     demo = app.build_demo(tiny_pipe, get_preset("tiny"), output_root=tmp_path)  # no face check given
-    (status,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "status"]
-    assert status.value.endswith("face check: on (dlib)")
+    (details,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "details"]
+    assert details.value.endswith("- face check: on (dlib)")
 
     studio = Studio(tiny_pipe, get_preset("tiny"), default_face_check(), tmp_path)
     two = tmp_path / "two.png"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile
 from gradio_client import Client, handle_file
-from gradio_client.exceptions import ValidationError
+from gradio_client.exceptions import AppError, ValidationError
 from gradio_client.utils import Status
 from PIL import Image
 
@@ -53,7 +55,7 @@ def submit(client: Client, steps: int, **extra):
 
 
 def finished_videos(root: Path) -> list[Path]:
-    return sorted(root.glob("*/talking.mp4"))
+    return sorted(root.glob("*/*.mp4"))  # (chunks and previews are in their own folders)
 
 
 def cancel(job) -> None:
@@ -105,9 +107,9 @@ def page_inputs(url: str, steps: int) -> list:
             1.0, steps, 1111, 64, 1.0]
 
 
-def join(url: str, session: str, api_name: str, steps: int) -> None:
-    body = {"data": page_inputs(url, steps), "fn_index": page_event(url, api_name), "session_hash": session,
-            "event_data": None, "trigger_id": None}
+def join(url: str, session: str, api_name: str, data: list) -> None:
+    body = {"data": data, "fn_index": page_event(url, api_name), "session_hash": session, "event_data": None,
+            "trigger_id": None}
     reply = httpx.post(f"{url}gradio_api/queue/join", json=body, timeout=60)
     assert reply.status_code == 200, reply.text
 
@@ -120,13 +122,23 @@ def page_messages(url: str, session: str):
                 yield json.loads(line[len("data: "):])
 
 
+def generate_on_the_page(url: str, session: str, steps: int):
+    """What Generate does in a browser tab, over raw HTTP: `start` (the checks; the job goes to the session's
+    state), then, once it has completed, `generate_stream` (its input is that state, which the server fills in).
+    Yields the stream's messages from there on."""
+    join(url, session, "start", page_inputs(url, steps))
+    started = next(m for m in page_messages(url, session) if m.get("msg") == "process_completed")
+    assert started["success"], started  # (the server ends a session's stream when its last event completes)
+    join(url, session, "generate_stream", [None])
+    yield from page_messages(url, session)  # a new stream, as the browser opens one
+
+
 @pytest.mark.slow
 def test_closing_the_page_stops_the_run_within_a_step_and_frees_the_slot(tiny_pipe, tmp_path):
     gated = GatedPipe(tiny_pipe)
     demo, url = serve(gated, tmp_path)
     try:
-        join(url, "closing-tab", "generate_stream", steps=20)
-        for message in page_messages(url, "closing-tab"):
+        for message in generate_on_the_page(url, "closing-tab", steps=20):
             if message.get("msg") == "process_starts":
                 assert gated.reached.wait(180)
                 break  # leaving the `with` closes the connection: the tab is gone
@@ -153,16 +165,52 @@ def test_a_full_queue_says_the_same_on_the_page_and_through_the_api(tiny_pipe, t
         running = submit(client, steps=2)
         assert gated.reached.wait(180)
         waiting = submit(client, steps=2)
-        wait_for(waiting, {Status.IN_QUEUE})
-        refusal = f"1 parameter(s) failed validation:\n- image: {busy}"
-        with pytest.raises(ValidationError, match=f"^{re.escape(refusal)}$"):
+        wait_for(waiting, RUNNING)  # in its handler, waiting its turn
+        with pytest.raises(AppError, match=f"^{re.escape(busy)}$"):  # not a validation error: it concerns no input
             submit(client, steps=2).result(timeout=60)
-        join(url, "page", "check_step", steps=2)  # what the Generate button runs first
-        page = next(m for m in page_messages(url, "page") if m.get("msg") == "process_completed")
-        assert (page["success"], page["output"]["error"], page["title"]) == (False, busy, "Busy")
+        page = Client(url, verbose=False, download_files=False)
+        error, _, status, *_ = page.predict(handle_file(EXAMPLE_IMAGE), handle_file(EXAMPLE_SPEECH),
+                                            "A person is talking.", 0.5, 0.5, 5.0, 5.0, 1.0, 2, 1111, 64, 1.0,
+                                            api_name="/start")  # what the Generate button runs first
+        assert error == {"__type__": "update", "visible": True, "value": f"### Studio busy\n{busy}"}
+        assert status == "Could not generate: studio busy."
         gated.release.set()
         assert probe(running.result(timeout=300)[0]["path"]).frames == 25
         assert probe(waiting.result(timeout=300)[0]["path"]).frames == 25
+    finally:
+        gated.release.set()
+        demo.close()
+
+
+@pytest.mark.slow
+def test_sixteen_simultaneous_joins_get_the_nine_places_there_are(tiny_pipe, tmp_path):
+    """16 real clients released together by a barrier: 1 generation runs (held at its first step) and 8 wait, the
+    7 others hear the busy message. (Before the bound was decided atomically, 14-16 got in.)"""
+    gated = GatedPipe(tiny_pipe)
+    demo, url = serve(gated, tmp_path, max_queue=8)
+    try:
+        clients = [Client(url, verbose=False, download_files=False) for _ in range(16)]
+        barrier = threading.Barrier(16)
+
+        def join_at_once(client: Client):
+            barrier.wait()
+            return submit(client, steps=2)
+
+        with ThreadPoolExecutor(16) as pool:
+            jobs = list(pool.map(join_at_once, clients))
+        assert gated.reached.wait(240)
+        deadline = time.monotonic() + 240
+        while not all(job.done() or job.status().code in RUNNING for job in jobs):  # every join answered
+            assert time.monotonic() < deadline, [job.status().code for job in jobs]
+            time.sleep(0.1)
+        time.sleep(1)  # a refusal is immediate: what still runs now holds a place
+        refused = [job for job in jobs if job.done() and isinstance(job.exception(), AppError)]
+        accepted = [job for job in jobs if not job.done()]
+        assert (len(accepted), len(refused)) == (9, 7)
+        assert {str(job.exception()) for job in refused} == {
+            "The studio is busy: 8 videos waiting, the most it queues. Please try again in a few minutes."}
+        for job in accepted:
+            cancel(job)
     finally:
         gated.release.set()
         demo.close()
@@ -256,11 +304,52 @@ def test_a_full_disk_on_the_server_is_refused_before_the_generation_slot(tiny_pi
         demo, url = serve(gated, disk / "outputs")
         try:
             client = Client(url, verbose=False, download_files=False)
-            # the video, its muxed copy and the streamed chunks: 3 x (25 frames of 64x64 + audio + 1 MiB)
-            full = ("1 parameter(s) failed validation:\n- image: not enough free space in 'outputs' for the video: "
-                    "about 3.5 MB needed, 0.3 MB free")
-            with pytest.raises(ValidationError, match=f"^{re.escape(full)}$"):
+            # the video, its muxed copy and the streamed chunks: 3 x (25 frames of 64x64 + audio + 1 MiB); about no
+            # input, so not reported on one
+            full = "not enough free space in 'outputs' for the video: about 3.5 MB needed, 0.3 MB free"
+            with pytest.raises(AppError, match=f"^{re.escape(full)}$"):
                 submit(client, steps=2).result(timeout=120)
             assert gated.runs == 0 and list((disk / "outputs").iterdir()) == []
         finally:
             demo.close()
+
+
+def rss_mb() -> float:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.slow
+def test_six_simultaneous_pixel_bombs_cost_a_bounded_peak_and_leave_nothing_behind(tiny_pipe, tmp_path):
+    """A 200 KB PNG that decodes to 62 megapixels (186 MB of RGB), sent by 6 clients at once: the checks decode it
+    reduced, two at a time, and hand what they decoded back. (Before: +3.0 GB at the peak, +1.5 GB kept.)"""
+    bomb = tmp_path / "bomb.png"
+    Image.new("RGB", (7874, 7874), (128, 128, 128)).save(bomb)
+    assert bomb.stat().st_size < 300_000
+    demo, url = serve(tiny_pipe, tmp_path / "outputs")
+    try:
+        clients = [Client(url, verbose=False, download_files=False, httpx_kwargs={"timeout": 600}) for _ in range(6)]
+        barrier = threading.Barrier(6)
+
+        def check_at_once(client: Client) -> str:
+            barrier.wait()
+            with pytest.raises(ValidationError, match="No face found") as refused:  # a flat grey square: no face
+                client.predict(image=handle_file(bomb), audio=handle_file(EXAMPLE_SPEECH), api_name="/generate",
+                               **SMALL)
+            return str(refused.value)
+
+        with pytest.raises(ValidationError, match="No face found"):  # warm-up: a first check's allocations are not the bombs'
+            clients[0].predict(image=handle_file(bomb), audio=handle_file(EXAMPLE_SPEECH), api_name="/generate",
+                               **SMALL)
+        before, replies = rss_mb(), []
+        with ThreadPoolExecutor(6) as pool:
+            peak = faults.peak_rss_growth_mb(lambda: replies.extend(pool.map(check_at_once, clients)))
+        kept = rss_mb() - before
+    finally:
+        demo.close()
+    assert len(replies) == 6 and all(r.startswith("1 parameter(s) failed validation:\n- image: No face found")
+                                     for r in replies), replies
+    assert peak < 800, peak  # two decodes of 186 MB at a time, each reduced at once
+    assert kept < 100, kept
+
+

@@ -66,3 +66,47 @@ def test_clip_input_is_a_squash_not_a_crop():
     assert pixels.shape == (1, 3, 32, 32)
     assert torch.all(pixels[..., :9] < 0.05) and torch.all(pixels[..., 23:] < 0.05)
     assert torch.all(pixels[..., 13:19] > 0.95)
+
+
+# ---- decoding no more than is needed (the app's checks: `keep_edge`) -----------------------------------------
+
+
+def _gradient(width: int, height: int) -> Image.Image:
+    pixels = np.empty((height, width, 3), np.uint8)
+    pixels[..., 0] = np.linspace(0, 255, width).astype(np.uint8)
+    pixels[..., 1] = np.linspace(0, 255, height).astype(np.uint8)[:, None]
+    pixels[..., 2] = 128
+    return Image.fromarray(pixels)
+
+
+def test_a_photo_under_twice_the_kept_edge_is_decoded_whole_exactly_as_without(tmp_path):
+    path = tmp_path / "photo.png"
+    _gradient(1023, 700).save(path)
+    whole, kept = load_portrait(path), load_portrait(path, keep_edge=512)
+    assert kept.size == whole.size == (1023, 700) and np.array_equal(np.asarray(kept), np.asarray(whole))
+
+
+@pytest.mark.parametrize("name, mode", [("big.png", "RGB"), ("big.jpg", "RGB"), ("big-alpha.png", "RGBA"),
+                                        ("big-palette.png", "P"), ("big-16bit.png", "I;16")])
+def test_a_large_photo_is_decoded_reduced_keeping_at_least_the_edge(tmp_path, name, mode):
+    path = tmp_path / name
+    image = _gradient(2100, 1250)
+    if mode == "RGBA":
+        image.putalpha(Image.new("L", image.size, 255))
+    elif mode == "P":
+        image = image.convert("P")
+    elif mode == "I;16":
+        image = Image.fromarray(np.asarray(image)[..., 0].astype(np.uint16) * 257)
+    image.save(path, quality=95) if name.endswith(".jpg") else image.save(path)
+    kept = load_portrait(path, keep_edge=512)
+    assert kept.mode == "RGB" and kept.size == (525, 313)  # 2100 // 512 = 4 (a JPEG: its decoder's 1/4 scale)
+    whole = load_portrait(path).resize(kept.size, Image.Resampling.BOX)
+    assert np.abs(np.asarray(kept, np.int16) - np.asarray(whole, np.int16)).mean() < 2  # the same picture
+
+
+def test_a_reduced_decode_keeps_the_exif_orientation(tmp_path):
+    path = tmp_path / "sideways.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    _gradient(2100, 1250).save(path, exif=exif)
+    assert load_portrait(path, keep_edge=512).size == (313, 525)  # upright: the long side is the height

@@ -9,6 +9,9 @@ beside it).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Mapping
+
 PRESET_NAMES = ("tiny", "real")  # fantasy.weights.presets.PRESETS
 DIT_MODES = ("q8_0", "q4_k_m", "bf16", "bf16-int8", "bf16-fp8", "bf16-fp8-storage")  # fantasy.weights.quantize
 VRAM_MODES = ("resident", "model-offload", "group-offload", "sharded")  # fantasy.weights.offload.VRAM_MODES
@@ -22,6 +25,46 @@ COLLECTIVE_TIMEOUT_S = 600.0  # fantasy.speed.layout.TIMEOUT_S
 DEFAULT_SEED = 1111  # fantasy.settings.DEFAULT_SEED
 RELEASE_PROMPT = "A woman is talking."  # fantasy.release.RELEASE_PROMPT
 LORA_ENV = "FANTASY_LORA"  # fantasy.weights.loras.LORA_ENV
+
+ENV_PREFIX = "FANTASY_"
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def env_variable(action) -> str:
+    """The environment variable of a flag: `--step-cache` -> `FANTASY_STEP_CACHE`."""
+    flag = next(o for o in action.option_strings if o.startswith("--"))
+    return ENV_PREFIX + flag[2:].upper().replace("-", "_")
+
+
+def defaults_from_environment(actions: Iterable, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Each flag's default from its `FANTASY_<FLAG>` variable when set (not empty); a flag given on the command
+    line still wins. A Space has no command line: this is how its owner sets `--fast`, `--dit`, ... (in the
+    Space's settings, "Variables"). Switches take 1/0 (true/false, yes/no, on/off). Returns the variables used;
+    a bad value is an `InvalidSetting` naming the variable, before any model loads."""
+    from fantasy.errors import InvalidSetting
+
+    environ = os.environ if environ is None else environ
+    used = {}
+    for action in actions:
+        name = env_variable(action)
+        value = environ.get(name, "").strip()
+        if not value:
+            continue
+        if action.nargs == 0:  # a switch (store_true)
+            if value.lower() not in _TRUE | _FALSE:
+                raise InvalidSetting(f"{name}={value}: a switch takes 1 or 0 (true or false)")
+            action.default = value.lower() in _TRUE
+        else:
+            try:
+                converted = action.type(value) if action.type is not None else value
+            except (TypeError, ValueError):
+                kind = getattr(action.type, "__name__", "value")
+                raise InvalidSetting(f"{name}={value}: not a valid {kind}") from None
+            if action.choices is not None and converted not in action.choices:
+                raise InvalidSetting(f"{name}={value}: choose one of {', '.join(map(str, action.choices))}")
+            action.default = converted
+        used[name] = value
+    return used
 
 
 def add_setting_flags(p, note: str = "") -> None:
@@ -62,19 +105,21 @@ def add_model_flags(p) -> None:
                         "~/.cache/fantasy-talking-studio/weights)")
 
 
-def add_real_flags(p) -> None:
+def add_real_flags(p) -> list:
     """--dit, --vram and --comfy-models: how the real preset stores the DiT, where its models live and which
-    ComfyUI folder supplies files."""
+    ComfyUI folder supplies files (returns their actions; --comfy-models reads its own variable)."""
     from fantasy.weights.comfy_folder import COMFY_ENV  # plain names: imports nothing heavy
 
-    p.add_argument("--dit", default=None, choices=DIT_MODES,
-                   help="real preset: how the 14B DiT is stored (default: bf16 if it fits in free GPU memory at the "
-                        "requested size, else q8_0; see docs/weights.md)")
-    p.add_argument("--vram", default="resident", choices=VRAM_MODES, help="real preset: offloading")
-    p.add_argument("--comfy-models", default=None, metavar="DIR",
-                   help=f"real preset: a ComfyUI models folder (or ComfyUI's own folder); its Wan2.1 files (DiT, "
-                        f"umT5, clip_vision_h, VAE; bf16/fp16/fp8/scaled fp8) are used instead of downloading them "
-                        f"(default ${COMFY_ENV}; see docs/comfyui.md)")
+    return [
+        p.add_argument("--dit", default=None, choices=DIT_MODES,
+                       help="real preset: how the 14B DiT is stored (default: bf16 if it fits in free GPU memory at "
+                            "the requested size, else q8_0; see docs/weights.md)"),
+        p.add_argument("--vram", default="resident", choices=VRAM_MODES, help="real preset: offloading"),
+        p.add_argument("--comfy-models", default=None, metavar="DIR",
+                       help=f"real preset: a ComfyUI models folder (or ComfyUI's own folder); its Wan2.1 files (DiT, "
+                            f"umT5, clip_vision_h, VAE; bf16/fp16/fp8/scaled fp8) are used instead of downloading "
+                            f"them (default ${COMFY_ENV}; see docs/comfyui.md)"),
+    ]
 
 
 def comfy_option(args, preset: str):
@@ -110,43 +155,52 @@ def lora_option(args):
     return specs, read_loras(specs)
 
 
-def add_speed_flags(p) -> None:
+def add_speed_flags(p) -> list:
+    """The speed group (returns its actions)."""
     g = p.add_argument_group("speed", "fast paths (see docs/speed.md); all off is the release's path")
-    g.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
-                   help="DiT numerics: mixed = the release's (fp32 timestep embedding, residual stream and head); "
-                        "stock = diffusers' all-bf16 (less activation memory; see docs/numerics.md)")
-    g.add_argument("--batch-guidance", action="store_true",
-                   help="run the 3 guidance passes as one batch (same result, faster on a GPU with memory to spare)")
-    g.add_argument("--attention", default=None, metavar="NAME",
-                   help=f"attention backend: {', '.join(ATTENTION_ALIASES)} or a diffusers backend name "
-                        "(default: diffusers' own, torch SDPA); GPU kernels need their package")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the repeated DiT blocks (regional; the first step compiles)")
-    g.add_argument("--fp8-linears", action="store_true",
-                   help="fp8 matmuls in the DiT blocks (torchao; --dit bf16 on a GPU with compute capability >= 8.9)")
-    g.add_argument("--step-cache", default=None, metavar="fbc[:THRESH]",
-                   help=f"FirstBlockCache: reuse the other blocks' result while the first block's output barely "
-                        f"changes (threshold default {DEFAULT_CACHE_THRESHOLD}; higher = faster, less exact)")
-    g.add_argument("--fast", default=None, metavar="LORA",
-                   help="few-step mode with a lightx2v step/CFG-distilled Wan2.1-I2V-14B LoRA (.safetensors): "
-                        "4 steps, text and audio guidance 1 (1 pass per step) unless set")
-    g.add_argument("--lora-scale", type=float, default=1.0, help="--fast: the LoRA's strength (default 1)")
-    g.add_argument("--no-fuse-lora", action="store_true",
-                   help="--fast: keep the LoRA as separate layers instead of folding it into the weights")
+    actions: list = []
+
+    def add(*names, **options):
+        actions.append(g.add_argument(*names, **options))
+
+    add("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
+        help="DiT numerics: mixed = the release's (fp32 timestep embedding, residual stream and head); "
+             "stock = diffusers' all-bf16 (less activation memory; see docs/numerics.md)")
+    add("--batch-guidance", action="store_true",
+        help="run the 3 guidance passes as one batch (same result, faster on a GPU with memory to spare)")
+    add("--attention", default=None, metavar="NAME",
+        help=f"attention backend: {', '.join(ATTENTION_ALIASES)} or a diffusers backend name "
+             "(default: diffusers' own, torch SDPA); GPU kernels need their package")
+    add("--compile", action="store_true",
+        help="torch.compile the repeated DiT blocks (regional; the first step compiles)")
+    add("--fp8-linears", action="store_true",
+        help="fp8 matmuls in the DiT blocks (torchao; --dit bf16 on a GPU with compute capability >= 8.9)")
+    add("--step-cache", default=None, metavar="fbc[:THRESH]",
+        help=f"FirstBlockCache: reuse the other blocks' result while the first block's output barely "
+             f"changes (threshold default {DEFAULT_CACHE_THRESHOLD}; higher = faster, less exact)")
+    add("--fast", default=None, metavar="LORA",
+        help="few-step mode with a lightx2v step/CFG-distilled Wan2.1-I2V-14B LoRA (.safetensors): "
+             "4 steps, text and audio guidance 1 (1 pass per step) unless set")
+    add("--lora-scale", type=float, default=1.0, help="--fast: the LoRA's strength (default 1)")
+    add("--no-fuse-lora", action="store_true",
+        help="--fast and --lora: keep LoRAs as separate layers instead of folding them into the weights")
+    return actions
 
 
-def add_parallel_flags(p) -> None:
+def add_parallel_flags(p) -> list:
     g = p.add_argument_group("several GPUs", "one video split over N processes (see docs/several-gpus.md)")
-    g.add_argument("--context-parallel", type=int, default=None, metavar="N",
-                   help="split the DiT's video tokens over N processes; launch with `torchrun --nproc_per_node N`")
-    g.add_argument("--context-parallel-kind", default="ulysses", choices=PARALLEL_KINDS,
-                   help="ulysses (all-to-all, any backend) or ring (needs --attention flash/cudnn/sage on GPUs)")
-    g.add_argument("--ulysses-degree", type=int, default=None, metavar="U",
-                   help="Ulysses over U of the N processes x rings over N/U (e.g. 16 GPUs: --ulysses-degree 8; "
-                        "the ring part needs --attention flash/cudnn/sage)")
-    g.add_argument("--collective-timeout", type=float, default=COLLECTIVE_TIMEOUT_S, metavar="SECONDS",
-                   help=f"how long a process waits for the others in a collective before the group stops with an "
-                        f"error (default {COLLECTIVE_TIMEOUT_S:g})")
+    return [
+        g.add_argument("--context-parallel", type=int, default=None, metavar="N",
+                       help="split the DiT's video tokens over N processes; launch with `torchrun --nproc_per_node N`"),
+        g.add_argument("--context-parallel-kind", default="ulysses", choices=PARALLEL_KINDS,
+                       help="ulysses (all-to-all, any backend) or ring (needs --attention flash/cudnn/sage on GPUs)"),
+        g.add_argument("--ulysses-degree", type=int, default=None, metavar="U",
+                       help="Ulysses over U of the N processes x rings over N/U (e.g. 16 GPUs: --ulysses-degree 8; "
+                            "the ring part needs --attention flash/cudnn/sage)"),
+        g.add_argument("--collective-timeout", type=float, default=COLLECTIVE_TIMEOUT_S, metavar="SECONDS",
+                       help=f"how long a process waits for the others in a collective before the group stops with "
+                            f"an error (default {COLLECTIVE_TIMEOUT_S:g})"),
+    ]
 
 
 def parallel_option(args, vram: str = "resident", heads: int | None = None):

@@ -80,8 +80,8 @@ class RemoteStudio(Studio):
         super().__init__(remote, preset, face_checker, output_root, **limits)
         self.remote = remote
 
-    def check(self, image, audio, controls: Controls) -> RemoteJob:
-        job = super().check(image, audio, controls)
+    def check(self, image, audio, controls: Controls, portrait_name: str | None = None) -> RemoteJob:
+        job = super().check(image, audio, controls, portrait_name)
         return RemoteJob(**{f.name: getattr(job, f.name) for f in fields(Job)}, controls=controls)
 
     def run(self, job: RemoteJob, cancel: threading.Event | None = None,

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from fantasy.errors import InvalidSetting
 from fantasy.model.motion import MOTION_MODULE_MODE, TRAINING_FREE_MODE, check_unit
 from fantasy.model.prompts import MOTIONLESS_PREFIX, default_prompt
 
@@ -104,3 +105,21 @@ def motion_controls(expression: float, body: float, base: Settings, trained: boo
         coefficients = (check_unit("expression intensity", expression), check_unit("body-motion intensity", body))
         return replace(base, motion=coefficients), MOTION_MODULE_MODE
     return training_free_controls(expression, body, base)
+
+
+def effective_values(expression: float, audio_guidance: float, audio_weight: float, trained: bool) -> str:
+    """The page's line under the motion sliders: the audio guidance and weight the run will use, so that no slider
+    silently changes what another one shows (in the training-free mode Expression scales the Advanced values)."""
+    if trained:
+        return (f"Expression and body motion drive the trained motion module; audio guidance {audio_guidance:g} and "
+                f"audio weight {audio_weight:g} are used as set.")
+    try:
+        scale = expression_scale(expression)
+    except (InvalidSetting, TypeError, ValueError):  # a value being typed
+        return ""
+    guidance = _clamp(audio_guidance * scale, AUDIO_GUIDANCE_RANGE)
+    weight = _clamp(audio_weight * scale, AUDIO_WEIGHT_RANGE)
+    if scale == 1.0:
+        return f"Used for the run: audio guidance **{guidance:.1f}**, audio weight **{weight:.2f}** (as set in Advanced)."
+    return (f"Used for the run: audio guidance **{guidance:.1f}**, audio weight **{weight:.2f}** "
+            f"(Expression {expression:g} scales the Advanced values ×{scale:.2f}).")

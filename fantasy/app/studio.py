@@ -1,13 +1,16 @@
 """What the app does between a click and a video, without any Gradio: controls -> checked job -> stream.
 
-`Studio` holds the resident pipeline and the app's limits. `check()` turns slider values into settings
-(through the motion mapping) and runs every input check before any model work; `run()` streams the
-generation; `status()` writes the line the user reads afterwards (preset, device, motion mode, time,
-face check, notices). A UI only adds widgets and turns `FantasyError` into its own error display.
+`Studio` holds the resident pipeline and the app's limits. `check()` checks the controls' ranges, turns them into
+settings (through the motion mapping) and runs every input check before any model work, at most
+`CHECKS_AT_ONCE` at a time; `run()` streams the generation; `summary()` is the short line the user reads
+afterwards (what ran, how long, notices) and `details()` the rest (preset, device, DiT, motion mode, frames,
+steps and passes, guidance, face check). `admission` decides how many generations run and wait. A UI only adds
+widgets and turns `FantasyError` into its own error display.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -16,6 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fantasy.app.admission import Admission
+from fantasy.app.controls import MAX_EDGE, check_controls
+from fantasy.app.memory import release_freed_memory
 from fantasy.app.sliders import motion_controls
 from fantasy.app.streaming import MIN_CHUNK_SECONDS, StreamEvent, stream_generate
 from fantasy.app.validation import MAX_UPLOAD_BYTES, CheckedInputs, FaceChecker, check_inputs
@@ -28,6 +34,7 @@ from fantasy.weights.presets import Preset
 HEARTBEAT_S = 0.2  # a UI gets a turn at least this often while a step runs, to notice a stop or a closed page
 SHUTDOWN_WAIT_S = 5.0  # on SIGTERM, how long a running worker gets to stop before its folder is removed
 OUTPUT_MAX_AGE_S = 3600  # finished jobs' files are deleted an hour later (they are served from Gradio's cache)
+CHECKS_AT_ONCE = 2  # input checks decoding at the same time (each may hold a large photo while decoding it)
 
 
 @dataclass
@@ -44,6 +51,23 @@ class Controls:
     seed: int = DEFAULT_SEED
     longest_edge: int | None = None
     max_duration_s: float | None = None
+
+
+def checked_controls(controls: Controls, max_edge: int = MAX_EDGE) -> Controls:
+    """`controls` with every value within its control's range (`fantasy.app.controls`; the resolution up to
+    `max_edge`), numbers as numbers; None keeps the preset's default. Raises `InvalidSetting` concerning the first
+    control out of range."""
+    given = {"prompt": controls.prompt, "expression": controls.expression, "body": controls.body,
+             "text_guidance": controls.text_guidance, "audio_guidance": controls.audio_guidance,
+             "audio_weight": controls.audio_weight, "seed": controls.seed, "steps": controls.steps,
+             "resolution": controls.longest_edge, "max_duration": controls.max_duration_s}
+    values = check_controls(max_edge, **{k: v for k, v in given.items() if v is not None})
+    return Controls(
+        prompt=values.get("prompt", DEFAULT_PROMPT), expression=values["expression"], body=values["body"],
+        text_guidance=values["text_guidance"], audio_guidance=values["audio_guidance"],
+        audio_weight=values["audio_weight"], steps=values.get("steps"), seed=values.get("seed", DEFAULT_SEED),
+        longest_edge=values.get("resolution"), max_duration_s=values.get("max_duration"),
+    )
 
 
 def settings_from_controls(controls: Controls, trained_motion: bool = False) -> tuple[Settings, str]:
@@ -73,6 +97,8 @@ class Job:
     motion_mode: str
     folder: Path
     notices: list[str] = field(default_factory=list)
+    portrait_name: str = ""  # the name the person's file had (uploads arrive under a server-side name)
+    gpu_seconds: int | None = None  # on ZeroGPU: what this job asks for
 
     @property
     def settings(self) -> Settings:
@@ -87,7 +113,8 @@ class Job:
 
     @property
     def out_path(self) -> Path:
-        return self.folder / "talking.mp4"
+        """The finished video, named after the portrait and the seed (what the download is called)."""
+        return self.folder / download_name(self.portrait_name or self.image.name, self.settings.seed)
 
     @property
     def chunk_dir(self) -> Path:
@@ -99,6 +126,12 @@ class Job:
         path = self.folder / "preview" / f"window{preview.window}-step{preview.step:03d}.webp"
         path.parent.mkdir(parents=True, exist_ok=True)
         return write_clip(upscale(preview.frames), path, self.settings.fps)
+
+
+def download_name(portrait: str, seed: int) -> str:
+    """'anna.jpg', seed 7 -> 'anna-seed7.mp4': a name a person can file (letters, digits, '.', '-', '_' kept)."""
+    stem = re.sub(r"[^\w.-]+", "-", Path(portrait).stem).strip(".-")[:60] or "portrait"
+    return f"{stem}-seed{seed}.mp4"
 
 
 def preview_caption(preview: Preview) -> str:
@@ -119,9 +152,15 @@ class Studio:
     def __init__(
         self, pipe, preset: Preset, face_checker: FaceChecker, output_root: str | Path,
         max_upload_bytes: int = MAX_UPLOAD_BYTES, min_chunk_seconds: float = MIN_CHUNK_SECONDS,
-        preview_budget: float = PREVIEW_BUDGET, channel=None,
+        preview_budget: float = PREVIEW_BUDGET, channel=None, admission: Admission | None = None,
+        gpu_limit=None, checks_at_once: int = CHECKS_AT_ONCE,
     ):
+        """`admission`: how many generations run and wait (default: one running, 8 waiting). `gpu_limit`:
+        (`fantasy.app.space.GpuTimeModel`, cap in seconds) on ZeroGPU, where a job over the cap is refused."""
         self.pipe, self.preset, self.face_checker, self.channel = pipe, preset, face_checker, channel
+        self.admission = admission or Admission()
+        self.gpu_limit = gpu_limit
+        self._checking = threading.BoundedSemaphore(checks_at_once)
         self.output_root = Path(output_root)
         self.max_upload_bytes = max_upload_bytes
         self.min_chunk_seconds = min_chunk_seconds
@@ -133,18 +172,34 @@ class Studio:
     def device(self) -> str:
         return str(getattr(self.pipe, "device", "cpu"))
 
-    def check(self, image: str | Path | None, audio: str | Path | None, controls: Controls) -> Job:
-        """Every input check, before any model work; raises `FantasyError` with the user-facing message."""
+    def check(self, image: str | Path | None, audio: str | Path | None, controls: Controls,
+              portrait_name: str | None = None) -> Job:
+        """Every input check, before any model work; raises `FantasyError` with the user-facing message.
+
+        The controls' ranges first (no file is read for a bad value), then the files, at most `checks_at_once`
+        checks decoding at a time; what they decoded is handed back to the system when they end.
+        """
+        controls = checked_controls(controls, getattr(self.preset, "max_longest_edge", MAX_EDGE))
         settings, mode = settings_from_controls(controls, trained_motion=getattr(self.pipe, "motion_context", None) is not None)
-        checked = check_inputs(
-            image, audio, settings, self.preset, max_duration_s=controls.max_duration_s,
-            face_checker=self.face_checker, max_upload_bytes=self.max_upload_bytes,
-        )
+        with self._checking:
+            try:
+                checked = check_inputs(
+                    image, audio, settings, self.preset, max_duration_s=controls.max_duration_s,
+                    face_checker=self.face_checker, max_upload_bytes=self.max_upload_bytes,
+                )
+            finally:
+                release_freed_memory()
         self._clean_old_outputs()
-        # Room for the video, its muxed copy and the streamed chunks, checked before the job takes a slot.
-        check_target(self.output_root / "talking.mp4", 3 * checked.inputs.output_bytes(checked.settings.fps))
         folder = self.output_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"  # made by `run`
-        return Job(Path(image), Path(audio), checked, mode, folder, list(checked.notices))
+        job = Job(Path(image), Path(audio), checked, mode, folder, list(checked.notices),
+                  portrait_name=portrait_name or Path(image).name)
+        if self.gpu_limit is not None:
+            from fantasy.app.space import check_fits
+
+            job.gpu_seconds = check_fits(job, *self.gpu_limit)
+        # Room for the video, its muxed copy and the streamed chunks, checked before the job takes a slot.
+        check_target(self.output_root / job.out_path.name, 3 * checked.inputs.output_bytes(checked.settings.fps))
+        return job
 
     def run(self, job: Job, cancel: threading.Event | None = None,
             heartbeat_s: float | None = HEARTBEAT_S) -> Iterator[StreamEvent]:
@@ -180,15 +235,34 @@ class Studio:
         return len(running)
 
     def status(self, job: Job, result: Result | None = None, state: str = "Done", steps_run: int | None = None) -> str:
-        """One line: what ran, where, how, how long, and anything the user must know (cut, face check).
+        """One line for an API client: the state and every detail (`details`), then the notices.
 
         `steps_run`: the denoising steps the pipeline reported (shown instead of the requested count).
         """
+        head = f"**{state}**" + (f" in {result.seconds_taken:.1f} s" if result else "")
+        line = " · ".join([head, *self._detail_parts(job, result, steps_run)])
+        return "\n\n".join([line, *(f"⚠️ {notice}" for notice in job.notices)])
+
+    def summary(self, job: Job, result: Result | None = None, state: str = "Done") -> str:
+        """The page's short status: what was made and how long it took (or the state), then the notices."""
+        if result is None:
+            head = f"**{state}**"
+        else:
+            head = (f"**{state}** in {_seconds(result.seconds_taken)}: a {result.num_frames / result.fps:.1f} s video, "
+                    f"{result.width}×{result.height}, seed {job.settings.seed}.")
+        if self.preset.demo:
+            head += " (Demo model: the output is noise.)"
+        return "\n\n".join([head, *(f"⚠️ {notice}" for notice in job.notices)])
+
+    def details(self, job: Job, result: Result | None = None, steps_run: int | None = None) -> str:
+        """Everything else about the run, one item a line (the page's Details section)."""
+        return "\n".join(f"- {part}" for part in self._detail_parts(job, result, steps_run))
+
+    def _detail_parts(self, job: Job, result: Result | None, steps_run: int | None) -> list[str]:
         s = job.settings
         preset = f"preset **{self.preset.name}**" + (" (random weights: output is noise)" if self.preset.demo else "")
         choice = getattr(self.pipe, "dit_choice", None)
-        parts = [f"**{state}**" + (f" in {result.seconds_taken:.1f} s" if result else ""), preset,
-                 f"device {self.device}", f"DiT {choice.describe()}" if choice is not None else "",
+        parts = [preset, f"device {self.device}", f"DiT {choice.describe()}" if choice is not None else "",
                  f"motion: {job.motion_mode}"]
         if result is not None:
             windows = max(1, result.windows)
@@ -201,10 +275,11 @@ class Studio:
         parts.append(f"audio weight {s.audio_weight:.2f}, audio guidance {s.audio_guidance:.1f}, "
                      f"text guidance {s.text_guidance:.1f}, seed {s.seed}")
         parts.append(job.checked.face_note)
-        line = " · ".join(p for p in parts if p)
-        return "\n\n".join([line, *(f"⚠️ {notice}" for notice in job.notices)])
+        if job.gpu_seconds is not None:
+            parts.append(f"ZeroGPU request {job.gpu_seconds} s")
+        return [p for p in parts if p]
 
-    def details(self, job: Job, result: Result, steps_run: int | None = None) -> dict:
+    def run_data(self, job: Job, result: Result, steps_run: int | None = None) -> dict:
         """The finished run as data (the API's JSON output beside the video and `status`'s sentence)."""
         s = job.settings
         choice = getattr(self.pipe, "dit_choice", None)
@@ -234,3 +309,11 @@ class Studio:
                     shutil.rmtree(folder, ignore_errors=True)
             except OSError:
                 continue
+
+
+def _seconds(seconds: float) -> str:
+    """'12.3 s', '2 min 05 s'."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s"

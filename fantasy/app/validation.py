@@ -29,6 +29,10 @@ MAX_DURATION_S = 30.0
 DEFAULT_DURATION_S = Settings().max_duration  # the core's default (10 s)
 MIN_DURATION_S = 1.0
 FACE_CHECK_EDGE = 1024  # detect on a copy at most this big: faster, and detectors are trained on such sizes
+# Photos with a longest edge of at least twice this are decoded reduced (JPEG: by its decoder), keeping at least this
+# much: twice what the app makes (its resolution slider stops at 1024) and what the face check looks at. Smaller
+# photos are decoded whole, exactly as the CLI does.
+DECODE_EDGE = 2048
 
 # image (H, W, 3) RGB uint8 -> the status line's words for this image (None: the checker's note), or
 # raises NoFaceFound with a message for the user
@@ -152,7 +156,7 @@ def check_inputs(
             raise _about(name, exc) from None
     limit_s = duration_limit(max_duration_s)
     settings = replace(settings, max_duration=limit_s).resolved(preset)
-    portrait = load_portrait(image)
+    portrait = load_portrait(image, keep_edge=DECODE_EDGE)
     face_note = check_face(portrait, face_checker or FaceChecker(None, "face check skipped"))
     inputs = prepare_inputs(portrait, audio, settings)
     notices = list(inputs.notices)

@@ -32,11 +32,12 @@ SQUASH_NOTICE = 0.10  # tell the user when the release's sizing (sides up to mul
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # MAX_PIXELS is the stricter limit
 
 
-def load_portrait(source: str | Path | Image.Image) -> Image.Image:
+def load_portrait(source: str | Path | Image.Image, keep_edge: int | None = None) -> Image.Image:
     """RGB portrait, upright (EXIF orientation applied), within the pixel and aspect limits, >= 64 px a side.
 
     Every PIL mode is converted faithfully (`to_rgb`): 16-bit and float images are scaled, not clipped;
-    transparency is flattened on white; LAB goes through a colour transform.
+    transparency is flattened on white; LAB goes through a colour transform. `keep_edge`: decode no more than
+    a result of that longest edge needs (`decode_reduced`); None decodes the whole photo.
     """
     if isinstance(source, Image.Image):
         name = "the portrait"
@@ -50,7 +51,11 @@ def load_portrait(source: str | Path | Image.Image) -> Image.Image:
         try:
             with Image.open(path) as opened:  # reads the header only
                 check_dimensions(opened.size, name)
-                image = ImageOps.exif_transpose(opened)  # a loaded, upright copy
+                decoded = decode_reduced(opened, keep_edge) if keep_edge is not None else opened
+                image = ImageOps.exif_transpose(decoded)  # a loaded, upright copy
+                if decoded is not opened:
+                    decoded.close()
+                opened.close()  # frees the decoded pixels now, not when the garbage collector gets to them
         except Image.DecompressionBombError as exc:  # PIL refuses over 179 Mpx at open; its message has the count
             pixels = re.search(r"\((\d+) pixels\)", str(exc))
             size = f"{int(pixels[1]) / 1e6:.0f} megapixels" if pixels else "over 179 megapixels"
@@ -66,6 +71,33 @@ def load_portrait(source: str | Path | Image.Image) -> Image.Image:
             "(512 px or more gives the best results)."
         )
     return image
+
+
+def decode_reduced(opened: Image.Image, keep_edge: int) -> Image.Image:
+    """The opened (not yet decoded) image, decoded at a reduced size when its longest edge is at least twice
+    `keep_edge`: a JPEG at the decoder's own 1/2, 1/4 or 1/8 scale, any other format reduced right after decoding
+    (a box filter by a whole factor), so the result keeps a longest edge of at least `keep_edge`. Smaller photos
+    come back untouched (decoded later, exactly as without this). Transparency, 16-bit and EXIF orientation
+    survive (`to_rgb` and `ImageOps.exif_transpose` still apply)."""
+    factor = max(opened.size) // keep_edge
+    if factor < 2:
+        return opened
+    if opened.format == "JPEG":
+        width, height = opened.size
+        opened.draft(None, (-(-width // factor), -(-height // factor)))  # the largest scale at least that size
+    opened.load()
+    factor = max(opened.size) // keep_edge
+    if factor < 2:
+        return opened
+    try:
+        return opened.reduce(factor)
+    except ValueError:  # a mode `reduce` does not take (P, 1, I;16...): reduce its RGB form
+        rgb = to_rgb(opened)
+        try:
+            return rgb.reduce(factor)
+        finally:
+            if rgb is not opened:
+                rgb.close()
 
 
 def check_dimensions(size: tuple[int, int], name: str = "the portrait") -> None:
