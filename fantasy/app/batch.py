@@ -246,10 +246,10 @@ def _run_one(pipe, job: Job, preset, say: ProgressLine):
         settings, _ = motion_controls(expression, body, settings, trained=pipe.motion_context is not None)
     last = {"stage": None}
 
-    def progress(stage: str, fraction: float) -> None:
-        if stage != last["stage"] or fraction >= 1.0:
-            say(f"    {stage}: {fraction:.0%}")
-            last["stage"] = stage
+    def progress(event) -> None:  # a `fantasy.progress.Progress`: one line as each stage starts and ends
+        if event.stage != last["stage"] or event.fraction >= 1.0:
+            say(f"    {event.stage}: {event.fraction:.0%}")
+            last["stage"] = event.stage
 
     return generate(pipe, job.portrait, job.speech, job.out, settings, preset, progress=progress)
 

@@ -194,6 +194,10 @@ def _generate(args) -> int:
     device = args.device
     if parallel is not None:
         device = init_processes(args.device, parallel.timeout_s)  # from here on, every fault is said once
+    if preset.name == "real" and parallel is None:  # no GPU: say so before the inputs are read and checked
+        from fantasy.weights.real import resolve_device
+
+        resolve_device(device)
     leader = is_leader()  # under context parallelism only rank 0 prints and writes
     say = (lambda text: print(text, file=sys.stderr)) if leader else (lambda text: None)
 

@@ -233,9 +233,9 @@ class FantasyTalkingSampler:
         frames: list[np.ndarray] = []
         update = _progress(settings.steps * 100)
 
-        def progress(stage: str, fraction: float) -> None:
-            if stage == "denoise":
-                update(fraction * settings.steps * 100)
+        def progress(event) -> None:  # a `fantasy.progress.Progress`
+            if event.stage == "denoise":
+                update(event.fraction * settings.steps * 100)
 
         result = generate(pipe, image, speech.path, None, settings, preset, progress=progress, on_frames=frames.append,
                           inputs=inputs)
