@@ -25,7 +25,7 @@ from tests.stage_hooks import STAGES
 
 PREVIOUS = b"an earlier video that a stopped run must not touch\n"
 CASES = [(stage, sig) for stage in STAGES for sig in (signal.SIGTERM, signal.SIGINT)] + [("decode", signal.SIGHUP)]
-OUR_LINES = re.compile(r"^(\[tiny\] |  (denoise|decode): \d+%$|note: |STAGE |stopped \()")
+OUR_LINES = re.compile(r"^(\[tiny\] |face check: |denoise: (window|step) \d|decode: \d+/\d+ frames |note: |STAGE |stopped \()")
 
 
 @dataclass
