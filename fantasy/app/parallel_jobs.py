@@ -25,6 +25,7 @@ from PIL import Image
 
 from fantasy.errors import FantasyError, GenerationCancelled
 from fantasy.generation import PreparedInputs, Settings, generate
+from fantasy.weights.loras import lora_scales_for_run
 
 CONTINUE, STOP = 0, 1
 T = TypeVar("T")
@@ -42,6 +43,7 @@ class JobSpec:
     settings: Settings
     face_image: Image.Image | None = None
     inputs: PreparedInputs | None = None
+    lora_scales: dict[str, float] | None = None  # this job's LoRA strengths (separate-layer LoRAs), on every rank
 
 
 @dataclass
@@ -117,8 +119,9 @@ class JobChannel:
                     raise GenerationCancelled("Generation stopped by rank 0.")
 
             try:
-                generate(pipe, spec.image, spec.audio, None, spec.settings, preset, progress=checkpoint,
-                         on_frames=checkpoint, face_image=spec.face_image, inputs=spec.inputs)
+                with lora_scales_for_run(pipe, spec.lora_scales or {}):
+                    generate(pipe, spec.image, spec.audio, None, spec.settings, preset, progress=checkpoint,
+                             on_frames=checkpoint, face_image=spec.face_image, inputs=spec.inputs)
             except GenerationCancelled:
                 log.jobs.append((spec.audio, passed, "stopped"))
                 continue
@@ -144,7 +147,7 @@ class JobChannel:
 
 
 def job_spec(image, audio, settings: Settings, face_image: Image.Image | None = None,
-             inputs: PreparedInputs | None = None) -> JobSpec:
+             inputs: PreparedInputs | None = None, lora_scales: dict[str, float] | None = None) -> JobSpec:
     """A `JobSpec` with absolute paths (the followers may run from another directory)."""
     image = image if isinstance(image, Image.Image) else str(Path(image).resolve())
-    return JobSpec(image, str(Path(audio).resolve()), settings, face_image, inputs)
+    return JobSpec(image, str(Path(audio).resolve()), settings, face_image, inputs, lora_scales or None)

@@ -425,11 +425,13 @@ def check_controls(text) -> dict:
         expected = str if isinstance(known[key], str) else (int, float)
         if key == "seed" or key == "steps" or key == "longest_edge":
             expected = int
+        if key == "lora_strengths":  # LoRA name -> strength (`Studio.check` says which LoRAs there are)
+            expected = dict
         if value is None and known[key] is None:
             continue
         if isinstance(value, bool) or not isinstance(value, expected) or (
                 expected is int and isinstance(value, float)):
-            kind = "text" if expected is str else ("a whole number" if expected is int else "a number")
+            kind = {str: "text", int: "a whole number", dict: "an object of LoRA name -> strength"}.get(expected, "a number")
             raise UploadRefused(400, f"controls: '{key}' must be {kind}, got {json.dumps(value)}")
     return controls
 

@@ -209,6 +209,7 @@ def stream_generate(
     preview_budget: float | None = None,
     inputs: PreparedInputs | None = None,
     heartbeat_s: float | None = None,
+    lora_scales: dict[str, float] | None = None,
 ) -> Iterator[StreamEvent]:
     """Run `generate` in a worker thread; yield progress, each chunk as it is ready, then `Finished`.
 
@@ -220,10 +221,13 @@ def stream_generate(
     consumer encodes them, off the denoising thread). `channel`: this is rank 0 of a context-parallel
     group; the other ranks follow the job (given these prepared inputs), and every stop is agreed with them
     (`fantasy.app.parallel_jobs`). `inputs`: the already prepared inputs (the speech is then not decoded again).
-    `heartbeat_s`: yield `Idle` when nothing happened for that long.
+    `heartbeat_s`: yield `Idle` when nothing happened for that long. `lora_scales`: strengths of LoRAs kept as
+    separate layers (adapter name -> strength) for this run only, set under `lock` and restored before it is
+    released, however the run ends (every rank of a group does the same).
     """
     from fantasy.generation import generate, prepare_inputs
     from fantasy.model.preview import BUDGET, LivePreview
+    from fantasy.weights.loras import lora_scales_for_run
 
     cancel = cancel if cancel is not None else threading.Event()
     events: queue.Queue = queue.Queue()
@@ -272,12 +276,14 @@ def stream_generate(
                     return generate(pipe, image, audio, out_path, settings, preset, on_progress, on_frames,
                                     preview=live, inputs=prepared)
 
-                if channel is None:
-                    result = run()
-                else:
-                    from fantasy.app.parallel_jobs import job_spec
+                with lora_scales_for_run(pipe, lora_scales or {}):
+                    if channel is None:
+                        result = run()
+                    else:
+                        from fantasy.app.parallel_jobs import job_spec
 
-                    result = channel.lead(job_spec(image, audio, settings, inputs=prepared), run)
+                        result = channel.lead(job_spec(image, audio, settings, inputs=prepared,
+                                                       lora_scales=lora_scales), run)
                 chunks = writer.finish()
             events.put(Finished(result, chunks, steps_run))
         except BaseException as exc:  # handed to the consumer, which re-raises it

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fantasy.app.admission import Admission
 from fantasy.app.controls import MAX_EDGE, check_controls
+from fantasy.app.lora_strengths import PageLora, check_strengths, describe
 from fantasy.app.memory import release_freed_memory
 from fantasy.app.sliders import motion_controls
 from fantasy.app.streaming import MIN_CHUNK_SECONDS, StreamEvent, stream_generate
@@ -51,6 +52,7 @@ class Controls:
     seed: int = DEFAULT_SEED
     longest_edge: int | None = None
     max_duration_s: float | None = None
+    lora_strengths: dict[str, float] | None = None  # LoRA name -> strength for this run (None: as loaded)
 
 
 def checked_controls(controls: Controls, max_edge: int = MAX_EDGE) -> Controls:
@@ -67,6 +69,7 @@ def checked_controls(controls: Controls, max_edge: int = MAX_EDGE) -> Controls:
         text_guidance=values["text_guidance"], audio_guidance=values["audio_guidance"],
         audio_weight=values["audio_weight"], steps=values.get("steps"), seed=values.get("seed", DEFAULT_SEED),
         longest_edge=values.get("resolution"), max_duration_s=values.get("max_duration"),
+        lora_strengths=controls.lora_strengths,
     )
 
 
@@ -99,10 +102,17 @@ class Job:
     notices: list[str] = field(default_factory=list)
     portrait_name: str = ""  # the name the person's file had (uploads arrive under a server-side name)
     gpu_seconds: int | None = None  # on ZeroGPU: what this job asks for
+    loras: list[PageLora] = field(default_factory=list)  # every LoRA loaded at launch
+    lora_strengths: dict[str, float] = field(default_factory=dict)  # label -> this run's strength (adjustable ones)
 
     @property
     def settings(self) -> Settings:
         return self.checked.settings
+
+    @property
+    def lora_scales(self) -> dict[str, float]:
+        """Adapter name -> strength, for the run (`fantasy.weights.loras.lora_scales_for_run`)."""
+        return {lora.adapter: self.lora_strengths[lora.label] for lora in self.loras if lora.label in self.lora_strengths}
 
     @property
     def window_count(self) -> int:
@@ -153,11 +163,14 @@ class Studio:
         self, pipe, preset: Preset, face_checker: FaceChecker, output_root: str | Path,
         max_upload_bytes: int = MAX_UPLOAD_BYTES, min_chunk_seconds: float = MIN_CHUNK_SECONDS,
         preview_budget: float = PREVIEW_BUDGET, channel=None, admission: Admission | None = None,
-        gpu_limit=None, checks_at_once: int = CHECKS_AT_ONCE,
+        gpu_limit=None, checks_at_once: int = CHECKS_AT_ONCE, loras: list[PageLora] | None = None,
     ):
         """`admission`: how many generations run and wait (default: one running, 8 waiting). `gpu_limit`:
-        (`fantasy.app.space.GpuTimeModel`, cap in seconds) on ZeroGPU, where a job over the cap is refused."""
+        (`fantasy.app.space.GpuTimeModel`, cap in seconds) on ZeroGPU, where a job over the cap is refused.
+        `loras`: the LoRAs loaded at launch (`fantasy.app.lora_strengths.page_loras`); a request may set the
+        strength of those kept as separate layers."""
         self.pipe, self.preset, self.face_checker, self.channel = pipe, preset, face_checker, channel
+        self.loras = list(loras or [])
         self.admission = admission or Admission()
         self.gpu_limit = gpu_limit
         self._checking = threading.BoundedSemaphore(checks_at_once)
@@ -180,6 +193,7 @@ class Studio:
         checks decoding at a time; what they decoded is handed back to the system when they end.
         """
         controls = checked_controls(controls, getattr(self.preset, "max_longest_edge", MAX_EDGE))
+        strengths = check_strengths(self.loras, controls.lora_strengths)
         settings, mode = settings_from_controls(controls, trained_motion=getattr(self.pipe, "motion_context", None) is not None)
         with self._checking:
             try:
@@ -192,7 +206,7 @@ class Studio:
         self._clean_old_outputs()
         folder = self.output_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"  # made by `run`
         job = Job(Path(image), Path(audio), checked, mode, folder, list(checked.notices),
-                  portrait_name=portrait_name or Path(image).name)
+                  portrait_name=portrait_name or Path(image).name, loras=self.loras, lora_strengths=strengths)
         if self.gpu_limit is not None:
             from fantasy.app.space import check_fits
 
@@ -211,7 +225,7 @@ class Studio:
             self.pipe, job.image, job.audio, job.out_path, job.settings, self.preset, job.chunk_dir,
             num_frames=job.checked.num_frames, min_chunk_seconds=self.min_chunk_seconds, cancel=cancel,
             lock=self.lock, preview=True, preview_budget=self.preview_budget, inputs=job.checked.inputs,
-            heartbeat_s=heartbeat_s, channel=self.channel,
+            heartbeat_s=heartbeat_s, channel=self.channel, lora_scales=job.lora_scales,
         ))
 
     def _tracked(self, folder: Path, stream: Iterator[StreamEvent]) -> Iterator[StreamEvent]:
@@ -274,6 +288,7 @@ class Studio:
             parts.append(f"{job.checked.num_frames} frames, {s.steps} steps")
         parts.append(f"audio weight {s.audio_weight:.2f}, audio guidance {s.audio_guidance:.1f}, "
                      f"text guidance {s.text_guidance:.1f}, seed {s.seed}")
+        parts.extend(describe(job.loras, job.lora_strengths))
         parts.append(job.checked.face_note)
         if job.gpu_seconds is not None:
             parts.append(f"ZeroGPU request {job.gpu_seconds} s")
@@ -285,6 +300,8 @@ class Studio:
         choice = getattr(self.pipe, "dit_choice", None)
         transformer = getattr(self.pipe, "transformer", None)
         windows = max(1, result.windows)
+        loras = {"loras": {lora.label: job.lora_strengths.get(lora.label, lora.loaded) for lora in job.loras}
+                 } if job.loras else {}  # LoRA name -> the strength it ran at (fused ones: as loaded)
         return {
             "seed": s.seed, "frames": result.num_frames, "fps": result.fps, "width": result.width,
             "height": result.height, "seconds": round(result.num_frames / result.fps, 3),
@@ -296,7 +313,7 @@ class Studio:
             "dit": choice.mode if choice is not None else str(getattr(transformer, "dtype", "")).removeprefix("torch."),
             "motion_mode": result.motion_mode, "release": result.release,
             "text_guidance": s.text_guidance, "audio_guidance": s.audio_guidance, "audio_weight": s.audio_weight,
-            "notices": list(job.notices),
+            "notices": list(job.notices), **loras,
         }
 
     def _clean_old_outputs(self) -> None:

@@ -51,6 +51,8 @@ from fantasy.app.launch import (
     default_preset,
     slider_defaults,
 )
+from fantasy.app.lora_strengths import PARAMETER as LORA_PARAMETER
+from fantasy.app.lora_strengths import PageLora, adjustable, fused_note, page_loras
 from fantasy.app.memory import release_freed_memory
 from fantasy.app.progress import STAGE_NAMES, RunClock, idle_html
 from fantasy.app.sliders import effective_values
@@ -61,7 +63,7 @@ from fantasy.app.validation import DEFAULT_DURATION_S, MAX_UPLOAD_MB, FaceChecke
 from fantasy.errors import FantasyError, GenerationCancelled, InvalidSetting
 from fantasy.examples import example_file
 from fantasy.stop import StopRequested, stop_on_signals
-from fantasy.weights.loras import load_loras
+from fantasy.weights.loras import AppliedLora, load_loras
 from fantasy.weights.presets import Preset, get_preset
 
 EXAMPLES = [[str(example_file("portrait.png")), str(example_file("speech.wav"))]]
@@ -168,7 +170,7 @@ def build_demo(
     pipe, preset: Preset, *, face_checker: FaceChecker | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
     max_queue: int = MAX_QUEUE, output_root: str | Path | None = None, min_chunk_seconds: float = 1.0,
     preview_budget: float = PREVIEW_BUDGET, channel=None, serve_url: str | None = None,
-    zero_gpu: bool | None = None, gpu_model: space.GpuTimeModel | None = None,
+    zero_gpu: bool | None = None, gpu_model: space.GpuTimeModel | None = None, loras: list[AppliedLora] | None = None,
 ) -> gr.Blocks:
     """The whole page around a resident pipeline. Tests call this with the tiny pipeline and a fake face check.
 
@@ -176,6 +178,8 @@ def build_demo(
     `serve_url`: a thin front end; generations run on that Ray Serve deployment (`pipe` is its
     `fantasy.app.serve_client.RemoteInfo`), as many at once as it has replicas. `zero_gpu` (default: on a ZeroGPU
     Space): the defaults fit one GPU call and a request over ZeroGPU's cap is refused (`gpu_model`: the time model).
+    `loras`: what `load_loras` applied at launch: a strength slider for each LoRA kept as separate layers (and the
+    API's optional `lora_strengths`), a read-only line for the fused ones.
     """
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)  # the page and the API report progress; keep the console quiet
@@ -189,8 +193,12 @@ def build_demo(
         model = gpu_model or space.GpuTimeModel.load(choice.mode if choice is not None else "q8_0")
         gpu_limit = (model, space.zero_gpu_cap())
         defaults = space.zero_gpu_defaults(defaults, preset.longest_edge, *gpu_limit)
+    named_loras: list[PageLora] = page_loras(loras or []) if serve_url is None else []
+    sliding = adjustable(named_loras)  # the LoRAs with a slider
+    parameters = PARAMETERS + ((LORA_PARAMETER,) if sliding else ())  # the API's /generate
     if serve_url is None:
-        studio = Studio(pipe, preset, faces, root, channel=channel, admission=admission, gpu_limit=gpu_limit, **limits)
+        studio = Studio(pipe, preset, faces, root, channel=channel, admission=admission, gpu_limit=gpu_limit,
+                        loras=named_loras, **limits)
     else:
         from fantasy.app.serve_client import RemoteStudio
 
@@ -206,18 +214,25 @@ def build_demo(
         yield from studio.run(job, cancel=cancels.get(job.folder.name))
 
     def controls_of(prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps, seed, resolution,
-                    max_duration) -> Controls:
+                    max_duration, lora_strengths=None) -> Controls:
         return Controls(
             prompt=prompt, expression=expression, body=body, text_guidance=text_guidance,
             audio_guidance=audio_guidance, audio_weight=audio_weight, steps=steps,
             seed=DEFAULT_SEED if seed is None or seed == "" else seed, longest_edge=resolution,
-            max_duration_s=max_duration,
+            max_duration_s=max_duration, lora_strengths=lora_strengths,
         )
 
     def check(image, audio, *controls) -> Job:
-        """Every check of one request (raises `FantasyError`); uploads arrive unprocessed, as the person sent them."""
+        """Every check of one request (raises `FantasyError`); uploads arrive unprocessed, as the person sent them.
+        `controls`: the ten controls, then (the API, with adjustable LoRAs) the LoRA strengths' object."""
         (image_path, image_name), (audio_path, _) = uploaded(image), uploaded(audio)
         return studio.check(image_path, audio_path, controls_of(*controls), portrait_name=image_name)
+
+    def page_check(image, audio, *values) -> Job:
+        """The page's request: the ten controls, then one value per LoRA slider."""
+        controls, strengths = values[:len(PARAMETERS) - 2], values[len(PARAMETERS) - 2:]
+        chosen = {lora.label: value for lora, value in zip(sliding, strengths, strict=True)} if sliding else None
+        return check(image, audio, *controls, chosen)
 
     # ---- the page: Generate = start (checks, once) -> stream (waits its turn, runs, shows) --------------------
 
@@ -227,7 +242,7 @@ def build_demo(
         if busy is not None:
             return refused(busy, "Studio busy")
         try:
-            job = check(image, audio, *controls)
+            job = page_check(image, audio, *controls)
         except FantasyError as exc:
             return refused(exc, "Cannot generate")
         clock = RunClock(job.settings.steps, job.window_count)
@@ -349,9 +364,9 @@ def build_demo(
         try:
             outcome: Job | FantasyError = check(*values)
         except FantasyError as exc:
-            if exc.concerns in PARAMETERS:
+            if exc.concerns in parameters:
                 return [gr.validate(name != exc.concerns, public(str(exc)) if name == exc.concerns else "")
-                        for name in PARAMETERS]
+                        for name in parameters]
             outcome = exc
         now = time.monotonic()
         with join_lock:
@@ -362,14 +377,14 @@ def build_demo(
         return valid
 
     def api_generate(image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
-                     seed, resolution, max_duration, progress=gr.Progress()):  # noqa: B008
+                     seed, resolution, max_duration, lora_strengths=None, progress=gr.Progress()):  # noqa: B008
         """Portrait + speech -> the finished talking-video mp4, a status line and the run as JSON (same checks as
-        the page)."""
+        the page). `lora_strengths` is a parameter only when LoRAs were kept as separate layers."""
         # A generator, though it returns one result: Gradio stops a generator between two yields when the
         # client cancels (`job.cancel()`) or goes away, whereas a plain function would run to its end.
         # Closing it closes `run_on_gpu`, which stops the worker at its next step.
         values = (image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps, seed,
-                  resolution, max_duration)
+                  resolution, max_duration, *((lora_strengths,) if sliding else ()))
         with join_lock:
             _, job = checked_at_join.pop(_request_key(values), (0.0, None))
         try:
@@ -441,6 +456,9 @@ def build_demo(
                         seed = gr.Number(value=DEFAULT_SEED, precision=0, minimum=0, label="Seed", scale=3,
                                          info=CONTROLS["seed"].help, elem_id="seed")
                         dice = gr.Button("Random seed", scale=1, elem_id="random-seed")
+                    lora_sliders = [lora_slider(lora, i) for i, lora in enumerate(sliding)]
+                    if fused_note(named_loras):
+                        gr.Markdown(fused_note(named_loras), elem_id="lora-fused")
             with gr.Column(scale=6, min_width=320, elem_id="result"):
                 status = gr.Markdown(ready_text(defaults), label="Status", elem_id="status")
                 progress = gr.HTML(idle_html(""), elem_id="progress", padding=False)
@@ -460,9 +478,10 @@ def build_demo(
 
         inputs = [image, audio, prompt, expression, body, text_guidance, audio_guidance, audio_weight, steps,
                   seed, edge, duration]
+        page_inputs = inputs + lora_sliders
         page_outputs = [error, job_state, progress, status, details, preview, live, final, download]
         generate_btn.click(None, js=SHOW_RESULT_JS)
-        started = generate_btn.click(start, inputs, page_outputs, concurrency_id="checks", concurrency_limit=4,
+        started = generate_btn.click(start, page_inputs, page_outputs, concurrency_id="checks", concurrency_limit=4,
                                      preprocess=False, api_name="start", api_visibility="undocumented",
                                      show_progress="hidden")
         streaming = started.then(stream, [job_state], page_outputs, concurrency_id="gpu",
@@ -476,6 +495,8 @@ def build_demo(
                            api_visibility="private", show_progress="hidden")
         api_trigger = gr.Button(visible=False)
         api_details = gr.JSON(label="Details", visible=False)  # the API's third output: the run as data (`Studio.details`)
+        if sliding:  # LoRA name -> strength; a LoRA left out runs at its loaded strength
+            inputs.append(gr.JSON(label="LoRA strengths", visible=False))
         api_trigger.click(api_generate, inputs, [final, status, api_details], concurrency_id="gpu",
                           concurrency_limit=None, api_name="generate",
                           validator=admit_checked, preprocess=False)
@@ -502,6 +523,13 @@ def slider(name: str, value: float, info: str | None = None, maximum: float | No
     control = CONTROLS[name]
     return gr.Slider(control.minimum, control.maximum if maximum is None else maximum, value=value, step=control.step,
                      label=control.label, info=info or control.help, elem_id=name.replace("_", "-"))
+
+
+def lora_slider(lora: PageLora, index: int) -> gr.Slider:
+    """A LoRA's strength for the next video (`fantasy.app.lora_strengths.STRENGTH`), labelled with its file name."""
+    control = lora.control()
+    return gr.Slider(control.minimum, control.maximum, value=lora.loaded, step=control.step, label=lora.label,
+                     info=control.help, elem_id=f"lora-strength-{index}")
 
 
 def _progress_parts(event: StageProgress, job: Job) -> tuple[float | tuple[int, int], str, str | None]:
@@ -610,8 +638,11 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
     if getattr(args, "from_environment", None):
         say("[app] from the environment: " + ", ".join(f"{k}={v}" for k, v in args.from_environment.items()), flush=True)
 
+    applied_loras: list[AppliedLora] = []
+
     def with_loras(pipe) -> None:
-        for applied in load_loras(pipe, loras, fuse=options.fuse_lora, states=lora_states):
+        applied_loras.extend(load_loras(pipe, loras, fuse=options.fuse_lora, states=lora_states))
+        for applied in applied_loras:
             say(f"[app] {applied}", flush=True)
 
     pipe, lines = load_in_group(preset, device, args.adapter, real_options(args) if preset.name == "real" else None,
@@ -631,7 +662,7 @@ def create_demo(args: argparse.Namespace) -> gr.Blocks | None:
     # On ZeroGPU the main process has no real GPU: the face check runs on the CPU there.
     faces = default_face_check(device="cpu" if space.on_zero_gpu() else None,
                                allow_download=None if space.on_spaces() else False)  # None: unless HF_HUB_OFFLINE
-    return build_demo(pipe, preset, face_checker=faces, channel=channel)
+    return build_demo(pipe, preset, face_checker=faces, channel=channel, loras=applied_loras)
 
 
 def create_front_end(url: str) -> gr.Blocks:

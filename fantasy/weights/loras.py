@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,3 +223,18 @@ def set_lora_scales(pipe, scales: dict[str, float]) -> None:
                              f"{', '.join(getattr(pipe, 'lora_scales', {})) or 'none'})")
     pipe.lora_scales = {**pipe.lora_scales, **scales}
     pipe.set_adapters(list(pipe.lora_scales), list(pipe.lora_scales.values()))
+
+
+@contextlib.contextmanager
+def lora_scales_for_run(pipe, scales: dict[str, float]) -> Iterator[None]:
+    """`scales` (adapter name -> strength) for one run, the strengths from before restored after it, however it
+    ends (done, failed, stopped): the app's per-video strengths never leak into the next video."""
+    before = dict(getattr(pipe, "lora_scales", {}))
+    changed = {name: scale for name, scale in scales.items() if before.get(name) != scale}
+    if changed:
+        set_lora_scales(pipe, changed)  # checks the names and the range before anything changes
+    try:
+        yield
+    finally:
+        if changed:
+            set_lora_scales(pipe, {name: before[name] for name in changed})
