@@ -230,3 +230,16 @@ def test_the_api_takes_lora_strengths_when_the_app_has_a_slider(separate, tmp_pa
                            resolution=64, lora_strengths={"style.safetensors": 9}, api_name="/generate")
     finally:
         demo.close()
+
+
+def test_a_serve_deployment_reads_lora_strengths_as_an_object():
+    """The front end sends every `Controls` field to a deployment (`python -m fantasy serve`), which loads no LoRA:
+    an object reaches `Studio.check` (which names the LoRAs there are), anything else is a 400 saying what it takes."""
+    from fantasy.app.serve import UploadRefused, check_controls
+
+    assert check_controls('{"lora_strengths": {"style.safetensors": 1}, "steps": 2}') == {
+        "lora_strengths": {"style.safetensors": 1}, "steps": 2}
+    assert check_controls('{"lora_strengths": null}') == {"lora_strengths": None}
+    with pytest.raises(UploadRefused, match=r"^controls: 'lora_strengths' must be an object of LoRA name -> strength, "
+                                            r"got 3$"):
+        check_controls('{"lora_strengths": 3}')
