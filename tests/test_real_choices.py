@@ -171,6 +171,7 @@ def test_the_cli_result_line_and_the_app_status_line_show_the_choice(monkeypatch
         return tiny_pipe
 
     monkeypatch.setattr("fantasy.weights.presets.load_pipeline", fake_load)
+    monkeypatch.setattr("fantasy.weights.real.resolve_device", lambda device, allow_cpu=False: "cpu")  # no GPU here
     out = tmp_path / "out.mp4"
     code = main(["generate", "--image", str(EXAMPLE_IMAGE), "--audio", str(EXAMPLE_SPEECH), "--out", str(out),
                  "--preset", "real", "--size", "64", "--max-frames", "9", "--max-duration", "0.3", "--steps", "1",
@@ -183,7 +184,7 @@ def test_the_cli_result_line_and_the_app_status_line_show_the_choice(monkeypatch
                          "79.0 GiB free)")
 
     studio = Studio(tiny_pipe, get_preset("tiny"), FaceChecker(None, "skipped"), tmp_path)
-    job = studio.check(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Controls(steps=1, longest_edge=64, max_duration_s=0.3))
+    job = studio.check(EXAMPLE_IMAGE, EXAMPLE_SPEECH, Controls(steps=1, longest_edge=64, max_duration_s=1.0))
     assert f" · DiT {choice.describe()} · " in studio.status(job, state="Starting")
     tiny_pipe.dit_choice = None
     assert " · DiT " not in studio.status(job, state="Starting")  # the tiny preset has no choice to show
