@@ -396,7 +396,7 @@ def build_demo(
             raise user_error(exc, "Cannot generate") from None
         try:
             while not admission.wait(ticket, timeout=WAIT_TICK_S):
-                yield gr.skip(), gr.skip()
+                yield gr.skip(), gr.skip(), gr.skip()
                 progress(0.0, desc=f"Waiting for the GPU: {admission.ahead(ticket)} ahead")
             for event in run_on_gpu(job):
                 if isinstance(event, Idle | StageProgress):
