@@ -50,7 +50,7 @@ PLAYING = """(player) => {
 # Every text the status line takes, recorded in the page as it changes (what a screen reader is told).
 RECORD_STATUS = """() => {
     window.statusTexts = [];
-    const status = document.getElementById('status');
+    const status = document.querySelector('#status [data-testid="markdown"]');  // the live region (not the timer)
     new MutationObserver(() => {
         const text = status.innerText.trim();
         if (text && window.statusTexts[window.statusTexts.length - 1] !== text) window.statusTexts.push(text);
@@ -76,7 +76,8 @@ def open_page(p, url: str, size: str, errors: list[str]):
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(url)
     page.wait_for_selector("#generate")
-    page.wait_for_function("() => document.getElementById('status').getAttribute('aria-live') === 'polite'")
+    page.wait_for_function(
+        "() => document.querySelector('#status [data-testid=\"markdown\"]')?.getAttribute('aria-live') === 'polite'")
     page.evaluate(RECORD_STATUS)
     return browser, page
 

@@ -102,10 +102,11 @@ PAGE_CSS = """
 #error h3 { color: #b71c1c; margin: 0 0 4px 0; }
 #demo-banner { background: #fff4d6; border: 2px solid #e0a800; border-radius: 8px; padding: 6px 12px; color: #5a4300; }
 """
-# Runs once the page has loaded: the status line becomes an ARIA live region (Gradio has no option for it; the
-# element persists across updates, so screen readers announce each new status).
+# Runs once the page has loaded: the status line's text becomes an ARIA live region (Gradio has no option for it; the
+# element persists across updates, so screen readers announce each new status). Its text only: the block around it
+# also holds Gradio's progress timer, which shows "0.0s" for a moment on each click.
 ARIA_STATUS_JS = """() => {
-    const status = document.getElementById('status');
+    const status = document.querySelector('#status [data-testid="markdown"]');
     if (status) { status.setAttribute('role', 'status'); status.setAttribute('aria-live', 'polite');
                   status.setAttribute('aria-atomic', 'true'); }
 }"""
@@ -253,14 +254,17 @@ def build_demo(
 
     def refused(exc: FantasyError, default_title: str) -> dict:
         title = error_title(exc, default_title)
-        return {error: error_box(title, str(exc)), job_state: None, status: f"Could not generate: {title.lower()}.",
+        said = f"Could not generate: {title.lower()}."
+        return {error: error_box(title, str(exc)), job_state: said, status: said,
                 progress: idle_html("Fix what the box above says, then Generate again.")}
 
-    def stream(job: Job | None, request: gr.Request):
+    def stream(job: Job | str | None, request: gr.Request):
         """Wait for a slot (first come, first served), run, and show the preview, the live video and then the
         finished video in the same place, with the progress line above them."""
-        if job is None:  # `start` refused the inputs; its error box says why (one update that changes nothing:
-            yield {status: gr.skip()}  # a generator's end leaves what it showed, one that showed nothing may not)
+        if not isinstance(job, Job):  # `start` refused the inputs (`job` is its status line); its error box says why.
+            # The status is said again: a generator that shows nothing (or only skips) may leave the status line as it
+            # was before the click once it ends.
+            yield {status: job if isinstance(job, str) else gr.skip()}
             return
         clock = RunClock(job.settings.steps, job.window_count)
         try:
