@@ -40,7 +40,7 @@ ray = pytest.importorskip("ray", reason="Ray Serve is optional: pip install -r r
 from ray import serve  # noqa: E402
 
 QUICK = {"steps": 3, "longest_edge": 64, "seed": 3}
-SLOW = {"steps": 100, "longest_edge": 256, "seed": 3}  # ~1 s a step here: busy until the test cancels it
+SLOW = {"steps": 50, "longest_edge": 256, "seed": 3}  # the most steps the controls allow, ~1 s each: busy until cancelled
 SKIPPED_FACES = FaceChecker(None, "face check skipped: test")
 
 
@@ -66,6 +66,16 @@ ROOT = Path(__file__).resolve().parent.parent
 def work_dir(tmp_path_factory) -> Path:
     """Where the module's replicas keep their requests' files (`ServeConfig.work_dir`)."""
     return tmp_path_factory.mktemp("replicas")
+
+
+def accepted_event(lines) -> dict:
+    """The `accepted` event of a stream: a request waits in the gateway's line (`queued` events) until a replica
+    takes it, even for a moment when one is free."""
+    event = json.loads(next(lines))
+    while event["event"] == "queued":
+        event = json.loads(next(lines))
+    assert event["event"] == "accepted", event
+    return event
 
 
 def request_folders(work_dir: Path) -> list[Path]:
@@ -143,8 +153,8 @@ def test_a_full_queue_answers_503_a_waiting_request_hears_its_place_and_a_client
     second = post(server, speech, SLOW)
     r1, r2 = first.__enter__(), second.__enter__()  # both replicas busy now
     lines1, lines2 = r1.iter_lines(), r2.iter_lines()  # kept: a dropped line iterator closes its response
-    accepted1 = json.loads(next(lines1))
-    assert json.loads(next(lines2))["replica"] != accepted1["replica"]
+    accepted1 = accepted_event(lines1)
+    assert accepted_event(lines2)["replica"] != accepted1["replica"]
     assert re.fullmatch(r"request-[0-9a-f]{12}", accepted1["request"])  # an id, not a server path
 
     answers: dict[str, object] = {}
@@ -182,7 +192,7 @@ def test_a_full_queue_answers_503_a_waiting_request_hears_its_place_and_a_client
     started = kinds.index("accepted")
     assert started >= 2 and events[:started] == [{"event": "queued", "position": 1}] * started, kinds
     assert events[started]["replica"] == accepted1["replica"]
-    # it ran to the end on that replica, which runs one generation at a time: the 100-step one had stopped
+    # it ran to the end on that replica, which runs one generation at a time: the slow one had stopped
     assert kinds[-1] == "done"
     for _ in range(300):  # the stopped request's files go once its worker has cleaned up (a moment later)
         if not list(work_dir.glob(f"fantasy-replica-*/{accepted1['request']}")):
@@ -309,7 +319,7 @@ def test_a_context_parallel_replica_gives_the_same_mp4_and_survives_losing_its_f
         (follower,) = followers()
         with post(f"{server}/cp", speech, SLOW) as reply:
             lines = reply.iter_lines()
-            accepted = json.loads(next(lines))
+            accepted = accepted_event(lines)
             while json.loads(next(lines)).get("stage") != "denoise":  # generating on both processes
                 pass
             follower.kill()
@@ -406,12 +416,15 @@ def test_the_app_as_a_thin_front_end(server, speech, tmp_path):
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
     try:
         client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
-        video, status = client.predict(handle_file(str(EXAMPLE_IMAGE)), handle_file(str(speech)), app.DEFAULT_PROMPT,
-                                       0.5, 0.5, 5.0, 5.0, 1.0, 3, 3, 64, 10.0, api_name="/generate")
+        video, status, details = client.predict(handle_file(str(EXAMPLE_IMAGE)), handle_file(str(speech)),
+                                                app.DEFAULT_PROMPT, 0.5, 0.5, 5.0, 5.0, 1.0, 3, 3, 64, 10.0,
+                                                api_name="/generate")
     finally:
         demo.close()
     path = Path(video["video"] if isinstance(video, dict) else video)
     assert path.read_bytes() == job.out_path.read_bytes() and f"Ray Serve at {server}" in status
+    assert (details["seed"], details["frames"], details["steps"], details["device"]) == (
+        3, 25, 3, f"Ray Serve at {server} (2 × cpu)")
 
 
 def test_front_end_without_a_server_says_so():
