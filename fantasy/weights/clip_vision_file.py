@@ -65,16 +65,7 @@ def _from_open_clip(state: dict) -> dict:
             prefix = f"{_LAYER}{match.group(1)}."
             _split_qkv(out, prefix, state.pop(key), state.pop(f"visual.transformer.resblocks.{match.group(1)}"
                                                             ".attn.in_proj_bias", None))
-    for key, value in state.items():
-        match = block.match(key)
-        if match:
-            rest = match.group(2)
-            new = next((rest.replace(old, part, 1) for old, part in parts.items() if rest.startswith(old)), rest)
-            out[f"{_LAYER}{match.group(1)}.{new}"] = value
-        elif key.startswith("visual."):
-            new = next((key.replace(old, part, 1) for old, part in renames.items() if key.startswith(old)), key)
-            out[new] = value
-    return out
+    return _rename_rest(state, out, block, parts, renames)
 
 
 def _from_wan(state: dict) -> dict:
@@ -93,6 +84,12 @@ def _from_wan(state: dict) -> dict:
             layer = match.group(1)
             _split_qkv(out, f"{_LAYER}{layer}.", state.pop(key), state.pop(f"visual.transformer.{layer}.attn.to_qkv.bias",
                                                                              None))
+    return _rename_rest(state, out, block, parts, renames)
+
+
+def _rename_rest(state: dict, out: dict, block: re.Pattern, parts: dict, renames: dict) -> dict:
+    """Both layouts' last pass: each block tensor by its first matching part (`block`: layer, rest), the other
+    visual tensors by their first matching prefix; `out` gets them all."""
     for key, value in state.items():
         match = block.match(key)
         if match:
