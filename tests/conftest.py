@@ -21,6 +21,26 @@ EXAMPLE_SPEECH = ROOT / "examples" / "speech.wav"
 NO_CUDA = pytest.mark.skipif("__import__('torch').cuda.is_available()", reason="checks the behaviour without a GPU")
 
 
+# The slowest test files, slowest first (their tests' total time in a two-worker run on the 2-core CI machine,
+# 2026-12-07: test_serve.py ~550 s ... test_faults_inputs.py ~65 s). The two CI workers take one file at a time in
+# collection order (`pytest -n 2 --dist loadfile --no-loadscope-reorder`); starting with the longest files and
+# ending with the short ones lets both workers finish together (the default order, by test count, left one
+# worker running a 4-minute file alone at the end). Update it when `--durations=0` shows a new slow file.
+SLOWEST_FILES = (
+    "test_serve.py", "test_real_width.py", "test_parallel.py", "test_parallel_faults.py", "test_faults_signals.py",
+    "test_pipeline_call.py", "test_cli.py", "test_comfy_pipeline.py", "test_install.py", "test_browser.py",
+    "test_app.py", "test_faults_app.py", "test_long_video.py", "test_api.py", "test_gpu_check.py",
+    "test_train_ddp.py", "test_release_oracle.py", "test_speed.py", "test_diffusers_folder.py",
+    "test_real_width_diffusers.py", "test_train.py", "test_faults_inputs.py",
+)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """The slowest files first (`SLOWEST_FILES`), then the rest in their usual order; a file's tests stay in order."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def speech_like(seconds: float, rate: int = 16_000, seed: int = 0) -> np.ndarray:
     """A voiced-sounding test signal: harmonics of a wobbling pitch under a syllable-rate envelope."""
     rng = np.random.default_rng(seed)

@@ -114,3 +114,12 @@ def test_the_fast_loops_marker_does_not_change_the_mutation_selection():
     fast local loop must not drop it from the tests the recorded mutation scores were measured with."""
     selection = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]["pytest_add_cli_args_test_selection"]
     assert "-m" not in selection and not any(arg.startswith("-m") for arg in selection)
+
+
+def test_the_slowest_files_list_names_test_files_that_exist_once_each():
+    """A renamed or removed file in `SLOWEST_FILES` would silently stop being scheduled first."""
+    from tests.conftest import SLOWEST_FILES
+
+    assert len(set(SLOWEST_FILES)) == len(SLOWEST_FILES)
+    missing = [name for name in SLOWEST_FILES if not (Path(__file__).parent / name).is_file()]
+    assert missing == []
