@@ -11,6 +11,11 @@ import soundfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per process under the workers (`pytest -n 2` on 2 cores), inherited by every process a test
+    # starts: two workers of two busy OpenMP threads each, plus the processes their tests start, thrashed the
+    # cores (a 2 s tiny-pipeline test took 47 s in the full run). Set before anything imports torch.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_IMAGE = ROOT / "examples" / "portrait.png"
