@@ -426,3 +426,94 @@ def test_precision_bench_dry_run():
     # In this (long-lived) process ru_maxrss is an old peak, so the memory figure only means something in the
     # fresh process per policy that the bench's main starts; here only its presence is checked.
     assert all(r["seconds"] > 0 and r["cpu_seconds"] > 0 and isinstance(r["activation_gib"], float) for r in rows)
+
+
+# ---- the policy's small parts, one by one (mutation testing found them unchecked) ---------------------------
+
+
+def test_the_compute_dtype_is_the_layerwise_castings_or_the_layers_own_or_the_weights():
+    """One block only (a real-width test's DiT), so block 0 is the only block to read it from."""
+    from fantasy.model.precision import compute_dtype_of
+
+    model = bf16_transformer(layers=1, precision="stock")
+    assert compute_dtype_of(model) == BF16 and precision_of(model) == "stock"
+    model.blocks[0].attn1.to_q.compute_dtype = torch.float16  # a GGUF layer names its compute dtype
+    assert compute_dtype_of(model) == torch.float16
+    stored = bf16_transformer(layers=1, precision="stock")
+    stored.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float16)
+    assert stored.blocks[0].attn1.to_q.weight.dtype == torch.float8_e4m3fn
+    assert compute_dtype_of(stored) == torch.float16
+
+
+def test_the_hidden_states_cast_takes_the_first_argument_or_the_keyword_and_nothing_else():
+    from fantasy.model.precision import cast_to
+
+    cast = cast_to(torch.float16)
+    assert cast_to(torch.float16) is cast  # one shared hook per dtype (compiled blocks share one graph)
+    x, other = torch.ones(2, dtype=torch.float32), torch.ones(2, dtype=torch.float32)
+    args, kwargs = cast(None, (x, other), {"temb": other})
+    assert args[0].dtype == torch.float16 and args[1] is other and kwargs == {"temb": other}
+    args, kwargs = cast(None, (), {"hidden_states": x, "temb": other})
+    assert args == () and kwargs["hidden_states"].dtype == torch.float16 and kwargs["temb"] is other
+    assert cast(None, (), {"temb": other}) is None
+
+
+@pytest.mark.parametrize("attribute, value", [("flip_sin_to_cos", False), ("downscale_freq_shift", 1.0),
+                                              ("scale", 2.0)])
+def test_a_timestep_sinusoid_other_than_wans_is_refused(attribute, value):
+    model = bf16_transformer(layers=1, precision="stock")
+    setattr(model.condition_embedder.timesteps_proj, attribute, value)
+    with pytest.raises(ValueError, match=r"^the mixed precision policy expects Wan's timestep sinusoid \(cos first, "
+                                         r"no shift\)$"):
+        apply_precision(model, "mixed")
+
+
+def test_an_unknown_precision_is_refused_by_name():
+    from fantasy.errors import InvalidSetting
+
+    with pytest.raises(InvalidSetting, match=r"^unknown precision 'half'; choose one of mixed, stock$"):
+        apply_precision(bf16_transformer(layers=1, precision="stock"), "half")
+
+
+def test_the_casts_run_before_earlier_pre_hooks_and_leave_nothing_when_removed():
+    """The policy's casts are prepended: a torch pre-hook registered before it sees the cast input."""
+    model = bf16_transformer(layers=1, precision="stock")
+    seen = []
+    model.blocks[0].attn1.register_forward_pre_hook(lambda module, args, kwargs: seen.append(
+        (args[0] if args else kwargs["hidden_states"]).dtype), with_kwargs=True)
+    apply_precision(model, "mixed")
+    forward(model)
+    assert seen == [BF16]  # the fp32 stream, rounded to the compute dtype before the recorder
+    apply_precision(model, "stock")
+    for module in (model.blocks[0], model.blocks[0].attn1, model.blocks[0].attn2, model.blocks[0].ffn):
+        assert set(module._forward_pre_hooks_with_kwargs) == set(module._forward_pre_hooks)  # no stale entries
+    assert len(model.blocks[0]._forward_pre_hooks) == 0 and len(model.blocks[0].attn1._forward_pre_hooks) == 1
+
+
+def test_a_deep_copy_keeps_the_compute_dtype_it_was_given():
+    model = bf16_transformer(layers=1, precision="stock")
+    apply_precision(model, "mixed", compute_dtype=torch.float16)  # not the weights' bf16
+    twin = copy.deepcopy(model)
+    for transformer in (model, twin):
+        dtypes = {hook.dtype for hook in transformer.blocks[0].attn1._forward_pre_hooks.values()}
+        assert dtypes == {torch.float16}, dtypes
+
+
+def test_hooks_that_block_the_policy_or_a_copy_are_named():
+    class Nothing(ModelHook):
+        pass
+
+    model = bf16_transformer(layers=1, precision="stock")
+    registry = HookRegistry.check_if_exists_or_initialize(model.proj_out)
+    registry.register_hook(Nothing(), "first")
+    registry.register_hook(Nothing(), "second")
+    with pytest.raises(RuntimeError, match=r"^set the precision before other hooks are added \(first, second found\): offloading, caching and parallelism must "
+                                           r"wrap the precision hooks$"):
+        apply_precision(model, "mixed")
+    hooked = bf16_transformer(layers=1)
+    HookRegistry.check_if_exists_or_initialize(hooked.blocks[0]).register_hook(Nothing(), "b")
+    HookRegistry.check_if_exists_or_initialize(hooked.proj_out).register_hook(Nothing(), "a")
+    with pytest.raises(RuntimeError, match=r"^cannot deep-copy a transformer with diffusers hooks \(a, b\): their "
+                                           r"registry refers to the original modules; build a new transformer "
+                                           r"instead$"):
+        copy.deepcopy(hooked)
