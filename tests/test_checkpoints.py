@@ -132,6 +132,18 @@ def test_many_missing_tensors_are_named_six_then_counted(sharded):
 
 
 @pytest.mark.slow
+def test_seven_missing_tensors_are_six_named_and_one_more(sharded):
+    from transformers import UMT5EncoderModel
+
+    model, folder = sharded
+    names = [k for k in model.state_dict() if k.startswith("encoder.block.1.")][:7]
+    drop_from_shards(folder, names)
+    shown = ", ".join(names[:6]) + " (+1 more)"
+    with pytest.raises(CheckpointMismatch, match=f"lacks 7 of the model's tensors: {re.escape(shown)}$"):
+        load_sharded(UMT5EncoderModel, folder, torch.float32)
+
+
+@pytest.mark.slow
 def test_six_missing_tensors_are_all_named(sharded):
     from transformers import UMT5EncoderModel
 
