@@ -177,9 +177,11 @@ class FakeBackend:
 
     def landmarks(self, image, box):
         self.calls.append(("landmarks", box))
+        self.images = [*getattr(self, "images", []), image]
         return template_landmarks(0.0, center=box.center, size=box.width)
 
     def embed(self, image, landmarks):
+        self.images = [*getattr(self, "images", []), image]
         return np.zeros(4)
 
     def describe(self):
@@ -223,6 +225,54 @@ def test_where_the_face_is_in_words(centre, words) -> None:
 
     x, y = centre
     assert FaceFinding(FaceBox(x - 1, y - 1, x + 1, y + 1), 2, 100, 100).where() == words
+
+
+def test_points_and_identity_are_asked_of_the_rgb_image_given() -> None:
+    backend = FakeBackend([FaceBox(10, 10, 40, 40, 1.0, "YuNet")])
+    analyzer = FaceAnalyzer(backend)
+    grey = np.full((60, 50), 7, np.uint8)
+    points = analyzer.landmarks(grey, FaceBox(10, 10, 40, 40))
+    analyzer.embed(grey, points)
+    assert [(image.shape, int(image[0, 0, 2])) for image in backend.images] == [((60, 50, 3), 7)] * 2
+
+
+@pytest.mark.parametrize("centre, words", [((99.9, 10), "top right"), ((10, 299.9), "bottom left"),
+                                           ((50, 150), "centre")])
+def test_where_reads_the_face_in_a_tall_picture_and_at_its_far_edges(centre, words) -> None:
+    """`find` gives the picture's own height (300) and width (100); a face at the last pixel is in the last third."""
+    x, y = centre
+    finding = FaceAnalyzer(FakeBackend([FaceBox(x - 0.1, y - 0.1, x + 0.1, y + 0.1)])).find(np.zeros((300, 100, 3),
+                                                                                                     np.uint8))
+    assert (finding.width, finding.height, finding.where()) == (100, 300, words)
+
+
+def test_a_box_without_a_detector_name_is_found_by_the_detector() -> None:
+    assert FaceAnalyzer(FakeBackend([FaceBox(1, 2, 30, 40)])).find(np.zeros((50, 50, 3), np.uint8)).note() == (
+        "1 face (detector)")
+
+
+def test_the_device_reaches_the_face_alignment_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = []
+
+    class Recorder(FakeBackend):
+        name = "face-alignment"
+
+        def __init__(self, device=None, allow_download=None):
+            super().__init__([])
+            made.append((device, allow_download))
+
+    monkeypatch.setattr("fantasy.face.fan_backend.FaceAlignmentBackend", Recorder)
+    monkeypatch.delenv("FANTASY_FACE_BACKEND", raising=False)
+    assert FaceAnalyzer("face-alignment", device="cuda:1").name == "face-alignment"
+    from fantasy.face.analyzer import make_backend, shared_analyzer
+
+    make_backend("face-alignment", device="cpu", allow_download=False)
+    shared_analyzer.cache_clear()
+    try:
+        assert shared_analyzer("face-alignment").name == "face-alignment"  # the backend asked for, not the default
+    finally:
+        shared_analyzer.cache_clear()
+    assert made == [("cuda:1", None), ("cpu", False), (None, None)]
 
 
 def test_one_face_and_no_face() -> None:
