@@ -1,5 +1,6 @@
 """Speech loading, validation, the frame-count rule and wav2vec2 feature lengths."""
 
+import re
 import subprocess
 
 import numpy as np
@@ -83,7 +84,7 @@ def test_video_without_audio_track_is_rejected(tmp_path):
     video = tmp_path / "mute.mp4"
     subprocess.run([ffmpeg_executable(), "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=64x64:d=1",
                     "-c:v", "libx264", str(video)], check=True)
-    with pytest.raises(UnsupportedAudio, match="has no audio track"):
+    with pytest.raises(UnsupportedAudio, match=r"^'mute.mp4' has no audio track: upload a speech recording\.$"):
         load_audio(video)
 
 
@@ -95,8 +96,22 @@ def test_missing_file(tmp_path):
 def test_non_audio_file(tmp_path):
     junk = tmp_path / "notes.wav"
     junk.write_text("this is not audio at all\n" * 20)
-    with pytest.raises(UnsupportedAudio, match="Could not read 'notes.wav' as audio"):
+    with pytest.raises(UnsupportedAudio, match="Could not read 'notes.wav' as audio") as refused:
         load_audio(junk)
+    from fantasy.media.audio import AUDIO_EXTENSIONS
+
+    message = str(refused.value)
+    kinds = ", ".join(e[1:] for e in AUDIO_EXTENSIONS)
+    assert re.fullmatch(rf"Could not read 'notes.wav' as audio \((.+)\)\. Use a speech file in one of: "
+                        rf"{re.escape(kinds)}, or a video with an audio track\.", message), message
+    detail = re.search(r"\((.+)\)\. Use", message)[1]
+    assert detail != "unknown decoder error" and str(tmp_path) not in message  # ffmpeg's last line, the name only
+
+
+def test_another_rate_is_asked_of_the_decoder(tmp_path):
+    path = tmp_path / "tone.wav"
+    soundfile.write(path, speech_like(1.0), 16_000)
+    assert load_audio(path, 8_000).shape == (8_000,) and load_audio(path).shape == (16_000,)
 
 
 def test_silent_audio(tmp_path):
@@ -135,6 +150,10 @@ def test_frame_count_rule(tmp_path, duration, fps, expected):
 def test_frame_count_rejects_max_frames_that_break_4k_plus_1_or_are_below_5(max_frames):
     with pytest.raises(ValueError, match=rf"^max_frames must be 4k\+1 and at least 5, got {max_frames}$"):
         frame_count(3.0, 23, max_frames)
+
+
+def test_five_frames_is_the_smallest_clip():
+    assert frame_count(3.0, 23, 5) == 5
 
 
 def test_clip_length_must_keep_4k_plus_1():
