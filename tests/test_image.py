@@ -110,3 +110,14 @@ def test_a_reduced_decode_keeps_the_exif_orientation(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees on display
     _gradient(2100, 1250).save(path, exif=exif)
     assert load_portrait(path, keep_edge=512).size == (313, 525)  # upright: the long side is the height
+
+
+@pytest.mark.parametrize("values, expected", [
+    (np.array([-1.0, 3.0, 1.8, 0.2]), [0, 255, 178, 76]),  # outside every known range: stretched, 255 not 256
+    (np.array([-0.5, -0.25, -0.375]), [0, 255, 128]),  # a range under 1 is stretched too
+    (np.array([10, 255], np.int32), [10, 255]),  # integers up to 255 taken as they are, 255 included
+])
+def test_grey_values_of_an_unknown_range_are_stretched_and_8_bit_values_kept(values, expected):
+    from fantasy.media.image import _grey_to_8bit
+
+    assert _grey_to_8bit(values, sixteen_bit=False).tolist() == expected
