@@ -121,3 +121,13 @@ def test_grey_values_of_an_unknown_range_are_stretched_and_8_bit_values_kept(val
     from fantasy.media.image import _grey_to_8bit
 
     assert _grey_to_8bit(values, sixteen_bit=False).tolist() == expected
+
+
+def test_clip_normalisation_subtracts_the_mean_and_divides_by_the_std_per_channel():
+    """With CLIP's own mean and std (a mean of 0 and std of 1 would hide a swapped sign or a product)."""
+    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    colour = (200, 30, 120)
+    pixels = clip_pixel_values(Image.new("RGB", (40, 24), colour), 16, mean, std)
+    assert pixels.dtype == torch.float32 and pixels.shape == (1, 3, 16, 16)
+    expected = torch.tensor([(c / 255 - m) / s for c, m, s in zip(colour, mean, std, strict=True)])
+    assert torch.allclose(pixels, expected.view(1, 3, 1, 1).expand(1, 3, 16, 16), atol=1e-6, rtol=0)
