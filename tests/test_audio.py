@@ -293,3 +293,10 @@ def test_the_wav_header_states_the_frames_of_its_data(tmp_path, size, extra, fra
     assert wav_header_frames(path) == frames
     path.write_bytes(b"RIFX" + path.read_bytes()[4:])
     assert wav_header_frames(path) is None
+
+
+def test_a_file_with_no_samples_says_so(tmp_path):
+    path = tmp_path / "empty.wav"
+    soundfile.write(path, np.zeros(0, np.float32), 16_000)
+    with pytest.raises(AudioTooShort, match=r"^'empty.wav' contains no audio samples\.$"):
+        load_audio(path)
