@@ -182,6 +182,7 @@ class FakeBackend:
 
     def embed(self, image, landmarks):
         self.images = [*getattr(self, "images", []), image]
+        self.embedded = landmarks
         return np.zeros(4)
 
     def describe(self):
@@ -219,7 +220,8 @@ def test_other_faces_count_from_a_quarter_of_the_best_score(best, others, count)
 
 
 @pytest.mark.parametrize("centre, words", [((10, 10), "top left"), ((50, 50), "centre"), ((90, 50), "right"),
-                                               ((50, 95), "bottom centre"), ((99.9, 99.9), "bottom right")])
+                                               ((50, 95), "bottom centre"), ((99.9, 99.9), "bottom right"),
+                                               ((100, 100), "bottom right"), ((100, 10), "top right")])
 def test_where_the_face_is_in_words(centre, words) -> None:
     from fantasy.face import FaceFinding
 
@@ -233,6 +235,7 @@ def test_points_and_identity_are_asked_of_the_rgb_image_given() -> None:
     grey = np.full((60, 50), 7, np.uint8)
     points = analyzer.landmarks(grey, FaceBox(10, 10, 40, 40))
     analyzer.embed(grey, points)
+    assert backend.embedded is points
     assert [(image.shape, int(image[0, 0, 2])) for image in backend.images] == [((60, 50, 3), 7)] * 2
 
 
