@@ -517,3 +517,12 @@ def test_hooks_that_block_the_policy_or_a_copy_are_named():
                                            r"registry refers to the original modules; build a new transformer "
                                            r"instead$"):
         copy.deepcopy(hooked)
+
+
+def test_the_sinusoid_is_the_releases_float64_one_to_the_last_bit():
+    """Frequencies in float64 too (an integer `arange` divides into float32: angles off in the last bits)."""
+    from fantasy.model.precision import sinusoid_fp64
+
+    timestep = torch.tensor([999.0, 937.5, 3.0])
+    expected = release_sinusoid(256, timestep).float()
+    assert torch.equal(sinusoid_fp64(timestep, 256), expected)
