@@ -39,7 +39,8 @@ def test_real_widths_written_as_a_diffusers_folder_load_back_to_the_same_video(r
 
     def prompt_and_latents(pipe) -> tuple[torch.Tensor, torch.Tensor]:
         pipe.set_progress_bar_config(disable=True)
-        prompt = pipe.text_encoder(tokens).last_hidden_state
+        with torch.no_grad():
+            prompt = pipe.text_encoder(tokens).last_hidden_state
         latents = pipe(image=EXAMPLE_IMAGE, audio=EXAMPLE_SPEECH, prompt_embeds=prompt, guidance_scale=1.0,
                        audio_guidance_scale=1.0, num_frames=5, longest_edge=64, num_inference_steps=1,
                        generator=torch.Generator().manual_seed(2), output_type="latent").frames
