@@ -170,6 +170,7 @@ class FakeBackend:
     def __init__(self, boxes: list[FaceBox]) -> None:
         self.boxes = boxes
         self.calls: list[tuple] = []
+        self.images: list[np.ndarray] = []  # the images landmarks and embed were given
 
     def detect(self, image):
         self.calls.append(("detect", image.shape, image.dtype))
@@ -177,11 +178,11 @@ class FakeBackend:
 
     def landmarks(self, image, box):
         self.calls.append(("landmarks", box))
-        self.images = [*getattr(self, "images", []), image]
+        self.images.append(image)
         return template_landmarks(0.0, center=box.center, size=box.width)
 
     def embed(self, image, landmarks):
-        self.images = [*getattr(self, "images", []), image]
+        self.images.append(image)
         self.embedded = landmarks
         return np.zeros(4)
 

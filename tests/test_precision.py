@@ -507,8 +507,8 @@ def test_hooks_that_block_the_policy_or_a_copy_are_named():
     registry = HookRegistry.check_if_exists_or_initialize(model.proj_out)
     registry.register_hook(Nothing(), "first")
     registry.register_hook(Nothing(), "second")
-    with pytest.raises(RuntimeError, match=r"^set the precision before other hooks are added \(first, second found\): offloading, caching and parallelism must "
-                                           r"wrap the precision hooks$"):
+    with pytest.raises(RuntimeError, match=r"^set the precision before other hooks are added \(first, second found\): "
+                                           r"offloading, caching and parallelism must wrap the precision hooks$"):
         apply_precision(model, "mixed")
     hooked = bf16_transformer(layers=1)
     HookRegistry.check_if_exists_or_initialize(hooked.blocks[0]).register_hook(Nothing(), "b")
